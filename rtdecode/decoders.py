@@ -1,0 +1,170 @@
+"""Decoder bundles: linear maps from preprocessed voxels to DNN features, saved without pickle.
+
+A bundle holds, for every ROI, one affine map over the ROI's voxels that predicts the units of all
+layers at once (the training normalisations are folded in), so a volume costs one matrix-vector
+product per ROI.
+
+On disk a bundle is a directory with ``decoder.npz`` (arrays) and ``decoder.json`` (metadata and
+SHA-256 checksums); see ``docs/formats.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.errors import BundleError, VolumeError
+
+BUNDLE_FORMAT = "rtdecode-decoder"
+BUNDLE_VERSION = 1
+
+
+def mask_checksum(mask: np.ndarray) -> str:
+    """SHA-256 of a boolean mask's shape and C-order bits, as hex."""
+    mask = np.asarray(mask, dtype=bool)
+    h = hashlib.sha256(json.dumps(list(mask.shape)).encode())
+    h.update(np.packbits(mask.ravel()).tobytes())
+    return h.hexdigest()
+
+
+@dataclass
+class DecoderBundle:
+    """Trained decoders for several ROIs and layers.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool, shape (nx, ny, nz): the analysis voxels (union of all ROIs), in C order.
+    affine : numpy.ndarray
+        Shape (4, 4) of the grid the decoders were trained on.
+    rois : dict of str to numpy.ndarray
+        Positions (int64) of each ROI's voxels within the analysis vector.
+    layers : list of str
+        Layer names, in the order of the output units.
+    n_units : list of int
+        Units per layer.
+    weights : dict of str to numpy.ndarray
+        float32 (n_roi_voxels, sum(n_units)) per ROI.
+    intercepts : dict of str to numpy.ndarray
+        float32 (sum(n_units),) per ROI.
+    meta : dict
+        Training settings (JSON-serialisable).
+    """
+
+    mask: np.ndarray
+    affine: np.ndarray
+    rois: dict[str, np.ndarray]
+    layers: list[str]
+    n_units: list[int]
+    weights: dict[str, np.ndarray]
+    intercepts: dict[str, np.ndarray]
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.mask = np.asarray(self.mask, dtype=bool)
+        bounds = np.concatenate([[0], np.cumsum(self.n_units)])
+        self.layer_slices = {ly: slice(int(a), int(b)) for ly, a, b in zip(self.layers, bounds[:-1], bounds[1:])}
+        n_vox, n_out = int(self.mask.sum()), int(bounds[-1])
+        for roi, pos in self.rois.items():
+            w, b = self.weights.get(roi), self.intercepts.get(roi)
+            if w is None or b is None:
+                raise BundleError(f"ROI {roi!r} has no weights or intercept")
+            if pos.size and (pos.min() < 0 or pos.max() >= n_vox):
+                raise BundleError(f"ROI {roi!r}: voxel positions outside the {n_vox}-voxel mask")
+            if w.shape != (pos.size, n_out) or b.shape != (n_out,):
+                raise BundleError(
+                    f"ROI {roi!r}: weights {w.shape} / intercept {b.shape} do not match "
+                    f"{pos.size} voxels x {n_out} units"
+                )
+        self.roi_names = list(self.rois)
+
+    @property
+    def n_voxels(self) -> int:
+        """Number of analysis voxels."""
+        return int(self.mask.sum())
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Predict the features of all layers from every ROI.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            float32, shape (n_voxels,): preprocessed analysis voxels.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape (n_rois, sum(n_units)); row order ``roi_names``, columns split by
+            ``layer_slices``.
+        """
+        if x.shape != (self.n_voxels,):
+            raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {x.shape}")
+        out = np.empty((len(self.roi_names), sum(self.n_units)), dtype=np.float32)
+        for i, roi in enumerate(self.roi_names):
+            np.dot(x[self.rois[roi]], self.weights[roi], out=out[i])
+            out[i] += self.intercepts[roi]
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``decoder.npz`` and ``decoder.json`` into ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {"mask": self.mask, "affine": self.affine}
+        for roi in self.roi_names:
+            arrays[f"roi/{roi}"] = self.rois[roi]
+            arrays[f"weights/{roi}"] = self.weights[roi].astype(np.float32)
+            arrays[f"intercept/{roi}"] = self.intercepts[roi].astype(np.float32)
+        np.savez(d / "decoder.npz", **arrays)
+        meta = {
+            "format": BUNDLE_FORMAT,
+            "version": BUNDLE_VERSION,
+            "rois": self.roi_names,
+            "layers": self.layers,
+            "n_units": [int(n) for n in self.n_units],
+            "mask_shape": list(self.mask.shape),
+            "mask_sha256": mask_checksum(self.mask),
+            "npz_sha256": hashlib.sha256((d / "decoder.npz").read_bytes()).hexdigest(),
+            "meta": self.meta,
+        }
+        (d / "decoder.json").write_text(json.dumps(meta, indent=1))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> DecoderBundle:
+        """Load and verify a bundle written by :meth:`save`.
+
+        Raises
+        ------
+        BundleError
+            If a file is missing, the format or version is unknown, or a checksum differs.
+        """
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "decoder.json").read_text())
+        except FileNotFoundError:
+            raise BundleError(f"no decoder bundle at {str(d)!r}: decoder.json is missing") from None
+        except json.JSONDecodeError as err:
+            raise BundleError(f"{d / 'decoder.json'}: not valid JSON ({err})") from None
+        if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
+            raise BundleError(
+                f"{d / 'decoder.json'}: expected format {BUNDLE_FORMAT!r} version {BUNDLE_VERSION}, "
+                f"got {meta.get('format')!r} version {meta.get('version')!r}"
+            )
+        npz = d / "decoder.npz"
+        if not npz.exists():
+            raise BundleError(f"{npz}: missing")
+        if hashlib.sha256(npz.read_bytes()).hexdigest() != meta["npz_sha256"]:
+            raise BundleError(f"{npz}: checksum differs from decoder.json (file changed or corrupt)")
+        with np.load(npz, allow_pickle=False) as z:
+            mask = z["mask"]
+            if mask_checksum(mask) != meta["mask_sha256"]:
+                raise BundleError(f"{npz}: mask checksum differs from decoder.json")
+            rois = {r: z[f"roi/{r}"] for r in meta["rois"]}
+            weights = {r: z[f"weights/{r}"] for r in meta["rois"]}
+            intercepts = {r: z[f"intercept/{r}"] for r in meta["rois"]}
+            affine = z["affine"]
+        return cls(mask, affine, rois, meta["layers"], meta["n_units"], weights, intercepts, meta["meta"])

@@ -1,0 +1,73 @@
+"""Latency summaries computed from the stage stamps that travel with each volume."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from rtdecode.volume import NOT_REACHED, Stage
+
+_PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
+
+
+def stage_durations_ms(stamps: np.ndarray) -> dict[str, float]:
+    """Durations of one volume's stages in ms.
+
+    Each reached stage's duration runs from the previous reached stage; ``end_to_end`` runs from
+    acquisition (or, if unknown, reception) to publication.
+
+    Parameters
+    ----------
+    stamps : numpy.ndarray
+        int64, shape (len(Stage),).
+    """
+    out = {}
+    prev = None
+    for s in Stage:
+        if stamps[s] == NOT_REACHED:
+            continue
+        if prev is not None:
+            out[f"{prev.name.lower()}->{s.name.lower()}"] = (stamps[s] - stamps[prev]) / 1e6
+        prev = s
+    start = stamps[Stage.ACQUIRED] if stamps[Stage.ACQUIRED] != NOT_REACHED else stamps[Stage.RECEIVED]
+    if start != NOT_REACHED and stamps[Stage.PUBLISHED] != NOT_REACHED:
+        out["end_to_end"] = (stamps[Stage.PUBLISHED] - start) / 1e6
+    return out
+
+
+class LatencyTracker:
+    """Collect per-volume stamps and summarise them."""
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, float]] = []
+
+    def add(self, stamps: np.ndarray) -> dict[str, float]:
+        """Record one volume's stamps; return its durations (ms)."""
+        d = stage_durations_ms(stamps)
+        self._rows.append(d)
+        return d
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        """Return ``{interval: {p50, p95, p99, max, n}}`` in ms over all recorded volumes."""
+        keys: list[str] = []
+        for row in self._rows:
+            keys.extend(k for k in row if k not in keys)
+        out = {}
+        for key in keys:
+            vals = np.array([row[key] for row in self._rows if key in row])
+            out[key] = {name: float(np.percentile(vals, q)) for name, q in _PERCENTILES.items()}
+            out[key]["max"] = float(vals.max())
+            out[key]["n"] = int(vals.size)
+        return out
+
+
+def format_table(summary: dict[str, dict[str, float]]) -> str:
+    """Render a latency summary as a fixed-width text table."""
+    lines = [f"{'stage (ms)':<28}{'p50':>9}{'p95':>9}{'p99':>9}{'max':>9}{'n':>7}"]
+    for key, s in summary.items():
+        lines.append(
+            f"{key:<28}{s['p50']:>9.2f}{s['p95']:>9.2f}{s['p99']:>9.2f}{s['max']:>9.2f}{int(s['n']):>7}"
+        )
+    return "\n".join(lines)

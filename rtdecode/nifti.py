@@ -1,0 +1,50 @@
+"""Reading recorded sessions: 4-D NIfTI series as :class:`~rtdecode.volume.Volume` objects."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rtdecode.errors import VolumeError
+from rtdecode.volume import Volume
+
+
+def series_tr_s(img: nib.Nifti1Image) -> float:
+    """Repetition time in seconds from a NIfTI header (pixdim[4], honouring xyzt_units)."""
+    zooms = img.header.get_zooms()
+    if len(zooms) < 4 or zooms[3] <= 0:
+        raise VolumeError(f"{img.get_filename()}: no repetition time in the NIfTI header")
+    unit = img.header.get_xyzt_units()[1]
+    return float(zooms[3]) * {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+
+
+def iter_volumes(
+    path: str | Path, session: str = "session", series: str = "series", start_time_s: float = 0.0
+) -> Iterator[Volume]:
+    """Yield the volumes of a 4-D NIfTI file, read lazily (memory-mapped where possible).
+
+    Acquisition times are ``start_time_s + seq * TR``.
+    """
+    img = nib.load(str(path))
+    if img.ndim != 4:
+        raise VolumeError(f"{path}: expected a 4-D image, got shape {img.shape}")
+    tr = series_tr_s(img)
+    for k in range(img.shape[3]):
+        data = np.asarray(img.dataobj[..., k])
+        yield Volume(data, img.affine, k, tr, start_time_s + k * tr, session, series)
+
+
+def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a mask image as (bool array, affine)."""
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj) > 0, img.affine
+
+
+def read_events(path: str | Path) -> list[dict[str, str]]:
+    """Read a BIDS ``events.tsv`` as a list of row dicts."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))

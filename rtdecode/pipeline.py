@@ -1,0 +1,137 @@
+"""The stage chain: motion -> preprocess -> decode -> identify, for one volume at a time.
+
+The live loop (:mod:`rtdecode.run`) and the offline batch (training, ``rtdecode offline``) call
+the same :meth:`Pipeline.process`, so streaming and offline results agree by construction.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtdecode.decoders import DecoderBundle
+from rtdecode.errors import VolumeError
+from rtdecode.identify import Identifier
+from rtdecode.motion import MotionCorrector, MotionEstimate
+from rtdecode.preprocess import Preprocessor
+from rtdecode.volume import Stage, Volume, stamp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Result:
+    """What the pipeline made of one volume.
+
+    ``status`` is ``"ok"`` when features and a ranking were produced, ``"baseline"`` while the
+    baseline is being collected. Arrays are None where a stage did not run.
+    """
+
+    volume: Volume
+    status: str
+    motion: MotionEstimate | None = None
+    x: np.ndarray | None = None  # preprocessed analysis voxels, (n_voxels,)
+    predictions: np.ndarray | None = None  # (n_rois, n_units_total)
+    top_indices: np.ndarray | None = None  # (n_rois, n_layers, k)
+    top_scores: np.ndarray | None = None
+    dropped_before: int = 0  # volumes missing between the previous one and this
+
+
+class Pipeline:
+    """Process volumes of a series in order.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool, shape (nx, ny, nz): the analysis voxels.
+    preprocessor : Preprocessor
+    motion : MotionCorrector or None
+        None switches motion correction off (the analysis voxels are read as they are).
+    decoder : DecoderBundle or None
+        None stops after preprocessing (as training does).
+    identifier : Identifier or None
+    """
+
+    def __init__(
+        self,
+        mask: np.ndarray,
+        preprocessor: Preprocessor,
+        motion: MotionCorrector | None = None,
+        decoder: DecoderBundle | None = None,
+        identifier: Identifier | None = None,
+    ) -> None:
+        self.mask = np.asarray(mask, dtype=bool)
+        self.index = np.flatnonzero(self.mask)
+        if decoder is not None and decoder.mask.shape != self.mask.shape:
+            raise VolumeError(f"decoder mask {decoder.mask.shape} differs from pipeline mask {self.mask.shape}")
+        self.preprocessor = preprocessor
+        self.motion = motion
+        self.decoder = decoder
+        self.identifier = identifier
+        self._series: tuple[str, str] | None = None
+        self._last_seq = -1
+
+    def check(self, vol: Volume) -> int:
+        """Cheap per-volume checks; return how many volumes were dropped before this one.
+
+        Raises
+        ------
+        VolumeError
+            Wrong shape, a repeated or out-of-order index, or non-finite values.
+        """
+        if vol.data.shape != self.mask.shape:
+            raise VolumeError(f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}")
+        key = (vol.session, vol.series)
+        if key != self._series:
+            if self._series is not None:
+                log.info("new series %s/%s: preprocessing restarts", *key)
+                self.preprocessor.reset()
+            self._series, self._last_seq = key, -1
+        if vol.seq <= self._last_seq:
+            raise VolumeError(f"volume {vol.seq} repeats or precedes volume {self._last_seq} of series {vol.series!r}")
+        if vol.data.dtype.kind == "f" and not np.isfinite(vol.data.take(self.index)).all():
+            raise VolumeError(f"volume {vol.seq}: non-finite values inside the analysis mask")
+        dropped = vol.seq - self._last_seq - 1
+        self._last_seq = vol.seq
+        return dropped
+
+    def process(self, vol: Volume) -> Result:
+        """Run all stages on one volume, stamping each.
+
+        Raises
+        ------
+        VolumeError
+            If :meth:`check` refuses the volume; the pipeline state is unchanged then.
+        """
+        dropped = self.check(vol)
+        if dropped:
+            log.warning("series %r: %d volume(s) missing before volume %d", vol.series, dropped, vol.seq)
+        res = Result(volume=vol, status="baseline", dropped_before=dropped)
+        if self.motion is not None:
+            values, res.motion = self.motion.correct(vol.data, vol.affine)
+        else:
+            values = vol.data.take(self.index).astype(np.float32)
+        stamp(vol.stamps, Stage.MOTION)
+        res.x = self.preprocessor.update(values)
+        stamp(vol.stamps, Stage.PREPROCESSED)
+        if res.x is None or self.decoder is None:
+            return res
+        res.predictions = self.decoder.predict(res.x)
+        stamp(vol.stamps, Stage.DECODED)
+        if self.identifier is not None:
+            res.top_indices, res.top_scores = self.identifier.rank(res.predictions)
+            stamp(vol.stamps, Stage.IDENTIFIED)
+        res.status = "ok"
+        return res
+
+    def run_offline(self, volumes: Iterable[Volume]) -> Iterator[Result]:
+        """Offline driver: process volumes in turn, skipping (and logging) refused ones."""
+        for vol in volumes:
+            stamp(vol.stamps, Stage.RECEIVED)
+            try:
+                yield self.process(vol)
+            except VolumeError as err:
+                log.warning("skipped: %s", err)

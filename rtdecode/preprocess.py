@@ -1,0 +1,86 @@
+"""Incremental, causal preprocessing of the analysis voxels: detrending and baseline z-scoring.
+
+Everything here uses only the current and past volumes, so the live loop and an offline batch
+over the same volumes produce the same numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class Preprocessor:
+    """Causal detrending and z-scoring against baseline volumes.
+
+    The first ``baseline_volumes`` volumes of a series (rest, before the first stimulus) give each
+    voxel's mean and standard deviation (ddof=1). From then on, each volume is expressed as its
+    difference from an exponential moving average of the past volumes (a causal high-pass filter
+    with time constant ``detrend_tau_s``, which removes scanner drift), divided by the baseline
+    standard deviation.
+
+    Parameters
+    ----------
+    baseline_volumes : int
+        Number of baseline volumes, >= 2.
+    detrend_tau_s : float
+        Time constant of the moving average, seconds, > 0.
+    tr_s : float
+        Repetition time, seconds, > 0.
+    """
+
+    def __init__(self, baseline_volumes: int = 8, detrend_tau_s: float = 60.0, tr_s: float = 3.0) -> None:
+        if baseline_volumes < 2:
+            raise ValueError(f"baseline_volumes must be >= 2, got {baseline_volumes!r}")
+        if detrend_tau_s <= 0 or tr_s <= 0:
+            raise ValueError(f"detrend_tau_s and tr_s must be > 0, got {detrend_tau_s!r}, {tr_s!r}")
+        self.baseline_volumes = baseline_volumes
+        self.detrend_tau_s = detrend_tau_s
+        self.tr_s = tr_s
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget all state (a new series starts)."""
+        self.n_seen_ = 0
+        self._mean: np.ndarray | None = None
+        self._m2: np.ndarray | None = None
+        self._scale: np.ndarray | None = None
+
+    @property
+    def ready(self) -> bool:
+        """True once the baseline is complete."""
+        return self._scale is not None
+
+    def update(self, x: np.ndarray) -> np.ndarray | None:
+        """Take one volume's analysis voxels and return them preprocessed.
+
+        Parameters
+        ----------
+        x : numpy.ndarray
+            Shape (n_voxels,), values on the reference grid.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            float32 array of shape (n_voxels,), or None while the baseline is being collected.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        if self._scale is None:
+            # Welford's running mean and variance over the baseline volumes.
+            self.n_seen_ += 1
+            if self._mean is None:
+                self._mean, self._m2 = x.copy(), np.zeros_like(x)
+                return None
+            d = x - self._mean
+            self._mean += d / self.n_seen_
+            self._m2 += d * (x - self._mean)
+            if self.n_seen_ == self.baseline_volumes:
+                sd = np.sqrt(self._m2 / (self.n_seen_ - 1))
+                # A voxel with no variation (outside the head after motion) must not divide by 0.
+                floor = max(float(np.median(sd)) * 1e-3, 1e-12)
+                self._scale = 1.0 / np.maximum(sd, floor)
+            return None
+        self.n_seen_ += 1
+        alpha = min(1.0, self.tr_s / self.detrend_tau_s)
+        z = (x - self._mean) * self._scale
+        self._mean += alpha * (x - self._mean)
+        return z.astype(np.float32)

@@ -1,0 +1,77 @@
+"""Rigid-body transforms: the one convention for motion parameters in rtdecode.
+
+Parameters are six numbers ``(tx, ty, tz, rx, ry, rz)``: translations in mm along the RAS+ world
+axes, then rotations in degrees about the x, y and z axes through the centre of the volume. The
+transform maps a point ``X`` of the reference head position to where it is in the moved head::
+
+    X' = R (X - c) + c + t,   R = Rz @ Ry @ Rx,
+
+with ``c`` the world position of the grid centre.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def rotation_matrix(rx_deg: float, ry_deg: float, rz_deg: float) -> np.ndarray:
+    """Return ``Rz @ Ry @ Rx`` for rotations in degrees, array of shape (3, 3)."""
+    ax, ay, az = np.deg2rad([rx_deg, ry_deg, rz_deg])
+    cx, sx, cy, sy, cz, sz = np.cos(ax), np.sin(ax), np.cos(ay), np.sin(ay), np.cos(az), np.sin(az)
+    rx = np.array([[1, 0, 0], [0, cx, -sx], [0, sx, cx]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rz = np.array([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def grid_centre_mm(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """World position (mm) of the centre of a grid, array of shape (3,)."""
+    centre_vox = (np.asarray(shape[:3], dtype=float) - 1) / 2.0
+    return affine[:3, :3] @ centre_vox + affine[:3, 3]
+
+
+def rigid_matrix(params: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """World-space 4x4 matrix of a rigid transform.
+
+    Parameters
+    ----------
+    params : array-like
+        Shape (6,): tx, ty, tz (mm), rx, ry, rz (deg).
+    affine : numpy.ndarray
+        Shape (4, 4), voxel to world of the grid whose centre is the rotation centre.
+    shape : tuple of int
+        Grid shape.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (4, 4).
+    """
+    params = np.asarray(params, dtype=float)
+    rot = rotation_matrix(*params[3:6])
+    c = grid_centre_mm(affine, shape)
+    m = np.eye(4)
+    m[:3, :3] = rot
+    m[:3, 3] = c - rot @ c + params[:3]
+    return m
+
+
+def framewise_displacement(params: np.ndarray, radius_mm: float = 50.0) -> np.ndarray:
+    """Framewise displacement (Power et al. 2012).
+
+    Parameters
+    ----------
+    params : numpy.ndarray
+        Shape (n_volumes, 6) in this module's convention.
+    radius_mm : float
+        Sphere radius converting rotations to arc length.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (n_volumes,), mm; the first volume's FD is 0.
+    """
+    params = np.atleast_2d(np.asarray(params, dtype=float))
+    d = np.abs(np.diff(params, axis=0))
+    fd = d[:, :3].sum(1) + np.deg2rad(d[:, 3:]).sum(1) * radius_mm
+    return np.concatenate([[0.0], fd])

@@ -1,0 +1,191 @@
+"""Fitting decoders offline, as Horikawa & Kamitani (2017).
+
+Volumes of a recorded training session go through the same motion and preprocessing stages as in
+real time; the volumes of each stimulus block, shifted by the hemodynamic delay, are averaged;
+voxels and features are z-scored with training statistics; for every unit the voxels most
+correlated with it are selected; a ridge regression maps them to the unit. The normalisations
+are then folded into one affine map per ROI.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.decoders import DecoderBundle
+from rtdecode.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def block_average(
+    x: np.ndarray, times_s: np.ndarray, onsets_s: np.ndarray, duration_s: float, shift_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Average the samples of each block after shifting by the hemodynamic delay.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Shape (n_volumes, n_voxels); rows of NaN (baseline, skipped volumes) are ignored.
+    times_s : numpy.ndarray
+        Shape (n_volumes,), acquisition time of each volume from the start of the series.
+    onsets_s : numpy.ndarray
+        Shape (n_blocks,), block onsets from the start of the series.
+    duration_s : float
+        Block duration.
+    shift_s : float
+        Hemodynamic delay: a block's volumes are those acquired in
+        ``[onset + shift, onset + duration + shift)``.
+
+    Returns
+    -------
+    averages : numpy.ndarray
+        Shape (n_kept, n_voxels).
+    kept : numpy.ndarray
+        Indices of the blocks that had at least one valid volume.
+    """
+    valid = np.isfinite(x).all(axis=1)
+    rows, kept = [], []
+    for b, on in enumerate(onsets_s):
+        sel = valid & (times_s >= on + shift_s - 1e-6) & (times_s < on + duration_s + shift_s - 1e-6)
+        if sel.any():
+            rows.append(x[sel].mean(axis=0))
+            kept.append(b)
+    return np.array(rows), np.array(kept, dtype=int)
+
+
+def _zscore(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean, sd = a.mean(0), a.std(0, ddof=1)
+    sd = np.where(sd > 0, sd, 1.0)
+    return (a - mean) / sd, mean, sd
+
+
+def fit_selected_ridge(xz: np.ndarray, yz: np.ndarray, n_select: int, alpha: float) -> np.ndarray:
+    """Ridge regression per unit on its ``n_select`` most correlated voxels.
+
+    Parameters
+    ----------
+    xz : numpy.ndarray
+        Shape (n_samples, n_voxels), z-scored.
+    yz : numpy.ndarray
+        Shape (n_samples, n_units), z-scored.
+    n_select : int
+        Voxels per unit; all voxels when the ROI has no more than this.
+    alpha : float
+        Ridge penalty (on z-scored data, where the Gram matrix's diagonal is n_samples - 1).
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (n_voxels, n_units): weights, zero for unselected voxels.
+    """
+    n_vox = xz.shape[1]
+    gram = xz.T @ xz if n_vox <= n_select or xz.shape[0] >= n_select else None
+    cross = xz.T @ yz
+    if n_vox <= n_select:
+        gram[np.diag_indices(n_vox)] += alpha
+        return np.linalg.solve(gram, cross)
+    corr = np.abs(cross)  # proportional to |correlation| for z-scored data
+    sel = np.argpartition(-corr, n_select - 1, axis=0)[:n_select].T  # (n_units, n_select)
+    n_samples = xz.shape[0]
+    w = np.zeros((n_vox, yz.shape[1]))
+    chunk = 32
+    for start in range(0, sel.shape[0], chunk):
+        idx = sel[start : start + chunk]
+        units = np.arange(start, start + idx.shape[0])
+        if n_samples < n_select:
+            # Dual form: (X'X + aI)^-1 X'y == X'(XX' + aI)^-1 y, cheaper with fewer samples.
+            xs = np.ascontiguousarray(np.moveaxis(xz[:, idx], 1, 0))  # (chunk, n_samples, n_select)
+            k = xs @ np.swapaxes(xs, 1, 2) + alpha * np.eye(n_samples)
+            dual = np.linalg.solve(k, yz[:, units].T[..., None])
+            sol = (np.swapaxes(xs, 1, 2) @ dual)[..., 0]
+        else:
+            g = gram[idx[:, :, None], idx[:, None, :]] + alpha * np.eye(n_select)
+            sol = np.linalg.solve(g, cross[idx, units[:, None]][..., None])[..., 0]
+        w[idx, units[:, None]] = sol
+    return w
+
+
+def fit_bundle(
+    x_blocks: np.ndarray,
+    y_blocks: dict[str, np.ndarray],
+    mask: np.ndarray,
+    affine: np.ndarray,
+    rois: dict[str, np.ndarray],
+    n_select: int | dict[str, int] = 500,
+    alpha: float = 100.0,
+    meta: dict | None = None,
+) -> DecoderBundle:
+    """Fit one decoder per ROI x layer and fold them into a :class:`DecoderBundle`.
+
+    Parameters
+    ----------
+    x_blocks : numpy.ndarray
+        Shape (n_blocks, n_voxels): block-averaged preprocessed analysis voxels.
+    y_blocks : dict of str to numpy.ndarray
+        Per layer, shape (n_blocks, n_units): features of the stimulus of each block.
+    mask : numpy.ndarray
+        bool, the analysis mask (``n_voxels`` true voxels).
+    affine : numpy.ndarray
+        Shape (4, 4).
+    rois : dict of str to numpy.ndarray
+        Positions of each ROI's voxels within the analysis vector.
+    n_select : int or dict of str to int
+        Voxels per unit, overall or per ROI.
+    alpha : float
+        Ridge penalty.
+    meta : dict, optional
+        Settings stored in the bundle.
+    """
+    if x_blocks.shape[0] < 3:
+        raise ConfigError(f"need at least 3 training blocks, got {x_blocks.shape[0]}")
+    layers = list(y_blocks)
+    weights, intercepts = {}, {}
+    for roi, pos in rois.items():
+        xz, xm, xs = _zscore(x_blocks[:, pos])
+        n_sel = n_select[roi] if isinstance(n_select, dict) else n_select
+        w_roi, b_roi = [], []
+        for layer in layers:
+            yz, ym, ys = _zscore(y_blocks[layer])
+            w = fit_selected_ridge(xz, yz, n_sel, alpha)
+            # y = ym + ys * (((x - xm) / xs) @ w)  ==  x @ A + b
+            a = (w / xs[:, None]) * ys[None, :]
+            w_roi.append(a)
+            b_roi.append(ym - xm @ a)
+        weights[roi] = np.hstack(w_roi).astype(np.float32)
+        intercepts[roi] = np.concatenate(b_roi).astype(np.float32)
+        log.info("fitted %s: %d voxels x %d layers", roi, pos.size, len(layers))
+    n_units = [y_blocks[ly].shape[1] for ly in layers]
+    meta = dict(meta or {}, n_select=n_select, alpha=alpha, n_blocks=int(x_blocks.shape[0]))
+    return DecoderBundle(mask, affine, rois, layers, n_units, weights, intercepts, meta)
+
+
+def roi_positions(mask: np.ndarray, roi_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Positions of each ROI's voxels within the C-ordered analysis vector of ``mask``."""
+    lookup = np.full(mask.size, -1, dtype=np.int64)
+    lookup[np.flatnonzero(mask)] = np.arange(int(mask.sum()))
+    out = {}
+    for name, m in roi_masks.items():
+        if m.shape != mask.shape:
+            raise ConfigError(f"ROI {name!r} has shape {m.shape}, the analysis mask {mask.shape}")
+        out[name] = lookup[np.flatnonzero(m)]
+    return out
+
+
+def load_roi_masks(roi_dir: str | Path, composites: dict[str, list[str]]) -> dict[str, np.ndarray]:
+    """Load ``<roi_dir>/<ROI>.nii[.gz]`` masks and add the composites (unions of ROIs)."""
+    from rtdecode.nifti import load_mask
+
+    masks = {}
+    for path in sorted(Path(roi_dir).glob("*.nii*")):
+        masks[path.name.split(".")[0]] = load_mask(path)[0]
+    if not masks:
+        raise ConfigError(f"no ROI masks (*.nii, *.nii.gz) in {str(roi_dir)!r}")
+    for name, parts in composites.items():
+        missing = [p for p in parts if p not in masks]
+        if missing:
+            raise ConfigError(f"composite ROI {name!r} needs {missing}, not found in {str(roi_dir)!r}")
+        masks[name] = np.logical_or.reduce([masks[p] for p in parts])
+    return masks
