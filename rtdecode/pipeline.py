@@ -115,7 +115,7 @@ class Pipeline:
         else:
             values = vol.data.take(self.index).astype(np.float32)
         stamp(vol.stamps, Stage.MOTION)
-        res.x = self.preprocessor.update(values)
+        res.x = self.preprocessor.update(values, vol.tr_s)
         stamp(vol.stamps, Stage.PREPROCESSED)
         if res.x is None or self.decoder is None:
             return res

@@ -24,18 +24,15 @@ class Preprocessor:
         Number of baseline volumes, >= 2.
     detrend_tau_s : float
         Time constant of the moving average, seconds, > 0.
-    tr_s : float
-        Repetition time, seconds, > 0.
     """
 
-    def __init__(self, baseline_volumes: int = 8, detrend_tau_s: float = 60.0, tr_s: float = 3.0) -> None:
+    def __init__(self, baseline_volumes: int = 8, detrend_tau_s: float = 60.0) -> None:
         if baseline_volumes < 2:
             raise ValueError(f"baseline_volumes must be >= 2, got {baseline_volumes!r}")
-        if detrend_tau_s <= 0 or tr_s <= 0:
-            raise ValueError(f"detrend_tau_s and tr_s must be > 0, got {detrend_tau_s!r}, {tr_s!r}")
+        if detrend_tau_s <= 0:
+            raise ValueError(f"detrend_tau_s must be > 0, got {detrend_tau_s!r}")
         self.baseline_volumes = baseline_volumes
         self.detrend_tau_s = detrend_tau_s
-        self.tr_s = tr_s
         self.reset()
 
     def reset(self) -> None:
@@ -50,13 +47,15 @@ class Preprocessor:
         """True once the baseline is complete."""
         return self._scale is not None
 
-    def update(self, x: np.ndarray) -> np.ndarray | None:
+    def update(self, x: np.ndarray, tr_s: float) -> np.ndarray | None:
         """Take one volume's analysis voxels and return them preprocessed.
 
         Parameters
         ----------
         x : numpy.ndarray
             Shape (n_voxels,), values on the reference grid.
+        tr_s : float
+            Time since the previous volume, seconds (the filter's step).
 
         Returns
         -------
@@ -80,7 +79,7 @@ class Preprocessor:
                 self._scale = 1.0 / np.maximum(sd, floor)
             return None
         self.n_seen_ += 1
-        alpha = min(1.0, self.tr_s / self.detrend_tau_s)
+        alpha = min(1.0, tr_s / self.detrend_tau_s)
         z = (x - self._mean) * self._scale
         self._mean += alpha * (x - self._mean)
         return z.astype(np.float32)

@@ -9,13 +9,21 @@ are then folded into one affine map per ROI.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
 import numpy as np
+from scipy.linalg import cho_factor, cho_solve
 
+from rtdecode.config import Config
 from rtdecode.decoders import DecoderBundle
 from rtdecode.errors import ConfigError
+from rtdecode.identify import CandidateBank
+from rtdecode.motion import MotionCorrector
+from rtdecode.nifti import iter_volumes, load_mask, read_events
+from rtdecode.pipeline import Pipeline
+from rtdecode.preprocess import Preprocessor
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +70,11 @@ def _zscore(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return (a - mean) / sd, mean, sd
 
 
+def _ridge_solve(gram: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarray:
+    g = gram + alpha * np.eye(gram.shape[0], dtype=gram.dtype)
+    return cho_solve(cho_factor(g, check_finite=False), rhs, check_finite=False)
+
+
 def fit_selected_ridge(xz: np.ndarray, yz: np.ndarray, n_select: int, alpha: float) -> np.ndarray:
     """Ridge regression per unit on its ``n_select`` most correlated voxels.
 
@@ -82,28 +95,31 @@ def fit_selected_ridge(xz: np.ndarray, yz: np.ndarray, n_select: int, alpha: flo
         Shape (n_voxels, n_units): weights, zero for unselected voxels.
     """
     n_vox = xz.shape[1]
-    gram = xz.T @ xz if n_vox <= n_select or xz.shape[0] >= n_select else None
     cross = xz.T @ yz
     if n_vox <= n_select:
-        gram[np.diag_indices(n_vox)] += alpha
-        return np.linalg.solve(gram, cross)
+        return _ridge_solve(xz.T @ xz, cross, alpha)
     corr = np.abs(cross)  # proportional to |correlation| for z-scored data
     sel = np.argpartition(-corr, n_select - 1, axis=0)[:n_select].T  # (n_units, n_select)
     n_samples = xz.shape[0]
     w = np.zeros((n_vox, yz.shape[1]))
+    # float32 halves the cost of the per-unit Gram matrices; the penalty keeps them well conditioned.
+    xt = np.ascontiguousarray(xz.T, dtype=np.float32)  # gathering voxel rows beats columns
+    yz32 = yz.astype(np.float32)
     chunk = 32
     for start in range(0, sel.shape[0], chunk):
         idx = sel[start : start + chunk]
         units = np.arange(start, start + idx.shape[0])
+        xs = xt[idx]  # (chunk, n_select, n_samples)
         if n_samples < n_select:
             # Dual form: (X'X + aI)^-1 X'y == X'(XX' + aI)^-1 y, cheaper with fewer samples.
-            xs = np.ascontiguousarray(np.moveaxis(xz[:, idx], 1, 0))  # (chunk, n_samples, n_select)
-            k = xs @ np.swapaxes(xs, 1, 2) + alpha * np.eye(n_samples)
-            dual = np.linalg.solve(k, yz[:, units].T[..., None])
-            sol = (np.swapaxes(xs, 1, 2) @ dual)[..., 0]
+            gram_u = np.swapaxes(xs, 1, 2) @ xs
+            rhs = yz32[:, units].T
         else:
-            g = gram[idx[:, :, None], idx[:, None, :]] + alpha * np.eye(n_select)
-            sol = np.linalg.solve(g, cross[idx, units[:, None]][..., None])[..., 0]
+            gram_u = xs @ np.swapaxes(xs, 1, 2)
+            rhs = cross[idx, units[:, None]]
+        sol = np.stack([_ridge_solve(g, r, alpha) for g, r in zip(gram_u, rhs)])
+        if n_samples < n_select:
+            sol = (xs @ sol[..., None])[..., 0]
         w[idx, units[:, None]] = sol
     return w
 
@@ -176,8 +192,6 @@ def roi_positions(mask: np.ndarray, roi_masks: dict[str, np.ndarray]) -> dict[st
 
 def load_roi_masks(roi_dir: str | Path, composites: dict[str, list[str]]) -> dict[str, np.ndarray]:
     """Load ``<roi_dir>/<ROI>.nii[.gz]`` masks and add the composites (unions of ROIs)."""
-    from rtdecode.nifti import load_mask
-
     masks = {}
     for path in sorted(Path(roi_dir).glob("*.nii*")):
         masks[path.name.split(".")[0]] = load_mask(path)[0]
@@ -189,3 +203,55 @@ def load_roi_masks(roi_dir: str | Path, composites: dict[str, list[str]]) -> dic
             raise ConfigError(f"composite ROI {name!r} needs {missing}, not found in {str(roi_dir)!r}")
         masks[name] = np.logical_or.reduce([masks[p] for p in parts])
     return masks
+
+
+def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> DecoderBundle:
+    """Train decoders on a recorded session and write the bundle and candidate bank.
+
+    The session directory holds ``bold.nii``, ``events.tsv`` (with ``category_index``),
+    ``rois/``, ``stimulus_features.npz`` (``feat_<layer>`` per block) and ``features.npz``
+    (the candidate bank), as :func:`rtdecode.sim.session.write_session` writes them. The volumes
+    go through the same motion and preprocessing stages (``cfg.run``) as in real time.
+
+    Parameters
+    ----------
+    session_dir : str or Path
+    out_dir : str or Path
+        Receives ``decoder.npz``, ``decoder.json`` and ``candidates.npz``.
+    cfg : Config
+
+    Returns
+    -------
+    DecoderBundle
+    """
+    sdir = Path(session_dir)
+    tc, rc = cfg.train, cfg.run
+    masks = load_roi_masks(sdir / "rois", {k: list(v) for k, v in tc.composites.items()})
+    unknown = [r for r in tc.rois if r not in masks]
+    if unknown:
+        raise ConfigError(f"train.rois names {unknown}, not among the masks {sorted(masks)}")
+    mask = np.logical_or.reduce([masks[r] for r in tc.rois])
+    motion = MotionCorrector(np.flatnonzero(mask), rc.motion.n_reference, rc.motion.fd_threshold_mm) if rc.motion.enabled else None
+    pipe = Pipeline(mask, Preprocessor(rc.preprocess.baseline_volumes, rc.preprocess.detrend_tau_s), motion)
+    rows, times, affine, tr = [], [], None, None
+    for res in pipe.run_offline(iter_volumes(sdir / "bold.nii")):
+        rows.append(res.x if res.x is not None else np.full(int(mask.sum()), np.nan, np.float32))
+        times.append(res.volume.seq * res.volume.tr_s)
+        affine, tr = res.volume.affine, res.volume.tr_s
+    events = [e for e in read_events(sdir / "events.tsv") if e.get("trial_type", "stimulus") == "stimulus"]
+    onsets = np.array([float(e["onset"]) for e in events])
+    durations = {float(e["duration"]) for e in events}
+    if len(durations) != 1:
+        raise ConfigError(f"{sdir / 'events.tsv'}: blocks of different durations {sorted(durations)}")
+    x_blocks, kept = block_average(np.array(rows), np.array(times), onsets, durations.pop(), tc.hrf_shift_s)
+    with np.load(sdir / "stimulus_features.npz", allow_pickle=False) as z:
+        y_blocks = {k.removeprefix("feat_"): z[k][kept] for k in z.files}
+    rois = roi_positions(mask, {r: masks[r] for r in tc.rois})
+    meta = {"session": str(sdir), "tr_s": tr, "hrf_shift_s": tc.hrf_shift_s,
+            "preprocess": dataclasses.asdict(rc.preprocess), "motion": dataclasses.asdict(rc.motion)}
+    bundle = fit_bundle(x_blocks, y_blocks, mask, affine, rois, tc.n_voxels, tc.alpha, meta)
+    out = bundle.save(out_dir)
+    with np.load(sdir / "features.npz", allow_pickle=False) as z:
+        bank = CandidateBank([str(s) for s in z["labels"]], {k.removeprefix("feat_"): z[k] for k in z.files if k.startswith("feat_")})
+    bank.save(out / "candidates.npz")
+    return bundle

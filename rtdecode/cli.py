@@ -1,0 +1,125 @@
+"""Command line: argument parsing only; every subcommand calls into the modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from rtdecode.config import load_config
+from rtdecode.errors import RtDecodeError
+
+
+def _simulate(args: argparse.Namespace) -> None:
+    from rtdecode.demo import sim_params
+    from rtdecode.sim.scanner import stream_session
+    from rtdecode.sim.session import make_subject, simulate_session, write_session
+
+    cfg = load_config(args.config)
+    out = Path(args.out)
+    if not (out / "bold.nii").exists() or args.overwrite:
+        p = sim_params(cfg, kind=args.kind, seed=args.seed, subject_seed=args.subject_seed)
+        write_session(out, p, simulate_session(p, make_subject(p)))
+        print(f"wrote {args.kind} session to {out}")
+    if args.stream:
+        n = stream_session(out / "bold.nii", args.stream, args.speed, session=args.session, series=args.series)
+        print(f"streamed {n} volumes to {args.stream}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from rtdecode.train import train_session
+
+    bundle = train_session(args.session, args.out, load_config(args.config))
+    print(f"wrote decoder bundle ({len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers) to {args.out}")
+
+
+def _run(args: argparse.Namespace) -> None:
+    from rtdecode.run import serve
+
+    cfg = load_config(args.config).run
+    if args.bundle:
+        cfg.bundle = args.bundle
+    summary = serve(cfg, exit_after_series=args.exit_after_series)
+    if args.summary:
+        Path(args.summary).write_text(json.dumps(summary, indent=1))
+
+
+def _subscribe(args: argparse.Namespace) -> None:
+    from rtdecode.subscribe import follow
+
+    follow(args.address, args.roi, args.layer, args.save, args.ready_file, args.until_end, args.timeout)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from rtdecode.demo import run_demo
+
+    run_demo(load_config(args.config), args.out, args.summary)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rtdecode`` argument parser."""
+    ap = argparse.ArgumentParser(prog="rtdecode", description="Real-time decoding of fMRI into DNN features.")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO)")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("simulate", help="simulate a session (and optionally stream it over ZeroMQ)")
+    p.add_argument("--out", required=True, help="session directory")
+    p.add_argument("--kind", choices=["train", "test"], default="train")
+    p.add_argument("--seed", type=int, default=1, help="session seed (noise, motion, design order)")
+    p.add_argument("--subject-seed", type=int, default=0, help="subject seed (brain, features, categories)")
+    p.add_argument("-c", "--config", help="YAML config (its 'simulate' section)")
+    p.add_argument("--overwrite", action="store_true", help="simulate even if the directory has a session")
+    p.add_argument("--stream", metavar="ADDRESS", help="then stream it to this decoder input")
+    p.add_argument("--speed", type=float, default=1.0, help="1 = TR pace, N = N times faster, inf = unpaced")
+    p.add_argument("--session", default="sim", help="session id put in the headers")
+    p.add_argument("--series", default="run-01", help="series id put in the headers")
+    p.set_defaults(func=_simulate)
+
+    p = sub.add_parser("train", help="train decoders on a recorded training session")
+    p.add_argument("--session", required=True, help="session directory (bold.nii, events.tsv, rois/, ...)")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.add_argument("-c", "--config", help="YAML config ('train' and 'run' sections)")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("run", help="run the real-time decoder")
+    p.add_argument("-c", "--config", help="YAML config ('run' section)")
+    p.add_argument("--bundle", help="decoder bundle directory (overrides the config)")
+    p.add_argument("--exit-after-series", action="store_true", help="stop at the first end-of-series")
+    p.add_argument("--summary", help="write counts and latency summary as JSON here on exit")
+    p.set_defaults(func=_run)
+
+    p = sub.add_parser("subscribe", help="print each volume's ranking and latency live")
+    p.add_argument("--address", default="tcp://127.0.0.1:5556", help="the decoder's output address")
+    p.add_argument("--roi", default="VC")
+    p.add_argument("--layer", default="cnn8")
+    p.add_argument("--save", help="write everything received to this NPZ when done")
+    p.add_argument("--ready-file", help="create this file once messages arrive")
+    p.add_argument("--until-end", action="store_true", help="stop after the decoder's end-of-series")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after this many silent seconds")
+    p.set_defaults(func=_subscribe)
+
+    p = sub.add_parser("demo", help="simulate, train, decode live, report")
+    p.add_argument("-c", "--config", default=None, help="YAML config (default: built-in demo settings)")
+    p.add_argument("--out", default="demo-out", help="working directory")
+    p.add_argument("--summary", help="write the summary as JSON here")
+    p.set_defaults(func=_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rtdecode`` command."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+    )
+    try:
+        args.func(args)
+    except RtDecodeError as err:
+        print(f"rtdecode {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,212 @@
+"""The demo: simulate, train, decode a test session live in separate processes, and report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from rtdecode.config import Config, to_dict
+from rtdecode.errors import ConfigError
+from rtdecode.evaluate import block_top_k, identification_table
+from rtdecode.identify import CandidateBank
+from rtdecode.latency import format_table
+from rtdecode.nifti import read_events
+from rtdecode.sim.scanner import stream_session
+from rtdecode.sim.session import SimParams, simulate_session, write_session
+from rtdecode.train import train_session
+
+
+def free_tcp_address() -> str:
+    """A loopback TCP address whose port was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def sim_params(cfg: Config, **overrides: object) -> SimParams:
+    """SimParams from the config's ``simulate`` section plus overrides, checking the keys."""
+    fields = {f.name for f in dataclasses.fields(SimParams)}
+    unknown = set(cfg.simulate) - fields
+    if unknown:
+        raise ConfigError(f"simulate: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    values = {**cfg.simulate, **overrides}
+    if "shape" in values:
+        values["shape"] = tuple(values["shape"])
+    for key in ("tuned_change_pct", "weak_change_pct"):
+        if key in values:
+            values[key] = tuple(values[key])
+    return SimParams(**values)
+
+
+def _wait(proc: subprocess.Popen, timeout_s: float, name: str) -> int:
+    try:
+        return proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise TimeoutError(f"{name} did not finish within {timeout_s} s") from None
+
+
+def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None = None) -> dict:
+    """Run the whole demo and return its summary (also written to ``summary_path``)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.monotonic()
+    timings = {}
+
+    def step(msg: str) -> None:
+        print(f"[{time.monotonic() - t_start:6.1f} s] {msg}", flush=True)
+
+    p_train, p_test = sim_params(cfg, kind="train", seed=1), sim_params(cfg, kind="test", seed=2)
+    step(f"simulating the training session ({p_train.n_train_categories} categories x "
+         f"{p_train.train_blocks_per_category} blocks of {p_train.block_volumes * p_train.tr_s:g} s)")
+    t = time.monotonic()
+    sim_train = simulate_session(p_train)
+    write_session(out / "train", p_train, sim_train)
+    step(f"simulating the test session ({p_test.n_test_categories} categories never trained on)")
+    write_session(out / "test", p_test, simulate_session(p_test, sim_train["subject"]))
+    timings["simulate_s"] = time.monotonic() - t
+    del sim_train
+
+    step("training decoders (motion correction, causal preprocessing, per-unit voxel selection, ridge)")
+    t = time.monotonic()
+    bundle = train_session(out / "train", out / "decoder", cfg)
+    timings["train_s"] = time.monotonic() - t
+    step(f"trained {len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers in {timings['train_s']:.1f} s")
+
+    run_cfg = dataclasses.replace(cfg.run, bundle=str(out / "decoder"), candidates="")
+    run_cfg.input = dataclasses.replace(run_cfg.input, address=free_tcp_address(), bind=True)
+    run_cfg.output = dataclasses.replace(run_cfg.output, address=free_tcp_address(), bind=True)
+    cfg_path = out / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=run_cfg))["run"]}))
+    ready, results = out / "subscriber.ready", out / "results.npz"
+    ready.unlink(missing_ok=True)
+    results.unlink(missing_ok=True)
+    exe = [sys.executable, "-m", "rtdecode"]
+    step("starting the decoder and a subscriber as separate processes")
+    decoder = subprocess.Popen([*exe, "run", "-c", str(cfg_path), "--exit-after-series"])
+    subscriber = subprocess.Popen(
+        [*exe, "subscribe", "--address", run_cfg.output.address, "--save", str(results),
+         "--ready-file", str(ready), "--until-end", "--timeout", str(cfg.demo.timeout_s)]
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not ready.exists():
+            if time.monotonic() > deadline or decoder.poll() is not None or subscriber.poll() is not None:
+                raise RuntimeError("decoder or subscriber did not come up (see their messages above)")
+            time.sleep(0.05)
+        step(f"streaming the test session at {cfg.demo.speed:g}x real time")
+        t = time.monotonic()
+        n_sent = stream_session(out / "test" / "bold.nii", run_cfg.input.address, cfg.demo.speed,
+                                session="demo", series="test")
+        _wait(subscriber, cfg.demo.timeout_s, "subscriber")
+        _wait(decoder, 30, "decoder")
+        timings["stream_s"] = time.monotonic() - t
+    finally:
+        for proc in (decoder, subscriber):
+            if proc.poll() is None:
+                proc.terminate()
+    summary = evaluate_demo(out, results, p_test, cfg, n_sent)
+    summary["timings_s"] = {**timings, "total_s": time.monotonic() - t_start}
+    print_summary(summary)
+    if summary_path is not None:
+        Path(summary_path).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: int) -> dict:
+    """Score the subscriber's recording of the test session against the simulator's truth."""
+    with np.load(results, allow_pickle=False) as z:
+        seqs = z["seq"]
+        end = json.loads(str(z["end"]))
+        feats = {tuple(k.split("/")[1:]): z[k] for k in z.files if k.startswith("features/")}
+        status = z["status"]
+    bank = CandidateBank.load(out / "decoder" / "candidates.npz")
+    events = read_events(out / "test" / "events.tsv")
+    onsets = np.array([float(e["onset"]) for e in events])
+    truth = np.array([int(e["category_index"]) for e in events])
+    duration = float(events[0]["duration"])
+    times = seqs * p.tr_s
+    shift = cfg.train.hrf_shift_s
+    table = identification_table(feats, times, onsets, duration, shift, truth, bank)
+    roi = "VC" if "VC" in table else sorted(table)[0]
+    per_layer = table[roi]
+    vc = {layer: f for (r, layer), f in feats.items() if r == roi}
+    idx, val, kept = block_top_k(vc, times, onsets, duration, shift, bank, 5)
+    blocks = [
+        {"block": int(b), "truth": bank.labels[truth[b]], "top5": [bank.labels[i] for i in row],
+         "scores": [round(float(s), 3) for s in srow], "truth_in_top5": bool(truth[b] in row)}
+        for b, row, srow in zip(kept, idx, val)
+    ]
+    lat = end.get("latency_ms", {}) if end else {}
+    return {
+        "identification_accuracy": {
+            "roi": roi,
+            "mean": float(np.mean(list(per_layer.values()))),
+            "per_layer": per_layer,
+            "per_roi": table,
+            "chance": 0.5,
+            "n_blocks": int(kept.size),
+            "n_candidates": len(bank.labels),
+        },
+        "top5_hit_rate": float(np.mean([b["truth_in_top5"] for b in blocks])) if blocks else 0.0,
+        "blocks": blocks,
+        "volumes": {
+            "sent": int(n_sent),
+            "processed": int(end.get("processed", 0)) if end else 0,
+            "skipped": int(end.get("skipped", 0)) if end else 0,
+            "dropped": int(end.get("dropped", 0)) if end else 0,
+            "received_by_subscriber": int(seqs.size),
+            "decoded": int((status == "ok").sum()),
+        },
+        "latency_ms": lat,
+        "simulation": {
+            "shape": list(p.shape), "voxel_size_mm": p.voxel_size_mm, "tr_s": p.tr_s, "tsnr": p.tsnr,
+            "tuned_fraction": p.tuned_fraction, "tuned_change_pct": list(p.tuned_change_pct),
+            "weak_change_pct": list(p.weak_change_pct), "max_translation_mm": p.max_translation_mm,
+            "max_rotation_deg": p.max_rotation_deg, "n_train_categories": p.n_train_categories,
+            "n_test_categories": p.n_test_categories, "n_units_per_layer": p.n_units,
+        },
+    }
+
+
+def print_summary(s: dict) -> None:
+    """Print the demo's results the way a user wants to read them."""
+    sim = s["simulation"]
+    print("\n=== rtdecode demo ===")
+    print(f"simulated: {sim['shape']} voxels of {sim['voxel_size_mm']} mm, TR {sim['tr_s']} s, tSNR {sim['tsnr']:g}, "
+          f"{sim['tuned_fraction']:.0%} of visual voxels tuned at {sim['tuned_change_pct'][0]:g}-"
+          f"{sim['tuned_change_pct'][1]:g} % signal change (the rest {sim['weak_change_pct'][0]:g}-"
+          f"{sim['weak_change_pct'][1]:g} %), head motion up to {sim['max_translation_mm']:g} mm / "
+          f"{sim['max_rotation_deg']:g} deg")
+    ia = s["identification_accuracy"]
+    print(f"\ntop-5 categories per test block ({ia['roi']}, correlation averaged over layers), first 10 blocks:")
+    for b in s["blocks"][:10]:
+        mark = "HIT " if b["truth_in_top5"] else "    "
+        print(f"  {mark}block {b['block']:3d} truth {b['truth']}: " + ", ".join(b["top5"]))
+    print(f"  truth in top 5 of {ia['n_candidates']}: {s['top5_hit_rate']:.0%} of {ia['n_blocks']} blocks "
+          f"(chance {5 / ia['n_candidates']:.1%})")
+    print(f"\npairwise identification accuracy, {ia['n_blocks']} test blocks of categories never trained on, "
+          f"{ia['n_candidates']} candidates (chance 0.5):")
+    layers = list(ia["per_layer"])
+    print(f"  {'ROI':<5}" + "".join(f"{ly:>7}" for ly in layers) + f"{'mean':>7}")
+    for roi, accs in ia["per_roi"].items():
+        print(f"  {roi:<5}" + "".join(f"{accs[ly]:>7.2f}" for ly in layers) + f"{np.mean(list(accs.values())):>7.2f}")
+    print(f"  mean over layers ({ia['roi']}): {ia['mean']:.3f}")
+    v = s["volumes"]
+    print(f"\nvolumes: {v['sent']} sent, {v['processed']} processed, {v['skipped']} skipped, "
+          f"{v['received_by_subscriber']} results received")
+    if s["latency_ms"]:
+        print("\nlatency per stage and end to end (acquisition -> published):")
+        print(format_table(s["latency_ms"]))

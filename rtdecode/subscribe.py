@@ -1,0 +1,160 @@
+"""A subscriber that shows each volume's ranking and latency live and can save what it received."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.errors import ProtocolError, ReceiveTimeout
+from rtdecode.transport.zmq import Subscriber
+from rtdecode.wire import Message
+
+
+class ResultLog:
+    """Everything published about each volume, keyed by volume index (one series)."""
+
+    def __init__(self) -> None:
+        self.features: dict[tuple[str, str], dict[int, np.ndarray]] = {}
+        self.rankings: dict[int, Message] = {}
+        self.latency: dict[int, dict] = {}
+        self.motion: dict[int, dict] = {}
+        self.status: dict[int, str] = {}
+        self.end: dict | None = None
+        self.skipped: list[str] = []
+
+    def add(self, msg: Message) -> None:
+        """File one message under its volume."""
+        h = msg.header
+        kind = h.get("kind")
+        if kind == "features":
+            self.features.setdefault((h["roi"], h["layer"]), {})[h["seq"]] = msg.arrays["features"].copy()
+        elif kind == "ranking":
+            self.rankings[h["seq"]] = msg
+            self.status[h["seq"]] = h["status"]
+        elif kind == "latency":
+            self.latency[h["seq"]] = h["ms"]
+        elif kind == "motion":
+            self.motion[h["seq"]] = h
+        elif kind == "status" and h.get("event") == "end":
+            self.end = h
+        elif kind == "status" and h.get("event") == "skipped":
+            self.skipped.append(h["reason"])
+
+    def save(self, path: str | Path) -> None:
+        """Write an NPZ: ``seq``, ``status``, ``features/<roi>/<layer>`` (NaN where absent),
+        ``top_indices`` (-1 where absent), ``e2e_ms``, ``motion``, ``fd_mm``, ``censored`` and
+        ``end`` (the decoder's end-of-series status as JSON).
+        """
+        seqs = np.array(sorted(self.status), dtype=np.int64)
+        pos = {s: i for i, s in enumerate(seqs)}
+        arrays: dict[str, np.ndarray] = {"seq": seqs, "status": np.array([self.status[s] for s in seqs])}
+        for (roi, layer), by_seq in self.features.items():
+            n_units = next(iter(by_seq.values())).size
+            a = np.full((seqs.size, n_units), np.nan, dtype=np.float32)
+            for s, v in by_seq.items():
+                if s in pos:
+                    a[pos[s]] = v
+            arrays[f"features/{roi}/{layer}"] = a
+        ok = [m for m in self.rankings.values() if "indices" in m.arrays]
+        if ok:
+            shape = ok[0].arrays["indices"].shape
+            top = np.full((seqs.size, *shape), -1, dtype=np.int32)
+            for s, m in self.rankings.items():
+                if "indices" in m.arrays:
+                    top[pos[s]] = m.arrays["indices"]
+            arrays["top_indices"] = top
+            arrays["rois"], arrays["layers"] = np.array(ok[0].header["rois"]), np.array(ok[0].header["layers"])
+        arrays["e2e_ms"] = np.array([self.latency.get(s, {}).get("end_to_end", np.nan) for s in seqs])
+        arrays["motion"] = np.array([self.motion[s]["params"] if s in self.motion else [np.nan] * 6 for s in seqs])
+        arrays["fd_mm"] = np.array([self.motion.get(s, {}).get("fd_mm", np.nan) for s in seqs])
+        arrays["censored"] = np.array([bool(self.motion.get(s, {}).get("censored", False)) for s in seqs])
+        arrays["end"] = np.array(json.dumps(self.end))
+        np.savez(path, **arrays)
+
+
+def describe(log: ResultLog, seq: int, roi: str, layer: str) -> str:
+    """One line for a volume: status, top labels of ``roi``/``layer``, motion and latency."""
+    ranking = log.rankings.get(seq)
+    text = f"vol {seq:4d}"
+    if ranking is None or "indices" not in ranking.arrays:
+        text += f"  {log.status.get(seq, '?'):<8}"
+    else:
+        h = ranking.header
+        try:
+            labels = h["labels"][h["rois"].index(roi)][h["layers"].index(layer)]
+            scores = ranking.arrays["scores"][h["rois"].index(roi), h["layers"].index(layer)]
+            text += f"  {roi}/{layer}: " + " ".join(f"{lb}({sc:.2f})" for lb, sc in zip(labels, scores))
+        except ValueError:
+            text += f"  ({roi}/{layer} not decoded)"
+        if h.get("censored"):
+            text += "  [censored]"
+    m = log.motion.get(seq)
+    if m is not None:
+        text += f"  fd {m['fd_mm']:.2f} mm"
+    e2e = log.latency.get(seq, {}).get("end_to_end")
+    if e2e is not None:
+        text += f"  e2e {e2e:.1f} ms"
+    return text
+
+
+def follow(
+    address: str,
+    roi: str = "VC",
+    layer: str = "cnn8",
+    save: str | Path | None = None,
+    ready_file: str | Path | None = None,
+    until_end: bool = False,
+    timeout_s: float = 0.0,
+    echo: Callable[[str], None] = print,
+) -> ResultLog:
+    """Subscribe to a decoder and print one line per volume.
+
+    Parameters
+    ----------
+    address : str
+        The decoder's PUB address.
+    roi, layer : str
+        Which decoder's top candidates to print.
+    save : str or Path, optional
+        Write :meth:`ResultLog.save` here when done.
+    ready_file : str or Path, optional
+        Created when the first message arrives (the subscription is live then).
+    until_end : bool
+        Stop after the decoder's end-of-series status.
+    timeout_s : float
+        Stop after this long without any message; 0 waits for ever.
+    echo : callable
+        Where lines go.
+    """
+    log = ResultLog()
+    with Subscriber(address) as sub:
+        last = time.monotonic()
+        while True:
+            try:
+                msg = sub.recv(0.5)
+            except ReceiveTimeout:
+                if timeout_s and time.monotonic() - last > timeout_s:
+                    echo(f"no message for {timeout_s} s; stopping")
+                    break
+                continue
+            except ProtocolError as err:
+                echo(f"malformed message ignored: {err}")
+                continue
+            last = time.monotonic()
+            if ready_file is not None and not Path(ready_file).exists():
+                Path(ready_file).write_text("ready\n")
+            log.add(msg)
+            h = msg.header
+            if h.get("kind") == "latency":
+                echo(describe(log, h["seq"], roi, layer))
+            elif h.get("kind") == "status" and h.get("event") == "skipped":
+                echo(f"decoder skipped a message: {h['reason']}")
+            elif h.get("kind") == "status" and h.get("event") == "end" and until_end:
+                break
+    if save is not None:
+        log.save(save)
+    return log

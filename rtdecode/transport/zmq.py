@@ -1,0 +1,143 @@
+"""ZeroMQ sources and sinks speaking wire protocol v1 (:mod:`rtdecode.wire`).
+
+Volumes travel PUSH -> PULL (no loss, back-pressure instead); results are published on PUB with
+one topic per kind. Sends are zero-copy: frames alias the arrays handed over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import zmq
+
+from rtdecode import wire
+from rtdecode.errors import ConfigError, ReceiveTimeout
+from rtdecode.volume import Stage, Volume, stamp
+
+
+def _open(kind: int, address: str, bind: bool, linger_ms: int) -> zmq.Socket:
+    sock = zmq.Context.instance().socket(kind)
+    sock.setsockopt(zmq.LINGER, linger_ms)
+    try:
+        if bind:
+            sock.bind(address)
+        else:
+            sock.connect(address)
+    except zmq.ZMQError as err:
+        sock.close(0)
+        verb = "bind to" if bind else "connect to"
+        raise ConfigError(f"cannot {verb} {address!r}: {err}") from None
+    return sock
+
+
+class _Endpoint:
+    """Lifecycle shared by all endpoints: context manager, idempotent close."""
+
+    socket: zmq.Socket
+
+    def close(self) -> None:
+        """Close the socket; safe to call twice."""
+        if not self.socket.closed:
+            self.socket.close()
+
+    def __enter__(self) -> _Endpoint:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def last_endpoint(self) -> str:
+        """The address actually bound (useful with port 0 / ``tcp://127.0.0.1:*``)."""
+        return self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+class VolumeSender(_Endpoint):
+    """Send volumes (PUSH). Connects by default; the decoder binds.
+
+    Parameters
+    ----------
+    address : str
+    bind : bool
+    linger_ms : int
+        How long :meth:`close` waits to deliver queued volumes.
+    """
+
+    def __init__(self, address: str, bind: bool = False, linger_ms: int = 5000) -> None:
+        self.socket = _open(zmq.PUSH, address, bind, linger_ms)
+
+    def send(self, vol: Volume) -> None:
+        """Stamp ``SENT`` and send one volume; do not modify ``vol.data`` afterwards."""
+        stamp(vol.stamps, Stage.SENT)
+        self.socket.send_multipart(wire.encode_volume(vol), copy=False)
+
+    def send_frames(self, frames: Sequence[Any]) -> None:
+        """Send raw frames (tests use this to send malformed messages)."""
+        self.socket.send_multipart(list(frames), copy=False)
+
+    def send_end(self, session: str, series: str, n_sent: int) -> None:
+        """Tell the receiver that a series is complete."""
+        self.socket.send_multipart(
+            wire.encode(wire.END_TOPIC, {"kind": "end", "session": session, "series": series, "n_sent": n_sent})
+        )
+
+
+class Receiver(_Endpoint):
+    """Receive messages (PULL). Binds by default."""
+
+    def __init__(self, address: str, bind: bool = True, linger_ms: int = 0) -> None:
+        self.socket = _open(zmq.PULL, address, bind, linger_ms)
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+
+    def recv(self, timeout_s: float) -> wire.Message:
+        """Receive and decode one message.
+
+        Raises
+        ------
+        ReceiveTimeout
+            Nothing arrived within ``timeout_s``.
+        ProtocolError
+            The message arrived but is malformed (it is consumed).
+        """
+        if not self._poller.poll(int(timeout_s * 1000)):
+            raise ReceiveTimeout(f"no message within {timeout_s} s")
+        frames = self.socket.recv_multipart(copy=False)
+        return wire.decode(frames)
+
+
+class Publisher(_Endpoint):
+    """Publish results (PUB). Binds by default."""
+
+    def __init__(self, address: str, bind: bool = True, linger_ms: int = 1000) -> None:
+        self.socket = _open(zmq.PUB, address, bind, linger_ms)
+
+    def publish(self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> None:
+        """Encode and send one message (arrays are not copied)."""
+        self.socket.send_multipart(wire.encode(topic, header, arrays), copy=False)
+
+
+class Subscriber(_Endpoint):
+    """Subscribe to published results (SUB). Connects by default.
+
+    Parameters
+    ----------
+    address : str
+    topics : sequence of str
+        Topic prefixes; empty means everything.
+    """
+
+    def __init__(self, address: str, topics: Sequence[str] = (), bind: bool = False) -> None:
+        self.socket = _open(zmq.SUB, address, bind, 0)
+        for t in topics or [""]:
+            self.socket.setsockopt(zmq.SUBSCRIBE, t.encode())
+        self._poller = zmq.Poller()
+        self._poller.register(self.socket, zmq.POLLIN)
+
+    def recv(self, timeout_s: float) -> wire.Message:
+        """Receive and decode one message (see :meth:`Receiver.recv`)."""
+        if not self._poller.poll(int(timeout_s * 1000)):
+            raise ReceiveTimeout(f"no message within {timeout_s} s")
+        return wire.decode(self.socket.recv_multipart(copy=False))
