@@ -69,8 +69,9 @@ class MotionCorrector:
         Gauss-Newton iterations at most.
     tol : float
         Stop when the update is smaller than this (mm, and degrees).
-    sample_stride : int
-        Use every ``sample_stride``-th brain voxel along each axis for estimation.
+    sample_fraction : float
+        Share of the brain voxels used for estimation, drawn at random once per reference (a
+        regular sub-grid would bias the estimate through the interpolation's grid pattern).
     """
 
     def __init__(
@@ -80,10 +81,12 @@ class MotionCorrector:
         fd_threshold_mm: float = 0.5,
         max_iter: int = 10,
         tol: float = 1e-3,
-        sample_stride: int = 2,
+        sample_fraction: float = 1.0,
     ) -> None:
         if n_reference < 1:
             raise ValueError(f"n_reference must be >= 1, got {n_reference!r}")
+        if not 0 < sample_fraction <= 1:
+            raise ValueError(f"sample_fraction must be in (0, 1], got {sample_fraction!r}")
         if fd_threshold_mm <= 0:
             raise ValueError(f"fd_threshold_mm must be > 0, got {fd_threshold_mm!r}")
         self.analysis_index = np.asarray(analysis_index, dtype=np.int64)
@@ -91,7 +94,7 @@ class MotionCorrector:
         self.fd_threshold_mm = fd_threshold_mm
         self.max_iter = max_iter
         self.tol = tol
-        self.sample_stride = sample_stride
+        self.sample_fraction = sample_fraction
         self._ref_sum: np.ndarray | None = None
         self._n_ref_seen = 0
         self._prev: np.ndarray | None = None
@@ -117,10 +120,8 @@ class MotionCorrector:
         self.reference_ = ref.astype(np.float32)
         # Brain-ish weight mask: voxels brighter than a fraction of the robust maximum.
         thresh = 0.25 * np.percentile(ref, 99)
-        grid = np.zeros(ref.shape, dtype=bool)
-        s = self.sample_stride
-        grid[::s, ::s, ::s] = True
-        sel = (ref > thresh) & grid
+        rng = np.random.default_rng(0)  # fixed: the same volume always gives the same estimate
+        sel = (ref > thresh) & (rng.random(ref.shape) < self.sample_fraction)
         # Keep away from the edge, where the gradient is undefined.
         sel[:1], sel[-1:], sel[:, :1], sel[:, -1:], sel[..., :1], sel[..., -1:] = (False,) * 6
         self.points_ = np.array(np.nonzero(sel), dtype=np.float64)  # (3, n)

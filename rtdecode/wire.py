@@ -91,7 +91,9 @@ def encode(
     specs = []
     buffers: list[memoryview] = []
     for name, arr in (arrays or {}).items():
-        arr = np.ascontiguousarray(arr)
+        arr = np.asarray(arr)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")
         dtype_name = arr.dtype.name
         if dtype_name not in DTYPES:
             raise ProtocolError(f"array {name!r}: dtype {arr.dtype!r} is not supported by protocol v1")

@@ -1,0 +1,47 @@
+import dataclasses
+import socket
+
+import pytest
+
+from rtdecode.config import Config, TrainConfig
+from rtdecode.sim.session import SimParams, make_subject, simulate_session, write_session
+from rtdecode.train import train_session
+
+# Small but realistic: the default noise, tuning and motion, fewer categories and units.
+SMALL = SimParams(n_train_categories=80, n_test_categories=20, n_units=50)
+ROIS = ["V1", "LOC", "LVC", "HVC", "VC"]
+
+
+def free_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def small_config() -> Config:
+    return Config(train=TrainConfig(rois=ROIS))
+
+
+def _make(root, **overrides):
+    p_train = dataclasses.replace(SMALL, kind="train", seed=1, **overrides)
+    p_test = dataclasses.replace(SMALL, kind="test", seed=2, **overrides)
+    subject = make_subject(p_train)
+    write_session(root / "train", p_train, simulate_session(p_train, subject))
+    write_session(root / "test", p_test, simulate_session(p_test, subject))
+    cfg = small_config()
+    if not overrides.get("motion", True):
+        cfg.run.motion.enabled = False
+    train_session(root / "train", root / "decoder", cfg)
+    return root
+
+
+@pytest.fixture(scope="session")
+def experiment(tmp_path_factory):
+    """A simulated subject with default (realistic) settings: train and test sessions, a bundle."""
+    return _make(tmp_path_factory.mktemp("experiment"))
+
+
+@pytest.fixture(scope="session")
+def noiseless_experiment(tmp_path_factory):
+    """The same subject without noise, drift or motion."""
+    return _make(tmp_path_factory.mktemp("noiseless"), noiseless=True, motion=False, drift_pct=0.0)

@@ -1,0 +1,39 @@
+from pathlib import Path
+
+import pytest
+
+from rtdecode.config import Config, load_config
+from rtdecode.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_shipped_configs_load():
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        assert isinstance(load_config(path), Config)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("run: [1, 2", "not valid YAML"),
+        ("run:\n  top_k: 0\n", r"run.top_k must be >= 1, got 0"),
+        ("run:\n  top_k: five\n", r"run.top_k: must be an integer, got 'five'"),
+        ("run:\n  motion:\n    enabled: yes\n    fd_threshold: 1\n", r"run.motion: unknown key\(s\) \['fd_threshold'\]"),
+        ("run:\n  input:\n    address: 127.0.0.1:5555\n", r"run.input.address must start with tcp://"),
+        ("train:\n  alpha: -1\n", r"train.alpha must be > 0, got -1.0"),
+        ("colour: blue\n", r"unknown key\(s\) \['colour'\]"),
+        ("- a\n- b\n", "must be a mapping"),
+    ],
+)
+def test_broken_configs_name_file_key_and_value(tmp_path, text, match):
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=match) as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config("/nonexistent/rtdecode.yaml")

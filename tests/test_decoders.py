@@ -1,0 +1,53 @@
+import json
+
+import numpy as np
+import pytest
+
+from rtdecode.decoders import DecoderBundle
+from rtdecode.errors import BundleError, VolumeError
+
+
+def _bundle(rng):
+    mask = np.zeros((5, 6, 7), bool)
+    mask.ravel()[rng.choice(210, 40, replace=False)] = True
+    rois = {"A": np.arange(40), "B": np.arange(0, 40, 2)}
+    w = {r: rng.standard_normal((p.size, 9)).astype(np.float32) for r, p in rois.items()}
+    b = {r: rng.standard_normal(9).astype(np.float32) for r in rois}
+    return DecoderBundle(mask, np.diag([3, 3, 3, 1.0]), rois, ["l1", "l2"], [4, 5], w, b, {"note": "x"})
+
+
+def test_save_load_roundtrip_predicts_identically(tmp_path):
+    rng = np.random.default_rng(0)
+    b = _bundle(rng)
+    b.save(tmp_path / "dec")
+    loaded = DecoderBundle.load(tmp_path / "dec")
+    x = rng.standard_normal(40).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x), b.predict(x))
+    np.testing.assert_allclose(b.predict(x)[1], x[::2] @ b.weights["B"] + b.intercepts["B"], rtol=1e-5)
+    assert loaded.layer_slices == {"l1": slice(0, 4), "l2": slice(4, 9)} and loaded.meta == {"note": "x"}
+
+
+def test_tampered_or_missing_files_are_refused(tmp_path):
+    b = _bundle(np.random.default_rng(1))
+    d = b.save(tmp_path / "dec")
+    with pytest.raises(BundleError, match="decoder.json is missing"):
+        DecoderBundle.load(tmp_path / "nothing")
+    raw = bytearray((d / "decoder.npz").read_bytes())
+    raw[-30] ^= 0xFF
+    (d / "decoder.npz").write_bytes(bytes(raw))
+    with pytest.raises(BundleError, match="checksum differs"):
+        DecoderBundle.load(d)
+    meta = json.loads((d / "decoder.json").read_text())
+    meta["version"] = 99
+    (d / "decoder.json").write_text(json.dumps(meta))
+    with pytest.raises(BundleError, match="version 99"):
+        DecoderBundle.load(d)
+
+
+def test_shape_checks():
+    rng = np.random.default_rng(2)
+    b = _bundle(rng)
+    with pytest.raises(VolumeError, match="expected 40 analysis voxels"):
+        b.predict(np.zeros(39, np.float32))
+    with pytest.raises(BundleError, match="do not match"):
+        DecoderBundle(b.mask, b.affine, b.rois, ["l1"], [4], b.weights, b.intercepts)

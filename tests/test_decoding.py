@@ -1,0 +1,59 @@
+"""Decoding checked against the simulator's ground truth (offline driver of the same pipeline)."""
+
+import dataclasses
+
+import numpy as np
+from scipy import stats
+
+from rtdecode.evaluate import identification_table
+from rtdecode.identify import CandidateBank, correlations, pairwise_identification
+from rtdecode.nifti import iter_volumes, read_events
+from rtdecode.run import build_pipeline
+from rtdecode.train import block_average
+
+from conftest import small_config
+
+
+def decode_offline(root, motion=True):
+    cfg = small_config().run
+    cfg = dataclasses.replace(cfg, bundle=str(root / "decoder"),
+                              motion=dataclasses.replace(cfg.motion, enabled=motion))
+    pipe = build_pipeline(cfg)
+    results = list(pipe.run_offline(iter_volumes(root / "test" / "bold.nii")))
+    dec = pipe.decoder
+    feats = {}
+    for i, roi in enumerate(dec.roi_names):
+        for layer, sl in dec.layer_slices.items():
+            feats[(roi, layer)] = np.array(
+                [r.predictions[i, sl] if r.predictions is not None else np.full(sl.stop - sl.start, np.nan)
+                 for r in results])
+    events = read_events(root / "test" / "events.tsv")
+    onsets = np.array([float(e["onset"]) for e in events])
+    truth = np.array([int(e["category_index"]) for e in events])
+    times = np.array([r.volume.seq * r.volume.tr_s for r in results])
+    bank = CandidateBank.load(root / "decoder" / "candidates.npz")
+    return feats, times, onsets, truth, bank, float(events[0]["duration"])
+
+
+def test_realistic_session_decodes_well_above_chance(experiment):
+    feats, times, onsets, truth, bank, dur = decode_offline(experiment)
+    table = identification_table(feats, times, onsets, dur, 6.0, truth, bank)
+    # per-block accuracy of VC, averaged over layers, tested against chance (0.5)
+    per_block = []
+    for layer in bank.features:
+        avg, kept = block_average(feats[("VC", layer)], times, onsets, dur, 6.0)
+        per_block.append(pairwise_identification(correlations(avg, bank.features[layer]), truth[kept]))
+    per_block = np.mean(per_block, axis=0)
+    assert per_block.size == 20
+    t, p = stats.ttest_1samp(per_block, 0.5, alternative="greater")
+    assert p < 1e-6, (per_block, p)
+    assert np.mean(list(table["VC"].values())) > 0.75, table["VC"]
+    # lower areas follow lower layers, higher areas higher layers
+    assert table["V1"]["cnn1"] > table["V1"]["cnn8"] + 0.1, table["V1"]
+    assert table["LOC"]["cnn8"] > table["LOC"]["cnn1"] + 0.1, table["LOC"]
+
+
+def test_noiseless_session_decodes_nearly_perfectly(noiseless_experiment):
+    feats, times, onsets, truth, bank, dur = decode_offline(noiseless_experiment, motion=False)
+    table = identification_table(feats, times, onsets, dur, 6.0, truth, bank)
+    assert min(table["VC"].values()) > 0.95, table["VC"]

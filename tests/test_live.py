@@ -1,0 +1,130 @@
+"""The decoder as a real process: volumes over real ZeroMQ sockets from another process."""
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from rtdecode import wire
+from rtdecode.config import to_dict
+from rtdecode.errors import ReceiveTimeout
+from rtdecode.nifti import iter_volumes
+from rtdecode.run import build_pipeline
+from rtdecode.transport.zmq import Subscriber, VolumeSender
+
+from conftest import free_address, small_config
+
+
+@pytest.fixture
+def decoder(experiment, tmp_path):
+    cfg = small_config()
+    cfg.run.bundle = str(experiment / "decoder")
+    cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
+    proc = subprocess.Popen([sys.executable, "-m", "rtdecode", "run", "-c", str(path), "--exit-after-series"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sub = Subscriber(cfg.run.output.address)
+    try:
+        _wait_for(sub, lambda m: m.topic == "status", 60)  # the subscription is live
+        yield cfg.run, sub, proc
+    finally:
+        sub.close()
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def _wait_for(sub, pred, timeout_s):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            msg = sub.recv(0.5)
+        except ReceiveTimeout:
+            continue
+        if pred(msg):
+            return msg
+    raise TimeoutError("expected message did not arrive")
+
+
+def _collect_until_end(sub, timeout_s=120):
+    msgs = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            msg = sub.recv(1.0)
+        except ReceiveTimeout:
+            continue
+        msgs.append(msg)
+        if msg.header.get("event") == "end":
+            return msgs
+    raise TimeoutError(f"no end-of-series status; got {len(msgs)} messages")
+
+
+def test_one_ranking_per_volume_in_order_from_a_sender_process(decoder, experiment):
+    run_cfg, sub, proc = decoder
+    sender = subprocess.run(
+        [sys.executable, "-m", "rtdecode", "simulate", "--out", str(experiment / "test"),
+         "--stream", run_cfg.input.address, "--speed", "100", "--series", "live"],
+        capture_output=True, text=True, timeout=120)
+    assert sender.returncode == 0, sender.stderr
+    msgs = _collect_until_end(sub)
+    n = len(list(iter_volumes(experiment / "test" / "bold.nii")))
+    rankings = [m for m in msgs if m.topic == "ranking"]
+    assert [m.header["seq"] for m in rankings] == list(range(n))
+    ok = [m for m in rankings if m.header["status"] == "ok"]
+    assert len(ok) == n - run_cfg.preprocess.baseline_volumes
+    assert ok[0].arrays["indices"].shape == (len(ok[0].header["rois"]), 8, run_cfg.top_k)
+    latency = [m for m in msgs if m.topic == "latency"]
+    assert len(latency) == n and all(m.header["ms"]["end_to_end"] > 0 for m in latency)
+    end = msgs[-1].header
+    assert (end["processed"], end["skipped"], end["n_sent"]) == (n, 0, n)
+    assert proc.wait(30) == 0
+    assert "end_to_end" in proc.stdout.read()
+
+    # Streaming equals offline: the same volumes through the offline driver give the same features.
+    pipe = build_pipeline(run_cfg)
+    offline = {r.volume.seq: r for r in pipe.run_offline(iter_volumes(experiment / "test" / "bold.nii"))}
+    roi_i = pipe.decoder.roi_names.index("VC")
+    sl = pipe.decoder.layer_slices["cnn8"]
+    live = {m.header["seq"]: m.arrays["features"] for m in msgs if m.topic == "features.VC.cnn8"}
+    assert len(live) == len(ok)
+    for seq, f in live.items():
+        np.testing.assert_allclose(f, offline[seq].predictions[roi_i, sl], rtol=1e-5, atol=1e-5)
+
+
+def test_broken_messages_do_not_stop_the_decoder(decoder, experiment):
+    run_cfg, sub, proc = decoder
+    vols = list(iter_volumes(experiment / "test" / "bold.nii"))[:12]
+    bad = [
+        [b"volume", b"{not json"],
+        [b"volume"],
+        wire.encode("volume", {"kind": "volume"}, {"data": np.zeros((2, 2, 2), np.float32)}),
+        [b"volume", b'{"protocol": "rtdecode", "version": 7, "arrays": []}'],
+    ]
+    with VolumeSender(run_cfg.input.address) as tx:
+        for i, vol in enumerate(vols):
+            if i == 9:
+                tx.send(vol)  # a repeated volume
+            if i == 10:
+                wrong = np.zeros((10, 10, 10), np.int16)
+                tx.send(type(vol)(wrong, vol.affine, 99, vol.tr_s, vol.acq_time_s, vol.session, vol.series))
+            if i < len(bad):
+                tx.send_frames(bad[i])
+            tx.send(vol)
+        tx.send_end(vols[0].session, vols[0].series, len(vols))
+    msgs = _collect_until_end(sub)
+    skipped = [m.header["reason"] for m in msgs if m.header.get("event") == "skipped"]
+    assert len(skipped) == len(bad) + 2, skipped
+    assert any("not valid JSON" in r for r in skipped)
+    assert any("version 7" in r for r in skipped)
+    assert any("repeats or precedes" in r for r in skipped)
+    assert any("shape (10, 10, 10)" in r for r in skipped)
+    seqs = [m.header["seq"] for m in msgs if m.topic == "ranking"]
+    assert seqs == list(range(12))  # every good volume still produced its ranking
+    assert msgs[-1].header["processed"] == 12

@@ -1,0 +1,27 @@
+import numpy as np
+import pytest
+
+from rtdecode.rigid import framewise_displacement, grid_centre_mm, rigid_matrix, rotation_matrix
+
+
+def test_rotation_is_orthonormal_and_in_degrees():
+    r = rotation_matrix(0, 0, 90)
+    np.testing.assert_allclose(r @ [1, 0, 0], [0, 1, 0], atol=1e-12)
+    r = rotation_matrix(10, -20, 30)
+    np.testing.assert_allclose(r @ r.T, np.eye(3), atol=1e-12)
+    assert np.linalg.det(r) == pytest.approx(1.0)
+
+
+def test_rigid_matrix_rotates_about_the_grid_centre():
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    shape = (10, 12, 8)
+    c = grid_centre_mm(affine, shape)
+    m = rigid_matrix([1, 2, 3, 5, 6, 7], affine, shape)
+    np.testing.assert_allclose(m[:3, :3] @ c + m[:3, 3], c + [1, 2, 3], atol=1e-12)
+
+
+def test_framewise_displacement_power_2012():
+    params = np.array([[0, 0, 0, 0, 0, 0], [1, -1, 0.5, 0, 0, 0], [1, -1, 0.5, 1, 0, -1]], dtype=float)
+    fd = framewise_displacement(params)
+    arc = np.deg2rad(1) * 50
+    np.testing.assert_allclose(fd, [0, 2.5, 2 * arc])
