@@ -24,7 +24,9 @@ def _simulate(args: argparse.Namespace) -> None:
         write_session(out, p, simulate_session(p, make_subject(p)))
         print(f"wrote {args.kind} session to {out}")
     if args.stream:
-        n = stream_session(out / "bold.nii", args.stream, args.speed, session=args.session, series=args.series)
+        n = stream_session(
+            out / "bold.nii", args.stream, args.speed, session=args.session, series=args.series
+        )
         print(f"streamed {n} volumes to {args.stream}")
 
 

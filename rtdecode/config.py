@@ -60,7 +60,9 @@ class RunConfig:
 class TrainConfig:
     """Decoder training."""
 
-    rois: list = field(default_factory=lambda: ["V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "LVC", "HVC", "VC"])
+    rois: list = field(
+        default_factory=lambda: ["V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "LVC", "HVC", "VC"]
+    )
     composites: dict = field(
         default_factory=lambda: {
             "LVC": ["V1", "V2", "V3"],
@@ -127,18 +129,32 @@ def _validate(cfg: Config, where: str) -> None:
         (r.heartbeat_s > 0, "run.heartbeat_s", "must be > 0", r.heartbeat_s),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),
-        (r.preprocess.baseline_volumes >= 2, "run.preprocess.baseline_volumes", "must be >= 2",
-         r.preprocess.baseline_volumes),
-        (r.preprocess.detrend_tau_s > 0, "run.preprocess.detrend_tau_s", "must be > 0",
-         r.preprocess.detrend_tau_s),
+        (
+            r.preprocess.baseline_volumes >= 2,
+            "run.preprocess.baseline_volumes",
+            "must be >= 2",
+            r.preprocess.baseline_volumes,
+        ),
+        (
+            r.preprocess.detrend_tau_s > 0,
+            "run.preprocess.detrend_tau_s",
+            "must be > 0",
+            r.preprocess.detrend_tau_s,
+        ),
         (cfg.train.n_voxels >= 1, "train.n_voxels", "must be >= 1", cfg.train.n_voxels),
         (cfg.train.alpha > 0, "train.alpha", "must be > 0", cfg.train.alpha),
         (cfg.demo.speed > 0, "demo.speed", "must be > 0", cfg.demo.speed),
     ]
     for sock in ("input", "output"):
         addr = getattr(r, sock).address
-        rules.append((addr.startswith(("tcp://", "ipc://", "inproc://")), f"run.{sock}.address",
-                      "must start with tcp://, ipc:// or inproc://", addr))
+        rules.append(
+            (
+                addr.startswith(("tcp://", "ipc://", "inproc://")),
+                f"run.{sock}.address",
+                "must start with tcp://, ipc:// or inproc://",
+                addr,
+            )
+        )
     for ok, key, rule, value in rules:
         if not ok:
             raise ConfigError(f"{where}: {key} {rule}, got {value!r}")

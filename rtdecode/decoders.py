@@ -67,7 +67,9 @@ class DecoderBundle:
     def __post_init__(self) -> None:
         self.mask = np.asarray(self.mask, dtype=bool)
         bounds = np.concatenate([[0], np.cumsum(self.n_units)])
-        self.layer_slices = {ly: slice(int(a), int(b)) for ly, a, b in zip(self.layers, bounds[:-1], bounds[1:])}
+        self.layer_slices = {
+            ly: slice(int(a), int(b)) for ly, a, b in zip(self.layers, bounds[:-1], bounds[1:])
+        }
         n_vox, n_out = int(self.mask.sum()), int(bounds[-1])
         for roi, pos in self.rois.items():
             w, b = self.weights.get(roi), self.intercepts.get(roi)

@@ -69,8 +69,10 @@ def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None =
         print(f"[{time.monotonic() - t_start:6.1f} s] {msg}", flush=True)
 
     p_train, p_test = sim_params(cfg, kind="train", seed=1), sim_params(cfg, kind="test", seed=2)
-    step(f"simulating the training session ({p_train.n_train_categories} categories x "
-         f"{p_train.train_blocks_per_category} blocks of {p_train.block_volumes * p_train.tr_s:g} s)")
+    step(
+        f"simulating the training session ({p_train.n_train_categories} categories x "
+        f"{p_train.train_blocks_per_category} blocks of {p_train.block_volumes * p_train.tr_s:g} s)"
+    )
     t = time.monotonic()
     sim_train = simulate_session(p_train)
     write_session(out / "train", p_train, sim_train)
@@ -97,8 +99,19 @@ def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None =
     step("starting the decoder and a subscriber as separate processes")
     decoder = subprocess.Popen([*exe, "run", "-c", str(cfg_path), "--exit-after-series"])
     subscriber = subprocess.Popen(
-        [*exe, "subscribe", "--address", run_cfg.output.address, "--save", str(results),
-         "--ready-file", str(ready), "--until-end", "--timeout", str(cfg.demo.timeout_s)]
+        [
+            *exe,
+            "subscribe",
+            "--address",
+            run_cfg.output.address,
+            "--save",
+            str(results),
+            "--ready-file",
+            str(ready),
+            "--until-end",
+            "--timeout",
+            str(cfg.demo.timeout_s),
+        ]
     )
     try:
         deadline = time.monotonic() + 60
@@ -108,8 +121,9 @@ def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None =
             time.sleep(0.05)
         step(f"streaming the test session at {cfg.demo.speed:g}x real time")
         t = time.monotonic()
-        n_sent = stream_session(out / "test" / "bold.nii", run_cfg.input.address, cfg.demo.speed,
-                                session="demo", series="test")
+        n_sent = stream_session(
+            out / "test" / "bold.nii", run_cfg.input.address, cfg.demo.speed, session="demo", series="test"
+        )
         _wait(subscriber, cfg.demo.timeout_s, "subscriber")
         _wait(decoder, 30, "decoder")
         timings["stream_s"] = time.monotonic() - t
@@ -145,8 +159,13 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
     vc = {layer: f for (r, layer), f in feats.items() if r == roi}
     idx, val, kept = block_top_k(vc, times, onsets, duration, shift, bank, 5)
     blocks = [
-        {"block": int(b), "truth": bank.labels[truth[b]], "top5": [bank.labels[i] for i in row],
-         "scores": [round(float(s), 3) for s in srow], "truth_in_top5": bool(truth[b] in row)}
+        {
+            "block": int(b),
+            "truth": bank.labels[truth[b]],
+            "top5": [bank.labels[i] for i in row],
+            "scores": [round(float(s), 3) for s in srow],
+            "truth_in_top5": bool(truth[b] in row),
+        }
         for b, row, srow in zip(kept, idx, val)
     ]
     lat = end.get("latency_ms", {}) if end else {}
@@ -172,11 +191,18 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
         },
         "latency_ms": lat,
         "simulation": {
-            "shape": list(p.shape), "voxel_size_mm": p.voxel_size_mm, "tr_s": p.tr_s, "tsnr": p.tsnr,
-            "tuned_fraction": p.tuned_fraction, "tuned_change_pct": list(p.tuned_change_pct),
-            "weak_change_pct": list(p.weak_change_pct), "max_translation_mm": p.max_translation_mm,
-            "max_rotation_deg": p.max_rotation_deg, "n_train_categories": p.n_train_categories,
-            "n_test_categories": p.n_test_categories, "n_units_per_layer": p.n_units,
+            "shape": list(p.shape),
+            "voxel_size_mm": p.voxel_size_mm,
+            "tr_s": p.tr_s,
+            "tsnr": p.tsnr,
+            "tuned_fraction": p.tuned_fraction,
+            "tuned_change_pct": list(p.tuned_change_pct),
+            "weak_change_pct": list(p.weak_change_pct),
+            "max_translation_mm": p.max_translation_mm,
+            "max_rotation_deg": p.max_rotation_deg,
+            "n_train_categories": p.n_train_categories,
+            "n_test_categories": p.n_test_categories,
+            "n_units_per_layer": p.n_units,
         },
     }
 
@@ -185,28 +211,43 @@ def print_summary(s: dict) -> None:
     """Print the demo's results the way a user wants to read them."""
     sim = s["simulation"]
     print("\n=== rtdecode demo ===")
-    print(f"simulated: {sim['shape']} voxels of {sim['voxel_size_mm']} mm, TR {sim['tr_s']} s, tSNR {sim['tsnr']:g}, "
-          f"{sim['tuned_fraction']:.0%} of visual voxels tuned at {sim['tuned_change_pct'][0]:g}-"
-          f"{sim['tuned_change_pct'][1]:g} % signal change (the rest {sim['weak_change_pct'][0]:g}-"
-          f"{sim['weak_change_pct'][1]:g} %), head motion up to {sim['max_translation_mm']:g} mm / "
-          f"{sim['max_rotation_deg']:g} deg")
+    print(
+        f"simulated: {sim['shape']} voxels of {sim['voxel_size_mm']} mm, TR {sim['tr_s']} s, "
+        f"tSNR {sim['tsnr']:g}, "
+        f"{sim['tuned_fraction']:.0%} of visual voxels tuned at {sim['tuned_change_pct'][0]:g}-"
+        f"{sim['tuned_change_pct'][1]:g} % signal change (the rest {sim['weak_change_pct'][0]:g}-"
+        f"{sim['weak_change_pct'][1]:g} %), head motion up to {sim['max_translation_mm']:g} mm / "
+        f"{sim['max_rotation_deg']:g} deg"
+    )
     ia = s["identification_accuracy"]
-    print(f"\ntop-5 categories per test block ({ia['roi']}, correlation averaged over layers), first 10 blocks:")
+    print(
+        f"\ntop-5 categories per test block ({ia['roi']}, correlation averaged over layers), first 10 blocks:"
+    )
     for b in s["blocks"][:10]:
         mark = "HIT " if b["truth_in_top5"] else "    "
         print(f"  {mark}block {b['block']:3d} truth {b['truth']}: " + ", ".join(b["top5"]))
-    print(f"  truth in top 5 of {ia['n_candidates']}: {s['top5_hit_rate']:.0%} of {ia['n_blocks']} blocks "
-          f"(chance {5 / ia['n_candidates']:.1%})")
-    print(f"\npairwise identification accuracy, {ia['n_blocks']} test blocks of categories never trained on, "
-          f"{ia['n_candidates']} candidates (chance 0.5):")
+    print(
+        f"  truth in top 5 of {ia['n_candidates']}: {s['top5_hit_rate']:.0%} of {ia['n_blocks']} blocks "
+        f"(chance {5 / ia['n_candidates']:.1%})"
+    )
+    print(
+        f"\npairwise identification accuracy, {ia['n_blocks']} test blocks of categories never trained on, "
+        f"{ia['n_candidates']} candidates (chance 0.5):"
+    )
     layers = list(ia["per_layer"])
     print(f"  {'ROI':<5}" + "".join(f"{ly:>7}" for ly in layers) + f"{'mean':>7}")
     for roi, accs in ia["per_roi"].items():
-        print(f"  {roi:<5}" + "".join(f"{accs[ly]:>7.2f}" for ly in layers) + f"{np.mean(list(accs.values())):>7.2f}")
+        print(
+            f"  {roi:<5}"
+            + "".join(f"{accs[ly]:>7.2f}" for ly in layers)
+            + f"{np.mean(list(accs.values())):>7.2f}"
+        )
     print(f"  mean over layers ({ia['roi']}): {ia['mean']:.3f}")
     v = s["volumes"]
-    print(f"\nvolumes: {v['sent']} sent, {v['processed']} processed, {v['skipped']} skipped, "
-          f"{v['received_by_subscriber']} results received")
+    print(
+        f"\nvolumes: {v['sent']} sent, {v['processed']} processed, {v['skipped']} skipped, "
+        f"{v['received_by_subscriber']} results received"
+    )
     if s["latency_ms"]:
         print("\nlatency per stage and end to end (acquisition -> published):")
         print(format_table(s["latency_ms"]))

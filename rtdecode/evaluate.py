@@ -9,7 +9,11 @@ from rtdecode.train import block_average
 
 
 def block_scores(
-    features: np.ndarray, times_s: np.ndarray, onsets_s: np.ndarray, duration_s: float, shift_s: float,
+    features: np.ndarray,
+    times_s: np.ndarray,
+    onsets_s: np.ndarray,
+    duration_s: float,
+    shift_s: float,
     candidates: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Average per-volume predictions over each block and correlate with every candidate.
@@ -64,8 +68,13 @@ def identification_table(
 
 
 def block_top_k(
-    features: dict[str, np.ndarray], times_s: np.ndarray, onsets_s: np.ndarray, duration_s: float,
-    shift_s: float, bank: CandidateBank, k: int = 5,
+    features: dict[str, np.ndarray],
+    times_s: np.ndarray,
+    onsets_s: np.ndarray,
+    duration_s: float,
+    shift_s: float,
+    bank: CandidateBank,
+    k: int = 5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Top-k candidates per block from one ROI, scoring by the correlation averaged over layers.
 

@@ -46,7 +46,9 @@ class CandidateBank:
                     f"layer {layer!r}: candidate features of shape {f.shape} do not match "
                     f"{len(self.labels)} labels"
                 )
-            self.features[layer] = np.ascontiguousarray(f if normalised else normalise_rows(f), dtype=np.float32)
+            self.features[layer] = np.ascontiguousarray(
+                f if normalised else normalise_rows(f), dtype=np.float32
+            )
 
     def save(self, path: str | Path) -> None:
         """Write the bank as NPZ (``format``, ``version``, ``labels``, ``feat/<layer>``)."""

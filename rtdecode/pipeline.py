@@ -66,7 +66,9 @@ class Pipeline:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
         if decoder is not None and decoder.mask.shape != self.mask.shape:
-            raise VolumeError(f"decoder mask {decoder.mask.shape} differs from pipeline mask {self.mask.shape}")
+            raise VolumeError(
+                f"decoder mask {decoder.mask.shape} differs from pipeline mask {self.mask.shape}"
+            )
         self.preprocessor = preprocessor
         self.motion = motion
         self.decoder = decoder
@@ -83,7 +85,9 @@ class Pipeline:
             Wrong shape, a repeated or out-of-order index, or non-finite values.
         """
         if vol.data.shape != self.mask.shape:
-            raise VolumeError(f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}")
+            raise VolumeError(
+                f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}"
+            )
         key = (vol.session, vol.series)
         if key != self._series:
             if self._series is not None:
@@ -91,7 +95,9 @@ class Pipeline:
                 self.preprocessor.reset()
             self._series, self._last_seq = key, -1
         if vol.seq <= self._last_seq:
-            raise VolumeError(f"volume {vol.seq} repeats or precedes volume {self._last_seq} of series {vol.series!r}")
+            raise VolumeError(
+                f"volume {vol.seq} repeats or precedes volume {self._last_seq} of series {vol.series!r}"
+            )
         if vol.data.dtype.kind == "f" and not np.isfinite(vol.data.take(self.index)).all():
             raise VolumeError(f"volume {vol.seq}: non-finite values inside the analysis mask")
         dropped = vol.seq - self._last_seq - 1

@@ -35,7 +35,9 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     identifier = Identifier(bank, bundle.layer_slices, cfg.top_k)
     motion = None
     if cfg.motion.enabled:
-        motion = MotionCorrector(np.flatnonzero(bundle.mask), cfg.motion.n_reference, cfg.motion.fd_threshold_mm)
+        motion = MotionCorrector(
+            np.flatnonzero(bundle.mask), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
+        )
     pre = Preprocessor(cfg.preprocess.baseline_volumes, cfg.preprocess.detrend_tau_s)
     return Pipeline(bundle.mask, pre, motion, bundle, identifier)
 
@@ -60,8 +62,14 @@ def publish_result(pub: Publisher, res: Result, pipe: Pipeline) -> dict[str, flo
     if res.motion is not None:
         pub.publish(
             "motion",
-            {**base, "kind": "motion", "params": res.motion.params.tolist(), "fd_mm": res.motion.fd_mm,
-             "censored": censored, "iterations": res.motion.iterations},
+            {
+                **base,
+                "kind": "motion",
+                "params": res.motion.params.tolist(),
+                "fd_mm": res.motion.fd_mm,
+                "censored": censored,
+                "iterations": res.motion.iterations,
+            },
         )
     if res.status == "ok":
         dec, labels = pipe.decoder, pipe.identifier.bank.labels
@@ -75,8 +83,14 @@ def publish_result(pub: Publisher, res: Result, pipe: Pipeline) -> dict[str, flo
         top_labels = [[[labels[j] for j in row] for row in per_roi] for per_roi in res.top_indices]
         pub.publish(
             "ranking",
-            {**base, "kind": "ranking", "censored": censored, "rois": dec.roi_names,
-             "layers": dec.layers, "labels": top_labels},
+            {
+                **base,
+                "kind": "ranking",
+                "censored": censored,
+                "rois": dec.roi_names,
+                "layers": dec.layers,
+                "labels": top_labels,
+            },
             {"indices": res.top_indices, "scores": res.top_scores},
         )
     else:
@@ -108,7 +122,10 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
     counts = Counts()
     tracker = LatencyTracker()
     pipe = build_pipeline(cfg)
-    with Receiver(cfg.input.address, cfg.input.bind) as rx, Publisher(cfg.output.address, cfg.output.bind) as pub:
+    with (
+        Receiver(cfg.input.address, cfg.input.bind) as rx,
+        Publisher(cfg.output.address, cfg.output.bind) as pub,
+    ):
         log.info("decoder listening on %s, publishing on %s", rx.last_endpoint, pub.last_endpoint)
         pub.publish("status", {"kind": "status", "event": "started"})
         while not stop.requested:
@@ -121,12 +138,18 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
                 _skip(pub, counts, f"malformed message: {err}")
                 continue
             if msg.topic == wire.END_TOPIC:
-                summary = {**_count_fields(counts), "latency_ms": tracker.summary(), "series": msg.header.get("series"),
-                           "n_sent": msg.header.get("n_sent")}
+                summary = {
+                    **_count_fields(counts),
+                    "latency_ms": tracker.summary(),
+                    "series": msg.header.get("series"),
+                    "n_sent": msg.header.get("n_sent"),
+                }
                 pub.publish("status", {"kind": "status", "event": "end", **summary})
-                print(f"series {msg.header.get('series')!r} ended: {counts.processed} processed, "
-                      f"{counts.skipped} skipped, {counts.dropped} dropped\n{format_table(tracker.summary())}",
-                      flush=True)
+                print(
+                    f"series {msg.header.get('series')!r} ended: {counts.processed} processed, "
+                    f"{counts.skipped} skipped, {counts.dropped} dropped\n{format_table(tracker.summary())}",
+                    flush=True,
+                )
                 if exit_after_series:
                     break
                 continue

@@ -45,7 +45,9 @@ class ResultLog:
             self.skipped.append(h["reason"])
 
     def save(self, path: str | Path) -> None:
-        """Write an NPZ: ``seq``, ``status``, ``features/<roi>/<layer>`` (NaN where absent),
+        """Write everything received as NPZ.
+
+        Arrays: ``seq``, ``status``, ``features/<roi>/<layer>`` (NaN where absent),
         ``top_indices`` (-1 where absent), ``e2e_ms``, ``motion``, ``fd_mm``, ``censored`` and
         ``end`` (the decoder's end-of-series status as JSON).
         """
@@ -67,9 +69,14 @@ class ResultLog:
                 if "indices" in m.arrays:
                     top[pos[s]] = m.arrays["indices"]
             arrays["top_indices"] = top
-            arrays["rois"], arrays["layers"] = np.array(ok[0].header["rois"]), np.array(ok[0].header["layers"])
+            arrays["rois"], arrays["layers"] = (
+                np.array(ok[0].header["rois"]),
+                np.array(ok[0].header["layers"]),
+            )
         arrays["e2e_ms"] = np.array([self.latency.get(s, {}).get("end_to_end", np.nan) for s in seqs])
-        arrays["motion"] = np.array([self.motion[s]["params"] if s in self.motion else [np.nan] * 6 for s in seqs])
+        arrays["motion"] = np.array(
+            [self.motion[s]["params"] if s in self.motion else [np.nan] * 6 for s in seqs]
+        )
         arrays["fd_mm"] = np.array([self.motion.get(s, {}).get("fd_mm", np.nan) for s in seqs])
         arrays["censored"] = np.array([bool(self.motion.get(s, {}).get("censored", False)) for s in seqs])
         arrays["end"] = np.array(json.dumps(self.end))

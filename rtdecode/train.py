@@ -231,7 +231,11 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
     if unknown:
         raise ConfigError(f"train.rois names {unknown}, not among the masks {sorted(masks)}")
     mask = np.logical_or.reduce([masks[r] for r in tc.rois])
-    motion = MotionCorrector(np.flatnonzero(mask), rc.motion.n_reference, rc.motion.fd_threshold_mm) if rc.motion.enabled else None
+    motion = (
+        MotionCorrector(np.flatnonzero(mask), rc.motion.n_reference, rc.motion.fd_threshold_mm)
+        if rc.motion.enabled
+        else None
+    )
     pipe = Pipeline(mask, Preprocessor(rc.preprocess.baseline_volumes, rc.preprocess.detrend_tau_s), motion)
     rows, times, affine, tr = [], [], None, None
     for res in pipe.run_offline(iter_volumes(sdir / "bold.nii")):
@@ -247,11 +251,19 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
     with np.load(sdir / "stimulus_features.npz", allow_pickle=False) as z:
         y_blocks = {k.removeprefix("feat_"): z[k][kept] for k in z.files}
     rois = roi_positions(mask, {r: masks[r] for r in tc.rois})
-    meta = {"session": str(sdir), "tr_s": tr, "hrf_shift_s": tc.hrf_shift_s,
-            "preprocess": dataclasses.asdict(rc.preprocess), "motion": dataclasses.asdict(rc.motion)}
+    meta = {
+        "session": str(sdir),
+        "tr_s": tr,
+        "hrf_shift_s": tc.hrf_shift_s,
+        "preprocess": dataclasses.asdict(rc.preprocess),
+        "motion": dataclasses.asdict(rc.motion),
+    }
     bundle = fit_bundle(x_blocks, y_blocks, mask, affine, rois, tc.n_voxels, tc.alpha, meta)
     out = bundle.save(out_dir)
     with np.load(sdir / "features.npz", allow_pickle=False) as z:
-        bank = CandidateBank([str(s) for s in z["labels"]], {k.removeprefix("feat_"): z[k] for k in z.files if k.startswith("feat_")})
+        bank = CandidateBank(
+            [str(s) for s in z["labels"]],
+            {k.removeprefix("feat_"): z[k] for k in z.files if k.startswith("feat_")},
+        )
     bank.save(out / "candidates.npz")
     return bundle

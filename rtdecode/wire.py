@@ -33,8 +33,20 @@ END_TOPIC = "end"
 
 DTYPES = frozenset(
     {
-        "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
-        "float16", "float32", "float64", "complex64", "complex128", "bool",
+        "uint8",
+        "int8",
+        "uint16",
+        "int16",
+        "uint32",
+        "int32",
+        "uint64",
+        "int64",
+        "float16",
+        "float32",
+        "float64",
+        "complex64",
+        "complex128",
+        "bool",
     }
 )
 _NATIVE = sys.byteorder  # "little" or "big"
@@ -99,9 +111,7 @@ def encode(
             raise ProtocolError(f"array {name!r}: dtype {arr.dtype!r} is not supported by protocol v1")
         order = arr.dtype.byteorder
         byteorder = _NATIVE if order in "=|" else ("little" if order == "<" else "big")
-        specs.append(
-            {"name": name, "dtype": dtype_name, "byteorder": byteorder, "shape": list(arr.shape)}
-        )
+        specs.append({"name": name, "dtype": dtype_name, "byteorder": byteorder, "shape": list(arr.shape)})
         buffers.append(memoryview(arr).cast("B") if arr.size else memoryview(b""))
     full = {"protocol": PROTOCOL, "version": VERSION, **header, "arrays": specs}
     head = json.dumps(full, separators=(",", ":"), allow_nan=False).encode()

@@ -19,7 +19,10 @@ def test_shipped_configs_load():
         ("run: [1, 2", "not valid YAML"),
         ("run:\n  top_k: 0\n", r"run.top_k must be >= 1, got 0"),
         ("run:\n  top_k: five\n", r"run.top_k: must be an integer, got 'five'"),
-        ("run:\n  motion:\n    enabled: yes\n    fd_threshold: 1\n", r"run.motion: unknown key\(s\) \['fd_threshold'\]"),
+        (
+            "run:\n  motion:\n    enabled: yes\n    fd_threshold: 1\n",
+            r"run.motion: unknown key\(s\) \['fd_threshold'\]",
+        ),
         ("run:\n  input:\n    address: 127.0.0.1:5555\n", r"run.input.address must start with tcp://"),
         ("train:\n  alpha: -1\n", r"train.alpha must be > 0, got -1.0"),
         ("colour: blue\n", r"unknown key\(s\) \['colour'\]"),

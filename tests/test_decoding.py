@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+from conftest import small_config
 from scipy import stats
 
 from rtdecode.evaluate import identification_table
@@ -11,13 +12,12 @@ from rtdecode.nifti import iter_volumes, read_events
 from rtdecode.run import build_pipeline
 from rtdecode.train import block_average
 
-from conftest import small_config
-
 
 def decode_offline(root, motion=True):
     cfg = small_config().run
-    cfg = dataclasses.replace(cfg, bundle=str(root / "decoder"),
-                              motion=dataclasses.replace(cfg.motion, enabled=motion))
+    cfg = dataclasses.replace(
+        cfg, bundle=str(root / "decoder"), motion=dataclasses.replace(cfg.motion, enabled=motion)
+    )
     pipe = build_pipeline(cfg)
     results = list(pipe.run_offline(iter_volumes(root / "test" / "bold.nii")))
     dec = pipe.decoder
@@ -25,8 +25,11 @@ def decode_offline(root, motion=True):
     for i, roi in enumerate(dec.roi_names):
         for layer, sl in dec.layer_slices.items():
             feats[(roi, layer)] = np.array(
-                [r.predictions[i, sl] if r.predictions is not None else np.full(sl.stop - sl.start, np.nan)
-                 for r in results])
+                [
+                    r.predictions[i, sl] if r.predictions is not None else np.full(sl.stop - sl.start, np.nan)
+                    for r in results
+                ]
+            )
     events = read_events(root / "test" / "events.tsv")
     onsets = np.array([float(e["onset"]) for e in events])
     truth = np.array([int(e["category_index"]) for e in events])

@@ -2,14 +2,23 @@ import numpy as np
 import pytest
 
 from rtdecode.errors import BundleError
-from rtdecode.identify import CandidateBank, Identifier, correlations, normalise_rows, pairwise_identification, top_k
+from rtdecode.identify import (
+    CandidateBank,
+    Identifier,
+    correlations,
+    normalise_rows,
+    pairwise_identification,
+    top_k,
+)
 
 
 def test_correlations_equal_numpy_corrcoef():
     rng = np.random.default_rng(0)
     pred, cand = rng.standard_normal((4, 30)), rng.standard_normal((50, 30))
     expected = np.corrcoef(pred, cand)[:4, 4:]
-    np.testing.assert_allclose(correlations(pred, normalise_rows(cand).astype(np.float32)), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        correlations(pred, normalise_rows(cand).astype(np.float32)), expected, atol=1e-5
+    )
 
 
 def test_constant_rows_correlate_zero():

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import yaml
+from conftest import free_address, small_config
 
 from rtdecode import wire
 from rtdecode.config import to_dict
@@ -14,8 +15,6 @@ from rtdecode.errors import ReceiveTimeout
 from rtdecode.nifti import iter_volumes
 from rtdecode.run import build_pipeline
 from rtdecode.transport.zmq import Subscriber, VolumeSender
-
-from conftest import free_address, small_config
 
 
 @pytest.fixture
@@ -25,8 +24,12 @@ def decoder(experiment, tmp_path):
     cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
-    proc = subprocess.Popen([sys.executable, "-m", "rtdecode", "run", "-c", str(path), "--exit-after-series"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtdecode", "run", "-c", str(path), "--exit-after-series"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     sub = Subscriber(cfg.run.output.address)
     try:
         _wait_for(sub, lambda m: m.topic == "status", 60)  # the subscription is live
@@ -69,9 +72,24 @@ def _collect_until_end(sub, timeout_s=120):
 def test_one_ranking_per_volume_in_order_from_a_sender_process(decoder, experiment):
     run_cfg, sub, proc = decoder
     sender = subprocess.run(
-        [sys.executable, "-m", "rtdecode", "simulate", "--out", str(experiment / "test"),
-         "--stream", run_cfg.input.address, "--speed", "100", "--series", "live"],
-        capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "rtdecode",
+            "simulate",
+            "--out",
+            str(experiment / "test"),
+            "--stream",
+            run_cfg.input.address,
+            "--speed",
+            "100",
+            "--series",
+            "live",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert sender.returncode == 0, sender.stderr
     msgs = _collect_until_end(sub)
     n = len(list(iter_volumes(experiment / "test" / "bold.nii")))

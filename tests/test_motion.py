@@ -46,7 +46,9 @@ def test_estimate_before_reference_is_a_clear_error():
         MotionCorrector(np.arange(3)).estimate(np.zeros((4, 4, 4)))
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"n_reference": 0}, "n_reference"), ({"fd_threshold_mm": 0}, "fd_threshold_mm")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [({"n_reference": 0}, "n_reference"), ({"fd_threshold_mm": 0}, "fd_threshold_mm")]
+)
 def test_parameters_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         MotionCorrector(np.arange(3), **kwargs)

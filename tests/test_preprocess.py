@@ -38,7 +38,10 @@ def test_output_is_causal():
         np.testing.assert_array_equal(za[k], zb[k])
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [({"baseline_volumes": 1}, "baseline_volumes"), ({"detrend_tau_s": 0}, "detrend_tau_s")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"baseline_volumes": 1}, "baseline_volumes"), ({"detrend_tau_s": 0}, "detrend_tau_s")],
+)
 def test_parameters_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Preprocessor(**kwargs)

@@ -38,8 +38,9 @@ def test_train_and_test_categories_are_disjoint():
 
 
 def test_temporal_snr_of_brain_voxels_is_as_configured():
-    p = dataclasses.replace(TINY, motion=False, drift_pct=0.0, visual_on_pct=0.0, tuned_change_pct=(0, 0),
-                            weak_change_pct=(0, 0))
+    p = dataclasses.replace(
+        TINY, motion=False, drift_pct=0.0, visual_on_pct=0.0, tuned_change_pct=(0, 0), weak_change_pct=(0, 0)
+    )
     sim = simulate_session(p)
     brain = sim["subject"].phantom.brain
     ts = sim["bold"][brain].astype(float)
@@ -61,7 +62,7 @@ def test_higher_layers_are_more_categorical():
     bank = make_feature_bank(n_categories=300, n_units=50)
     rng = np.random.default_rng(0)
     ratios = []
-    for li, layer in enumerate(bank.layers):
+    for layer in bank.layers:
         imgs = bank.image_features(np.arange(300), rng)[layer]
         between = bank.category_features[layer].var(0).mean()
         within = (imgs - bank.category_features[layer]).var(0).mean()

@@ -52,18 +52,37 @@ def test_volume_roundtrip_keeps_every_field():
     affine = np.array([[-3.0, 0, 0, 90], [0, 3, 0, -100], [0, 0, 3.3, -50], [0, 0, 0, 1]])
     stamps = new_stamps()
     stamps[Stage.ACQUIRED], stamps[Stage.SENT] = 123, 456
-    vol = Volume(rng.integers(-100, 3000, (8, 9, 10)).astype(np.int16), affine, 17, 2.5, 1.7e9 + 0.25,
-                 "ses-01", "run-02", stamps)
+    vol = Volume(
+        rng.integers(-100, 3000, (8, 9, 10)).astype(np.int16),
+        affine,
+        17,
+        2.5,
+        1.7e9 + 0.25,
+        "ses-01",
+        "run-02",
+        stamps,
+    )
     out = wire.decode_volume(wire.decode(wire.encode_volume(vol)))
     np.testing.assert_array_equal(out.data, vol.data)
     np.testing.assert_array_equal(out.affine, affine)
-    assert (out.seq, out.tr_s, out.acq_time_s, out.session, out.series) == (17, 2.5, 1.7e9 + 0.25, "ses-01", "run-02")
+    assert (out.seq, out.tr_s, out.acq_time_s, out.session, out.series) == (
+        17,
+        2.5,
+        1.7e9 + 0.25,
+        "ses-01",
+        "run-02",
+    )
     np.testing.assert_array_equal(out.stamps, stamps)
 
 
 def _frames(header_overrides=None, data=b"\x00" * 8, arrays=None):
-    header = {"protocol": "rtdecode", "version": 1,
-              "arrays": arrays if arrays is not None else [{"name": "a", "dtype": "float32", "byteorder": "little", "shape": [2]}]}
+    header = {
+        "protocol": "rtdecode",
+        "version": 1,
+        "arrays": arrays
+        if arrays is not None
+        else [{"name": "a", "dtype": "float32", "byteorder": "little", "shape": [2]}],
+    }
     header.update(header_overrides or {})
     return [b"t", json.dumps(header).encode(), data]
 
@@ -79,9 +98,18 @@ def _frames(header_overrides=None, data=b"\x00" * 8, arrays=None):
         (_frames({"version": 2}), "unsupported protocol version 2"),
         (_frames(data=b"\x00" * 7), "frame has 7 bytes"),
         (_frames(arrays=[]), "lists 0 arrays but the message has 1"),
-        (_frames(arrays=[{"name": "a", "dtype": "object", "byteorder": "little", "shape": [2]}]), "unsupported dtype"),
-        (_frames(arrays=[{"name": "a", "dtype": "float32", "byteorder": "middle", "shape": [2]}]), "'byteorder'"),
-        (_frames(arrays=[{"name": "a", "dtype": "float32", "byteorder": "little", "shape": [-2]}]), "'shape'"),
+        (
+            _frames(arrays=[{"name": "a", "dtype": "object", "byteorder": "little", "shape": [2]}]),
+            "unsupported dtype",
+        ),
+        (
+            _frames(arrays=[{"name": "a", "dtype": "float32", "byteorder": "middle", "shape": [2]}]),
+            "'byteorder'",
+        ),
+        (
+            _frames(arrays=[{"name": "a", "dtype": "float32", "byteorder": "little", "shape": [-2]}]),
+            "'shape'",
+        ),
         (_frames(arrays=[{"name": "a", "dtype": "float32", "byteorder": "little", "shape": "2"}]), "'shape'"),
         (_frames(arrays=["a"]), "array spec must be an object"),
     ],
@@ -95,12 +123,21 @@ def test_volume_message_missing_fields_are_named():
     frames = wire.encode("volume", {"kind": "volume", "seq": 0}, {"data": np.zeros((2, 2, 2), np.float32)})
     with pytest.raises(ProtocolError, match="lacks field 'affine'"):
         wire.decode_volume(wire.decode(frames))
-    header = {"kind": "volume", "seq": -1, "affine": np.eye(4).tolist(), "tr_s": 2.0, "acq_time_s": 0.0,
-              "session": "s", "series": "r"}
+    header = {
+        "kind": "volume",
+        "seq": -1,
+        "affine": np.eye(4).tolist(),
+        "tr_s": 2.0,
+        "acq_time_s": 0.0,
+        "session": "s",
+        "series": "r",
+    }
     with pytest.raises(ProtocolError, match="'seq' must be an integer >= 0"):
         wire.decode_volume(wire.decode(wire.encode("volume", header, {"data": np.zeros((2, 2, 2))})))
     with pytest.raises(ProtocolError, match="must be 3-D"):
-        wire.decode_volume(wire.decode(wire.encode("volume", {**header, "seq": 1}, {"data": np.zeros((2, 2))})))
+        wire.decode_volume(
+            wire.decode(wire.encode("volume", {**header, "seq": 1}, {"data": np.zeros((2, 2))}))
+        )
 
 
 def test_reserved_header_fields_and_unsupported_dtypes_are_refused_on_encode():

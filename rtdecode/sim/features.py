@@ -69,9 +69,7 @@ class FeatureBank:
             m = self.mixing[layer]
             latent = rng.standard_normal((len(categories), m.shape[1])) * self.image_sd[li]
             noise = rng.standard_normal((len(categories), m.shape[0])) * self.unit_noise_sd
-            out[layer] = (self.category_features[layer][categories] + latent @ m.T + noise).astype(
-                np.float32
-            )
+            out[layer] = (self.category_features[layer][categories] + latent @ m.T + noise).astype(np.float32)
         return out
 
 

@@ -105,7 +105,15 @@ def make_subject(p: SimParams) -> Subject:
     if n_tr + n_te > p.n_categories:
         raise ValueError(f"{n_tr} training + {n_te} test categories exceed the bank's {p.n_categories}")
     return Subject(
-        phantom, bank, idx, layers, weights, gain, norm, np.sort(order[:n_tr]), np.sort(order[n_tr : n_tr + n_te])
+        phantom,
+        bank,
+        idx,
+        layers,
+        weights,
+        gain,
+        norm,
+        np.sort(order[:n_tr]),
+        np.sort(order[n_tr : n_tr + n_te]),
     )
 
 
@@ -116,7 +124,9 @@ def canonical_hrf(dt_s: float, length_s: float = 32.0) -> np.ndarray:
     return h / h.max()
 
 
-def block_design(p: SimParams, rng: np.random.Generator, categories: np.ndarray, reps: int) -> tuple[np.ndarray, int]:
+def block_design(
+    p: SimParams, rng: np.random.Generator, categories: np.ndarray, reps: int
+) -> tuple[np.ndarray, int]:
     """Return the block order (category indices) and the number of volumes of the session."""
     order = np.concatenate([rng.permutation(categories) for _ in range(reps)])
     n_vols = p.baseline_volumes + len(order) * (p.block_volumes + p.rest_volumes) + p.tail_volumes
@@ -280,7 +290,9 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
         **{f"feat_{k}": v for k, v in bank.category_features.items()},
     )
     np.savez(out / "stimulus_features.npz", **{f"feat_{k}": v for k, v in sim["stimulus_features"].items()})
-    np.savez(out / "truth.npz", motion=sim["motion"], signal_pct=sim["signal_pct"], vc_index=subject.voxel_index)
+    np.savez(
+        out / "truth.npz", motion=sim["motion"], signal_pct=sim["signal_pct"], vc_index=subject.voxel_index
+    )
     meta = asdict(p)
     meta["n_volumes"] = int(sim["bold"].shape[-1])
     meta["n_blocks"] = len(sim["events"])

@@ -80,7 +80,9 @@ class VolumeSender(_Endpoint):
     def send_end(self, session: str, series: str, n_sent: int) -> None:
         """Tell the receiver that a series is complete."""
         self.socket.send_multipart(
-            wire.encode(wire.END_TOPIC, {"kind": "end", "session": session, "series": series, "n_sent": n_sent})
+            wire.encode(
+                wire.END_TOPIC, {"kind": "end", "session": session, "series": series, "n_sent": n_sent}
+            )
         )
 
 
@@ -114,7 +116,9 @@ class Publisher(_Endpoint):
     def __init__(self, address: str, bind: bool = True, linger_ms: int = 1000) -> None:
         self.socket = _open(zmq.PUB, address, bind, linger_ms)
 
-    def publish(self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None) -> None:
+    def publish(
+        self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
+    ) -> None:
         """Encode and send one message (arrays are not copied)."""
         self.socket.send_multipart(wire.encode(topic, header, arrays), copy=False)
 
