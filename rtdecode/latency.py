@@ -34,6 +34,14 @@ def stage_durations_ms(stamps: np.ndarray) -> dict[str, float]:
     return out
 
 
+def _interval_order(key: str) -> tuple:
+    # Stage order, end_to_end last, whatever order the volumes happened to arrive in.
+    if key == "end_to_end":
+        return (len(Stage), 0)
+    first, second = key.split("->")
+    return (Stage[first.upper()], Stage[second.upper()])
+
+
 class LatencyTracker:
     """Collect per-volume stamps and summarise them."""
 
@@ -51,9 +59,7 @@ class LatencyTracker:
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Return ``{interval: {p50, p95, p99, max, n}}`` in ms over all recorded volumes."""
-        keys: list[str] = []
-        for row in self._rows:
-            keys.extend(k for k in row if k not in keys)
+        keys = sorted({k for row in self._rows for k in row}, key=_interval_order)
         out = {}
         for key in keys:
             vals = np.array([row[key] for row in self._rows if key in row])

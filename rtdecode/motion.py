@@ -1,10 +1,12 @@
 """Rigid-body motion correction of each incoming volume to a reference.
 
-Gauss-Newton on intensity least squares, linearised with the reference image's gradient as in
-AFNI's 3dvolreg, so the Jacobian is computed once per reference and each iteration costs one
-interpolation of the moving volume at the sampling points. Each volume starts from the previous
-volume's pose. The estimated pose is then used to reslice the analysis voxels onto the reference
-grid with cubic B-splines.
+Inverse-compositional Gauss-Newton on intensity least squares (Baker & Matthews 2004), the
+approach of AFNI's 3dvolreg: the Jacobian comes from the analytic gradient of the reference's
+cubic B-spline and is computed once per reference, so an iteration costs one cubic B-spline
+interpolation of the moving volume at the sampling points (numba kernels in
+:mod:`rtdecode._kernels`). Each volume starts from the previous volume's pose and is first
+aligned on a 2x coarser grid, which catches sudden jumps. The analysis voxels are then resliced
+onto the reference grid with the same cubic B-spline.
 
 Parameter convention: :mod:`rtdecode.rigid`.
 """
@@ -14,12 +16,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.ndimage import map_coordinates, spline_filter
 
-from rtdecode.errors import NotFittedError
-from rtdecode.rigid import framewise_displacement, grid_centre_mm, rigid_matrix
+from rtdecode._kernels import grid_points, sample, sample_gradient, spline_coefficients
+from rtdecode.errors import NotFittedError, VolumeError
+from rtdecode.rigid import framewise_displacement, grid_centre_mm, params_from_matrix, rigid_matrix
 
-# Generators of rotations about x, y, z (derivative of R at 0 per radian).
+# Generators of rotations about x, y, z (derivative of R at 0, per radian).
 _GENERATORS = np.array(
     [
         [[0, 0, 0], [0, 0, -1], [0, 1, 0]],
@@ -43,13 +45,70 @@ class MotionEstimate:
     censored : bool
         True when ``fd_mm`` exceeds the corrector's threshold.
     iterations : int
-        Gauss-Newton iterations used.
+        Gauss-Newton iterations used on the fine grid.
     """
 
     params: np.ndarray
     fd_mm: float
     censored: bool
     iterations: int
+
+
+def _downsample(img: np.ndarray) -> np.ndarray:
+    # 2x2x2 block means; an odd last slice is dropped.
+    nx, ny, nz = (s // 2 * 2 for s in img.shape)
+    v = np.asarray(img, dtype=np.float32)[:nx, :ny, :nz]
+    return v.reshape(nx // 2, 2, ny // 2, 2, nz // 2, 2).mean(axis=(1, 3, 5))
+
+
+_COARSE = np.array([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]])
+
+
+class _Level:
+    """Sampling points, reference values and Gauss-Newton solver on one grid."""
+
+    def __init__(self, ref: np.ndarray, affine: np.ndarray, centre_affine: np.ndarray,
+                 centre_shape: tuple, max_points: int, rng: np.random.Generator) -> None:
+        self.affine = affine
+        self.inv_affine = np.linalg.inv(affine)
+        coef = spline_coefficients(ref)
+        thresh = 0.25 * np.percentile(ref, 99)
+        inside = ref > thresh
+        inside[[0, -1]] = inside[:, [0, -1]] = inside[..., [0, -1]] = False
+        pts = np.argwhere(inside).astype(np.float64)
+        if len(pts) < 50:
+            raise VolumeError(f"reference has only {len(pts)} voxels above a quarter of its 99th percentile")
+        if len(pts) > max_points:
+            pts = pts[np.sort(rng.choice(len(pts), max_points, replace=False))]
+        self.points = pts
+        self.ref_values = np.empty(len(pts), dtype=np.float32)
+        sample(coef, np.eye(4)[:3], pts, self.ref_values)
+        grad = np.empty((len(pts), 3))
+        sample_gradient(coef, pts, grad)
+        world = pts @ affine[:3, :3].T + affine[:3, 3]
+        centre = grid_centre_mm(centre_affine, centre_shape)
+        g_world = grad @ self.inv_affine[:3, :3]  # intensity per mm along each world axis
+        jac = np.empty((len(pts), 6))
+        jac[:, :3] = g_world
+        for k in range(3):  # one degree about axis k through the centre
+            d_world = (world - centre) @ _GENERATORS[k].T * (np.pi / 180.0)
+            jac[:, 3 + k] = np.einsum("ni,ni->n", g_world, d_world)
+        self.solver = np.linalg.solve(jac.T @ jac, jac.T)  # (6, n)
+        self._vals = np.empty(len(pts), dtype=np.float32)
+
+    def align(self, coef: np.ndarray, world: np.ndarray, centre_affine: np.ndarray, centre_shape: tuple,
+              max_iter: int, tol: float) -> tuple[np.ndarray, int]:
+        """Refine the world-space pose matrix ``world``; return it and the iterations used."""
+        it = 0
+        for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
+            mat = (self.inv_affine @ world @ self.affine)[:3]
+            sample(coef, mat, self.points, self._vals)
+            delta = self.solver @ (self._vals - self.ref_values)
+            # Inverse composition: W(x; p) <- W(W(x; delta)^-1; p).
+            world = world @ np.linalg.inv(rigid_matrix(delta, centre_affine, centre_shape))
+            if np.abs(delta).max() < tol:
+                break
+        return world, it
 
 
 class MotionCorrector:
@@ -60,18 +119,18 @@ class MotionCorrector:
     analysis_index : numpy.ndarray
         Flat (C-order) indices of the voxels to reslice, shape (n_voxels,).
     n_reference : int
-        The reference is the mean of the first ``n_reference`` volumes given to
-        :meth:`correct` (1: the first volume); volumes before it is complete are realigned to
-        the first volume.
+        1: the first volume is the reference. N > 1: the first N volumes are aligned to the first,
+        then their mean on the first volume's grid becomes the reference.
     fd_threshold_mm : float
         Volumes whose framewise displacement exceeds this are flagged as censored.
     max_iter : int
-        Gauss-Newton iterations at most.
+        Gauss-Newton iterations at most, per level.
     tol : float
-        Stop when the update is smaller than this (mm, and degrees).
-    sample_fraction : float
-        Share of the brain voxels used for estimation, drawn at random once per reference (a
-        regular sub-grid would bias the estimate through the interpolation's grid pattern).
+        Stop when the update is below this (mm and degrees).
+    max_points : int
+        Brain voxels used on the fine grid (a random subset, fixed per reference).
+    coarse : bool
+        Align on a 2x coarser grid first.
     """
 
     def __init__(
@@ -81,26 +140,28 @@ class MotionCorrector:
         fd_threshold_mm: float = 0.5,
         max_iter: int = 10,
         tol: float = 1e-3,
-        sample_fraction: float = 1.0,
+        max_points: int = 20000,
+        coarse: bool = True,
     ) -> None:
         if n_reference < 1:
             raise ValueError(f"n_reference must be >= 1, got {n_reference!r}")
-        if not 0 < sample_fraction <= 1:
-            raise ValueError(f"sample_fraction must be in (0, 1], got {sample_fraction!r}")
         if fd_threshold_mm <= 0:
             raise ValueError(f"fd_threshold_mm must be > 0, got {fd_threshold_mm!r}")
+        if max_points < 100:
+            raise ValueError(f"max_points must be >= 100, got {max_points!r}")
         self.analysis_index = np.asarray(analysis_index, dtype=np.int64)
         self.n_reference = n_reference
         self.fd_threshold_mm = fd_threshold_mm
         self.max_iter = max_iter
         self.tol = tol
-        self.sample_fraction = sample_fraction
-        self._ref_sum: np.ndarray | None = None
-        self._n_ref_seen = 0
-        self._prev: np.ndarray | None = None
+        self.max_points = max_points
+        self.coarse = coarse
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
+        self._prev_params: np.ndarray | None = None
+        self._n_seen = 0
 
     def set_reference(self, reference: np.ndarray, affine: np.ndarray) -> MotionCorrector:
-        """Fix the reference image and precompute the Jacobian.
+        """Fix the reference image and precompute the solvers.
 
         Parameters
         ----------
@@ -114,40 +175,23 @@ class MotionCorrector:
         MotionCorrector
             ``self``.
         """
-        ref = np.asarray(reference, dtype=np.float64)
+        ref = np.asarray(reference, dtype=np.float32)
+        if ref.ndim != 3:
+            raise VolumeError(f"reference must be 3-D, got shape {ref.shape}")
         self.shape_ = ref.shape
         self.affine_ = np.asarray(affine, dtype=np.float64)
-        self.reference_ = ref.astype(np.float32)
-        # Brain-ish weight mask: voxels brighter than a fraction of the robust maximum.
-        thresh = 0.25 * np.percentile(ref, 99)
-        rng = np.random.default_rng(0)  # fixed: the same volume always gives the same estimate
-        sel = (ref > thresh) & (rng.random(ref.shape) < self.sample_fraction)
-        # Keep away from the edge, where the gradient is undefined.
-        sel[:1], sel[-1:], sel[:, :1], sel[:, -1:], sel[..., :1], sel[..., -1:] = (False,) * 6
-        self.points_ = np.array(np.nonzero(sel), dtype=np.float64)  # (3, n)
-        grads = np.gradient(ref)
-        g = np.stack([gr[sel] for gr in grads], axis=1)  # (n, 3) per voxel step
-        self.ref_values_ = ref[sel]
-        world = self.affine_[:3, :3] @ self.points_ + self.affine_[:3, 3:]
-        centre = grid_centre_mm(self.affine_, self.shape_)
-        inv3 = np.linalg.inv(self.affine_[:3, :3])
-        jac = np.empty((sel.sum(), 6))
-        for k in range(3):  # translations: one mm along world axis k
-            jac[:, k] = g @ inv3[:, k]
-        for k in range(3):  # rotations: one degree about axis k through the centre
-            d_world = (_GENERATORS[k] @ (world - centre[:, None])) * (np.pi / 180.0)
-            jac[:, 3 + k] = np.einsum("ni,in->n", g, inv3 @ d_world)
-        self.jacobian_ = jac
-        self.solver_ = np.linalg.pinv(jac)  # (6, n)
-        self._prev = np.zeros(6)
-        self._prev_params: np.ndarray | None = None
+        rng = np.random.default_rng(0)  # fixed: the same data always give the same estimate
+        self.fine_ = _Level(ref, self.affine_, self.affine_, self.shape_, self.max_points, rng)
+        self.coarse_ = None
+        if self.coarse and min(ref.shape) >= 8:
+            self.coarse_ = _Level(_downsample(ref), self.affine_ @ _COARSE, self.affine_, self.shape_,
+                                  self.max_points, rng)
+        vox = np.array(np.unravel_index(self.analysis_index, self.shape_), dtype=np.float64).T
+        self._analysis_points = np.ascontiguousarray(vox)
+        self.pose_ = np.eye(4)
         return self
 
-    def _moved_coords(self, params: np.ndarray, vox: np.ndarray) -> np.ndarray:
-        m = np.linalg.inv(self.affine_) @ rigid_matrix(params, self.affine_, self.shape_) @ self.affine_
-        return m[:3, :3] @ vox + m[:3, 3:]
-
-    def estimate(self, data: np.ndarray) -> tuple[np.ndarray, int]:
+    def estimate(self, data: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
         """Estimate the pose of ``data`` relative to the reference, warm-started.
 
         Returns
@@ -155,24 +199,39 @@ class MotionCorrector:
         params : numpy.ndarray
             Shape (6,).
         iterations : int
+            Fine-grid iterations.
+        coef : numpy.ndarray
+            The volume's spline coefficients (for reslicing).
         """
-        if not hasattr(self, "jacobian_"):
+        if not hasattr(self, "fine_"):
             raise NotFittedError("MotionCorrector has no reference yet; call set_reference first")
-        img = np.asarray(data, dtype=np.float32)
-        p = self._prev.copy()
-        it = 0
-        for it in range(1, self.max_iter + 1):  # noqa: B007 - the count is reported
-            vals = map_coordinates(img, self._moved_coords(p, self.points_), order=1, mode="nearest")
-            delta = self.solver_ @ (self.ref_values_ - vals)
-            p += delta
-            if np.abs(delta).max() < self.tol:
-                break
-        return p, it
+        if data.shape != self.shape_:
+            raise VolumeError(f"volume shape {data.shape} differs from the reference's {self.shape_}")
+        world = self.pose_
+        if self.coarse_ is not None:
+            coarse_coef = spline_coefficients(_downsample(data))
+            world, _ = self.coarse_.align(coarse_coef, world, self.affine_, self.shape_, self.max_iter, 10 * self.tol)
+        coef = spline_coefficients(data)
+        world, it = self.fine_.align(coef, world, self.affine_, self.shape_, self.max_iter, self.tol)
+        self.pose_ = world
+        return params_from_matrix(world, self.affine_, self.shape_), it, coef
+
+    def reslice_points(self, coef: np.ndarray, params: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """Values of a volume (given by its coefficients) at reference-grid voxel ``points``.
+
+        Parameters
+        ----------
+        points : numpy.ndarray
+            float64 (n, 3) voxel coordinates on the reference grid.
+        """
+        world = rigid_matrix(params, self.affine_, self.shape_)
+        mat = (np.linalg.inv(self.affine_) @ world @ self.affine_)[:3]
+        out = np.empty(len(points), dtype=np.float32)
+        sample(coef, np.ascontiguousarray(mat), points, out)
+        return out
 
     def correct(self, data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, MotionEstimate]:
         """Realign one volume and reslice the analysis voxels.
-
-        The first volume (or the mean of the first ``n_reference``) becomes the reference.
 
         Parameters
         ----------
@@ -187,24 +246,27 @@ class MotionCorrector:
             float32, shape (n_voxels,): the analysis voxels on the reference grid.
         estimate : MotionEstimate
         """
-        if self._n_ref_seen < self.n_reference:
-            img = np.asarray(data, dtype=np.float64)
-            self._ref_sum = img if self._ref_sum is None else self._ref_sum + img
-            self._n_ref_seen += 1
-            if self._n_ref_seen == 1 or self._n_ref_seen == self.n_reference:
-                prev = self._prev
-                self.set_reference(self._ref_sum / self._n_ref_seen, affine)
-                if prev is not None:
-                    self._prev = prev
-        params, it = self.estimate(data)
-        self._prev = params
+        if not hasattr(self, "fine_"):
+            self.set_reference(data, affine)
+        params, it, coef = self.estimate(data)
+        self._n_seen += 1
+        if self.n_reference > 1 and self._n_seen <= self.n_reference:
+            self._pending.append((coef, params))
+            if self._n_seen == self.n_reference:
+                self._average_reference()
         fd = 0.0
         if self._prev_params is not None:
             fd = float(framewise_displacement(np.stack([self._prev_params, params]))[1])
         self._prev_params = params
-        coeffs = spline_filter(np.asarray(data, dtype=np.float32), order=3, mode="mirror")
-        vox = np.array(np.unravel_index(self.analysis_index, self.shape_), dtype=np.float64)
-        values = map_coordinates(
-            coeffs, self._moved_coords(params, vox), order=3, prefilter=False, mode="mirror"
-        ).astype(np.float32)
+        values = self.reslice_points(coef, params, self._analysis_points)
         return values, MotionEstimate(params, fd, fd > self.fd_threshold_mm, it)
+
+    def _average_reference(self) -> None:
+        # Mean of the first volumes, each resliced onto the first volume's grid with its pose; the
+        # pose is kept, as the new reference lies on the first volume's grid.
+        pts = grid_points(self.shape_)
+        mean = np.mean([self.reslice_points(c, p, pts) for c, p in self._pending], axis=0)
+        pose = self.pose_
+        self.set_reference(mean.reshape(self.shape_), self.affine_)
+        self.pose_ = pose
+        self._pending = []

@@ -56,6 +56,20 @@ def rigid_matrix(params: np.ndarray, affine: np.ndarray, shape: tuple[int, ...])
     return m
 
 
+def params_from_matrix(m: np.ndarray, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of :func:`rigid_matrix`: the six parameters of a world-space rigid matrix.
+
+    Angles are recovered for ``|ry| < 90`` degrees, far beyond any head motion.
+    """
+    rot = m[:3, :3]
+    ry = -np.arcsin(np.clip(rot[2, 0], -1.0, 1.0))
+    rx = np.arctan2(rot[2, 1], rot[2, 2])
+    rz = np.arctan2(rot[1, 0], rot[0, 0])
+    c = grid_centre_mm(affine, shape)
+    t = m[:3, 3] - (c - rot @ c)
+    return np.concatenate([t, np.rad2deg([rx, ry, rz])])
+
+
 def framewise_displacement(params: np.ndarray, radius_mm: float = 50.0) -> np.ndarray:
     """Framewise displacement (Power et al. 2012).
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode import wire
+from rtdecode._kernels import warm_up
 from rtdecode.config import RunConfig
 from rtdecode.decoders import DecoderBundle
 from rtdecode.errors import ProtocolError, ReceiveTimeout, VolumeError
@@ -35,6 +36,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     identifier = Identifier(bank, bundle.layer_slices, cfg.top_k)
     motion = None
     if cfg.motion.enabled:
+        warm_up()
         motion = MotionCorrector(
             np.flatnonzero(bundle.mask), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
         )

@@ -20,11 +20,10 @@ def test_recovers_known_rigid_transforms(phantom):
     errors = []
     for _ in range(6):
         truth = np.concatenate([rng.uniform(-2, 2, 3), rng.uniform(-2, 2, 3)])
-        mc._prev = np.zeros(6)  # each draw from scratch, no warm start
-        est, _ = mc.estimate(apply_motion(phantom.baseline, phantom.affine, truth))
+        mc.pose_ = np.eye(4)  # each draw from scratch, no warm start
+        est, _, _ = mc.estimate(apply_motion(phantom.baseline, phantom.affine, truth))
         errors.append(framewise_displacement(np.stack([truth, est]))[1])
-    # Trilinear estimation on a trilinearly moved image: the fast kernels of the next issue tighten this.
-    assert np.median(errors) < 0.1, errors
+    assert np.median(errors) < 0.06, errors
     assert np.max(errors) < 0.2, errors
 
 
@@ -37,7 +36,7 @@ def test_corrected_values_match_the_unmoved_image(phantom):
     moved = apply_motion(phantom.baseline, phantom.affine, np.array([1.5, -1.0, 0.5, 1.0, -1.5, 0.5]))
     vals, est = mc.correct(moved, phantom.affine)
     raw_err = np.abs(moved.ravel()[idx] - ref_vals).mean()
-    assert np.abs(vals - ref_vals).mean() < 0.5 * raw_err
+    assert np.abs(vals - ref_vals).mean() < 0.1 * raw_err
     assert est.censored and est.fd_mm > 0.5
 
 

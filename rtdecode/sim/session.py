@@ -13,9 +13,9 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from scipy.ndimage import affine_transform
 from scipy.stats import gamma
 
+from rtdecode._kernels import resample
 from rtdecode.rigid import rigid_matrix
 from rtdecode.sim.features import FeatureBank, make_feature_bank
 from rtdecode.sim.phantom import ROIS, Phantom, make_phantom
@@ -162,9 +162,9 @@ def motion_trajectory(p: SimParams, n_vols: int, rng: np.random.Generator) -> np
 
 def apply_motion(img: np.ndarray, affine: np.ndarray, params: np.ndarray) -> np.ndarray:
     """Render an image as seen after the head moved by ``params`` (see :mod:`rtdecode.rigid`)."""
-    # moved(y) = img(T^-1 y): affine_transform wants the map from output voxel to input voxel.
+    # moved(y) = img(T^-1 y), interpolated with cubic B-splines (trilinear would blur it).
     t_vox = np.linalg.inv(affine) @ np.linalg.inv(rigid_matrix(params, affine, img.shape)) @ affine
-    return affine_transform(img, t_vox[:3, :3], t_vox[:3, 3], order=1, mode="constant", cval=0.0)
+    return resample(img, t_vox)
 
 
 def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:

@@ -1,0 +1,246 @@
+"""numba kernels for cubic B-spline interpolation (prefilter and sampling).
+
+Single-threaded, ``nogil`` (two volumes can be processed on two cores) and cached on disk. The
+boundary condition is whole-sample mirror, the same as ``scipy.ndimage``'s ``mode="mirror"``,
+against which the tests check these kernels.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+# numba caches compiled kernels beside the source; an installed, read-only package needs another
+# place. These must be set before numba is imported.
+if not os.access(Path(__file__).parent, os.W_OK) and "NUMBA_CACHE_DIR" not in os.environ:
+    os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"rtdecode-numba-{os.getuid()}")
+os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # no OpenMP spin-waiting on 2 cores
+
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
+
+_POLE = np.sqrt(3.0) - 2.0  # the cubic B-spline's pole
+_GAIN = (1.0 - _POLE) * (1.0 - 1.0 / _POLE)  # = 6
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def _filter_axis0(c: np.ndarray) -> None:
+    # Unser's recursive filter (Thevenaz et al. 2000), causal then anti-causal, mirror boundary,
+    # run along axis 0 over whole planes so that the inner loop walks contiguous memory.
+    n, ny, nz = c.shape
+    if n == 1:
+        return
+    z = _POLE
+    for m in range(n):
+        for j in range(ny):
+            for k in range(nz):
+                c[m, j, k] *= _GAIN
+    if n > 30:  # |z|^30 < 1e-17: a truncated sum is exact in float64
+        for j in range(ny):
+            for k in range(nz):
+                s = c[0, j, k]
+                zn = z
+                for m in range(1, 30):
+                    s += zn * c[m, j, k]
+                    zn *= z
+                c[0, j, k] = s
+    else:  # short lines: the exact mirror-symmetric initial value
+        iz = 1.0 / z
+        for j in range(ny):
+            for k in range(nz):
+                zn = z
+                z2n = z ** (n - 1)
+                s = c[0, j, k] + z2n * c[n - 1, j, k]
+                z2n *= z2n * iz
+                for m in range(1, n - 1):
+                    s += (zn + z2n) * c[m, j, k]
+                    zn *= z
+                    z2n *= iz
+                c[0, j, k] = s / (1.0 - zn * zn)
+    for m in range(1, n):
+        for j in range(ny):
+            for k in range(nz):
+                c[m, j, k] += z * c[m - 1, j, k]
+    f = z / (z * z - 1.0)
+    for j in range(ny):
+        for k in range(nz):
+            c[n - 1, j, k] = f * (z * c[n - 2, j, k] + c[n - 1, j, k])
+    for m in range(n - 2, -1, -1):
+        for j in range(ny):
+            for k in range(nz):
+                c[m, j, k] = z * (c[m + 1, j, k] - c[m, j, k])
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def _prefilter(c: np.ndarray) -> None:
+    nx, ny, nz = c.shape
+    _filter_axis0(np.transpose(c, (2, 0, 1)))
+    _filter_axis0(np.transpose(c, (1, 0, 2)))
+    _filter_axis0(c)
+
+
+def spline_coefficients(img: np.ndarray) -> np.ndarray:
+    """Cubic B-spline coefficients of a 3-D image (mirror boundary).
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Shape (nx, ny, nz), any real dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of the same shape, C-contiguous.
+    """
+    c = np.array(img, dtype=np.float32, order="C")
+    _prefilter(c)
+    return c
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
+def _mirror(i: int, n: int) -> int:
+    if n == 1:
+        return 0
+    period = 2 * n - 2
+    i = abs(i) % period
+    return period - i if i >= n else i
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def sample(coef: np.ndarray, mat: np.ndarray, points: np.ndarray, out: np.ndarray) -> None:
+    """Evaluate a cubic B-spline at affinely mapped points.
+
+    Parameters
+    ----------
+    coef : numpy.ndarray
+        float32 (nx, ny, nz) coefficients from :func:`spline_coefficients`.
+    mat : numpy.ndarray
+        float64 (3, 4): maps a point's voxel coordinates to the voxel coordinates to sample.
+    points : numpy.ndarray
+        float64 (n, 3) voxel coordinates.
+    out : numpy.ndarray
+        float32 (n,), filled with the values.
+    """
+    nx, ny, nz = coef.shape
+    wx = np.empty(4)
+    wy = np.empty(4)
+    wz = np.empty(4)
+    ix = np.empty(4, dtype=np.int64)
+    iy = np.empty(4, dtype=np.int64)
+    iz = np.empty(4, dtype=np.int64)
+    for p in range(points.shape[0]):
+        px, py, pz = points[p, 0], points[p, 1], points[p, 2]
+        x = mat[0, 0] * px + mat[0, 1] * py + mat[0, 2] * pz + mat[0, 3]
+        y = mat[1, 0] * px + mat[1, 1] * py + mat[1, 2] * pz + mat[1, 3]
+        z = mat[2, 0] * px + mat[2, 1] * py + mat[2, 2] * pz + mat[2, 3]
+        _weights(x, nx, wx, ix)
+        _weights(y, ny, wy, iy)
+        _weights(z, nz, wz, iz)
+        acc = 0.0
+        for a in range(4):
+            ca = 0.0
+            for b in range(4):
+                cb = 0.0
+                for c in range(4):
+                    cb += wz[c] * coef[ix[a], iy[b], iz[c]]
+                ca += wy[b] * cb
+            acc += wx[a] * ca
+        out[p] = acc
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")
+def _weights(x: float, n: int, w: np.ndarray, idx: np.ndarray) -> None:
+    f = np.floor(x)
+    t = x - f
+    i0 = int(f) - 1
+    t2 = t * t
+    t3 = t2 * t
+    omt = 1.0 - t
+    w[0] = omt * omt * omt / 6.0
+    w[1] = (3.0 * t3 - 6.0 * t2 + 4.0) / 6.0
+    w[2] = (-3.0 * t3 + 3.0 * t2 + 3.0 * t + 1.0) / 6.0
+    w[3] = t3 / 6.0
+    if i0 >= 0 and i0 + 3 < n:
+        for k in range(4):
+            idx[k] = i0 + k
+    else:
+        for k in range(4):
+            idx[k] = _mirror(i0 + k, n)
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def sample_gradient(coef: np.ndarray, points: np.ndarray, out: np.ndarray) -> None:
+    """Gradient of a cubic B-spline at points, in intensity per voxel along each axis.
+
+    Parameters
+    ----------
+    coef : numpy.ndarray
+        float32 (nx, ny, nz) coefficients.
+    points : numpy.ndarray
+        float64 (n, 3) voxel coordinates.
+    out : numpy.ndarray
+        float64 (n, 3), filled with d/dx, d/dy, d/dz.
+    """
+    shape = coef.shape
+    w = np.empty((3, 4))
+    dw = np.empty((3, 4))
+    idx = np.empty((3, 4), dtype=np.int64)
+    for p in range(points.shape[0]):
+        for d in range(3):
+            x = points[p, d]
+            _weights(x, shape[d], w[d], idx[d])
+            t = x - np.floor(x)
+            dw[d, 0] = -0.5 * (1.0 - t) * (1.0 - t)
+            dw[d, 1] = 1.5 * t * t - 2.0 * t
+            dw[d, 2] = -1.5 * t * t + t + 0.5
+            dw[d, 3] = 0.5 * t * t
+        gx = 0.0
+        gy = 0.0
+        gz = 0.0
+        for a in range(4):
+            for b in range(4):
+                for c in range(4):
+                    v = coef[idx[0, a], idx[1, b], idx[2, c]]
+                    gx += dw[0, a] * w[1, b] * w[2, c] * v
+                    gy += w[0, a] * dw[1, b] * w[2, c] * v
+                    gz += w[0, a] * w[1, b] * dw[2, c] * v
+        out[p, 0] = gx
+        out[p, 1] = gy
+        out[p, 2] = gz
+
+
+def grid_points(shape: tuple[int, int, int]) -> np.ndarray:
+    """Voxel coordinates of every voxel of a grid in C order, float64 (n, 3)."""
+    return np.indices(shape, dtype=np.float64).reshape(3, -1).T.copy()
+
+
+def resample(img: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    """Resample a whole image: ``out[x] = img(mat @ x)`` with cubic B-splines.
+
+    Parameters
+    ----------
+    img : numpy.ndarray
+        Shape (nx, ny, nz).
+    mat : numpy.ndarray
+        Shape (4, 4) or (3, 4), output voxel -> input voxel coordinates.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, same shape as ``img``.
+    """
+    coef = spline_coefficients(img)
+    out = np.empty(img.size, dtype=np.float32)
+    sample(coef, np.ascontiguousarray(mat[:3], dtype=np.float64), grid_points(img.shape), out)
+    return out.reshape(img.shape)
+
+
+
+def warm_up() -> None:
+    """Compile (or load from the disk cache) every kernel now, not on the first volume."""
+    img = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
+    coef = spline_coefficients(img)
+    pts = grid_points(img.shape)
+    sample(coef, np.eye(4)[:3], pts, np.empty(len(pts), dtype=np.float32))
+    sample_gradient(coef, pts, np.empty((len(pts), 3)))
