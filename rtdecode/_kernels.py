@@ -215,7 +215,7 @@ def grid_points(shape: tuple[int, int, int]) -> np.ndarray:
     return np.indices(shape, dtype=np.float64).reshape(3, -1).T.copy()
 
 
-def resample(img: np.ndarray, mat: np.ndarray) -> np.ndarray:
+def resample(img: np.ndarray, mat: np.ndarray, points: np.ndarray | None = None) -> np.ndarray:
     """Resample a whole image: ``out[x] = img(mat @ x)`` with cubic B-splines.
 
     Parameters
@@ -224,6 +224,8 @@ def resample(img: np.ndarray, mat: np.ndarray) -> np.ndarray:
         Shape (nx, ny, nz).
     mat : numpy.ndarray
         Shape (4, 4) or (3, 4), output voxel -> input voxel coordinates.
+    points : numpy.ndarray, optional
+        ``grid_points(img.shape)``, when the caller resamples many images of one shape.
 
     Returns
     -------
@@ -232,7 +234,8 @@ def resample(img: np.ndarray, mat: np.ndarray) -> np.ndarray:
     """
     coef = spline_coefficients(img)
     out = np.empty(img.size, dtype=np.float32)
-    sample(coef, np.ascontiguousarray(mat[:3], dtype=np.float64), grid_points(img.shape), out)
+    pts = grid_points(img.shape) if points is None else points
+    sample(coef, np.ascontiguousarray(mat[:3], dtype=np.float64), pts, out)
     return out.reshape(img.shape)
 
 

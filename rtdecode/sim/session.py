@@ -15,7 +15,7 @@ import nibabel as nib
 import numpy as np
 from scipy.stats import gamma
 
-from rtdecode._kernels import resample
+from rtdecode._kernels import grid_points, resample
 from rtdecode.rigid import rigid_matrix
 from rtdecode.sim.features import FeatureBank, make_feature_bank
 from rtdecode.sim.phantom import ROIS, Phantom, make_phantom
@@ -39,7 +39,7 @@ class SimParams:
     n_units: int = 200
     n_train_categories: int = 150
     n_test_categories: int = 50
-    train_blocks_per_category: int = 2
+    train_blocks_per_category: int = 1
     test_blocks_per_category: int = 1
     block_volumes: int = 3  # 9 s blocks at TR 3 s
     rest_volumes: int = 1
@@ -48,7 +48,7 @@ class SimParams:
     tsnr: float = 60.0
     physio_fraction: float = 0.35  # share of noise variance that is AR(1) physiological noise
     ar1: float = 0.5
-    tuned_fraction: float = 0.3
+    tuned_fraction: float = 0.1
     tuned_change_pct: tuple[float, float] = (1.0, 2.0)
     weak_change_pct: tuple[float, float] = (0.1, 0.5)
     visual_on_pct: float = 0.5  # category-independent response of all visual voxels
@@ -160,11 +160,16 @@ def motion_trajectory(p: SimParams, n_vols: int, rng: np.random.Generator) -> np
     return np.clip(traj, -scale, scale)
 
 
-def apply_motion(img: np.ndarray, affine: np.ndarray, params: np.ndarray) -> np.ndarray:
-    """Render an image as seen after the head moved by ``params`` (see :mod:`rtdecode.rigid`)."""
+def apply_motion(
+    img: np.ndarray, affine: np.ndarray, params: np.ndarray, grid: np.ndarray | None = None
+) -> np.ndarray:
+    """Render an image as seen after the head moved by ``params`` (see :mod:`rtdecode.rigid`).
+
+    ``grid`` is ``grid_points(img.shape)``, passed by callers that move many images.
+    """
     # moved(y) = img(T^-1 y), interpolated with cubic B-splines (trilinear would blur it).
     t_vox = np.linalg.inv(affine) @ np.linalg.inv(rigid_matrix(params, affine, img.shape)) @ affine
-    return resample(img, t_vox)
+    return resample(img, t_vox, grid)
 
 
 def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
@@ -211,30 +216,31 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
     signal_pct = conv[sample] @ resp  # (n_vols, n_vc)
 
     ph = subject.phantom
-    base = ph.baseline.astype(np.float64)
+    base = ph.baseline.astype(np.float32)
     brain = ph.brain
     sigma = base[brain].mean() / p.tsnr  # noise of an average brain voxel
     motion = motion_trajectory(p, n_vols, rng)
     t_norm = np.linspace(-0.5, 0.5, n_vols)
-    drift_map = rng.normal(1.0, 0.5, brain.sum()) * p.drift_pct / 100.0
-    physio = np.zeros(brain.sum())
+    drift_map = (rng.normal(1.0, 0.5, brain.sum()) * p.drift_pct / 100.0).astype(np.float32)
+    physio = np.zeros(brain.sum(), dtype=np.float32)
+    grid = grid_points(p.shape)
     bold = np.empty((*p.shape, n_vols), dtype=np.int16)
     flat_vc = subject.voxel_index
     brain_pos = np.flatnonzero(brain)
     vc_in_brain = np.searchsorted(brain_pos, flat_vc)
     for k in range(n_vols):
         img = base.copy()
-        mod = drift_map * (t_norm[k] + 0.3 * np.cos(np.pi * t_norm[k] * 2))
+        mod = drift_map * np.float32(t_norm[k] + 0.3 * np.cos(np.pi * t_norm[k] * 2))
         mod[vc_in_brain] += signal_pct[k] / 100.0
         if not p.noiseless:
-            innov = rng.standard_normal(brain.sum()) * np.sqrt(1 - p.ar1**2)
-            physio = p.ar1 * physio + innov
-            mod += physio * np.sqrt(p.physio_fraction) / p.tsnr
+            innov = rng.standard_normal(brain.sum(), dtype=np.float32) * np.float32(np.sqrt(1 - p.ar1**2))
+            physio = np.float32(p.ar1) * physio + innov
+            mod += physio * np.float32(np.sqrt(p.physio_fraction) / p.tsnr)
         img.ravel()[brain_pos] *= 1.0 + mod
         if p.motion:
-            img = apply_motion(img, ph.affine, motion[k])
+            img = apply_motion(img, ph.affine, motion[k], grid)
         if not p.noiseless:
-            img += rng.standard_normal(p.shape) * sigma * np.sqrt(1 - p.physio_fraction)
+            img += rng.standard_normal(p.shape, dtype=np.float32) * np.float32(sigma * np.sqrt(1 - p.physio_fraction))
         bold[..., k] = np.clip(np.rint(img), -32768, 32767)
     events = [
         {
