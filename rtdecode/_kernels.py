@@ -239,7 +239,6 @@ def resample(img: np.ndarray, mat: np.ndarray, points: np.ndarray | None = None)
     return out.reshape(img.shape)
 
 
-
 def warm_up() -> None:
     """Compile (or load from the disk cache) every kernel now, not on the first volume."""
     img = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -38,6 +39,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
+    # One BLAS thread: with two cores, a second spinning BLAS thread competes with the sender
+    # and subscribers on the same machine and makes tail latency worse, not better.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
     from rtdecode.run import serve
 
     cfg = load_config(args.config).run

@@ -67,8 +67,15 @@ _COARSE = np.array([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0,
 class _Level:
     """Sampling points, reference values and Gauss-Newton solver on one grid."""
 
-    def __init__(self, ref: np.ndarray, affine: np.ndarray, centre_affine: np.ndarray,
-                 centre_shape: tuple, max_points: int, rng: np.random.Generator) -> None:
+    def __init__(
+        self,
+        ref: np.ndarray,
+        affine: np.ndarray,
+        centre_affine: np.ndarray,
+        centre_shape: tuple,
+        max_points: int,
+        rng: np.random.Generator,
+    ) -> None:
         self.affine = affine
         self.inv_affine = np.linalg.inv(affine)
         coef = spline_coefficients(ref)
@@ -96,8 +103,15 @@ class _Level:
         self.solver = np.linalg.solve(jac.T @ jac, jac.T)  # (6, n)
         self._vals = np.empty(len(pts), dtype=np.float32)
 
-    def align(self, coef: np.ndarray, world: np.ndarray, centre_affine: np.ndarray, centre_shape: tuple,
-              max_iter: int, tol: float) -> tuple[np.ndarray, int]:
+    def align(
+        self,
+        coef: np.ndarray,
+        world: np.ndarray,
+        centre_affine: np.ndarray,
+        centre_shape: tuple,
+        max_iter: int,
+        tol: float,
+    ) -> tuple[np.ndarray, int]:
         """Refine the world-space pose matrix ``world``; return it and the iterations used."""
         it = 0
         for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
@@ -184,8 +198,9 @@ class MotionCorrector:
         self.fine_ = _Level(ref, self.affine_, self.affine_, self.shape_, self.max_points, rng)
         self.coarse_ = None
         if self.coarse and min(ref.shape) >= 8:
-            self.coarse_ = _Level(_downsample(ref), self.affine_ @ _COARSE, self.affine_, self.shape_,
-                                  self.max_points, rng)
+            self.coarse_ = _Level(
+                _downsample(ref), self.affine_ @ _COARSE, self.affine_, self.shape_, self.max_points, rng
+            )
         vox = np.array(np.unravel_index(self.analysis_index, self.shape_), dtype=np.float64).T
         self._analysis_points = np.ascontiguousarray(vox)
         self.pose_ = np.eye(4)
@@ -210,7 +225,9 @@ class MotionCorrector:
         world = self.pose_
         if self.coarse_ is not None:
             coarse_coef = spline_coefficients(_downsample(data))
-            world, _ = self.coarse_.align(coarse_coef, world, self.affine_, self.shape_, self.max_iter, 10 * self.tol)
+            world, _ = self.coarse_.align(
+                coarse_coef, world, self.affine_, self.shape_, self.max_iter, 10 * self.tol
+            )
         coef = spline_coefficients(data)
         world, it = self.fine_.align(coef, world, self.affine_, self.shape_, self.max_iter, self.tol)
         self.pose_ = world

@@ -36,8 +36,10 @@ def test_gradient_equals_finite_differences_of_scipy():
     h = 1e-4
     for d in range(3):
         step = h * np.eye(3)[d]
-        num = (map_coordinates(coef, (pts + step).T, order=3, prefilter=False, mode="mirror")
-               - map_coordinates(coef, (pts - step).T, order=3, prefilter=False, mode="mirror")) / (2 * h)
+        num = (
+            map_coordinates(coef, (pts + step).T, order=3, prefilter=False, mode="mirror")
+            - map_coordinates(coef, (pts - step).T, order=3, prefilter=False, mode="mirror")
+        ) / (2 * h)
         np.testing.assert_allclose(grad[:, d], num, atol=1e-3)
 
 

@@ -13,16 +13,30 @@ def _stamps(**ms):
 
 def test_durations_between_reached_stages_and_end_to_end():
     d = stage_durations_ms(_stamps(acquired=0, sent=1, received=3, motion=10, published=12))
-    assert d == {"acquired->sent": 1, "sent->received": 2, "received->motion": 7, "motion->published": 2,
-                 "end_to_end": 12}
+    assert d == {
+        "acquired->sent": 1,
+        "sent->received": 2,
+        "received->motion": 7,
+        "motion->published": 2,
+        "end_to_end": 12,
+    }
 
 
 def test_summary_percentiles_and_stage_order():
     tr = LatencyTracker()
     tr.add(_stamps(received=0, motion=5, preprocessed=6, published=7))  # a baseline volume
     for k in range(100):
-        tr.add(_stamps(acquired=0, received=1, motion=2, preprocessed=3, decoded=4, identified=5,
-                       published=6 + k / 10))
+        tr.add(
+            _stamps(
+                acquired=0,
+                received=1,
+                motion=2,
+                preprocessed=3,
+                decoded=4,
+                identified=5,
+                published=6 + k / 10,
+            )
+        )
     s = tr.summary()
     assert list(s)[0] == "acquired->received" and list(s)[-1] == "end_to_end"
     e2e = 6 + np.arange(100) / 10

@@ -240,7 +240,9 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         if p.motion:
             img = apply_motion(img, ph.affine, motion[k], grid)
         if not p.noiseless:
-            img += rng.standard_normal(p.shape, dtype=np.float32) * np.float32(sigma * np.sqrt(1 - p.physio_fraction))
+            img += rng.standard_normal(p.shape, dtype=np.float32) * np.float32(
+                sigma * np.sqrt(1 - p.physio_fraction)
+            )
         bold[..., k] = np.clip(np.rint(img), -32768, 32767)
     events = [
         {
