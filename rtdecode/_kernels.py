@@ -108,6 +108,30 @@ def _mirror(i: int, n: int) -> int:
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
+def inside_grid(mat: np.ndarray, points: np.ndarray, shape: tuple, out: np.ndarray) -> None:
+    """Mark the points that an affine map sends inside a grid (at most half a voxel beyond it).
+
+    Parameters
+    ----------
+    mat : numpy.ndarray
+        float64 (3, 4).
+    points : numpy.ndarray
+        float64 (n, 3).
+    shape : tuple of int
+        Grid shape.
+    out : numpy.ndarray
+        bool (n,).
+    """
+    for p in range(points.shape[0]):
+        ok = True
+        for d in range(3):
+            v = mat[d, 0] * points[p, 0] + mat[d, 1] * points[p, 1] + mat[d, 2] * points[p, 2] + mat[d, 3]
+            if v < -0.5 or v > shape[d] - 0.5:
+                ok = False
+        out[p] = ok
+
+
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
 def sample(coef: np.ndarray, mat: np.ndarray, points: np.ndarray, out: np.ndarray) -> None:
     """Evaluate a cubic B-spline at affinely mapped points.
 
@@ -121,8 +145,15 @@ def sample(coef: np.ndarray, mat: np.ndarray, points: np.ndarray, out: np.ndarra
         float64 (n, 3) voxel coordinates.
     out : numpy.ndarray
         float32 (n,), filled with the values.
+
+    Returns
+    -------
+    int
+        How many points mapped outside the grid (more than half a voxel beyond its edge); their
+        values come from the mirror-extended image.
     """
     nx, ny, nz = coef.shape
+    n_out = 0
     wx = np.empty(4)
     wy = np.empty(4)
     wz = np.empty(4)
@@ -134,6 +165,8 @@ def sample(coef: np.ndarray, mat: np.ndarray, points: np.ndarray, out: np.ndarra
         x = mat[0, 0] * px + mat[0, 1] * py + mat[0, 2] * pz + mat[0, 3]
         y = mat[1, 0] * px + mat[1, 1] * py + mat[1, 2] * pz + mat[1, 3]
         z = mat[2, 0] * px + mat[2, 1] * py + mat[2, 2] * pz + mat[2, 3]
+        if x < -0.5 or y < -0.5 or z < -0.5 or x > nx - 0.5 or y > ny - 0.5 or z > nz - 0.5:
+            n_out += 1
         _weights(x, nx, wx, ix)
         _weights(y, ny, wy, iy)
         _weights(z, nz, wz, iz)
@@ -147,6 +180,7 @@ def sample(coef: np.ndarray, mat: np.ndarray, points: np.ndarray, out: np.ndarra
                 ca += wy[b] * cb
             acc += wx[a] * ca
         out[p] = acc
+    return n_out
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy", inline="always")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode._kernels import grid_points, sample, sample_gradient, spline_coefficients
+from rtdecode._kernels import grid_points, inside_grid, sample, sample_gradient, spline_coefficients
 from rtdecode.errors import NotFittedError, VolumeError
 from rtdecode.rigid import framewise_displacement, grid_centre_mm, params_from_matrix, rigid_matrix
 
@@ -61,6 +61,13 @@ def _downsample(img: np.ndarray) -> np.ndarray:
     return v.reshape(nx // 2, 2, ny // 2, 2, nz // 2, 2).mean(axis=(1, 3, 5))
 
 
+def _estimation_coefficients(img: np.ndarray, smooth: bool) -> np.ndarray:
+    # With smooth=True the image itself serves as B-spline coefficients: a B-spline approximation,
+    # i.e. the image smoothed by the cubic B-spline kernel (FWHM about 1.4 voxels), which makes
+    # the estimate less sensitive to noise and to interpolation error, and skips the prefilter.
+    return np.ascontiguousarray(img, dtype=np.float32) if smooth else spline_coefficients(img)
+
+
 _COARSE = np.array([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]])
 
 
@@ -74,24 +81,27 @@ class _Level:
         centre_affine: np.ndarray,
         centre_shape: tuple,
         max_points: int,
-        rng: np.random.Generator,
+        smooth: bool,
     ) -> None:
         self.affine = affine
         self.inv_affine = np.linalg.inv(affine)
-        coef = spline_coefficients(ref)
+        coef = _estimation_coefficients(ref, smooth)
         thresh = 0.25 * np.percentile(ref, 99)
         inside = ref > thresh
-        inside[[0, -1]] = inside[:, [0, -1]] = inside[..., [0, -1]] = False
+        # Tissue near the edges of the field of view moves in and out of it; leave 2 voxels out.
+        inside[:2] = inside[-2:] = inside[:, :2] = inside[:, -2:] = inside[..., :2] = inside[..., -2:] = False
         pts = np.argwhere(inside).astype(np.float64)
         if len(pts) < 50:
             raise VolumeError(f"reference has only {len(pts)} voxels above a quarter of its 99th percentile")
+        grad = np.empty((len(pts), 3))
+        sample_gradient(coef, pts, grad)
         if len(pts) > max_points:
-            pts = pts[np.sort(rng.choice(len(pts), max_points, replace=False))]
+            # The voxels with the steepest gradient carry most of the information about the pose.
+            keep = np.sort(np.argpartition(-np.einsum("ij,ij->i", grad, grad), max_points - 1)[:max_points])
+            pts, grad = pts[keep], grad[keep]
         self.points = pts
         self.ref_values = np.empty(len(pts), dtype=np.float32)
         sample(coef, np.eye(4)[:3], pts, self.ref_values)
-        grad = np.empty((len(pts), 3))
-        sample_gradient(coef, pts, grad)
         world = pts @ affine[:3, :3].T + affine[:3, 3]
         centre = grid_centre_mm(centre_affine, centre_shape)
         g_world = grad @ self.inv_affine[:3, :3]  # intensity per mm along each world axis
@@ -100,7 +110,10 @@ class _Level:
         for k in range(3):  # one degree about axis k through the centre
             d_world = (world - centre) @ _GENERATORS[k].T * (np.pi / 180.0)
             jac[:, 3 + k] = np.einsum("ni,ni->n", g_world, d_world)
+        self.jacobian = jac
         self.solver = np.linalg.solve(jac.T @ jac, jac.T)  # (6, n)
+        self.shape = ref.shape
+        self._inside = np.empty(len(pts), dtype=bool)
         self._vals = np.empty(len(pts), dtype=np.float32)
 
     def align(
@@ -111,13 +124,27 @@ class _Level:
         centre_shape: tuple,
         max_iter: int,
         tol: float,
+        max_first_step: float = np.inf,
     ) -> tuple[np.ndarray, int]:
-        """Refine the world-space pose matrix ``world``; return it and the iterations used."""
+        """Refine the world-space pose matrix ``world``; return it and the iterations used.
+
+        If the first update exceeds ``max_first_step`` (mm or deg), ``world`` is returned
+        unchanged with 0 iterations: the start is too far off for this grid.
+        """
         it = 0
         for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
             mat = (self.inv_affine @ world @ self.affine)[:3]
-            sample(coef, mat, self.points, self._vals)
-            delta = self.solver @ (self._vals - self.ref_values)
+            resid = self._vals
+            if sample(coef, mat, self.points, resid):
+                # Points that left the field of view would be compared with mirrored data.
+                inside_grid(mat, self.points, self.shape, self._inside)
+                jac = self.jacobian[self._inside]
+                r = resid[self._inside] - self.ref_values[self._inside]
+                delta = np.linalg.solve(jac.T @ jac, jac.T @ r)
+            else:
+                delta = self.solver @ (resid - self.ref_values)
+            if it == 1 and np.abs(delta).max() > max_first_step:
+                return world, 0
             # Inverse composition: W(x; p) <- W(W(x; delta)^-1; p).
             world = world @ np.linalg.inv(rigid_matrix(delta, centre_affine, centre_shape))
             if np.abs(delta).max() < tol:
@@ -144,7 +171,13 @@ class MotionCorrector:
     max_points : int
         Brain voxels used on the fine grid (a random subset, fixed per reference).
     coarse : bool
-        Align on a 2x coarser grid first.
+        Align on a 2x coarser grid first when the first fine-grid update exceeds
+        ``jump_threshold`` (a sudden movement).
+    jump_threshold : float
+        mm and degrees.
+    smooth : bool
+        Estimate on B-spline approximations of the images (smoothed by the cubic B-spline
+        kernel) rather than interpolations; reslicing always interpolates.
     """
 
     def __init__(
@@ -154,8 +187,10 @@ class MotionCorrector:
         fd_threshold_mm: float = 0.5,
         max_iter: int = 10,
         tol: float = 1e-3,
-        max_points: int = 20000,
+        max_points: int = 10000,
         coarse: bool = True,
+        jump_threshold: float = 1.0,
+        smooth: bool = True,
     ) -> None:
         if n_reference < 1:
             raise ValueError(f"n_reference must be >= 1, got {n_reference!r}")
@@ -170,6 +205,8 @@ class MotionCorrector:
         self.tol = tol
         self.max_points = max_points
         self.coarse = coarse
+        self.jump_threshold = jump_threshold
+        self.smooth = smooth
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._prev_params: np.ndarray | None = None
         self._n_seen = 0
@@ -194,19 +231,23 @@ class MotionCorrector:
             raise VolumeError(f"reference must be 3-D, got shape {ref.shape}")
         self.shape_ = ref.shape
         self.affine_ = np.asarray(affine, dtype=np.float64)
-        rng = np.random.default_rng(0)  # fixed: the same data always give the same estimate
-        self.fine_ = _Level(ref, self.affine_, self.affine_, self.shape_, self.max_points, rng)
+        self.fine_ = _Level(ref, self.affine_, self.affine_, self.shape_, self.max_points, self.smooth)
         self.coarse_ = None
         if self.coarse and min(ref.shape) >= 8:
             self.coarse_ = _Level(
-                _downsample(ref), self.affine_ @ _COARSE, self.affine_, self.shape_, self.max_points, rng
+                _downsample(ref),
+                self.affine_ @ _COARSE,
+                self.affine_,
+                self.shape_,
+                self.max_points,
+                self.smooth,
             )
         vox = np.array(np.unravel_index(self.analysis_index, self.shape_), dtype=np.float64).T
         self._analysis_points = np.ascontiguousarray(vox)
         self.pose_ = np.eye(4)
         return self
 
-    def estimate(self, data: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    def estimate(self, data: np.ndarray) -> tuple[np.ndarray, int]:
         """Estimate the pose of ``data`` relative to the reference, warm-started.
 
         Returns
@@ -215,23 +256,23 @@ class MotionCorrector:
             Shape (6,).
         iterations : int
             Fine-grid iterations.
-        coef : numpy.ndarray
-            The volume's spline coefficients (for reslicing).
         """
         if not hasattr(self, "fine_"):
             raise NotFittedError("MotionCorrector has no reference yet; call set_reference first")
         if data.shape != self.shape_:
             raise VolumeError(f"volume shape {data.shape} differs from the reference's {self.shape_}")
-        world = self.pose_
-        if self.coarse_ is not None:
-            coarse_coef = spline_coefficients(_downsample(data))
+        start = self.pose_
+        coef = _estimation_coefficients(data, self.smooth)
+        jump = self.jump_threshold if self.coarse_ is not None else np.inf
+        world, it = self.fine_.align(coef, start, self.affine_, self.shape_, self.max_iter, self.tol, jump)
+        if it == 0:  # a jump: align on the coarse grid first, then finish on the fine one
+            coarse_coef = _estimation_coefficients(_downsample(data), self.smooth)
             world, _ = self.coarse_.align(
-                coarse_coef, world, self.affine_, self.shape_, self.max_iter, 10 * self.tol
+                coarse_coef, start, self.affine_, self.shape_, self.max_iter, 10 * self.tol
             )
-        coef = spline_coefficients(data)
-        world, it = self.fine_.align(coef, world, self.affine_, self.shape_, self.max_iter, self.tol)
+            world, it = self.fine_.align(coef, world, self.affine_, self.shape_, self.max_iter, self.tol)
         self.pose_ = world
-        return params_from_matrix(world, self.affine_, self.shape_), it, coef
+        return params_from_matrix(world, self.affine_, self.shape_), it
 
     def reslice_points(self, coef: np.ndarray, params: np.ndarray, points: np.ndarray) -> np.ndarray:
         """Values of a volume (given by its coefficients) at reference-grid voxel ``points``.
@@ -265,7 +306,8 @@ class MotionCorrector:
         """
         if not hasattr(self, "fine_"):
             self.set_reference(data, affine)
-        params, it, coef = self.estimate(data)
+        params, it = self.estimate(data)
+        coef = spline_coefficients(data)
         self._n_seen += 1
         if self.n_reference > 1 and self._n_seen <= self.n_reference:
             self._pending.append((coef, params))

@@ -89,3 +89,43 @@ def framewise_displacement(params: np.ndarray, radius_mm: float = 50.0) -> np.nd
     d = np.abs(np.diff(params, axis=0))
     fd = d[:, :3].sum(1) + np.deg2rad(d[:, 3:]).sum(1) * radius_mm
     return np.concatenate([[0.0], fd])
+
+
+def to_spm(params: np.ndarray) -> np.ndarray:
+    """Reorder to SPM's ``rp_*.txt`` columns: x, y, z translations (mm), pitch, roll, yaw (radians).
+
+    SPM composes rotations about the world origin; rtdecode about the volume centre. The
+    rotations agree; the translations agree exactly for rotation-free motion and otherwise differ
+    by the rotation of the centre's offset from the origin (use :func:`rigid_matrix` when the
+    full matrix matters).
+
+    Parameters
+    ----------
+    params : numpy.ndarray
+        Shape (..., 6) in rtdecode's convention.
+    """
+    p = np.asarray(params, dtype=float)
+    return np.concatenate([p[..., :3], np.deg2rad(p[..., 3:])], axis=-1)
+
+
+def to_fsl(params: np.ndarray) -> np.ndarray:
+    """Reorder to FSL MCFLIRT's ``.par`` columns: rx, ry, rz (radians), then tx, ty, tz (mm).
+
+    Both rotate about the volume centre. FSL works in scaled voxel coordinates, which for a
+    radiologically stored (negative-determinant) image flip x; rtdecode always uses RAS+ world
+    axes.
+    """
+    p = np.asarray(params, dtype=float)
+    return np.concatenate([np.deg2rad(p[..., 3:]), p[..., :3]], axis=-1)
+
+
+def to_afni(params: np.ndarray) -> np.ndarray:
+    """Reorder to AFNI 3dvolreg's ``-1Dfile`` columns: roll, pitch, yaw (deg), dS, dL, dP (mm).
+
+    AFNI's axes are DICOM (x to the left, y to the back, z up): roll is about the
+    inferior-superior axis (rtdecode's rz), pitch about the right-left axis (rx), yaw about the
+    anterior-posterior axis (ry); dS = tz, dL = -tx, dP = -ty. The angles keep rtdecode's sign
+    (right-hand rule about the RAS+ axes); this has not been checked against 3dvolreg output.
+    """
+    p = np.asarray(params, dtype=float)
+    return np.stack([p[..., 5], p[..., 3], p[..., 4], p[..., 2], -p[..., 0], -p[..., 1]], axis=-1)
