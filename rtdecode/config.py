@@ -30,6 +30,7 @@ class MotionConfig:
     """Motion correction stage (see :class:`rtdecode.motion.MotionCorrector`)."""
 
     enabled: bool = True
+    reference: str = ""  # a NIfTI volume; empty: the first volume(s) of the series
     n_reference: int = 1
     fd_threshold_mm: float = 0.5
 

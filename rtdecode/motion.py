@@ -229,6 +229,7 @@ class MotionCorrector:
         ref = np.asarray(reference, dtype=np.float32)
         if ref.ndim != 3:
             raise VolumeError(f"reference must be 3-D, got shape {ref.shape}")
+        self.reference_ = ref
         self.shape_ = ref.shape
         self.affine_ = np.asarray(affine, dtype=np.float64)
         self.fine_ = _Level(ref, self.affine_, self.affine_, self.shape_, self.max_points, self.smooth)

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.errors import VolumeError
+from rtdecode.errors import ConfigError, VolumeError
 from rtdecode.volume import Volume
 
 
@@ -36,6 +36,22 @@ def iter_volumes(
     for k in range(img.shape[3]):
         data = np.asarray(img.dataobj[..., k])
         yield Volume(data, img.affine, k, tr, start_time_s + k * tr, session, series)
+
+
+def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Load a 3-D image (or the first volume of a 4-D one) as (float32 array, affine).
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read as NIfTI.
+    """
+    try:
+        img = nib.load(str(path))
+    except (OSError, nib.filebasedimages.ImageFileError) as err:
+        raise ConfigError(f"cannot read image {str(path)!r}: {err}") from None
+    data = np.asarray(img.dataobj[..., 0] if img.ndim == 4 else img.dataobj, dtype=np.float32)
+    return data, img.affine
 
 
 def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

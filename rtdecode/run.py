@@ -17,10 +17,11 @@ from rtdecode import wire
 from rtdecode._kernels import warm_up
 from rtdecode.config import RunConfig
 from rtdecode.decoders import DecoderBundle
-from rtdecode.errors import ProtocolError, ReceiveTimeout, VolumeError
+from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, VolumeError
 from rtdecode.identify import CandidateBank, Identifier
 from rtdecode.latency import LatencyTracker, format_table, stage_durations_ms
 from rtdecode.motion import MotionCorrector
+from rtdecode.nifti import load_volume
 from rtdecode.pipeline import Pipeline, Result
 from rtdecode.preprocess import Preprocessor
 from rtdecode.transport.zmq import Publisher, Receiver
@@ -40,6 +41,14 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         motion = MotionCorrector(
             np.flatnonzero(bundle.mask), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
         )
+        if cfg.motion.reference:
+            data, affine = load_volume(cfg.motion.reference)
+            if data.shape != bundle.mask.shape:
+                raise ConfigError(
+                    f"run.motion.reference {cfg.motion.reference!r} has shape {data.shape}, "
+                    f"the decoders expect {bundle.mask.shape}"
+                )
+            motion.set_reference(data, affine)
     pre = Preprocessor(cfg.preprocess.baseline_volumes, cfg.preprocess.detrend_tau_s)
     return Pipeline(bundle.mask, pre, motion, bundle, identifier)
 

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
@@ -260,6 +261,10 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
     }
     bundle = fit_bundle(x_blocks, y_blocks, mask, affine, rois, tc.n_voxels, tc.alpha, meta)
     out = bundle.save(out_dir)
+    if motion is not None:
+        # The grid the decoders were trained on: align a later session to it with
+        # run.motion.reference when the head position differs between sessions.
+        nib.save(nib.Nifti1Image(motion.reference_, motion.affine_), out / "reference.nii.gz")
     with np.load(sdir / "features.npz", allow_pickle=False) as z:
         bank = CandidateBank(
             [str(s) for s in z["labels"]],

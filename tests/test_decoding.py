@@ -13,10 +13,12 @@ from rtdecode.run import build_pipeline
 from rtdecode.train import block_average
 
 
-def decode_offline(root, motion=True):
+def decode_offline(root, motion=True, reference=""):
     cfg = small_config().run
     cfg = dataclasses.replace(
-        cfg, bundle=str(root / "decoder"), motion=dataclasses.replace(cfg.motion, enabled=motion)
+        cfg,
+        bundle=str(root / "decoder"),
+        motion=dataclasses.replace(cfg.motion, enabled=motion, reference=reference),
     )
     pipe = build_pipeline(cfg)
     results = list(pipe.run_offline(iter_volumes(root / "test" / "bold.nii")))
@@ -60,3 +62,24 @@ def test_noiseless_session_decodes_nearly_perfectly(noiseless_experiment):
     feats, times, onsets, truth, bank, dur = decode_offline(noiseless_experiment, motion=False)
     table = identification_table(feats, times, onsets, dur, 6.0, truth, bank)
     assert min(table["VC"].values()) > 0.95, table["VC"]
+
+
+def test_the_training_reference_anchors_a_later_session(experiment):
+    feats, times, onsets, truth, bank, dur = decode_offline(
+        experiment, reference=str(experiment / "decoder" / "reference.nii.gz")
+    )
+    table = identification_table(feats, times, onsets, dur, 6.0, truth, bank)
+    assert np.mean(list(table["VC"].values())) > 0.75, table["VC"]
+
+
+def test_a_reference_of_the_wrong_grid_is_refused(experiment, tmp_path):
+    import nibabel as nib
+    import pytest
+
+    from rtdecode.errors import ConfigError
+
+    nib.save(nib.Nifti1Image(np.zeros((10, 10, 10), np.float32), np.eye(4)), tmp_path / "small.nii")
+    with pytest.raises(ConfigError, match=r"has shape \(10, 10, 10\), the decoders expect \(64, 64, 36\)"):
+        decode_offline(experiment, reference=str(tmp_path / "small.nii"))
+    with pytest.raises(ConfigError, match="cannot read image"):
+        decode_offline(experiment, reference=str(tmp_path / "missing.nii"))
