@@ -55,10 +55,16 @@ class MotionEstimate:
 
 
 def _downsample(img: np.ndarray) -> np.ndarray:
-    # 2x2x2 block means; an odd last slice is dropped.
+    # 2x2x2 block means; an odd last slice is dropped. Eight strided sums beat a reshaped mean.
     nx, ny, nz = (s // 2 * 2 for s in img.shape)
-    v = np.asarray(img, dtype=np.float32)[:nx, :ny, :nz]
-    return v.reshape(nx // 2, 2, ny // 2, 2, nz // 2, 2).mean(axis=(1, 3, 5))
+    v = np.asarray(img, dtype=np.float32)
+    out = np.zeros((nx // 2, ny // 2, nz // 2), dtype=np.float32)
+    for i in (0, 1):
+        for j in (0, 1):
+            for k in (0, 1):
+                out += v[i:nx:2, j:ny:2, k:nz:2]
+    out *= 0.125
+    return out
 
 
 def _estimation_coefficients(img: np.ndarray, smooth: bool) -> np.ndarray:
