@@ -74,6 +74,7 @@ class TrainConfig:
     n_voxels: int = 500
     alpha: float = 100.0
     hrf_shift_s: float = 6.0
+    scrub_censored: bool = True  # leave volumes flagged by motion out of the block averages
 
 
 @dataclass

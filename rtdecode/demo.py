@@ -146,6 +146,10 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
         end = json.loads(str(z["end"]))
         feats = {tuple(k.split("/")[1:]): z[k] for k in z.files if k.startswith("features/")}
         status = z["status"]
+        censored = z["censored"]
+    if cfg.train.scrub_censored:  # as in training: flagged volumes stay out of the block averages
+        for f in feats.values():
+            f[censored] = np.nan
     bank = CandidateBank.load(out / "decoder" / "candidates.npz")
     events = read_events(out / "test" / "events.tsv")
     onsets = np.array([float(e["onset"]) for e in events])
@@ -188,6 +192,7 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
             "dropped": int(end.get("dropped", 0)) if end else 0,
             "received_by_subscriber": int(seqs.size),
             "decoded": int((status == "ok").sum()),
+            "censored": int(censored.sum()),
         },
         "latency_ms": lat,
         "simulation": {
@@ -246,7 +251,7 @@ def print_summary(s: dict) -> None:
     v = s["volumes"]
     print(
         f"\nvolumes: {v['sent']} sent, {v['processed']} processed, {v['skipped']} skipped, "
-        f"{v['received_by_subscriber']} results received"
+        f"{v['received_by_subscriber']} results received, {v['censored']} censored for motion"
     )
     if s["latency_ms"]:
         print("\nlatency per stage and end to end (acquisition -> published):")

@@ -239,8 +239,12 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
     )
     pipe = Pipeline(mask, Preprocessor(rc.preprocess.baseline_volumes, rc.preprocess.detrend_tau_s), motion)
     rows, times, affine, tr = [], [], None, None
+    n_censored = 0
     for res in pipe.run_offline(iter_volumes(sdir / "bold.nii")):
-        rows.append(res.x if res.x is not None else np.full(int(mask.sum()), np.nan, np.float32))
+        censored = tc.scrub_censored and res.motion is not None and res.motion.censored
+        n_censored += bool(censored)
+        usable = res.x is not None and not censored
+        rows.append(res.x if usable else np.full(int(mask.sum()), np.nan, np.float32))
         times.append(res.volume.seq * res.volume.tr_s)
         affine, tr = res.volume.affine, res.volume.tr_s
     events = [e for e in read_events(sdir / "events.tsv") if e.get("trial_type", "stimulus") == "stimulus"]
@@ -253,6 +257,7 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
         y_blocks = {k.removeprefix("feat_"): z[k][kept] for k in z.files}
     rois = roi_positions(mask, {r: masks[r] for r in tc.rois})
     meta = {
+        "n_censored_volumes": n_censored,
         "session": str(sdir),
         "tr_s": tr,
         "hrf_shift_s": tc.hrf_shift_s,
