@@ -59,6 +59,23 @@ def _subscribe(args: argparse.Namespace) -> None:
     follow(args.address, args.roi, args.layer, args.save, args.ready_file, args.until_end, args.timeout)
 
 
+def _offline(args: argparse.Namespace) -> None:
+    from rtdecode.run import run_offline
+
+    cfg = load_config(args.config).run
+    if args.bundle:
+        cfg.bundle = args.bundle
+    summary = run_offline(cfg, args.bold, args.out, args.record_input)
+    print(f"{summary['processed']} volumes processed, {summary['skipped']} skipped; wrote {args.out}")
+
+
+def _record(args: argparse.Namespace) -> None:
+    from rtdecode.subscribe import record_live
+
+    n = record_live(args.address, args.out, not args.forever, args.timeout, args.ready_file)
+    print(f"recorded {n} volumes to {args.out}")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rtdecode.demo import run_demo
 
@@ -106,6 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-end", action="store_true", help="stop after the decoder's end-of-series")
     p.add_argument("--timeout", type=float, default=0.0, help="stop after this many silent seconds")
     p.set_defaults(func=_subscribe)
+
+    p = sub.add_parser("offline", help="run the pipeline as a batch over a recorded series")
+    p.add_argument("-c", "--config", help="YAML config ('run' section)")
+    p.add_argument("--bundle", help="decoder bundle directory (overrides the config)")
+    p.add_argument("--bold", required=True, help="4-D NIfTI of the series")
+    p.add_argument("--out", required=True, help="HDF5 recording to write")
+    p.add_argument("--record-input", action="store_true", help="store the input volumes too")
+    p.set_defaults(func=_offline)
+
+    p = sub.add_parser("record", help="record everything a decoder publishes to HDF5")
+    p.add_argument("--address", default="tcp://127.0.0.1:5556", help="the decoder's output address")
+    p.add_argument("--out", required=True, help="HDF5 recording to write")
+    p.add_argument("--forever", action="store_true", help="keep recording after an end-of-series")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after this many silent seconds")
+    p.add_argument("--ready-file", help="create this file once messages arrive")
+    p.set_defaults(func=_record)
 
     p = sub.add_parser("demo", help="simulate, train, decode live, report")
     p.add_argument("-c", "--config", default=None, help="YAML config (default: built-in demo settings)")

@@ -53,6 +53,7 @@ class RunConfig:
     candidates: str = ""  # default: <bundle>/candidates.npz
     top_k: int = 5
     heartbeat_s: float = 0.5
+    publish_input: bool = False  # republish each received volume on topic "volume" (for recorders)
     motion: MotionConfig = field(default_factory=MotionConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -64,7 +66,16 @@ class Counts:
     reasons: list[str] = field(default_factory=list)
 
 
-def publish_result(pub: Publisher, res: Result, pipe: Pipeline) -> dict[str, float]:
+class Sink(Protocol):
+    """Where results go: a ZeroMQ :class:`Publisher` live, a :class:`~rtdecode.record.Recorder` offline."""
+
+    def publish(
+        self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
+    ) -> None:
+        """Send or store one message."""
+
+
+def publish_result(pub: Sink, res: Result, pipe: Pipeline) -> dict[str, float]:
     """Publish features, ranking, motion and latency of one volume; return its durations (ms)."""
     vol = res.volume
     base = {"session": vol.session, "series": vol.series, "seq": vol.seq, "status": res.status}
@@ -177,6 +188,8 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
                 continue
             counts.processed += 1
             counts.dropped += res.dropped_before
+            if cfg.publish_input:
+                pub.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
             publish_result(pub, res, pipe)
             tracker.add(vol.stamps)
         pub.publish("status", {"kind": "status", "event": "stopped", **_count_fields(counts)})
@@ -187,7 +200,51 @@ def _count_fields(c: Counts) -> dict:
     return {"received": c.received, "processed": c.processed, "skipped": c.skipped, "dropped": c.dropped}
 
 
-def _skip(pub: Publisher, counts: Counts, reason: str) -> None:
+def _skip(pub: Sink, counts: Counts, reason: str) -> None:
     counts.skipped += 1
     log.warning("skipped: %s", reason)
     pub.publish("status", {"kind": "status", "event": "skipped", "reason": reason, **_count_fields(counts)})
+
+
+def run_offline(cfg: RunConfig, bold: str | Path, out: str | Path, record_input: bool = False) -> dict:
+    """``rtdecode offline``: the live pipeline as a batch over a recorded series, into a recording.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    bold : str or Path
+        4-D NIfTI of the series.
+    out : str or Path
+        HDF5 recording to write (see :mod:`rtdecode.record`).
+    record_input : bool
+        Store the input volumes too.
+
+    Returns
+    -------
+    dict
+        Counts and the latency summary.
+    """
+    from rtdecode.nifti import iter_volumes
+    from rtdecode.record import Recorder
+
+    pipe = build_pipeline(cfg)
+    counts, tracker = Counts(), LatencyTracker()
+    meta = {"mode": "offline", "bold": str(bold), "bundle": cfg.bundle}
+    with Recorder(out, record_input, meta) as rec:
+        for vol in iter_volumes(bold):
+            counts.received += 1
+            stamp(vol.stamps, Stage.RECEIVED)
+            try:
+                res = pipe.process(vol)
+            except VolumeError as err:
+                _skip(rec, counts, str(err))
+                continue
+            counts.processed += 1
+            counts.dropped += res.dropped_before
+            if record_input:
+                rec.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
+            publish_result(rec, res, pipe)
+            tracker.add(vol.stamps)
+        summary = {**_count_fields(counts), "latency_ms": tracker.summary()}
+        rec.publish("status", {"kind": "status", "event": "end", **summary})
+    return summary

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -165,3 +166,48 @@ def follow(
     if save is not None:
         log.save(save)
     return log
+
+
+def record_live(
+    address: str,
+    out: str | Path,
+    until_end: bool = True,
+    timeout_s: float = 0.0,
+    ready_file: str | Path | None = None,
+) -> int:
+    """``rtdecode record``: write everything a decoder publishes to an HDF5 recording.
+
+    Input volumes are stored when the decoder republishes them (``run.publish_input``).
+
+    Returns
+    -------
+    int
+        Number of volumes recorded.
+    """
+    from rtdecode.record import Recorder
+
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    with (
+        Subscriber(address) as sub,
+        Recorder(out, record_input=True, meta={"mode": "live", "address": address}) as rec,
+    ):
+        last = time.monotonic()
+        while not stop["now"]:
+            try:
+                msg = sub.recv(0.5)
+            except ReceiveTimeout:
+                if timeout_s and time.monotonic() - last > timeout_s:
+                    break
+                continue
+            except ProtocolError:
+                continue
+            last = time.monotonic()
+            if ready_file is not None and not Path(ready_file).exists():
+                Path(ready_file).write_text("ready\n")
+            if msg.header.get("event") == "heartbeat":
+                continue
+            rec.publish(msg.topic, msg.header, msg.arrays)
+            if until_end and msg.header.get("event") == "end":
+                break
+        return rec.n_volumes

@@ -207,9 +207,9 @@ def _check_spec(spec: Any) -> tuple[str, np.dtype]:
     return name, dtype
 
 
-def encode_volume(vol: Volume) -> list[bytes | memoryview]:
-    """Encode a :class:`~rtdecode.volume.Volume` as a ``volume`` message (data not copied)."""
-    header = {
+def volume_header(vol: Volume) -> dict[str, Any]:
+    """The header fields of a ``volume`` message."""
+    return {
         "kind": "volume",
         "session": vol.session,
         "series": vol.series,
@@ -219,7 +219,11 @@ def encode_volume(vol: Volume) -> list[bytes | memoryview]:
         "acq_time_s": float(vol.acq_time_s),
         "stamps": stamps_to_dict(vol.stamps),
     }
-    return encode(VOLUME_TOPIC, header, {"data": vol.data})
+
+
+def encode_volume(vol: Volume) -> list[bytes | memoryview]:
+    """Encode a :class:`~rtdecode.volume.Volume` as a ``volume`` message (data not copied)."""
+    return encode(VOLUME_TOPIC, volume_header(vol), {"data": vol.data})
 
 
 def decode_volume(msg: Message) -> Volume:
