@@ -278,6 +278,8 @@ class MotionCorrector:
                 coarse_coef, start, self.affine_, self.shape_, self.max_iter, 10 * self.tol
             )
             world, it = self.fine_.align(coef, world, self.affine_, self.shape_, self.max_iter, self.tol)
+        if not np.isfinite(world).all():
+            raise VolumeError("motion estimate diverged (non-finite pose); the previous pose is kept")
         self.pose_ = world
         return params_from_matrix(world, self.affine_, self.shape_), it
 

@@ -98,8 +98,9 @@ class Pipeline:
             raise VolumeError(
                 f"volume {vol.seq} repeats or precedes volume {self._last_seq} of series {vol.series!r}"
             )
-        if vol.data.dtype.kind == "f" and not np.isfinite(vol.data.take(self.index)).all():
-            raise VolumeError(f"volume {vol.seq}: non-finite values inside the analysis mask")
+        # Anywhere, not only in the mask: one NaN would poison the motion estimate and the warm start.
+        if vol.data.dtype.kind == "f" and not np.isfinite(vol.data).all():
+            raise VolumeError(f"volume {vol.seq}: non-finite values (NaN or inf)")
         dropped = vol.seq - self._last_seq - 1
         self._last_seq = vol.seq
         return dropped

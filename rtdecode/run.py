@@ -186,6 +186,10 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
             except (ProtocolError, VolumeError) as err:
                 _skip(pub, counts, str(err))
                 continue
+            except Exception as err:  # a bug must cost one volume, not the session
+                log.exception("internal error on a volume")
+                _skip(pub, counts, f"internal error: {type(err).__name__}: {err}")
+                continue
             counts.processed += 1
             counts.dropped += res.dropped_before
             if cfg.publish_input:

@@ -132,17 +132,24 @@ def test_broken_messages_do_not_stop_the_decoder(decoder, experiment):
             if i == 10:
                 wrong = np.zeros((10, 10, 10), np.int16)
                 tx.send(type(vol)(wrong, vol.affine, 99, vol.tr_s, vol.acq_time_s, vol.session, vol.series))
+            if i == 11:
+                nan = vol.data.astype(np.float32)
+                nan[0, 0, 0] = np.nan  # outside the brain: still refused, the pose must not be poisoned
+                tx.send(
+                    type(vol)(nan, vol.affine, vol.seq, vol.tr_s, vol.acq_time_s, vol.session, vol.series)
+                )
             if i < len(bad):
                 tx.send_frames(bad[i])
             tx.send(vol)
         tx.send_end(vols[0].session, vols[0].series, len(vols))
     msgs = _collect_until_end(sub)
     skipped = [m.header["reason"] for m in msgs if m.header.get("event") == "skipped"]
-    assert len(skipped) == len(bad) + 2, skipped
+    assert len(skipped) == len(bad) + 3, skipped
     assert any("not valid JSON" in r for r in skipped)
     assert any("version 7" in r for r in skipped)
     assert any("repeats or precedes" in r for r in skipped)
     assert any("shape (10, 10, 10)" in r for r in skipped)
+    assert any("non-finite" in r for r in skipped)
     seqs = [m.header["seq"] for m in msgs if m.topic == "ranking"]
     assert seqs == list(range(12))  # every good volume still produced its ranking
     assert msgs[-1].header["processed"] == 12

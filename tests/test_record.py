@@ -20,14 +20,37 @@ def test_recorder_layout_and_confounds(tmp_path):
     with Recorder(path, meta={"x": 1}) as rec:
         for seq in range(3):
             base = {"seq": seq, "session": "s", "series": "r", "status": "ok"}
-            rec.publish("motion", {**base, "kind": "motion", "params": [seq, 0, 0, 0, 0, 90.0 * seq],
-                                   "fd_mm": 1.0 * seq, "censored": seq == 2})
-            rec.publish("features.VC.cnn1", {**base, "kind": "features", "roi": "VC", "layer": "cnn1"},
-                        {"features": np.full(4, seq, np.float32)})
-            rec.publish("ranking", {**base, "kind": "ranking", "censored": seq == 2, "rois": ["VC"],
-                                    "layers": ["cnn1"], "labels": [[["a", "b"]]]},
-                        {"indices": np.array([[[seq, 9]]], np.int32), "scores": np.ones((1, 1, 2), np.float32)})
-            rec.publish("latency", {**base, "kind": "latency", "stamps": {"received": 10 + seq, "published": 20}, "ms": {}})
+            rec.publish(
+                "motion",
+                {
+                    **base,
+                    "kind": "motion",
+                    "params": [seq, 0, 0, 0, 0, 90.0 * seq],
+                    "fd_mm": 1.0 * seq,
+                    "censored": seq == 2,
+                },
+            )
+            rec.publish(
+                "features.VC.cnn1",
+                {**base, "kind": "features", "roi": "VC", "layer": "cnn1"},
+                {"features": np.full(4, seq, np.float32)},
+            )
+            rec.publish(
+                "ranking",
+                {
+                    **base,
+                    "kind": "ranking",
+                    "censored": seq == 2,
+                    "rois": ["VC"],
+                    "layers": ["cnn1"],
+                    "labels": [[["a", "b"]]],
+                },
+                {"indices": np.array([[[seq, 9]]], np.int32), "scores": np.ones((1, 1, 2), np.float32)},
+            )
+            rec.publish(
+                "latency",
+                {**base, "kind": "latency", "stamps": {"received": 10 + seq, "published": 20}, "ms": {}},
+            )
         rec.publish("status", {"kind": "status", "event": "end", "processed": 3})
     with h5py.File(path) as f:
         assert f.attrs["format"] == "rtdecode-recording" and f.attrs["version"] == 1
@@ -61,16 +84,47 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
     cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
     bold = experiment / "test" / "bold.nii"
     exe = [sys.executable, "-m", "rtdecode"]
-    decoder = subprocess.Popen([*exe, "run", "-c", str(cfg_path), "--exit-after-series"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    decoder = subprocess.Popen(
+        [*exe, "run", "-c", str(cfg_path), "--exit-after-series"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ready = tmp_path / "recorder.ready"
-    recorder = subprocess.Popen([*exe, "record", "--address", cfg.run.output.address, "--out", str(tmp_path / "live.h5"),
-                                 "--ready-file", str(ready), "--timeout", "120"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    recorder = subprocess.Popen(
+        [
+            *exe,
+            "record",
+            "--address",
+            cfg.run.output.address,
+            "--out",
+            str(tmp_path / "live.h5"),
+            "--ready-file",
+            str(ready),
+            "--timeout",
+            "120",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_file(ready, recorder)
-        sender = subprocess.run([*exe, "simulate", "--out", str(experiment / "test"), "--stream",
-                                 cfg.run.input.address, "--speed", "100"], capture_output=True, text=True, timeout=120)
+        sender = subprocess.run(
+            [
+                *exe,
+                "simulate",
+                "--out",
+                str(experiment / "test"),
+                "--stream",
+                cfg.run.input.address,
+                "--speed",
+                "100",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert sender.returncode == 0, sender.stderr
         assert recorder.wait(120) == 0, recorder.stderr.read()
         assert decoder.wait(30) == 0, decoder.stderr.read()
@@ -80,8 +134,22 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
                 p.kill()
             p.wait()
             p.stderr.close()
-    offline = subprocess.run([*exe, "offline", "-c", str(cfg_path), "--bold", str(bold), "--out",
-                              str(tmp_path / "offline.h5"), "--record-input"], capture_output=True, text=True, timeout=300)
+    offline = subprocess.run(
+        [
+            *exe,
+            "offline",
+            "-c",
+            str(cfg_path),
+            "--bold",
+            str(bold),
+            "--out",
+            str(tmp_path / "offline.h5"),
+            "--record-input",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert offline.returncode == 0, offline.stderr
 
     n = len(list(iter_volumes(bold)))
@@ -90,11 +158,14 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
         np.testing.assert_array_equal(off["volumes/seq"][:], np.arange(n))
         np.testing.assert_array_equal(live["volumes/status"][:], off["volumes/status"][:])
         names = []
-        live["features"].visit(lambda k: names.append(k) if isinstance(live["features"][k], h5py.Dataset) else None)
+        live["features"].visit(
+            lambda k: names.append(k) if isinstance(live["features"][k], h5py.Dataset) else None
+        )
         assert len(names) == 5 * 8
         for name in names:
-            np.testing.assert_allclose(live["features"][name][:], off["features"][name][:], rtol=1e-5, atol=1e-5,
-                                       equal_nan=True)
+            np.testing.assert_allclose(
+                live["features"][name][:], off["features"][name][:], rtol=1e-5, atol=1e-5, equal_nan=True
+            )
         np.testing.assert_array_equal(live["ranking/indices"][:], off["ranking/indices"][:])
         np.testing.assert_allclose(live["motion/params"][:], off["motion/params"][:], atol=1e-9)
         np.testing.assert_array_equal(live["input/data"][:], off["input/data"][:])
