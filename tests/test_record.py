@@ -7,12 +7,11 @@ import time
 import h5py
 import numpy as np
 import yaml
+from conftest import free_address, small_config
 
 from rtdecode.config import to_dict
 from rtdecode.nifti import iter_volumes
 from rtdecode.record import CONFOUND_COLUMNS, Recorder
-
-from conftest import free_address, small_config
 
 
 def test_recorder_layout_and_confounds(tmp_path):
