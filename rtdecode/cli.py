@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from rtdecode.config import load_config
-from rtdecode.errors import RtDecodeError
+from rtdecode.errors import ConfigError, RtDecodeError
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -76,6 +76,62 @@ def _record(args: argparse.Namespace) -> None:
     print(f"recorded {n} volumes to {args.out}")
 
 
+def _bridge(args: argparse.Namespace) -> None:
+    import signal
+
+    from rtdecode.scanner.watch import FolderBridge
+    from rtdecode.transport.zmq import VolumeSender
+
+    with VolumeSender(args.to) as tx:
+        bridge = FolderBridge(
+            args.watch,
+            tx.send,
+            args.session,
+            args.poll,
+            args.tr_s,
+            args.give_up_s,
+            include_existing=args.include_existing,
+        )
+        signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
+        n = bridge.run(args.max_volumes, args.idle_exit)
+        print(f"bridge: sent {n} volumes; gave up on {len(bridge.failed)} incomplete file(s)")
+        for path in bridge.failed:
+            print(f"  incomplete: {path}")
+        if args.end_series:
+            tx.send_end(args.session, bridge.last_series, n)
+
+
+def _convert(args: argparse.Namespace) -> None:
+    from rtdecode.scanner.assemble import read_folder, to_nifti
+
+    vols = read_folder(args.folder)
+    img = to_nifti(vols, args.out)
+    print(f"wrote {img.shape} ({len(vols)} volumes) to {args.out}")
+
+
+def _replay(args: argparse.Namespace) -> None:
+    from rtdecode import replay
+
+    src = Path(args.source)
+    if (args.to is None) == (args.folder is None):
+        raise ConfigError("replay needs exactly one of --to ADDRESS or --folder DIR")
+    if src.is_dir():
+        if args.folder is None:
+            raise ConfigError("an export folder replays into a watched folder: use --folder")
+        n = replay.replay_folder(src, args.folder, args.tr_s or 1.0, args.speed)
+    elif src.suffix in (".h5", ".hdf5"):
+        if args.to is None:
+            raise ConfigError("a recording replays over ZeroMQ: use --to")
+        n = replay.send_volumes(replay.recording_volumes(src), args.to, args.speed)
+    elif args.folder is not None:
+        n = replay.replay_nifti_to_folder(src, args.folder, args.speed)
+    else:
+        from rtdecode.nifti import iter_volumes
+
+        n = replay.send_volumes(iter_volumes(src, "replay", "run-01"), args.to, args.speed)
+    print(f"replayed {n} volumes")
+
+
 def _demo(args: argparse.Namespace) -> None:
     from rtdecode.demo import run_demo
 
@@ -139,6 +195,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=0.0, help="stop after this many silent seconds")
     p.add_argument("--ready-file", help="create this file once messages arrive")
     p.set_defaults(func=_record)
+
+    p = sub.add_parser("bridge", help="watch a scanner export folder and send volumes as they complete")
+    p.add_argument("--watch", required=True, help="the export folder")
+    p.add_argument("--to", default="tcp://127.0.0.1:5555", help="the decoder's volume input")
+    p.add_argument("--session", default="session", help="session id put in the headers")
+    p.add_argument("--poll", action="store_true", help="poll instead of file-system events (network shares)")
+    p.add_argument("--tr-s", type=float, help="repetition time when the header has none (NIfTI, Philips XTC)")
+    p.add_argument("--give-up-s", type=float, default=10.0, help="report a file still incomplete after this")
+    p.add_argument("--include-existing", action="store_true", help="also send files already in the folder")
+    p.add_argument("--max-volumes", type=int, help="stop after this many volumes")
+    p.add_argument("--idle-exit", type=float, help="stop after this many seconds without files")
+    p.add_argument("--end-series", action="store_true", help="send an end-of-series when stopping")
+    p.set_defaults(func=_bridge)
+
+    p = sub.add_parser("convert", help="convert an export folder (DICOM, PAR/REC, NIfTI) to a 4-D NIfTI")
+    p.add_argument("folder")
+    p.add_argument("out")
+    p.set_defaults(func=_convert)
+
+    p = sub.add_parser("replay", help="replay a session: NIfTI 4-D, export folder or rtdecode recording")
+    p.add_argument("source", help="4-D NIfTI, export folder, or recording (.h5)")
+    p.add_argument("--to", help="send over ZeroMQ to this decoder input")
+    p.add_argument("--folder", help="write files into this watched folder, as a scanner would")
+    p.add_argument("--speed", type=float, default=1.0, help="1 = TR pace, N = N times faster, inf = unpaced")
+    p.add_argument("--tr-s", type=float, help="TR of an export folder (for pacing)")
+    p.set_defaults(func=_replay)
 
     p = sub.add_parser("demo", help="simulate, train, decode live, report")
     p.add_argument("-c", "--config", default=None, help="YAML config (default: built-in demo settings)")

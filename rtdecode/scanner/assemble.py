@@ -1,0 +1,138 @@
+"""Turning a stream of exported files into complete volumes, whatever the vendor."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rtdecode.errors import VolumeError
+from rtdecode.scanner.readers import (
+    ScanVolume,
+    is_mosaic,
+    read_dicom,
+    read_nifti_volume,
+    read_parrec,
+    read_siemens_mosaic,
+    read_slice_volume,
+    slices_per_volume,
+    volume_index_of_slice,
+)
+
+_IGNORED_SUFFIXES = {".partial", ".tmp", ".part", ".json", ".txt", ".log"}
+
+
+def _trailing_number(path: Path) -> int | None:
+    m = re.search(r"(\d+)$", path.name.split(".")[0])
+    return int(m.group(1)) if m else None
+
+
+class Assembler:
+    """Collect exported files and hand out each volume once it is complete.
+
+    Files can arrive in any order; per-slice DICOM series are held until all slices of a volume
+    are in. :meth:`add` raises :class:`~rtdecode.errors.VolumeError` for a file that is not
+    complete (yet): the caller retries it later and gives up after its own timeout.
+    """
+
+    def __init__(self) -> None:
+        self._slices: dict[tuple[str, int], dict[str, object]] = {}
+        self._counts: dict[str, int] = {}
+        self._done: set[Path] = set()
+
+    def add(self, path: str | Path) -> list[ScanVolume]:
+        """Take one file; return the volumes it completes (often none, sometimes one)."""
+        path = Path(path)
+        if path in self._done or path.name.startswith(".") or path.suffix.lower() in _IGNORED_SUFFIXES:
+            return []
+        name = path.name.lower()
+        if name.endswith((".nii", ".nii.gz")):
+            vol = read_nifti_volume(path, self._next("nifti"))
+        elif name.endswith((".par", ".rec")):
+            par = path.with_suffix(".par" if name.endswith(".par") else ".PAR")
+            par = par if par.exists() else path.with_suffix(".par")
+            rec = [p for p in (par.with_suffix(".rec"), par.with_suffix(".REC")) if p.exists()]
+            if not par.exists() or not rec or par in self._done:
+                return []
+            number = _trailing_number(par)
+            vol = read_parrec(par, number if number is not None else self._next("parrec"))
+            self._done.update({par, *rec})
+            return [vol]
+        else:
+            with open(path, "rb") as f:
+                head = f.read(132)
+            if len(head) < 132:
+                raise VolumeError(f"{path}: only {len(head)} bytes so far")
+            if head[128:132] != b"DICM":
+                self._done.add(path)  # not an export: a licence, a note, ...
+                return []
+            ds = read_dicom(path)
+            if is_mosaic(ds):
+                vol = read_siemens_mosaic(path, ds)
+            else:
+                return self._add_slice(path, ds)
+        self._done.add(path)
+        return [vol]
+
+    def _next(self, key: str) -> int:
+        self._counts[key] = self._counts.get(key, -1) + 1
+        return self._counts[key]
+
+    def _add_slice(self, path: Path, ds) -> list[ScanVolume]:
+        key = (str(ds.get("SeriesNumber", "")), volume_index_of_slice(ds))
+        group = self._slices.setdefault(key, {})
+        group[str(ds.get("SOPInstanceUID", path))] = ds
+        self._done.add(path)
+        if len(group) < slices_per_volume(ds):
+            return []
+        del self._slices[key]
+        return [read_slice_volume(list(group.values()))]
+
+    @property
+    def pending(self) -> dict[tuple[str, int], int]:
+        """Volumes still waiting for slices: ``{(series, index): slices so far}``."""
+        return {k: len(v) for k, v in self._slices.items()}
+
+
+def read_folder(folder: str | Path) -> list[ScanVolume]:
+    """Read every complete volume in an export folder, ordered by series and index.
+
+    Raises
+    ------
+    VolumeError
+        If a file is incomplete or a volume lacks slices.
+    """
+    asm = Assembler()
+    volumes: list[ScanVolume] = []
+    for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
+        volumes.extend(asm.add(path))
+    if asm.pending:
+        raise VolumeError(f"{folder}: volumes with missing slices: {asm.pending}")
+    return sorted(volumes, key=lambda v: (v.series, v.index))
+
+
+def to_nifti(volumes: Iterable[ScanVolume], out: str | Path) -> nib.Nifti1Image:
+    """Stack volumes of one series into a 4-D NIfTI (TR in the header) and save it.
+
+    Raises
+    ------
+    VolumeError
+        If the volumes differ in shape or geometry.
+    """
+    vols = list(volumes)
+    if not vols:
+        raise VolumeError("no volumes to convert")
+    first = vols[0]
+    for v in vols[1:]:
+        if v.data.shape != first.data.shape or not np.allclose(v.affine, first.affine, atol=1e-3):
+            raise VolumeError(
+                f"volume {v.index} of series {v.series!r} differs in shape or geometry from the first"
+            )
+    img = nib.Nifti1Image(np.stack([v.data for v in vols], axis=-1), first.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["pixdim"][4] = first.tr_s
+    nib.save(img, str(out))
+    return img

@@ -1,0 +1,172 @@
+"""The bridge: watch a scanner's export folder and send each volume as soon as it is complete.
+
+Events come from the operating system (inotify, through watchdog), or from watchdog's polling
+observer on network shares where events do not arrive. A file that cannot be read yet (still being
+written) is retried on its next event and every ``retry_s``; one that stays incomplete for
+``give_up_s`` is reported and dropped, and the series goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+from watchdog.observers.polling import PollingObserver
+
+from rtdecode.errors import VolumeError
+from rtdecode.scanner.assemble import Assembler
+from rtdecode.scanner.readers import ScanVolume
+from rtdecode.volume import Stage, Volume, wall_to_monotonic_ns
+
+log = logging.getLogger(__name__)
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, q: queue.Queue) -> None:
+        self.q = q
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.q.put(Path(event.src_path))
+
+    on_modified = on_created
+    on_closed = on_created
+
+    def on_moved(self, event: FileSystemEvent) -> None:
+        if not event.is_directory:
+            self.q.put(Path(event.dest_path))
+
+
+class FolderBridge:
+    """Watch ``folder`` and hand complete volumes to ``send``.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The export folder.
+    send : callable
+        Called with each :class:`~rtdecode.volume.Volume`, in order of completion.
+    session : str
+        Session id put on the volumes; the series id comes from the header (``series-<number>``).
+    poll : bool
+        Poll the folder instead of relying on file-system events (network shares).
+    tr_s : float or None
+        Repetition time to use when the header has none or an implausible one.
+    give_up_s : float
+        How long a file may stay incomplete before it is reported and dropped.
+    retry_s : float
+        How often incomplete files are retried without a new event.
+    include_existing : bool
+        Also read the files already in the folder when the bridge starts.
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        send: Callable[[Volume], None],
+        session: str = "session",
+        poll: bool = False,
+        tr_s: float | None = None,
+        give_up_s: float = 10.0,
+        retry_s: float = 0.05,
+        include_existing: bool = False,
+    ) -> None:
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise VolumeError(f"export folder {str(self.folder)!r} does not exist")
+        self.send = send
+        self.session = session
+        self.poll = poll
+        self.tr_s = tr_s
+        self.give_up_s = give_up_s
+        self.retry_s = retry_s
+        self.include_existing = include_existing
+        self.assembler = Assembler()
+        self.n_sent = 0
+        self.last_series = ""
+        self.failed: list[str] = []
+        self._queue: queue.Queue[Path] = queue.Queue()
+        self._waiting: dict[Path, float] = {}
+        self._stop = threading.Event()
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return; safe from another thread or a signal handler."""
+        self._stop.set()
+
+    def run(self, max_volumes: int | None = None, idle_exit_s: float | None = None) -> int:
+        """Watch until stopped, ``max_volumes`` were sent, or nothing happened for ``idle_exit_s``.
+
+        Returns
+        -------
+        int
+            Volumes sent.
+        """
+        observer = PollingObserver(timeout=0.1) if self.poll else Observer()
+        observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
+        observer.start()
+        if self.include_existing:
+            for p in sorted(self.folder.iterdir()):
+                self._queue.put(p)
+        last_activity = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if max_volumes is not None and self.n_sent >= max_volumes:
+                    break
+                try:
+                    path = self._queue.get(timeout=self.retry_s)
+                    self._try(path)
+                    last_activity = time.monotonic()
+                except queue.Empty:
+                    for path in list(self._waiting):
+                        self._try(path)
+                    if (
+                        idle_exit_s is not None
+                        and not self._waiting
+                        and time.monotonic() - last_activity > idle_exit_s
+                    ):
+                        break
+        finally:
+            observer.stop()
+            observer.join(5)
+        return self.n_sent
+
+    def _try(self, path: Path) -> None:
+        if not path.is_file():
+            self._waiting.pop(path, None)
+            return
+        try:
+            volumes = self.assembler.add(path)
+        except VolumeError as err:
+            first = self._waiting.setdefault(path, time.monotonic())
+            if time.monotonic() - first > self.give_up_s:
+                del self._waiting[path]
+                self.failed.append(str(path))
+                log.error("gave up on %s after %.0f s: %s", path, self.give_up_s, err)
+            return
+        self._waiting.pop(path, None)
+        for sv in volumes:
+            self._emit(sv)
+
+    def _emit(self, sv: ScanVolume) -> None:
+        tr = sv.tr_s
+        if self.tr_s is not None:
+            tr = self.tr_s
+        elif tr < 0.1:
+            log.warning("series %s: header TR %.3g s is implausible; pass --tr-s", sv.series, tr)
+        now = time.time()
+        acq = sv.acq_time_s if sv.acq_time_s is not None else now  # no time in the header: arrival
+        vol = Volume(
+            np.ascontiguousarray(sv.data), sv.affine, sv.index, tr, acq, self.session, f"series-{sv.series}"
+        )
+        if abs(now - acq) < 60.0:  # a live acquisition; a replayed one carries its historic time
+            vol.stamps[Stage.ACQUIRED] = wall_to_monotonic_ns(acq)
+        self.send(vol)
+        self.n_sent += 1
+        self.last_series = vol.series
