@@ -74,14 +74,32 @@ def _wait_file(path, proc, timeout_s=60):
         time.sleep(0.05)
 
 
-def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
+def _compare_with_offline(live_path, off_path, n):
+    with h5py.File(live_path) as live, h5py.File(off_path) as off:
+        np.testing.assert_array_equal(live["volumes/seq"][:], np.arange(n))
+        np.testing.assert_array_equal(off["volumes/seq"][:], np.arange(n))
+        np.testing.assert_array_equal(live["volumes/status"][:], off["volumes/status"][:])
+        names = []
+        live["features"].visit(
+            lambda k: names.append(k) if isinstance(live["features"][k], h5py.Dataset) else None
+        )
+        assert len(names) == 5 * 8
+        for name in names:
+            np.testing.assert_allclose(
+                live["features"][name][:], off["features"][name][:], rtol=1e-5, atol=1e-5, equal_nan=True
+            )
+        np.testing.assert_array_equal(live["ranking/indices"][:], off["ranking/indices"][:])
+        np.testing.assert_allclose(live["motion/params"][:], off["motion/params"][:], atol=1e-9)
+        np.testing.assert_array_equal(live["input/data"][:], off["input/data"][:])
+
+
+def _start_decoder_and_recorder(experiment, tmp_path):
     cfg = small_config()
     cfg.run.bundle = str(experiment / "decoder")
     cfg.run.publish_input = True
     cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
-    bold = experiment / "test" / "bold.nii"
     exe = [sys.executable, "-m", "rtdecode"]
     decoder = subprocess.Popen(
         [*exe, "run", "-c", str(cfg_path), "--exit-after-series"],
@@ -107,33 +125,46 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
         stderr=subprocess.PIPE,
         text=True,
     )
+    _wait_file(ready, recorder)
+    return cfg, cfg_path, decoder, recorder
+
+
+def _finish(procs, offline_cmd):
     try:
-        _wait_file(ready, recorder)
-        sender = subprocess.run(
-            [
-                *exe,
-                "simulate",
-                "--out",
-                str(experiment / "test"),
-                "--stream",
-                cfg.run.input.address,
-                "--speed",
-                "100",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert sender.returncode == 0, sender.stderr
-        assert recorder.wait(120) == 0, recorder.stderr.read()
-        assert decoder.wait(30) == 0, decoder.stderr.read()
+        for p in procs:
+            assert p.wait(120) == 0, p.stderr.read()
     finally:
-        for p in (decoder, recorder):
+        for p in procs:
             if p.poll() is None:
                 p.kill()
             p.wait()
             p.stderr.close()
-    offline = subprocess.run(
+    offline = subprocess.run(offline_cmd, capture_output=True, text=True, timeout=300)
+    assert offline.returncode == 0, offline.stderr
+
+
+def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path)
+    bold = experiment / "test" / "bold.nii"
+    exe = [sys.executable, "-m", "rtdecode"]
+    sender = subprocess.run(
+        [
+            *exe,
+            "simulate",
+            "--out",
+            str(experiment / "test"),
+            "--stream",
+            cfg.run.input.address,
+            "--speed",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sender.returncode == 0, sender.stderr
+    _finish(
+        [recorder, decoder],
         [
             *exe,
             "offline",
@@ -145,30 +176,98 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
             str(tmp_path / "offline.h5"),
             "--record-input",
         ],
-        capture_output=True,
-        text=True,
-        timeout=300,
     )
-    assert offline.returncode == 0, offline.stderr
-
     n = len(list(iter_volumes(bold)))
-    with h5py.File(tmp_path / "live.h5") as live, h5py.File(tmp_path / "offline.h5") as off:
-        np.testing.assert_array_equal(live["volumes/seq"][:], np.arange(n))
-        np.testing.assert_array_equal(off["volumes/seq"][:], np.arange(n))
-        np.testing.assert_array_equal(live["volumes/status"][:], off["volumes/status"][:])
-        names = []
-        live["features"].visit(
-            lambda k: names.append(k) if isinstance(live["features"][k], h5py.Dataset) else None
-        )
-        assert len(names) == 5 * 8
-        for name in names:
-            np.testing.assert_allclose(
-                live["features"][name][:], off["features"][name][:], rtol=1e-5, atol=1e-5, equal_nan=True
-            )
-        np.testing.assert_array_equal(live["ranking/indices"][:], off["ranking/indices"][:])
-        np.testing.assert_allclose(live["motion/params"][:], off["motion/params"][:], atol=1e-9)
-        np.testing.assert_array_equal(live["input/data"][:], off["input/data"][:])
-        first = next(iter_volumes(bold))
-        np.testing.assert_array_equal(live["input/data"][0], first.data)
+    _compare_with_offline(tmp_path / "live.h5", tmp_path / "offline.h5", n)
+    with h5py.File(tmp_path / "live.h5") as live:
+        np.testing.assert_array_equal(live["input/data"][0], next(iter_volumes(bold)).data)
     confounds = (tmp_path / "live_desc-confounds_timeseries.tsv").read_text().splitlines()
     assert len(confounds) == n + 1
+
+
+def test_golden_folder_path_equals_offline(experiment, tmp_path):
+    """Scanner files written into a watched folder at TR pace -> bridge -> decoder -> recorder."""
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path)
+    bold = experiment / "test" / "bold.nii"
+    exe = [sys.executable, "-m", "rtdecode"]
+    watched = tmp_path / "export"
+    watched.mkdir()
+    bridge = subprocess.Popen(
+        [
+            *exe,
+            "bridge",
+            "--watch",
+            str(watched),
+            "--to",
+            cfg.run.input.address,
+            "--tr-s",
+            "3",
+            "--idle-exit",
+            "3",
+            "--end-series",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1.0)  # the watcher is up
+    replay = subprocess.run(
+        [*exe, "replay", str(bold), "--folder", str(watched), "--speed", "30"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert replay.returncode == 0, replay.stderr
+    _finish(
+        [bridge, recorder, decoder],
+        [
+            *exe,
+            "offline",
+            "-c",
+            str(cfg_path),
+            "--bold",
+            str(bold),
+            "--out",
+            str(tmp_path / "offline.h5"),
+            "--record-input",
+        ],
+    )
+    n = len(list(iter_volumes(bold)))
+    _compare_with_offline(tmp_path / "live.h5", tmp_path / "offline.h5", n)  # one output per volume
+
+
+def test_replay_of_a_recording_sends_its_input_volumes(experiment, tmp_path):
+    from rtdecode import wire
+    from rtdecode.replay import recording_volumes
+    from rtdecode.run import run_offline
+    from rtdecode.transport.zmq import Receiver
+
+    cfg = small_config().run
+    cfg.bundle = str(experiment / "decoder")
+    bold = experiment / "test" / "bold.nii"
+    run_offline(cfg, bold, tmp_path / "rec.h5", record_input=True)
+    originals = list(iter_volumes(bold))
+    replayed = list(recording_volumes(tmp_path / "rec.h5"))
+    assert len(replayed) == len(originals)
+    np.testing.assert_array_equal(replayed[5].data, originals[5].data)
+    address = free_address()
+    with Receiver(address) as rx:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rtdecode",
+                "replay",
+                str(tmp_path / "rec.h5"),
+                "--to",
+                address,
+                "--speed",
+                "inf",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert proc.returncode == 0, proc.stderr
+        topics = [rx.recv(10).topic for _ in range(len(originals) + 1)]
+    assert topics == [wire.VOLUME_TOPIC] * len(originals) + [wire.END_TOPIC]

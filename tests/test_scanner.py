@@ -9,14 +9,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from conftest import free_address
 
 from rtdecode import wire
 from rtdecode.errors import ReceiveTimeout, VolumeError
 from rtdecode.replay import replay_folder
 from rtdecode.scanner.assemble import Assembler, read_folder, to_nifti
 from rtdecode.transport.zmq import Receiver
-
-from conftest import free_address
 
 DATA = Path(__file__).parent / "data"
 VENDORS = {"siemens": 1.5, "ge": 1.0, "philips": 2.0}  # TR in seconds, from the data's READMEs
