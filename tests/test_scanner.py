@@ -165,3 +165,20 @@ def test_missing_export_folder_is_a_clear_error(tmp_path):
 def test_receiver_times_out_cleanly():
     with Receiver(free_address()) as rx, pytest.raises(ReceiveTimeout):
         rx.recv(0.1)
+
+
+def test_a_new_series_number_starts_a_new_series(tmp_path):
+    import pydicom
+
+    src = _export("siemens", tmp_path)
+    files = sorted(src.glob("*.dcm"))
+    for p in files[5:]:  # the console starts series 14 after five volumes
+        ds = pydicom.dcmread(p)
+        ds.SeriesNumber = 14
+        ds.AcquisitionNumber = int(ds.AcquisitionNumber) - 5
+        ds.save_as(p.with_name(p.name.replace("000013", "000014")))
+        p.unlink()
+    vols = read_folder(src)
+    assert [(v.series, v.index) for v in vols] == [("13", i) for i in range(5)] + [
+        ("14", i) for i in range(5)
+    ]
