@@ -144,18 +144,19 @@ def motion_trajectory(p: SimParams, n_vols: int, rng: np.random.Generator) -> np
     """
     if not p.motion:
         return np.zeros((n_vols, 6))
-    steps = rng.standard_normal((n_vols, 6))
-    walk = np.cumsum(steps, axis=0)
-    walk -= np.linspace(0, 1, n_vols)[:, None] * walk[-1]  # bridge: ends near where it started
-    walk /= np.maximum(np.abs(walk).max(0), 1e-9)
+    scale = np.array([p.max_translation_mm] * 3 + [p.max_rotation_deg] * 3) * rng.uniform(0.6, 1.0, 6)
+    # Slow drift: a mean-reverting random walk (AR(1), rho 0.995) whose volume-to-volume steps
+    # are 1.5 % of the range, so a still subject's framewise displacement is ~0.1-0.2 mm whatever
+    # the session's length.
+    steps = rng.standard_normal((n_vols, 6)) * 0.015
+    drift = np.zeros((n_vols, 6))
+    for t in range(1, n_vols):
+        drift[t] = 0.995 * drift[t - 1] + steps[t]
     jumps = np.zeros((n_vols, 6))
     n_jumps = rng.poisson(p.jump_rate_per_min * n_vols * p.tr_s / 60.0)
     for t in rng.integers(p.baseline_volumes, n_vols, n_jumps):
         jumps[t:] += rng.normal(0, 0.25, 6)  # sudden shift that persists (head settles elsewhere)
-    traj = 0.7 * walk + jumps
-    traj /= np.maximum(np.abs(traj).max(0), 1.0)  # never beyond +-1 after scaling below
-    scale = np.array([p.max_translation_mm] * 3 + [p.max_rotation_deg] * 3) * rng.uniform(0.6, 1.0, 6)
-    traj = traj * scale
+    traj = (drift + jumps) * scale
     traj -= traj[0]  # the first volume is the reference position
     return np.clip(traj, -scale, scale)
 
