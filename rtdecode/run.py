@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import signal
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -63,7 +63,6 @@ class Counts:
     processed: int = 0
     skipped: int = 0
     dropped: int = 0
-    reasons: list[str] = field(default_factory=list)
 
 
 class Sink(Protocol):

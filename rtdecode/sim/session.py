@@ -8,7 +8,7 @@ training and test sessions of one subject share the brain and the bank but not t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import nibabel as nib
@@ -61,7 +61,6 @@ class SimParams:
     subject_seed: int = 0
     seed: int = 1
     kind: str = "train"
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass
