@@ -27,7 +27,7 @@ from rtdecode.nifti import load_volume
 from rtdecode.pipeline import Pipeline, Result
 from rtdecode.preprocess import Preprocessor
 from rtdecode.transport.zmq import Publisher, Receiver
-from rtdecode.volume import Stage, stamp, stamps_to_dict
+from rtdecode.volume import Stage, Volume, stamp, stamps_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -180,23 +180,34 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
             counts.received += 1
             try:
                 vol = wire.decode_volume(msg)
-                stamp(vol.stamps, Stage.RECEIVED)
-                res = pipe.process(vol)
-            except (ProtocolError, VolumeError) as err:
+            except ProtocolError as err:
                 _skip(pub, counts, str(err))
                 continue
-            except Exception as err:  # a bug must cost one volume, not the session
-                log.exception("internal error on a volume")
-                _skip(pub, counts, f"internal error: {type(err).__name__}: {err}")
-                continue
-            counts.processed += 1
-            counts.dropped += res.dropped_before
-            if cfg.publish_input:
-                pub.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
-            publish_result(pub, res, pipe)
-            tracker.add(vol.stamps)
+            stamp(vol.stamps, Stage.RECEIVED)
+            _process_one(pipe, vol, pub, counts, tracker, cfg.publish_input)
         pub.publish("status", {"kind": "status", "event": "stopped", **_count_fields(counts)})
     return {**_count_fields(counts), "latency_ms": tracker.summary()}
+
+
+def _process_one(
+    pipe: Pipeline, vol: Volume, sink: Sink, counts: Counts, tracker: LatencyTracker, publish_input: bool
+) -> None:
+    # The per-volume step both drivers share: process, then publish or answer with a skip.
+    try:
+        res = pipe.process(vol)
+    except VolumeError as err:
+        _skip(sink, counts, str(err))
+        return
+    except Exception as err:  # a bug must cost one volume, not the session
+        log.exception("internal error on a volume")
+        _skip(sink, counts, f"internal error: {type(err).__name__}: {err}")
+        return
+    counts.processed += 1
+    counts.dropped += res.dropped_before
+    if publish_input:
+        sink.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
+    publish_result(sink, res, pipe)
+    tracker.add(vol.stamps)
 
 
 def _count_fields(c: Counts) -> dict:
@@ -237,17 +248,7 @@ def run_offline(cfg: RunConfig, bold: str | Path, out: str | Path, record_input:
         for vol in iter_volumes(bold):
             counts.received += 1
             stamp(vol.stamps, Stage.RECEIVED)
-            try:
-                res = pipe.process(vol)
-            except VolumeError as err:
-                _skip(rec, counts, str(err))
-                continue
-            counts.processed += 1
-            counts.dropped += res.dropped_before
-            if record_input:
-                rec.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
-            publish_result(rec, res, pipe)
-            tracker.add(vol.stamps)
+            _process_one(pipe, vol, rec, counts, tracker, record_input)
         summary = {**_count_fields(counts), "latency_ms": tracker.summary()}
         rec.publish("status", {"kind": "status", "event": "end", **summary})
     return summary

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,8 @@ import numpy as np
 from rtdecode.errors import ProtocolError, ReceiveTimeout
 from rtdecode.transport.zmq import Subscriber
 from rtdecode.wire import Message
+
+log = logging.getLogger(__name__)
 
 
 class ResultLog:
@@ -84,12 +88,12 @@ class ResultLog:
         np.savez(path, **arrays)
 
 
-def describe(log: ResultLog, seq: int, roi: str, layer: str) -> str:
+def describe(results: ResultLog, seq: int, roi: str, layer: str) -> str:
     """One line for a volume: status, top labels of ``roi``/``layer``, motion and latency."""
-    ranking = log.rankings.get(seq)
+    ranking = results.rankings.get(seq)
     text = f"vol {seq:4d}"
     if ranking is None or "indices" not in ranking.arrays:
-        text += f"  {log.status.get(seq, '?'):<8}"
+        text += f"  {results.status.get(seq, '?'):<8}"
     else:
         h = ranking.header
         try:
@@ -100,13 +104,47 @@ def describe(log: ResultLog, seq: int, roi: str, layer: str) -> str:
             text += f"  ({roi}/{layer} not decoded)"
         if h.get("censored"):
             text += "  [censored]"
-    m = log.motion.get(seq)
+    m = results.motion.get(seq)
     if m is not None:
         text += f"  fd {m['fd_mm']:.2f} mm"
-    e2e = log.latency.get(seq, {}).get("end_to_end")
+    e2e = results.latency.get(seq, {}).get("end_to_end")
     if e2e is not None:
         text += f"  e2e {e2e:.1f} ms"
     return text
+
+
+def messages(
+    address: str, ready_file: str | Path | None = None, until_end: bool = False, timeout_s: float = 0.0
+) -> Iterator[Message]:
+    """Everything a decoder publishes, as decoded messages, until a stop condition.
+
+    Stops on SIGTERM, after the end-of-series status (which is yielded) when ``until_end``, or
+    after ``timeout_s`` without any message (0 waits for ever). ``ready_file`` is created when the
+    first message arrives, i.e. once the subscription is live. Malformed messages are logged and
+    dropped.
+    """
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Subscriber(address) as sub:
+        last = time.monotonic()
+        while not stop.is_set():
+            try:
+                msg = sub.recv(0.5)
+            except ReceiveTimeout:
+                if timeout_s and time.monotonic() - last > timeout_s:
+                    log.warning("no message for %s s; stopping", timeout_s)
+                    return
+                continue
+            except ProtocolError as err:
+                log.warning("malformed message ignored: %s", err)
+                continue
+            last = time.monotonic()
+            if ready_file is not None and not Path(ready_file).exists():
+                Path(ready_file).write_text("ready\n")
+            yield msg
+            if until_end and msg.header.get("event") == "end":
+                return
 
 
 def follow(
@@ -129,43 +167,22 @@ def follow(
         Which decoder's top candidates to print.
     save : str or Path, optional
         Write :meth:`ResultLog.save` here when done.
-    ready_file : str or Path, optional
-        Created when the first message arrives (the subscription is live then).
-    until_end : bool
-        Stop after the decoder's end-of-series status.
-    timeout_s : float
-        Stop after this long without any message; 0 waits for ever.
+    ready_file, until_end, timeout_s
+        As in :func:`messages`.
     echo : callable
         Where lines go.
     """
-    log = ResultLog()
-    with Subscriber(address) as sub:
-        last = time.monotonic()
-        while True:
-            try:
-                msg = sub.recv(0.5)
-            except ReceiveTimeout:
-                if timeout_s and time.monotonic() - last > timeout_s:
-                    echo(f"no message for {timeout_s} s; stopping")
-                    break
-                continue
-            except ProtocolError as err:
-                echo(f"malformed message ignored: {err}")
-                continue
-            last = time.monotonic()
-            if ready_file is not None and not Path(ready_file).exists():
-                Path(ready_file).write_text("ready\n")
-            log.add(msg)
-            h = msg.header
-            if h.get("kind") == "latency":
-                echo(describe(log, h["seq"], roi, layer))
-            elif h.get("kind") == "status" and h.get("event") == "skipped":
-                echo(f"decoder skipped a message: {h['reason']}")
-            elif h.get("kind") == "status" and h.get("event") == "end" and until_end:
-                break
+    results = ResultLog()
+    for msg in messages(address, ready_file, until_end, timeout_s):
+        results.add(msg)
+        h = msg.header
+        if h.get("kind") == "latency":
+            echo(describe(results, h["seq"], roi, layer))
+        elif h.get("kind") == "status" and h.get("event") == "skipped":
+            echo(f"decoder skipped a message: {h['reason']}")
     if save is not None:
-        log.save(save)
-    return log
+        results.save(save)
+    return results
 
 
 def record_live(
@@ -186,28 +203,8 @@ def record_live(
     """
     from rtdecode.record import Recorder
 
-    stop = {"now": False}
-    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
-    with (
-        Subscriber(address) as sub,
-        Recorder(out, record_input=True, meta={"mode": "live", "address": address}) as rec,
-    ):
-        last = time.monotonic()
-        while not stop["now"]:
-            try:
-                msg = sub.recv(0.5)
-            except ReceiveTimeout:
-                if timeout_s and time.monotonic() - last > timeout_s:
-                    break
-                continue
-            except ProtocolError:
-                continue
-            last = time.monotonic()
-            if ready_file is not None and not Path(ready_file).exists():
-                Path(ready_file).write_text("ready\n")
-            if msg.header.get("event") == "heartbeat":
-                continue
-            rec.publish(msg.topic, msg.header, msg.arrays)
-            if until_end and msg.header.get("event") == "end":
-                break
+    with Recorder(out, record_input=True, meta={"mode": "live", "address": address}) as rec:
+        for msg in messages(address, ready_file, until_end, timeout_s):
+            if msg.header.get("event") != "heartbeat":
+                rec.publish(msg.topic, msg.header, msg.arrays)
         return rec.n_volumes

@@ -1,9 +1,9 @@
 import dataclasses
-import socket
 
 import pytest
 
 from rtdecode.config import Config, TrainConfig
+from rtdecode.demo import free_tcp_address
 from rtdecode.sim.session import SimParams, make_subject, simulate_session, write_session
 from rtdecode.train import train_session
 
@@ -12,10 +12,7 @@ SMALL = SimParams(n_train_categories=80, n_test_categories=20, n_units=50)
 ROIS = ["V1", "LOC", "LVC", "HVC", "VC"]
 
 
-def free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+free_address = free_tcp_address
 
 
 def small_config() -> Config:

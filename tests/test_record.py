@@ -129,7 +129,8 @@ def _start_decoder_and_recorder(experiment, tmp_path):
     return cfg, cfg_path, decoder, recorder
 
 
-def _finish(procs, offline_cmd):
+def _finish(procs, cfg_path, bold, tmp_path):
+    """Wait for the live processes, then run `rtdecode offline` on the same series."""
     try:
         for p in procs:
             assert p.wait(120) == 0, p.stderr.read()
@@ -139,7 +140,20 @@ def _finish(procs, offline_cmd):
                 p.kill()
             p.wait()
             p.stderr.close()
-    offline = subprocess.run(offline_cmd, capture_output=True, text=True, timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "rtdecode",
+        "offline",
+        "-c",
+        str(cfg_path),
+        "--bold",
+        str(bold),
+        "--out",
+        str(tmp_path / "offline.h5"),
+        "--record-input",
+    ]
+    offline = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert offline.returncode == 0, offline.stderr
 
 
@@ -163,20 +177,7 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
         timeout=120,
     )
     assert sender.returncode == 0, sender.stderr
-    _finish(
-        [recorder, decoder],
-        [
-            *exe,
-            "offline",
-            "-c",
-            str(cfg_path),
-            "--bold",
-            str(bold),
-            "--out",
-            str(tmp_path / "offline.h5"),
-            "--record-input",
-        ],
-    )
+    _finish([recorder, decoder], cfg_path, bold, tmp_path)
     n = len(list(iter_volumes(bold)))
     _compare_with_offline(tmp_path / "live.h5", tmp_path / "offline.h5", n)
     with h5py.File(tmp_path / "live.h5") as live:
@@ -218,20 +219,7 @@ def test_golden_folder_path_equals_offline(experiment, tmp_path):
         timeout=120,
     )
     assert replay.returncode == 0, replay.stderr
-    _finish(
-        [bridge, recorder, decoder],
-        [
-            *exe,
-            "offline",
-            "-c",
-            str(cfg_path),
-            "--bold",
-            str(bold),
-            "--out",
-            str(tmp_path / "offline.h5"),
-            "--record-input",
-        ],
-    )
+    _finish([bridge, recorder, decoder], cfg_path, bold, tmp_path)
     n = len(list(iter_volumes(bold)))
     _compare_with_offline(tmp_path / "live.h5", tmp_path / "offline.h5", n)  # one output per volume
 
