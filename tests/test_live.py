@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import yaml
+import zmq as zmq
 from conftest import free_address, small_config
 
 from rtdecode import wire
@@ -153,3 +154,39 @@ def test_broken_messages_do_not_stop_the_decoder(decoder, experiment):
     seqs = [m.header["seq"] for m in msgs if m.topic == "ranking"]
     assert seqs == list(range(12))  # every good volume still produced its ranking
     assert msgs[-1].header["processed"] == 12
+
+
+def test_a_sender_that_exits_right_after_sending_delivers_every_volume_intact():
+    # Regression: zero-copy frames still queued when the sender process exited were freed under
+    # libzmq's I/O thread (volumes lost, tails overwritten, segfault at exit). A slow receiver
+    # (receive queue of one) forces the sender to hold most volumes when it closes.
+    from rtdecode.transport.zmq import Receiver
+
+    n = 300
+    address = free_address()
+    code = (
+        "import numpy as np\n"
+        "from rtdecode.transport.zmq import VolumeSender\n"
+        "from rtdecode.volume import Volume\n"
+        f"with VolumeSender({address!r}) as tx:\n"
+        f"    for k in range({n}):\n"
+        "        tx.send(Volume(np.full((64, 64, 36), k, np.int16), np.eye(4), k, 2.0, 0.0, 's', 'r'))\n"
+        f"    tx.send_end('s', 'r', {n})\n"
+        "    print('queued', flush=True)\n"
+    )
+    with (
+        Receiver(address) as rx,
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True) as sender,
+    ):
+        rx.socket.setsockopt(zmq.RCVHWM, 1)
+        assert sender.stdout.readline().strip() == "queued"
+        time.sleep(0.5)
+        seqs, intact = [], []
+        while (msg := rx.recv(30.0)).topic == wire.VOLUME_TOPIC:
+            vol = wire.decode_volume(msg)
+            seqs.append(vol.seq)
+            intact.append(bool((vol.data == vol.seq).all()))
+        assert msg.header["n_sent"] == n
+        assert sender.wait(30) == 0
+    assert seqs == list(range(n))
+    assert all(intact)

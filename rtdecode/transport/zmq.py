@@ -1,7 +1,9 @@
 """ZeroMQ sources and sinks speaking wire protocol v1 (:mod:`rtdecode.wire`).
 
 Volumes travel PUSH -> PULL (no loss, back-pressure instead); results are published on PUB with
-one topic per kind. Sends are zero-copy: frames alias the arrays handed over.
+one topic per kind. Sends are zero-copy: frames alias the arrays handed over. Each endpoint owns
+its context, so :meth:`_Endpoint.close` can terminate it: that is what makes libzmq deliver what is
+queued (up to the linger time) and let go of every aliased buffer before Python frees it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from rtdecode.errors import ConfigError, ReceiveTimeout
 from rtdecode.volume import Stage, Volume, stamp
 
 
-def _open(kind: int, address: str, bind: bool, linger_ms: int) -> zmq.Socket:
-    sock = zmq.Context.instance().socket(kind)
+def _open(context: zmq.Context, kind: int, address: str, bind: bool, linger_ms: int) -> zmq.Socket:
+    sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
     try:
         if bind:
@@ -36,11 +38,24 @@ class _Endpoint:
     """Lifecycle shared by all endpoints: context manager, idempotent close."""
 
     socket: zmq.Socket
+    _context: zmq.Context
+
+    def _init(self, kind: int, address: str, bind: bool, linger_ms: int) -> None:
+        self._context = zmq.Context(io_threads=1)
+        try:
+            self.socket = _open(self._context, kind, address, bind, linger_ms)
+        except ConfigError:
+            self._context.term()
+            raise
+
+    def _send(self, frames: Sequence[Any]) -> None:
+        self.socket.send_multipart(frames, copy=False)
 
     def close(self) -> None:
-        """Close the socket; safe to call twice."""
+        """Deliver what is queued (up to the linger time), then close; safe to call twice."""
         if not self.socket.closed:
             self.socket.close()
+            self._context.term()
 
     def __enter__(self) -> _Endpoint:
         return self
@@ -66,20 +81,20 @@ class VolumeSender(_Endpoint):
     """
 
     def __init__(self, address: str, bind: bool = False, linger_ms: int = 5000) -> None:
-        self.socket = _open(zmq.PUSH, address, bind, linger_ms)
+        self._init(zmq.PUSH, address, bind, linger_ms)
 
     def send(self, vol: Volume) -> None:
         """Stamp ``SENT`` and send one volume; do not modify ``vol.data`` afterwards."""
         stamp(vol.stamps, Stage.SENT)
-        self.socket.send_multipart(wire.encode_volume(vol), copy=False)
+        self._send(wire.encode_volume(vol))
 
     def send_frames(self, frames: Sequence[Any]) -> None:
         """Send raw frames (tests use this to send malformed messages)."""
-        self.socket.send_multipart(list(frames), copy=False)
+        self._send(frames)
 
     def send_end(self, session: str, series: str, n_sent: int) -> None:
         """Tell the receiver that a series is complete."""
-        self.socket.send_multipart(
+        self._send(
             wire.encode(
                 wire.END_TOPIC, {"kind": "end", "session": session, "series": series, "n_sent": n_sent}
             )
@@ -90,7 +105,7 @@ class Receiver(_Endpoint):
     """Receive messages (PULL). Binds by default."""
 
     def __init__(self, address: str, bind: bool = True, linger_ms: int = 0) -> None:
-        self.socket = _open(zmq.PULL, address, bind, linger_ms)
+        self._init(zmq.PULL, address, bind, linger_ms)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
 
@@ -114,13 +129,13 @@ class Publisher(_Endpoint):
     """Publish results (PUB). Binds by default."""
 
     def __init__(self, address: str, bind: bool = True, linger_ms: int = 1000) -> None:
-        self.socket = _open(zmq.PUB, address, bind, linger_ms)
+        self._init(zmq.PUB, address, bind, linger_ms)
 
     def publish(
         self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
     ) -> None:
         """Encode and send one message (arrays are not copied)."""
-        self.socket.send_multipart(wire.encode(topic, header, arrays), copy=False)
+        self._send(wire.encode(topic, header, arrays))
 
 
 class Subscriber(_Endpoint):
@@ -134,7 +149,7 @@ class Subscriber(_Endpoint):
     """
 
     def __init__(self, address: str, topics: Sequence[str] = (), bind: bool = False) -> None:
-        self.socket = _open(zmq.SUB, address, bind, 0)
+        self._init(zmq.SUB, address, bind, 0)
         for t in topics or [""]:
             self.socket.setsockopt(zmq.SUBSCRIBE, t.encode())
         self._poller = zmq.Poller()
