@@ -25,9 +25,7 @@ def _simulate(args: argparse.Namespace) -> None:
         write_session(out, p, simulate_session(p, make_subject(p)))
         print(f"wrote {args.kind} session to {out}")
     if args.stream:
-        n = stream_session(
-            out / "bold.nii", args.stream, args.speed, session=args.session, series=args.series
-        )
+        n = stream_session(out / "bold.nii", args.stream, args.speed, args.session, args.series, args.markers)
         print(f"streamed {n} volumes to {args.stream}")
 
 
@@ -110,9 +108,13 @@ def _convert(args: argparse.Namespace) -> None:
 
 
 def _replay(args: argparse.Namespace) -> None:
+    import nibabel as nib
+
     from rtdecode import replay
+    from rtdecode.nifti import iter_volumes, read_events
 
     src = Path(args.source)
+    markers = replay.events_to_markers(read_events(args.markers)) if args.markers else ()
     if (args.to is None) == (args.folder is None):
         raise ConfigError("replay needs exactly one of --to ADDRESS or --folder DIR")
     if src.is_dir():
@@ -122,20 +124,21 @@ def _replay(args: argparse.Namespace) -> None:
     elif src.suffix in (".h5", ".hdf5"):
         if args.to is None:
             raise ConfigError("a recording replays over ZeroMQ: use --to")
-        n = replay.send_volumes(replay.recording_volumes(src), args.to, args.speed)
+        n = replay.send_volumes(replay.recording_volumes(src), args.to, args.speed, markers=markers)
     elif args.folder is not None:
         n = replay.replay_nifti_to_folder(src, args.folder, args.speed)
     else:
-        from rtdecode.nifti import iter_volumes
-
-        n = replay.send_volumes(iter_volumes(src, "replay", "run-01"), args.to, args.speed)
+        n_volumes = nib.load(str(src)).shape[-1]
+        n = replay.send_volumes(
+            iter_volumes(src, "replay", "run-01"), args.to, args.speed, n_volumes, markers
+        )
     print(f"replayed {n} volumes")
 
 
 def _demo(args: argparse.Namespace) -> None:
     from rtdecode.demo import run_demo
 
-    run_demo(load_config(args.config), args.out, args.summary)
+    run_demo(load_config(args.config), args.out, args.summary, args.transport)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject-seed", type=int, default=0, help="subject seed (brain, features, categories)")
     p.add_argument("-c", "--config", help="YAML config (its 'simulate' section)")
     p.add_argument("--overwrite", action="store_true", help="simulate even if the directory has a session")
-    p.add_argument("--stream", metavar="ADDRESS", help="then stream it to this decoder input")
+    p.add_argument(
+        "--stream",
+        metavar="ADDRESS",
+        help="then stream it to this decoder input (ZeroMQ address, or lsl[:NAME])",
+    )
+    p.add_argument("--markers", action="store_true", help="while streaming, send the blocks as LSL markers")
     p.add_argument("--speed", type=float, default=1.0, help="1 = TR pace, N = N times faster, inf = unpaced")
     p.add_argument("--session", default="sim", help="session id put in the headers")
     p.add_argument("--series", default="run-01", help="series id put in the headers")
@@ -216,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="replay a session: NIfTI 4-D, export folder or rtdecode recording")
     p.add_argument("source", help="4-D NIfTI, export folder, or recording (.h5)")
-    p.add_argument("--to", help="send over ZeroMQ to this decoder input")
+    p.add_argument("--to", help="send to this decoder input: a ZeroMQ address, or lsl[:NAME] for LSL")
+    p.add_argument("--markers", metavar="EVENTS_TSV", help="also send these blocks as LSL stimulus markers")
     p.add_argument("--folder", help="write files into this watched folder, as a scanner would")
     p.add_argument("--speed", type=float, default=1.0, help="1 = TR pace, N = N times faster, inf = unpaced")
     p.add_argument("--tr-s", type=float, help="TR of an export folder (for pacing)")
@@ -226,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-c", "--config", default=None, help="YAML config (default: built-in demo settings)")
     p.add_argument("--out", default="demo-out", help="working directory")
     p.add_argument("--summary", help="write the summary as JSON here")
+    p.add_argument(
+        "--transport", choices=["zmq", "lsl"], default="zmq", help="how volumes travel to the decoder"
+    )
     p.set_defaults(func=_demo)
     return ap
 

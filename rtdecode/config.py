@@ -7,6 +7,7 @@ Every section is a dataclass; loading checks every key and value and raises
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import yaml
 
 from rtdecode.errors import ConfigError
+
+FEEDBACK_KINDS = ("correlation", "rank", "softmax", "psc", "classifier")
 
 
 @dataclass
@@ -44,9 +47,44 @@ class PreprocessConfig:
 
 
 @dataclass
+class LslConfig:
+    """Lab Streaming Layer endpoints (stream layouts in ``docs/protocol.md``)."""
+
+    outputs: bool = False  # publish every result on LSL streams too
+    prefix: str = "rtdecode"  # output stream names start with this
+    volume_stream: str = ""  # with run.transport "lsl": only a volume stream of this name
+    marker_stream: str = ""  # with run.blocks.enabled: only a marker stream of this name
+
+
+@dataclass
+class BlocksConfig:
+    """Block decoding from stimulus markers (see :mod:`rtdecode.blocks`)."""
+
+    enabled: bool = False  # listen for LSL markers and decode each marked block
+    hrf_shift_s: float = 6.0
+
+
+@dataclass
+class FeedbackConfig:
+    """One neurofeedback score (see :mod:`rtdecode.feedback`)."""
+
+    name: str = "feedback"
+    kind: str = "correlation"  # correlation | rank | softmax | psc | classifier
+    roi: str = "VC"
+    layer: str = "cnn8"  # decoded-content kinds
+    target: str = ""  # decoded-content kinds: a candidate label
+    temperature: float = 0.05  # softmax
+    classifier: str = ""  # kind classifier: a classifier file; "" for <bundle>/classifier.json
+    normalise: str = "none"  # none | zscore (against the scores of the first baseline_volumes)
+    baseline_volumes: int = 10
+    smoothing_volumes: float = 0.0  # exponential smoothing time constant in volumes; 0: none
+
+
+@dataclass
 class RunConfig:
     """The real-time decoder."""
 
+    transport: str = "zmq"  # where volumes come from: zmq (run.input) or lsl (a stream of type fMRI)
     input: SocketConfig = field(default_factory=SocketConfig)
     output: SocketConfig = field(default_factory=lambda: SocketConfig("tcp://127.0.0.1:5556", True))
     bundle: str = "demo-out/decoder"
@@ -56,6 +94,18 @@ class RunConfig:
     publish_input: bool = False  # republish each received volume on topic "volume" (for recorders)
     motion: MotionConfig = field(default_factory=MotionConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    lsl: LslConfig = field(default_factory=LslConfig)
+    blocks: BlocksConfig = field(default_factory=BlocksConfig)
+    feedback: list[FeedbackConfig] = field(default_factory=list)
+
+
+@dataclass
+class ClassifierConfig:
+    """A DecNef classifier trained with the decoders (see :mod:`rtdecode.classifier`)."""
+
+    roi: str = ""  # "" trains none
+    target: str = ""  # regular expression on events.tsv category_label marking the target class
+    c: float = 1.0  # inverse L2 penalty
 
 
 @dataclass
@@ -76,6 +126,7 @@ class TrainConfig:
     alpha: float = 100.0
     hrf_shift_s: float = 6.0
     scrub_censored: bool = True  # leave volumes flagged by motion out of the block averages
+    classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
 
 
 @dataclass
@@ -118,6 +169,11 @@ def _check_value(tp: Any, value: Any, where: str) -> Any:
             raise ConfigError(f"{where}: must be a number, got {value!r}")
         return float(value)
     base = typing.get_origin(tp) or tp
+    args = typing.get_args(tp)
+    if base is list and args and dataclasses.is_dataclass(args[0]):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: must be a list, got {value!r}")
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if base is int and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{where}: must be an integer, got {value!r}")
     if not isinstance(value, base):
@@ -147,7 +203,34 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.train.n_voxels >= 1, "train.n_voxels", "must be >= 1", cfg.train.n_voxels),
         (cfg.train.alpha > 0, "train.alpha", "must be > 0", cfg.train.alpha),
         (cfg.demo.speed > 0, "demo.speed", "must be > 0", cfg.demo.speed),
+        (r.transport in ("zmq", "lsl"), "run.transport", "must be zmq or lsl", r.transport),
+        (r.blocks.hrf_shift_s >= 0, "run.blocks.hrf_shift_s", "must be >= 0", r.blocks.hrf_shift_s),
     ]
+    try:
+        re.compile(cfg.train.classifier.target)
+        target_ok = True
+    except re.error:
+        target_ok = False
+    rules.append(
+        (target_ok, "train.classifier.target", "must be a regular expression", cfg.train.classifier.target)
+    )
+    names = [f.name for f in r.feedback]
+    rules.append((len(set(names)) == len(names), "run.feedback", "names must be unique", names))
+    for i, f in enumerate(r.feedback):
+        key = f"run.feedback[{i}]"
+        rules += [
+            (f.kind in FEEDBACK_KINDS, f"{key}.kind", f"must be one of {FEEDBACK_KINDS}", f.kind),
+            (f.normalise in ("none", "zscore"), f"{key}.normalise", "must be none or zscore", f.normalise),
+            (f.baseline_volumes >= 2, f"{key}.baseline_volumes", "must be >= 2", f.baseline_volumes),
+            (f.smoothing_volumes >= 0, f"{key}.smoothing_volumes", "must be >= 0", f.smoothing_volumes),
+            (f.temperature > 0, f"{key}.temperature", "must be > 0", f.temperature),
+            (
+                f.kind not in ("correlation", "rank", "softmax") or bool(f.target),
+                f"{key}.target",
+                "must name a candidate label for this kind",
+                f.target,
+            ),
+        ]
     for sock in ("input", "output"):
         addr = getattr(r, sock).address
         rules.append(

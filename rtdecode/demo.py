@@ -58,8 +58,17 @@ def _wait(proc: subprocess.Popen, timeout_s: float, name: str) -> int:
         raise TimeoutError(f"{name} did not finish within {timeout_s} s") from None
 
 
-def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None = None) -> dict:
-    """Run the whole demo and return its summary (also written to ``summary_path``)."""
+def run_demo(
+    cfg: Config, out_dir: str | Path, summary_path: str | Path | None = None, transport: str = "zmq"
+) -> dict:
+    """Run the whole demo and return its summary (also written to ``summary_path``).
+
+    With ``transport="lsl"`` the simulated scanner streams over LSL, the simulated stimulus
+    software sends block markers over LSL, and the decoder publishes on LSL too and decodes each
+    marked block live.
+    """
+    if transport not in ("zmq", "lsl"):
+        raise ConfigError(f"demo transport must be zmq or lsl, got {transport!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
@@ -87,7 +96,10 @@ def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None =
     timings["train_s"] = time.monotonic() - t
     step(f"trained {len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers in {timings['train_s']:.1f} s")
 
-    run_cfg = dataclasses.replace(cfg.run, bundle=str(out / "decoder"), candidates="")
+    run_cfg = dataclasses.replace(cfg.run, bundle=str(out / "decoder"), candidates="", transport=transport)
+    if transport == "lsl":
+        run_cfg.lsl = dataclasses.replace(run_cfg.lsl, outputs=True)
+        run_cfg.blocks = dataclasses.replace(run_cfg.blocks, enabled=True, hrf_shift_s=cfg.train.hrf_shift_s)
     run_cfg.input = dataclasses.replace(run_cfg.input, address=free_tcp_address(), bind=True)
     run_cfg.output = dataclasses.replace(run_cfg.output, address=free_tcp_address(), bind=True)
     cfg_path = out / "run.yaml"
@@ -119,10 +131,16 @@ def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None =
             if time.monotonic() > deadline or decoder.poll() is not None or subscriber.poll() is not None:
                 raise RuntimeError("decoder or subscriber did not come up (see their messages above)")
             time.sleep(0.05)
-        step(f"streaming the test session at {cfg.demo.speed:g}x real time")
+        via = "LSL, with stimulus markers," if transport == "lsl" else "ZeroMQ"
+        step(f"streaming the test session over {via} at {cfg.demo.speed:g}x real time")
         t = time.monotonic()
         n_sent = stream_session(
-            out / "test" / "bold.nii", run_cfg.input.address, cfg.demo.speed, session="demo", series="test"
+            out / "test" / "bold.nii",
+            "lsl" if transport == "lsl" else run_cfg.input.address,
+            cfg.demo.speed,
+            "demo",
+            "test",
+            markers=transport == "lsl",
         )
         _wait(subscriber, cfg.demo.timeout_s, "subscriber")
         _wait(decoder, 30, "decoder")
@@ -132,6 +150,7 @@ def run_demo(cfg: Config, out_dir: str | Path, summary_path: str | Path | None =
             if proc.poll() is None:
                 proc.terminate()
     summary = evaluate_demo(out, results, p_test, cfg, n_sent)
+    summary["transport"] = transport
     summary["timings_s"] = {**timings, "total_s": time.monotonic() - t_start}
     print_summary(summary)
     if summary_path is not None:
@@ -147,6 +166,7 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
         feats = {tuple(k.split("/")[1:]): z[k] for k in z.files if k.startswith("features/")}
         status = z["status"]
         censored = z["censored"]
+        live = json.loads(str(z["blocks"]))
     if cfg.train.scrub_censored:  # as in training: flagged volumes stay out of the block averages
         for f in feats.values():
             f[censored] = np.nan
@@ -173,7 +193,9 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
         for b, row, srow in zip(kept, idx, val)
     ]
     lat = end.get("latency_ms", {}) if end else {}
+    live_blocks = _live_blocks(live, roi, events)
     return {
+        "live_blocks": live_blocks,
         "identification_accuracy": {
             "roi": roi,
             "mean": float(np.mean(list(per_layer.values()))),
@@ -209,6 +231,26 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
             "n_test_categories": p.n_test_categories,
             "n_units_per_layer": p.n_units,
         },
+    }
+
+
+def _live_blocks(blocks: list[dict], roi: str, events: list[dict[str, str]]) -> dict:
+    # The decoder's own block results (from LSL markers), checked against the events table.
+    if not blocks:
+        return {}
+    ranks = [
+        float(np.mean(b["label_rank"][b["rois"].index(roi)]))
+        for b in blocks
+        if b.get("label_rank") is not None
+    ]
+    truth = [e["category_label"] for e in events]
+    in_top5 = [b["label"] in b["labels"][b["rois"].index(roi)][-1] for b in blocks if b.get("status") == "ok"]
+    return {
+        "n_blocks": len(blocks),
+        "n_events": len(events),
+        "labels_match_events": [b["label"] for b in blocks] == truth[: len(blocks)],
+        "top5_hit_rate_last_layer": float(np.mean(in_top5)) if in_top5 else 0.0,
+        "mean_label_rank": float(np.mean(ranks)) if ranks else None,
     }
 
 
@@ -253,6 +295,16 @@ def print_summary(s: dict) -> None:
         f"\nvolumes: {v['sent']} sent, {v['processed']} processed, {v['skipped']} skipped, "
         f"{v['received_by_subscriber']} results received, {v['censored']} censored for motion"
     )
+    lb = s.get("live_blocks")
+    if lb:
+        print(
+            f"\nlive block decoding from LSL markers: {lb['n_blocks']} block results for "
+            f"{lb['n_events']} blocks "
+            f"(labels match the events: {lb['labels_match_events']}); truth in the top 5 of the last layer "
+            f"in {lb['top5_hit_rate_last_layer']:.0%}, mean rank of the truth over layers "
+            f"{lb['mean_label_rank']:.1f} of {s['identification_accuracy']['n_candidates']}"
+        )
     if s["latency_ms"]:
-        print("\nlatency per stage and end to end (acquisition -> published):")
+        hop = "acquired->received is the LSL hop; " if s.get("transport") == "lsl" else ""
+        print(f"\nlatency per stage and end to end (acquisition -> published; {hop}ms):")
         print(format_table(s["latency_ms"]))

@@ -33,6 +33,7 @@ class Result:
     volume: Volume
     status: str
     motion: MotionEstimate | None = None
+    values: np.ndarray | None = None  # motion-corrected analysis voxels, scanner units, (n_voxels,)
     x: np.ndarray | None = None  # preprocessed analysis voxels, (n_voxels,)
     predictions: np.ndarray | None = None  # (n_rois, n_units_total)
     top_indices: np.ndarray | None = None  # (n_rois, n_layers, k)
@@ -122,6 +123,7 @@ class Pipeline:
         else:
             values = vol.data.take(self.index).astype(np.float32)
         stamp(vol.stamps, Stage.MOTION)
+        res.values = values
         res.x = self.preprocessor.update(values, vol.tr_s)
         stamp(vol.stamps, Stage.PREPROCESSED)
         if res.x is None or self.decoder is None:

@@ -6,10 +6,14 @@ after the first), so a late volume does not delay the ones after it.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import json
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import nibabel as nib
@@ -20,6 +24,9 @@ from rtdecode.nifti import iter_volumes
 from rtdecode.scanner.readers import is_mosaic, read_dicom, volume_index_of_slice
 from rtdecode.transport.zmq import VolumeSender
 from rtdecode.volume import Stage, Volume
+
+if TYPE_CHECKING:
+    from rtdecode.transport.lsl import MarkerOutlet, VolumeOutlet
 
 
 def paced(items: Iterable, tr_s: float, speed: float) -> Iterator[tuple[int, float]]:
@@ -33,24 +40,104 @@ def paced(items: Iterable, tr_s: float, speed: float) -> Iterator[tuple[int, flo
         yield k, offset
 
 
-def send_volumes(volumes: Iterable[Volume], address: str, speed: float) -> int:
-    """Send volumes over ZeroMQ at ``speed`` x their TR, then an end-of-series; return the count."""
+def open_sender(to: str, n_volumes: int = 0, speed: float = 1.0) -> VolumeSender | VolumeOutlet:
+    """A volume sender for ``to``: a ZeroMQ address, or ``lsl`` / ``lsl:<stream name>``."""
+    if to == "lsl" or to.startswith("lsl:"):
+        from rtdecode.transport.lsl import VolumeOutlet
+
+        return VolumeOutlet(to[4:] or "rtdecode-scanner", n_volumes, speed)
+    return VolumeSender(to)
+
+
+def events_to_markers(events: Sequence[dict[str, str]]) -> list[tuple[float, str]]:
+    """Stimulus markers ``(scan time s, text)`` for the blocks of a BIDS events table.
+
+    Each block gives a JSON ``start`` marker with its ``category_label`` (or ``trial_type``) and
+    condition at its onset and an ``end`` marker at onset + duration (see :mod:`rtdecode.blocks`).
+    """
+    out = []
+    for e in events:
+        on = float(e["onset"])
+        label = e.get("category_label") or e.get("trial_type", "")
+        start = {"event": "start", "label": label, "condition": e.get("trial_type", "")}
+        out += [(on, json.dumps(start)), (on + float(e["duration"]), json.dumps({"event": "end"}))]
+    return sorted(out, key=lambda m: m[0])
+
+
+def send_volumes(
+    volumes: Iterable[Volume],
+    to: str,
+    speed: float,
+    n_volumes: int = 0,
+    markers: Sequence[tuple[float, str]] = (),
+    lead_s: float | None = None,
+) -> int:
+    """Send volumes at ``speed`` x their TR, then an end-of-series; return the count.
+
+    Parameters
+    ----------
+    volumes : iterable of Volume
+    to : str
+        A ZeroMQ address, or ``lsl`` / ``lsl:<name>`` for an LSL stream of type ``fMRI``.
+    speed : float
+        1 for real time, N for N times faster, ``inf`` for unpaced.
+    n_volumes : int
+        Volumes in the series if known (put in the LSL stream description).
+    markers : sequence of (float, str)
+        Stimulus markers at scan times (s), sent on an LSL marker stream at their due times, as
+        stimulus software would (see :func:`events_to_markers`).
+    lead_s : float, optional
+        Seconds between opening the streams and volume 0, for receivers to connect (LSL delivers
+        only to connected inlets). Default 3 s when LSL is involved, else 0.
+    """
+    volumes = iter(volumes)
+    first = next(volumes, None)
+    if first is None:
+        return 0
+    uses_lsl = to.startswith("lsl") or bool(markers)
+    lead = (3.0 if uses_lsl else 0.0) if lead_s is None else lead_s
     n, last = 0, None
-    with VolumeSender(address) as tx:
-        t0, wall0 = time.monotonic_ns(), time.time()
-        for vol in volumes:
+    with contextlib.ExitStack() as stack:
+        tx = stack.enter_context(open_sender(to, n_volumes, speed))
+        t0 = time.monotonic_ns() + int(lead * 1e9)
+        wall0 = time.time() + lead
+        if hasattr(tx, "prepare"):
+            tx.prepare(first, t0)
+        stim = None
+        if markers:
+            from rtdecode.transport.lsl import MarkerOutlet
+
+            stim = MarkerOutlet()
+            stim.wait_for_consumer(max((t0 - time.monotonic_ns()) / 1e9, 0.0))
+        pending = list(markers)
+        for vol in itertools.chain([first], volumes):
             offset = vol.seq * vol.tr_s / speed
             due = t0 + int(offset * 1e9)
-            wait = (due - time.monotonic_ns()) / 1e9
-            if wait > 0:
-                time.sleep(wait)
+            while pending and t0 + int(pending[0][0] / speed * 1e9) <= due:
+                _send_marker(stim, t0, speed, *pending.pop(0))
+            _sleep_until(due)
             vol.acq_time_s = wall0 + offset
             vol.stamps[Stage.ACQUIRED] = due
             tx.send(vol)
             n, last = n + 1, vol
-        if last is not None:
-            tx.send_end(last.session, last.series, n)
+        for at_s, text in pending:
+            _send_marker(stim, t0, speed, at_s, text)
+        tx.send_end(last.session, last.series, n)
     return n
+
+
+def _sleep_until(t_ns: int) -> None:
+    wait = (t_ns - time.monotonic_ns()) / 1e9
+    if wait > 0:
+        time.sleep(wait)
+
+
+def _send_marker(stim: MarkerOutlet, t0: int, speed: float, at_s: float, text: str) -> None:
+    from rtdecode.transport.lsl import monotonic_ns_to_lsl
+
+    at = t0 + int(at_s / speed * 1e9)
+    _sleep_until(at)
+    stim.send(text, monotonic_ns_to_lsl(at))
 
 
 def recording_volumes(path: str | Path, session: str = "replay", series: str = "run-01") -> Iterator[Volume]:

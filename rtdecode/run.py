@@ -6,7 +6,10 @@ a ``status`` message (``event: skipped``) and counted; the next volume is proces
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import math
 import signal
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -17,9 +20,11 @@ import numpy as np
 
 from rtdecode import wire
 from rtdecode._kernels import warm_up
+from rtdecode.blocks import BlockDecoder, BlockResult, parse_marker
 from rtdecode.config import RunConfig
 from rtdecode.decoders import DecoderBundle
 from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, VolumeError
+from rtdecode.feedback import Feedback, Score
 from rtdecode.identify import CandidateBank, Identifier
 from rtdecode.latency import LatencyTracker, format_table, stage_durations_ms
 from rtdecode.motion import MotionCorrector
@@ -27,7 +32,7 @@ from rtdecode.nifti import load_volume
 from rtdecode.pipeline import Pipeline, Result
 from rtdecode.preprocess import Preprocessor
 from rtdecode.transport.zmq import Publisher, Receiver
-from rtdecode.volume import Stage, Volume, stamp, stamps_to_dict
+from rtdecode.volume import SeriesEnd, Stage, Volume, stamp, stamps_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,16 @@ class Counts:
     dropped: int = 0
 
 
+class VolumeSource(Protocol):
+    """Where volumes come from: a ZeroMQ :class:`Receiver` or an LSL volume inlet."""
+
+    def recv_volume(self, timeout_s: float) -> Volume | SeriesEnd:
+        """The next volume, stamped ``RECEIVED``, or the end of a series."""
+
+    def close(self) -> None:
+        """Disconnect."""
+
+
 class Sink(Protocol):
     """Where results go: a ZeroMQ :class:`Publisher` live, a :class:`~rtdecode.record.Recorder` offline."""
 
@@ -74,10 +89,23 @@ class Sink(Protocol):
         """Send or store one message."""
 
 
-def publish_result(pub: Sink, res: Result, pipe: Pipeline) -> dict[str, float]:
-    """Publish features, ranking, motion and latency of one volume; return its durations (ms)."""
+def _json_number(v: float) -> float | None:
+    # JSON has no NaN: a score that cannot be computed yet travels as null.
+    return None if math.isnan(v) else v
+
+
+def publish_result(
+    pub: Sink, res: Result, pipe: Pipeline, scores: Mapping[str, tuple[float, float]] | None = None
+) -> dict[str, float]:
+    """Publish motion, features, ranking, feedback and latency of one volume; return its durations (ms)."""
     vol = res.volume
-    base = {"session": vol.session, "series": vol.series, "seq": vol.seq, "status": res.status}
+    base = {
+        "session": vol.session,
+        "series": vol.series,
+        "seq": vol.seq,
+        "acq_time_s": vol.acq_time_s,
+        "status": res.status,
+    }
     censored = bool(res.motion.censored) if res.motion is not None else False
     stamp(vol.stamps, Stage.PUBLISHED)
     if res.motion is not None:
@@ -116,9 +144,45 @@ def publish_result(pub: Sink, res: Result, pipe: Pipeline) -> dict[str, float]:
         )
     else:
         pub.publish("ranking", {**base, "kind": "ranking", "censored": censored})
+    if scores:
+        fb = {n: {"raw": _json_number(raw), "value": _json_number(val)} for n, (raw, val) in scores.items()}
+        pub.publish("feedback", {**base, "kind": "feedback", "scores": fb})
     durations = stage_durations_ms(vol.stamps)
     pub.publish("latency", {**base, "kind": "latency", "stamps": stamps_to_dict(vol.stamps), "ms": durations})
     return durations
+
+
+def publish_block(
+    pub: Sink, block: BlockResult, last: Volume, pipe: Pipeline, scores: Mapping[str, tuple[float, float]]
+) -> None:
+    """Publish a completed block (topic ``block``): its volumes, ranking and feedback scores."""
+    b, dec = block.block, pipe.decoder
+    header = {
+        "kind": "block",
+        "session": last.session,
+        "series": last.series,
+        "seq": last.seq,
+        "acq_time_s": last.acq_time_s,
+        "block": b.index,
+        "label": b.label,
+        "condition": b.condition,
+        "onset_s": b.onset_s,
+        "offset_s": b.offset_s,
+        "seqs": block.seqs,
+        "status": block.status,
+        "rois": dec.roi_names,
+        "layers": dec.layers,
+        "feedback": {n: {"raw": _json_number(r), "value": _json_number(v)} for n, (r, v) in scores.items()},
+    }
+    arrays = {}
+    if block.predictions is not None:
+        labels = pipe.identifier.bank.labels
+        header["labels"] = [[[labels[j] for j in row] for row in per_roi] for per_roi in block.top_indices]
+        arrays = {"indices": block.top_indices, "scores": block.top_scores, "predictions": block.predictions}
+        if block.label_rank is not None:
+            header["label_rank"] = block.label_rank.tolist()
+            header["label_correlation"] = np.round(block.label_correlation.astype(float), 6).tolist()
+    pub.publish("block", header, arrays)
 
 
 class _Stop:
@@ -127,6 +191,126 @@ class _Stop:
 
     def __call__(self, *_: object) -> None:
         self.requested = True
+
+
+class Fanout:
+    """A sink that forwards every message to several sinks (ZeroMQ and LSL)."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+
+    def publish(
+        self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
+    ) -> None:
+        """Send one message to every sink."""
+        for sink in self.sinks:
+            sink.publish(topic, header, arrays)
+
+
+class Decoder:
+    """The per-volume step both drivers share: pipeline, feedback, block decoding, publishing.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    sink : Sink
+        Where every message goes.
+    """
+
+    def __init__(self, cfg: RunConfig, sink: Sink) -> None:
+        self.cfg = cfg
+        self.pipe = build_pipeline(cfg)
+        self.sink = sink
+        self.counts = Counts()
+        self.tracker = LatencyTracker()
+        self.feedback = build_feedback(cfg, self.pipe)
+        self.blocks = (
+            BlockDecoder(self.pipe.identifier, cfg.blocks.hrf_shift_s) if cfg.blocks.enabled else None
+        )
+        self._series: tuple[str, str] | None = None
+
+    def marker(self, text: str, time_ns: int) -> None:
+        """Take one stimulus marker (a malformed one is reported and skipped)."""
+        if self.blocks is None:
+            return
+        try:
+            self.blocks.add_marker(parse_marker(text, time_ns))
+        except ProtocolError as err:
+            log.warning("marker skipped: %s", err)
+            self.sink.publish("status", {"kind": "status", "event": "marker-skipped", "reason": str(err)})
+
+    def step(self, vol: Volume) -> None:
+        """Process and publish one received volume; a refused volume is answered with a skip."""
+        self.counts.received += 1
+        key = (vol.session, vol.series)
+        if key != self._series and self._series is not None:
+            self.feedback.reset()
+            if self.blocks is not None:
+                self.blocks.reset()
+        self._series = key
+        try:
+            res = self.pipe.process(vol)
+        except VolumeError as err:
+            self.skip(str(err))
+            return
+        except Exception as err:  # a bug must cost one volume, not the session
+            log.exception("internal error on a volume")
+            self.skip(f"internal error: {type(err).__name__}: {err}")
+            return
+        self.counts.processed += 1
+        self.counts.dropped += res.dropped_before
+        if self.cfg.publish_input:
+            self.sink.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
+        scores = self.feedback.update(res)
+        publish_result(self.sink, res, self.pipe, scores)
+        self.tracker.add(vol.stamps)
+        if self.blocks is not None:
+            censored = bool(res.motion.censored) if res.motion is not None else False
+            raw = {name: raw for name, (raw, _) in scores.items()}
+            for block in self.blocks.add(res, censored, raw):
+                publish_block(self.sink, block, vol, self.pipe, self.feedback.block(block))
+
+    def skip(self, reason: str) -> None:
+        """Count and announce a message or volume that could not be used."""
+        self.counts.skipped += 1
+        log.warning("skipped: %s", reason)
+        self.sink.publish(
+            "status", {"kind": "status", "event": "skipped", "reason": reason, **_count_fields(self.counts)}
+        )
+
+    def summary(self) -> dict:
+        """Counts and the latency summary so far."""
+        return {**_count_fields(self.counts), "latency_ms": self.tracker.summary()}
+
+
+def build_feedback(cfg: RunConfig, pipe: Pipeline) -> Feedback:
+    """The feedback scores configured in ``cfg.feedback``."""
+    return Feedback([Score(spec, pipe.decoder, pipe.identifier.bank, cfg.bundle) for spec in cfg.feedback])
+
+
+def open_source(cfg: RunConfig) -> VolumeSource:
+    """The volume input named by ``cfg.transport``."""
+    if cfg.transport == "lsl":
+        from rtdecode.transport.lsl import VolumeInlet
+
+        return VolumeInlet(cfg.lsl.volume_stream)
+    return Receiver(cfg.input.address, cfg.input.bind)
+
+
+def open_lsl_outputs(cfg: RunConfig, pipe: Pipeline, feedback: Feedback) -> Sink:
+    """LSL outlets for every result (``cfg.lsl.outputs``)."""
+    from rtdecode.transport.lsl_outlets import LslPublisher
+
+    dec = pipe.decoder
+    return LslPublisher(
+        dec.roi_names,
+        dec.layers,
+        dec.n_units,
+        pipe.identifier.bank.labels,
+        cfg.top_k,
+        feedback.names,
+        cfg.lsl.prefix,
+    )
 
 
 def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
@@ -140,84 +324,55 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
     stop = _Stop()
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    counts = Counts()
-    tracker = LatencyTracker()
-    pipe = build_pipeline(cfg)
-    with (
-        Receiver(cfg.input.address, cfg.input.bind) as rx,
-        Publisher(cfg.output.address, cfg.output.bind) as pub,
-    ):
-        log.info("decoder listening on %s, publishing on %s", rx.last_endpoint, pub.last_endpoint)
-        pub.publish("status", {"kind": "status", "event": "started"})
+    with contextlib.ExitStack() as stack:
+        pub = stack.enter_context(Publisher(cfg.output.address, cfg.output.bind))
+        sink = Fanout([pub])
+        dec = Decoder(cfg, sink)
+        if cfg.lsl.outputs:
+            sink.sinks.append(stack.enter_context(open_lsl_outputs(cfg, dec.pipe, dec.feedback)))
+        source = stack.enter_context(open_source(cfg))
+        markers = None
+        if cfg.blocks.enabled:
+            from rtdecode.transport.lsl import MarkerInlet
+
+            markers = MarkerInlet(cfg.lsl.marker_stream)
+            stack.callback(markers.close)
+        where = "LSL streams of type fMRI" if cfg.transport == "lsl" else source.last_endpoint
+        log.info("decoder listening on %s, publishing on %s", where, pub.last_endpoint)
+        sink.publish("status", {"kind": "status", "event": "started"})
         while not stop.requested:
             try:
-                msg = rx.recv(cfg.heartbeat_s)
+                item = source.recv_volume(cfg.heartbeat_s)
             except ReceiveTimeout:
-                pub.publish("status", {"kind": "status", "event": "heartbeat", **_count_fields(counts)})
+                sink.publish("status", {"kind": "status", "event": "heartbeat", **_count_fields(dec.counts)})
                 continue
             except ProtocolError as err:
-                _skip(pub, counts, f"malformed message: {err}")
+                dec.counts.received += 1
+                dec.skip(f"malformed message: {err}")
                 continue
-            if msg.topic == wire.END_TOPIC:
-                summary = {
-                    **_count_fields(counts),
-                    "latency_ms": tracker.summary(),
-                    "series": msg.header.get("series"),
-                    "n_sent": msg.header.get("n_sent"),
-                }
-                pub.publish("status", {"kind": "status", "event": "end", **summary})
+            finally:
+                # Markers before the volume: a block may end with it.
+                for text, t_ns in markers.poll() if markers is not None else ():
+                    dec.marker(text, t_ns)
+            if isinstance(item, SeriesEnd):
+                summary = {**dec.summary(), "series": item.series, "n_sent": item.n_sent}
+                sink.publish("status", {"kind": "status", "event": "end", **summary})
+                c = dec.counts
                 print(
-                    f"series {msg.header.get('series')!r} ended: {counts.processed} processed, "
-                    f"{counts.skipped} skipped, {counts.dropped} dropped\n{format_table(tracker.summary())}",
+                    f"series {item.series!r} ended: {c.processed} processed, {c.skipped} skipped, "
+                    f"{c.dropped} dropped\n{format_table(summary['latency_ms'])}",
                     flush=True,
                 )
                 if exit_after_series:
                     break
                 continue
-            if msg.topic != wire.VOLUME_TOPIC:
-                _skip(pub, counts, f"unexpected topic {msg.topic!r} on the volume input")
-                continue
-            counts.received += 1
-            try:
-                vol = wire.decode_volume(msg)
-            except ProtocolError as err:
-                _skip(pub, counts, str(err))
-                continue
-            stamp(vol.stamps, Stage.RECEIVED)
-            _process_one(pipe, vol, pub, counts, tracker, cfg.publish_input)
-        pub.publish("status", {"kind": "status", "event": "stopped", **_count_fields(counts)})
-    return {**_count_fields(counts), "latency_ms": tracker.summary()}
-
-
-def _process_one(
-    pipe: Pipeline, vol: Volume, sink: Sink, counts: Counts, tracker: LatencyTracker, publish_input: bool
-) -> None:
-    # The per-volume step both drivers share: process, then publish or answer with a skip.
-    try:
-        res = pipe.process(vol)
-    except VolumeError as err:
-        _skip(sink, counts, str(err))
-        return
-    except Exception as err:  # a bug must cost one volume, not the session
-        log.exception("internal error on a volume")
-        _skip(sink, counts, f"internal error: {type(err).__name__}: {err}")
-        return
-    counts.processed += 1
-    counts.dropped += res.dropped_before
-    if publish_input:
-        sink.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
-    publish_result(sink, res, pipe)
-    tracker.add(vol.stamps)
+            dec.step(item)
+        sink.publish("status", {"kind": "status", "event": "stopped", **_count_fields(dec.counts)})
+    return dec.summary()
 
 
 def _count_fields(c: Counts) -> dict:
     return {"received": c.received, "processed": c.processed, "skipped": c.skipped, "dropped": c.dropped}
-
-
-def _skip(pub: Sink, counts: Counts, reason: str) -> None:
-    counts.skipped += 1
-    log.warning("skipped: %s", reason)
-    pub.publish("status", {"kind": "status", "event": "skipped", "reason": reason, **_count_fields(counts)})
 
 
 def run_offline(cfg: RunConfig, bold: str | Path, out: str | Path, record_input: bool = False) -> dict:
@@ -241,14 +396,12 @@ def run_offline(cfg: RunConfig, bold: str | Path, out: str | Path, record_input:
     from rtdecode.nifti import iter_volumes
     from rtdecode.record import Recorder
 
-    pipe = build_pipeline(cfg)
-    counts, tracker = Counts(), LatencyTracker()
     meta = {"mode": "offline", "bold": str(bold), "bundle": cfg.bundle}
     with Recorder(out, record_input, meta) as rec:
+        dec = Decoder(dataclasses.replace(cfg, publish_input=record_input), rec)
         for vol in iter_volumes(bold):
-            counts.received += 1
             stamp(vol.stamps, Stage.RECEIVED)
-            _process_one(pipe, vol, rec, counts, tracker, record_input)
-        summary = {**_count_fields(counts), "latency_ms": tracker.summary()}
+            dec.step(vol)
+        summary = dec.summary()
         rec.publish("status", {"kind": "status", "event": "end", **summary})
     return summary

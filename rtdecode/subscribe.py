@@ -27,6 +27,8 @@ class ResultLog:
         self.rankings: dict[int, Message] = {}
         self.latency: dict[int, dict] = {}
         self.motion: dict[int, dict] = {}
+        self.feedback: dict[int, dict] = {}
+        self.blocks: list[dict] = []
         self.status: dict[int, str] = {}
         self.end: dict | None = None
         self.skipped: list[str] = []
@@ -44,6 +46,10 @@ class ResultLog:
             self.latency[h["seq"]] = h["ms"]
         elif kind == "motion":
             self.motion[h["seq"]] = h
+        elif kind == "feedback":
+            self.feedback[h["seq"]] = h["scores"]
+        elif kind == "block":
+            self.blocks.append(dict(h))
         elif kind == "status" and h.get("event") == "end":
             self.end = h
         elif kind == "status" and h.get("event") == "skipped":
@@ -53,8 +59,9 @@ class ResultLog:
         """Write everything received as NPZ.
 
         Arrays: ``seq``, ``status``, ``features/<roi>/<layer>`` (NaN where absent),
-        ``top_indices`` (-1 where absent), ``e2e_ms``, ``motion``, ``fd_mm``, ``censored`` and
-        ``end`` (the decoder's end-of-series status as JSON).
+        ``top_indices`` (-1 where absent), ``e2e_ms``, ``motion``, ``fd_mm``, ``censored``,
+        ``feedback/<name>`` and ``feedback_raw/<name>`` (NaN where absent), ``blocks`` (the block
+        results' headers as JSON) and ``end`` (the decoder's end-of-series status as JSON).
         """
         seqs = np.array(sorted(self.status), dtype=np.int64)
         pos = {s: i for i, s in enumerate(seqs)}
@@ -84,6 +91,12 @@ class ResultLog:
         )
         arrays["fd_mm"] = np.array([self.motion.get(s, {}).get("fd_mm", np.nan) for s in seqs])
         arrays["censored"] = np.array([bool(self.motion.get(s, {}).get("censored", False)) for s in seqs])
+        names = sorted({n for scores in self.feedback.values() for n in scores})
+        for name in names:
+            for key, field in (("feedback", "value"), ("feedback_raw", "raw")):
+                values = [self.feedback.get(s, {}).get(name, {}).get(field) for s in seqs]
+                arrays[f"{key}/{name}"] = np.array([np.nan if v is None else v for v in values], dtype=float)
+        arrays["blocks"] = np.array(json.dumps(self.blocks))
         arrays["end"] = np.array(json.dumps(self.end))
         np.savez(path, **arrays)
 

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
+from rtdecode.classifier import LinearClassifier, fit_classifier
 from rtdecode.config import Config
-from rtdecode.decoders import DecoderBundle
+from rtdecode.decoders import DecoderBundle, mask_checksum
 from rtdecode.errors import ConfigError
 from rtdecode.identify import CandidateBank
 from rtdecode.motion import MotionCorrector
@@ -276,4 +278,26 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
             {k.removeprefix("feat_"): z[k] for k in z.files if k.startswith("feat_")},
         )
     bank.save(out / "candidates.npz")
+    if tc.classifier.roi:
+        labels = [events[b].get("category_label", "") for b in kept]
+        clf = train_classifier(x_blocks, labels, mask, rois, cfg)
+        clf.save(out / "classifier")
+        log.info("classifier %s: cross-validated AUC %.2f", tc.classifier.roi, clf.meta["cv_auc"])
     return bundle
+
+
+def train_classifier(
+    x_blocks: np.ndarray, labels: list[str], mask: np.ndarray, rois: dict[str, np.ndarray], cfg: Config
+) -> LinearClassifier:
+    """Fit the DecNef classifier of ``cfg.train.classifier`` on block-averaged patterns.
+
+    The target class is the blocks whose category label matches the ``target`` regular expression.
+    """
+    cc = cfg.train.classifier
+    if cc.roi not in rois:
+        raise ConfigError(f"train.classifier.roi {cc.roi!r} is not among the trained ROIs {sorted(rois)}")
+    is_target = np.array([re.search(cc.target, label) is not None for label in labels])
+    try:
+        return fit_classifier(x_blocks, is_target, rois[cc.roi], cc.roi, cc.target, mask_checksum(mask), cc.c)
+    except ValueError as err:
+        raise ConfigError(f"train.classifier: {err} (target {cc.target!r})") from None

@@ -106,3 +106,12 @@ class Volume:
     def shape(self) -> tuple[int, ...]:
         """Shape of the voxel array."""
         return self.data.shape
+
+
+@dataclass(frozen=True)
+class SeriesEnd:
+    """A sender's word that a series is complete (``n_sent`` volumes were sent)."""
+
+    session: str
+    series: str
+    n_sent: int | None = None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from rtdecode.nifti import iter_volumes
-from rtdecode.replay import send_volumes
+import nibabel as nib
+
+from rtdecode.nifti import iter_volumes, read_events
+from rtdecode.replay import events_to_markers, send_volumes
 
 log = logging.getLogger(__name__)
 
@@ -17,8 +19,9 @@ def stream_session(
     speed: float = 1.0,
     session: str = "sim",
     series: str = "run-01",
+    markers: bool = False,
 ) -> int:
-    """Send every volume of a 4-D NIfTI over ZeroMQ, then an end-of-series message.
+    """Send every volume of a 4-D NIfTI over ZeroMQ or LSL, then an end-of-series message.
 
     Volume ``k`` is due ``k * TR / speed`` seconds after the first; sends are paced against
     these absolute targets, so a late send does not delay the ones after it.
@@ -28,11 +31,14 @@ def stream_session(
     bold_path : str or Path
         4-D NIfTI with the TR in its header.
     address : str
-        Where the decoder's volume input listens.
+        Where the decoder's volume input listens, or ``lsl`` / ``lsl:<name>`` for an LSL stream.
     speed : float
         1 for real time, N for N times faster, ``inf`` for as fast as the receiver accepts.
     session, series : str
         Identifiers put in each volume's header.
+    markers : bool
+        Also play the stimulus software: send the blocks of ``events.tsv`` (beside the NIfTI) as
+        LSL markers at their times.
 
     Returns
     -------
@@ -41,6 +47,8 @@ def stream_session(
     """
     if speed <= 0:
         raise ValueError(f"speed must be > 0, got {speed!r}")
-    n = send_volumes(iter_volumes(bold_path, session, series), address, speed)
+    marks = events_to_markers(read_events(Path(bold_path).with_name("events.tsv"))) if markers else ()
+    n_volumes = nib.load(str(bold_path)).shape[-1]
+    n = send_volumes(iter_volumes(bold_path, session, series), address, speed, n_volumes, marks)
     log.info("streamed %d volumes of %s", n, bold_path)
     return n

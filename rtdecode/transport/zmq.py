@@ -15,8 +15,8 @@ import numpy as np
 import zmq
 
 from rtdecode import wire
-from rtdecode.errors import ConfigError, ReceiveTimeout
-from rtdecode.volume import Stage, Volume, stamp
+from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout
+from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
 
 
 def _open(context: zmq.Context, kind: int, address: str, bind: bool, linger_ms: int) -> zmq.Socket:
@@ -123,6 +123,26 @@ class Receiver(_Endpoint):
             raise ReceiveTimeout(f"no message within {timeout_s} s")
         frames = self.socket.recv_multipart(copy=False)
         return wire.decode(frames)
+
+    def recv_volume(self, timeout_s: float) -> Volume | SeriesEnd:
+        """Receive the next volume (stamped ``RECEIVED``) or end of a series.
+
+        Raises
+        ------
+        ReceiveTimeout
+            Nothing arrived within ``timeout_s``.
+        ProtocolError
+            A malformed message, or one that is neither a volume nor an end (it is consumed).
+        """
+        msg = self.recv(timeout_s)
+        if msg.topic == wire.END_TOPIC:
+            h = msg.header
+            return SeriesEnd(str(h.get("session", "")), str(h.get("series", "")), h.get("n_sent"))
+        if msg.topic != wire.VOLUME_TOPIC:
+            raise ProtocolError(f"unexpected topic {msg.topic!r} on the volume input")
+        vol = wire.decode_volume(msg)
+        stamp(vol.stamps, Stage.RECEIVED)
+        return vol
 
 
 class Publisher(_Endpoint):

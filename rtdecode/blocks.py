@@ -1,0 +1,249 @@
+"""Block decoding: stimulus markers group volumes into blocks whose averaged predictions are ranked.
+
+The stimulus software marks when a block starts and ends (and what it showed). A block's volumes
+are those acquired from ``onset + shift`` to ``offset + shift`` (``shift``: the hemodynamic
+delay); the decoders are linear, so the average of their per-volume predictions is the
+prediction for the averaged volumes. The block is ranked as soon as its last volume is in.
+
+Marker times are on the decoder's monotonic clock; they are placed on the scan's time line
+(seconds since volume 0) with the acquisition stamps of the volumes, so replays at any speed
+align as a live session does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from rtdecode.errors import ProtocolError
+from rtdecode.identify import Identifier, correlations
+from rtdecode.pipeline import Result
+from rtdecode.volume import Stage
+
+log = logging.getLogger(__name__)
+
+MARKER_EVENTS = ("start", "end")
+
+
+@dataclass(frozen=True)
+class Marker:
+    """One stimulus marker: ``event`` is ``start`` or ``end`` of a block."""
+
+    event: str
+    time_ns: int
+    label: str = ""
+    condition: str = ""
+
+
+def parse_marker(text: str, time_ns: int) -> Marker:
+    """Parse a marker string.
+
+    Two spellings are accepted: a JSON object ``{"event": "start", "label": "n02084071",
+    "condition": "perception"}`` or plain text ``start:<label>:<condition>`` / ``end``
+    (label and condition optional).
+
+    Raises
+    ------
+    ProtocolError
+        If the text is neither, or the event is not ``start`` or ``end``.
+    """
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ProtocolError(f"marker {text!r}: not valid JSON ({err.msg})") from None
+        if not isinstance(d, dict):
+            raise ProtocolError(f"marker {text!r}: JSON marker must be an object")
+        event, label, condition = d.get("event"), d.get("label", ""), d.get("condition", "")
+    else:
+        parts = text.split(":")
+        event = parts[0]
+        label = parts[1] if len(parts) > 1 else ""
+        condition = parts[2] if len(parts) > 2 else ""
+    if event not in MARKER_EVENTS:
+        raise ProtocolError(f"marker {text!r}: event must be one of {MARKER_EVENTS}, got {event!r}")
+    return Marker(event, int(time_ns), str(label), str(condition))
+
+
+def _tolerance(tr_s: float) -> float:
+    # Designs put block edges on volume boundaries; marker times carry milliseconds of jitter
+    # (times the replay speed), so a volume within a quarter TR of an edge goes to the side it
+    # would have without the jitter.
+    return tr_s / 4
+
+
+class ScanClock:
+    """Convert clock times (monotonic ns) to scan time (seconds since volume 0 was acquired).
+
+    Uses the latest volume's acquisition stamp and the pace of the recent volumes (a replay at
+    N times real time runs N times faster than the scan time line).
+    """
+
+    def __init__(self, window: int = 8) -> None:
+        self._points: list[tuple[int, int]] = []  # (seq, acquired ns)
+        self._window = window
+        self.tr_s = 0.0
+
+    def add(self, seq: int, acquired_ns: int, tr_s: float) -> None:
+        """Add one volume's acquisition stamp."""
+        self.tr_s = tr_s
+        self._points = [*self._points[-(self._window - 1) :], (seq, acquired_ns)]
+
+    @property
+    def ready(self) -> bool:
+        """Whether any volume has been seen."""
+        return bool(self._points)
+
+    def scan_time(self, t_ns: int) -> float:
+        """Scan time of clock time ``t_ns`` (extrapolated from the latest volume)."""
+        seq, acq = self._points[-1]
+        rate = 1.0  # scan seconds per clock second; real time until two volumes are in
+        if len(self._points) > 1:
+            s0, a0 = self._points[0]
+            if acq > a0:
+                rate = (seq - s0) * self.tr_s / ((acq - a0) / 1e9)
+        return seq * self.tr_s + (t_ns - acq) / 1e9 * rate
+
+
+@dataclass
+class Block:
+    """A block between two markers, in scan seconds (``offset_s`` is None while it runs)."""
+
+    index: int
+    label: str
+    condition: str
+    onset_s: float
+    offset_s: float | None = None
+
+
+@dataclass
+class BlockResult:
+    """A completed block: its volumes and the ranking of their averaged predictions."""
+
+    block: Block
+    seqs: list[int]
+    predictions: np.ndarray | None = None  # (n_rois, n_units_total)
+    x: np.ndarray | None = None  # averaged preprocessed voxels
+    scores: dict[str, float] = field(default_factory=dict)  # mean per-volume feedback scores
+    top_indices: np.ndarray | None = None  # (n_rois, n_layers, k)
+    top_scores: np.ndarray | None = None
+    label_rank: np.ndarray | None = None  # (n_rois, n_layers), 1 = best; None if label unknown
+    label_correlation: np.ndarray | None = None
+
+    @property
+    def status(self) -> str:
+        """``ok`` when some volume could be used, else ``empty``."""
+        return "ok" if self.predictions is not None else "empty"
+
+
+class BlockDecoder:
+    """Group volumes into blocks by markers and rank each block when its last volume is in.
+
+    Parameters
+    ----------
+    identifier : Identifier
+    hrf_shift_s : float
+        Hemodynamic delay: a block's volumes are those acquired from onset + shift to offset + shift.
+    keep_volumes : int
+        How many recent volumes' predictions are kept (bounds the longest block).
+    """
+
+    def __init__(self, identifier: Identifier, hrf_shift_s: float, keep_volumes: int = 600) -> None:
+        self.identifier = identifier
+        self.shift = hrf_shift_s
+        self.keep = keep_volumes
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (a new series)."""
+        self.clock = ScanClock()
+        self._pending: list[Marker] = []
+        self._open: Block | None = None
+        self._closed: list[Block] = []
+        self._n_blocks = 0
+        self._volumes: dict[int, tuple[np.ndarray, np.ndarray, dict[str, float]]] = {}
+
+    def add_marker(self, marker: Marker) -> None:
+        """Queue a marker; it takes effect with the next volume."""
+        self._pending.append(marker)
+
+    def _apply_markers(self) -> None:
+        for m in self._pending:
+            t = self.clock.scan_time(m.time_ns)
+            if m.event == "start":
+                if self._open is not None:
+                    log.warning(
+                        "block %d had no end marker; it ends where block %d starts",
+                        self._open.index,
+                        self._n_blocks,
+                    )
+                    self._close(t)
+                self._open = Block(self._n_blocks, m.label, m.condition, t)
+                self._n_blocks += 1
+            elif self._open is None:
+                log.warning("an end marker at scan time %.1f s without an open block was ignored", t)
+            else:
+                self._close(t)
+        self._pending.clear()
+
+    def _close(self, t: float) -> None:
+        self._open.offset_s = t
+        self._closed.append(self._open)
+        self._open = None
+
+    def add(self, res: Result, censored: bool, scores: dict[str, float] | None = None) -> list[BlockResult]:
+        """Take one processed volume; return the blocks it completes.
+
+        ``res`` of a refused volume is not passed; volumes that were not decoded (baseline) or
+        censored for motion count for timing but not in the averages.
+        """
+        vol = res.volume
+        self.clock.add(
+            vol.seq,
+            int(
+                vol.stamps[Stage.ACQUIRED] if vol.stamps[Stage.ACQUIRED] >= 0 else vol.stamps[Stage.RECEIVED]
+            ),
+            vol.tr_s,
+        )
+        if self._pending:
+            self._apply_markers()
+        if res.status == "ok" and not censored:
+            self._volumes[vol.seq] = (res.predictions, res.x, scores or {})
+            for old in [s for s in self._volumes if s <= vol.seq - self.keep]:
+                del self._volumes[old]
+        tol = _tolerance(vol.tr_s)
+        done = [b for b in self._closed if (vol.seq + 1) * vol.tr_s >= b.offset_s + self.shift - tol]
+        self._closed = [b for b in self._closed if b not in done]
+        return [self._result(b, vol.tr_s) for b in done]
+
+    def _result(self, b: Block, tr_s: float) -> BlockResult:
+        tol = _tolerance(tr_s)
+        lo, hi = b.onset_s + self.shift - tol, b.offset_s + self.shift - tol
+        seqs = sorted(s for s in self._volumes if lo <= s * tr_s < hi)
+        out = BlockResult(b, seqs)
+        if not seqs:
+            log.warning("block %d (%s): no decoded volume in its window", b.index, b.label)
+            return out
+        out.predictions = np.mean([self._volumes[s][0] for s in seqs], axis=0)
+        out.x = np.mean([self._volumes[s][1] for s in seqs], axis=0)
+        names = set().union(*(self._volumes[s][2] for s in seqs))
+        out.scores = {
+            n: float(np.mean([self._volumes[s][2][n] for s in seqs if n in self._volumes[s][2]]))
+            for n in names
+        }
+        out.top_indices, out.top_scores = self.identifier.rank(out.predictions)
+        labels = self.identifier.bank.labels
+        if b.label in labels:
+            target = labels.index(b.label)
+            n_rois, slices = out.predictions.shape[0], self.identifier.layer_slices
+            out.label_rank = np.empty((n_rois, len(slices)), dtype=np.int32)
+            out.label_correlation = np.empty((n_rois, len(slices)), dtype=np.float32)
+            for j, (layer, sl) in enumerate(slices.items()):
+                r = correlations(out.predictions[:, sl], self.identifier.bank.features[layer])
+                out.label_correlation[:, j] = r[:, target]
+                out.label_rank[:, j] = 1 + (r > r[:, target : target + 1]).sum(1)
+        return out
