@@ -88,14 +88,14 @@ def send_volumes(
         stimulus software would (see :func:`events_to_markers`).
     lead_s : float, optional
         Seconds between opening the streams and volume 0, for receivers to connect (LSL delivers
-        only to connected inlets). Default 3 s when LSL is involved, else 0.
+        only to connected inlets). Default 5 s when LSL is involved, else 0.
     """
     volumes = iter(volumes)
     first = next(volumes, None)
     if first is None:
         return 0
     uses_lsl = to.startswith("lsl") or bool(markers)
-    lead = (3.0 if uses_lsl else 0.0) if lead_s is None else lead_s
+    lead = (5.0 if uses_lsl else 0.0) if lead_s is None else lead_s
     n, last = 0, None
     with contextlib.ExitStack() as stack:
         tx = stack.enter_context(open_sender(to, n_volumes, speed))

@@ -93,10 +93,11 @@ def _compare_with_offline(live_path, off_path, n):
         np.testing.assert_array_equal(live["input/data"][:], off["input/data"][:])
 
 
-def _start_decoder_and_recorder(experiment, tmp_path):
+def _start_decoder_and_recorder(experiment, tmp_path, transport="zmq"):
     cfg = small_config()
     cfg.run.bundle = str(experiment / "decoder")
     cfg.run.publish_input = True
+    cfg.run.transport = transport
     cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
     cfg_path = tmp_path / "run.yaml"
     cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
@@ -184,6 +185,25 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
         np.testing.assert_array_equal(live["input/data"][0], next(iter_volumes(bold)).data)
     confounds = (tmp_path / "live_desc-confounds_timeseries.tsv").read_text().splitlines()
     assert len(confounds) == n + 1
+
+
+def test_golden_live_lsl_equals_offline(experiment, tmp_path):
+    """The same series over an LSL stream of type fMRI decodes exactly as offline (and ZeroMQ)."""
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, "lsl")
+    bold = experiment / "test" / "bold.nii"
+    sender = subprocess.run(
+        [sys.executable, "-m", "rtdecode", "replay", str(bold), "--to", "lsl", "--speed", "50"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sender.returncode == 0, sender.stderr
+    _finish([recorder, decoder], cfg_path, bold, tmp_path)
+    _compare_with_offline(tmp_path / "live.h5", tmp_path / "offline.h5", len(list(iter_volumes(bold))))
+    with h5py.File(tmp_path / "live.h5") as live:
+        stamps = live["volumes/stamps"][:]
+    # Acquisition stamps came over LSL (its clock, time-corrected): every hop is positive.
+    assert (stamps[:, 2] > stamps[:, 0]).all()
 
 
 def test_golden_folder_path_equals_offline(experiment, tmp_path):

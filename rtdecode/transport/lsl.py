@@ -192,6 +192,9 @@ class VolumeInlet:
 
     def __init__(self, name: str = "") -> None:
         self.name = name
+        # A resolver in the background finds a new series' stream within a resolution wave.
+        pred = f"type='{VOLUME_TYPE}'" + (f" and name='{name}'" if name else "")
+        self._resolver = pylsl.ContinuousResolver(pred=pred, forget_after=5.0)
         self._inlet: pylsl.StreamInlet | None = None
         self._done: set[str] = set()
         self._queue: deque[Volume | SeriesEnd] = deque()
@@ -199,8 +202,12 @@ class VolumeInlet:
         self._corrected_at = 0.0
 
     def _connect(self, timeout_s: float) -> None:
-        pred = f"type='{VOLUME_TYPE}'" + (f" and name='{self.name}'" if self.name else "")
-        for found in pylsl.resolve_bypred(pred, 1, timeout_s):
+        deadline = time.monotonic() + timeout_s
+        found_all = self._resolver.results()
+        while not [f for f in found_all if f.uid() not in self._done] and time.monotonic() < deadline:
+            time.sleep(0.02)
+            found_all = self._resolver.results()
+        for found in found_all:
             if found.uid() in self._done:
                 continue
             # Resolution returns the header only; the description comes with the inlet's info().
