@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from rtdecode.errors import ProtocolError
 from rtdecode.identify import Identifier, correlations
 from rtdecode.pipeline import Result
-from rtdecode.volume import Stage
+from rtdecode.volume import NOT_REACHED, Stage, Volume
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,11 @@ class ScanClock:
         """Add one volume's acquisition stamp."""
         self.tr_s = tr_s
         self._points = [*self._points[-(self._window - 1) :], (seq, acquired_ns)]
+
+    @property
+    def last_seq(self) -> int:
+        """Index of the latest volume."""
+        return self._points[-1][0]
 
     @property
     def ready(self) -> bool:
@@ -195,6 +201,26 @@ class BlockDecoder:
         self._closed.append(self._open)
         self._open = None
 
+    def _tick(self, vol: Volume) -> None:
+        # Place the volume on the clock and apply the markers that came before it (once per volume).
+        if self.clock.ready and self.clock.last_seq == vol.seq:
+            return
+        acq = vol.stamps[Stage.ACQUIRED]
+        self.clock.add(vol.seq, int(acq if acq != NOT_REACHED else vol.stamps[Stage.RECEIVED]), vol.tr_s)
+        if self._pending:
+            self._apply_markers()
+
+    def is_rest(self, vol: Volume) -> bool:
+        """Whether a volume lies outside every block's window (as far as the markers tell so far)."""
+        self._tick(vol)
+        t, tol = vol.seq * vol.tr_s, _tolerance(vol.tr_s)
+        blocks = [*self._closed, *([self._open] if self._open is not None else [])]
+        for b in blocks:
+            end = b.offset_s if b.offset_s is not None else math.inf
+            if b.onset_s + self.shift - tol <= t < end + self.shift - tol:
+                return False
+        return True
+
     def add(self, res: Result, censored: bool, scores: dict[str, float] | None = None) -> list[BlockResult]:
         """Take one processed volume; return the blocks it completes.
 
@@ -202,15 +228,7 @@ class BlockDecoder:
         censored for motion count for timing but not in the averages.
         """
         vol = res.volume
-        self.clock.add(
-            vol.seq,
-            int(
-                vol.stamps[Stage.ACQUIRED] if vol.stamps[Stage.ACQUIRED] >= 0 else vol.stamps[Stage.RECEIVED]
-            ),
-            vol.tr_s,
-        )
-        if self._pending:
-            self._apply_markers()
+        self._tick(vol)
         if res.status == "ok" and not censored:
             self._volumes[vol.seq] = (res.predictions, res.x, scores or {})
             for old in [s for s in self._volumes if s <= vol.seq - self.keep]:

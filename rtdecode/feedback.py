@@ -9,8 +9,10 @@ Each configured score (``run.feedback``) has a kind:
 ``psc``
     ROI activation as percent signal change, as OpenNFT and Turbo-BrainVoyager give: the ROI mean
     of the motion-corrected volume, cleaned of drift (linear and quadratic) and the six motion
-    parameters by a least-squares fit over all volumes so far (incremental, causal), relative to
-    the mean of the cleaned signal over the first ``baseline_volumes``.
+    parameters by a least-squares fit over the volumes so far (incremental, causal), relative to
+    the mean of the cleaned signal over the first ``baseline_volumes``. With stimulus markers
+    the fit uses rest volumes only; without, every volume, and part of a sustained activation is
+    then taken for drift.
 ``classifier``
     Decoded neurofeedback (DecNef): the likelihood of the target class from a linear classifier
     over an ROI's preprocessed voxel pattern (:mod:`rtdecode.classifier`).
@@ -55,10 +57,19 @@ class PercentSignalChange:
         """Forget the series."""
         self._y: list[float] = []
         self._x: list[np.ndarray] = []
+        self._rest: list[bool] = []
 
-    def update(self, values: np.ndarray, motion_params: np.ndarray | None, seq: int) -> float:
-        """Add one motion-corrected analysis vector; return its PSC (NaN during the baseline)."""
+    def update(
+        self, values: np.ndarray, motion_params: np.ndarray | None, seq: int, rest: bool | None = None
+    ) -> float:
+        """Add one motion-corrected analysis vector; return its PSC (NaN during the baseline).
+
+        ``rest`` tells whether the volume is outside every task block (from the stimulus
+        markers); the nuisance model is then fitted on rest volumes only, so that it cannot
+        absorb the activation. ``None`` (no markers): fitted on every volume.
+        """
         self._y.append(float(values[self.positions].mean()))
+        self._rest.append(len(self._y) <= self.baseline_volumes or rest is None or rest)
         t = float(seq)
         motion = np.zeros(6) if motion_params is None else np.asarray(motion_params, dtype=float)
         self._x.append(np.concatenate([[1.0, t, t * t], motion]))
@@ -70,9 +81,10 @@ class PercentSignalChange:
         # once there are enough volumes to estimate it next to the baseline level.
         x[:, 1] /= max(t, 1.0)
         x[:, 2] /= max(t * t, 1.0)
-        n_terms = 1 + min(8, max(0, (n - self.baseline_volumes) // 4))
+        fit = np.array(self._rest)
+        n_terms = 1 + min(8, max(0, (int(fit.sum()) - self.baseline_volumes) // 4))
         xs = x[:, :n_terms]
-        beta = np.linalg.lstsq(xs, y, rcond=None)[0]
+        beta = np.linalg.lstsq(xs[fit], y[fit], rcond=None)[0]
         cleaned = y - xs[:, 1:] @ beta[1:]
         base = cleaned[: self.baseline_volumes].mean()
         return float(100.0 * (cleaned[-1] - base) / base) if base != 0 else math.nan
@@ -132,13 +144,13 @@ class Score:
         z -= z.max()
         return float(np.exp(z[self._target]) / np.exp(z).sum())
 
-    def raw(self, res: Result) -> float:
+    def raw(self, res: Result, rest: bool | None = None) -> float:
         """The unnormalised score of one volume (NaN where it cannot be computed yet)."""
         if self._psc is not None:
             if res.values is None:
                 return math.nan
             params = res.motion.params if res.motion is not None else None
-            return self._psc.update(res.values, params, res.volume.seq)
+            return self._psc.update(res.values, params, res.volume.seq, rest)
         if self._classifier is not None:
             return self._classifier.probability(res.x) if res.x is not None else math.nan
         return self._content(res.predictions) if res.predictions is not None else math.nan
@@ -163,9 +175,9 @@ class Score:
         sd = b.std(ddof=1)
         return float((raw - b.mean()) / sd) if sd > 0 else math.nan
 
-    def update(self, res: Result) -> tuple[float, float]:
+    def update(self, res: Result, rest: bool | None = None) -> tuple[float, float]:
         """Score one volume; return ``(raw, value)`` with value normalised and smoothed."""
-        raw = self.raw(res)
+        raw = self.raw(res, rest)
         if not math.isnan(raw) and len(self._baseline) < self.spec.baseline_volumes:
             self._baseline.append(raw)
         value = self.normalise(raw)
@@ -195,9 +207,9 @@ class Feedback:
         for s in self.scores:
             s.reset()
 
-    def update(self, res: Result) -> dict[str, tuple[float, float]]:
-        """``{name: (raw, value)}`` for one volume."""
-        return {s.spec.name: s.update(res) for s in self.scores}
+    def update(self, res: Result, rest: bool | None = None) -> dict[str, tuple[float, float]]:
+        """``{name: (raw, value)}`` for one volume; ``rest``: outside every marked block, if known."""
+        return {s.spec.name: s.update(res, rest) for s in self.scores}
 
     def block(self, block: BlockResult) -> dict[str, tuple[float, float]]:
         """``{name: (raw, value)}`` for one block (normalised like the volumes, not smoothed)."""

@@ -261,7 +261,8 @@ class Decoder:
         self.counts.dropped += res.dropped_before
         if self.cfg.publish_input:
             self.sink.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
-        scores = self.feedback.update(res)
+        rest = self.blocks.is_rest(vol) if self.blocks is not None else None
+        scores = self.feedback.update(res, rest)
         publish_result(self.sink, res, self.pipe, scores)
         self.tracker.add(vol.stamps)
         if self.blocks is not None:

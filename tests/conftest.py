@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from rtdecode.config import Config, TrainConfig
+from rtdecode.config import ClassifierConfig, Config, TrainConfig
 from rtdecode.demo import free_tcp_address
 from rtdecode.sim.session import SimParams, make_subject, simulate_session, write_session
 from rtdecode.train import train_session
@@ -15,8 +15,12 @@ ROIS = ["V1", "LOC", "LVC", "HVC", "VC"]
 free_address = free_tcp_address
 
 
+# The DecNef classifier's target class: the categories of superclasses 0-11 (of 25), about half.
+TARGET_CLASS = "_s(0[0-9]|1[01])$"
+
+
 def small_config() -> Config:
-    return Config(train=TrainConfig(rois=ROIS))
+    return Config(train=TrainConfig(rois=ROIS, classifier=ClassifierConfig(roi="HVC", target=TARGET_CLASS)))
 
 
 def _make(root, **overrides):
