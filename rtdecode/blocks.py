@@ -52,7 +52,7 @@ def parse_marker(text: str, time_ns: int) -> Marker:
         If the text is neither, or the event is not ``start`` or ``end``.
     """
     text = text.strip()
-    if text.startswith("{"):
+    if text.startswith(("{", "[")):
         try:
             d = json.loads(text)
         except json.JSONDecodeError as err:
