@@ -1,6 +1,12 @@
 import dataclasses
+import os
+from pathlib import Path
 
 import pytest
+
+# Every LSL library in the tests and their subprocesses (pylsl, mne-lsl) keeps to this machine,
+# whatever the developer's environment says; set before anything loads liblsl.
+os.environ["LSLAPICFG"] = str(Path(__file__).parents[1] / "rtdecode" / "transport" / "lsl_loopback.cfg")
 
 from rtdecode.config import ClassifierConfig, Config, TrainConfig
 from rtdecode.demo import free_tcp_address
