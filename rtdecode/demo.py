@@ -193,7 +193,7 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
         for b, row, srow in zip(kept, idx, val)
     ]
     lat = end.get("latency_ms", {}) if end else {}
-    live_blocks = _live_blocks(live, roi, events)
+    live_blocks = _live_blocks(live, roi, events, len(bank.labels))
     return {
         "live_blocks": live_blocks,
         "identification_accuracy": {
@@ -234,23 +234,23 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
     }
 
 
-def _live_blocks(blocks: list[dict], roi: str, events: list[dict[str, str]]) -> dict:
+def _live_blocks(blocks: list[dict], roi: str, events: list[dict[str, str]], n_candidates: int) -> dict:
     # The decoder's own block results (from LSL markers), checked against the events table.
     if not blocks:
         return {}
-    ranks = [
-        float(np.mean(b["label_rank"][b["rois"].index(roi)]))
-        for b in blocks
-        if b.get("label_rank") is not None
-    ]
+    ranks = np.array(
+        [b["label_rank"][b["rois"].index(roi)] for b in blocks if b.get("label_rank") is not None]
+    )
     truth = [e["category_label"] for e in events]
-    in_top5 = [b["label"] in b["labels"][b["rois"].index(roi)][-1] for b in blocks if b.get("status") == "ok"]
     return {
         "n_blocks": len(blocks),
         "n_events": len(events),
         "labels_match_events": [b["label"] for b in blocks] == truth[: len(blocks)],
-        "top5_hit_rate_last_layer": float(np.mean(in_top5)) if in_top5 else 0.0,
-        "mean_label_rank": float(np.mean(ranks)) if ranks else None,
+        "roi": roi,
+        "mean_label_rank": float(ranks.mean()) if ranks.size else None,
+        "pairwise_identification": float(np.mean(1 - (ranks - 1) / (n_candidates - 1)))
+        if ranks.size
+        else None,
     }
 
 
@@ -299,9 +299,9 @@ def print_summary(s: dict) -> None:
     if lb:
         print(
             f"\nlive block decoding from LSL markers: {lb['n_blocks']} block results for "
-            f"{lb['n_events']} blocks "
-            f"(labels match the events: {lb['labels_match_events']}); truth in the top 5 of the last layer "
-            f"in {lb['top5_hit_rate_last_layer']:.0%}, mean rank of the truth over layers "
+            f"{lb['n_events']} blocks (labels match the events: {lb['labels_match_events']}); "
+            f"{lb['roi']} pairwise identification {lb['pairwise_identification']:.3f} (mean over layers; "
+            f"the evaluation above: {s['identification_accuracy']['mean']:.3f}), mean rank of the truth "
             f"{lb['mean_label_rank']:.1f} of {s['identification_accuracy']['n_candidates']}"
         )
     if s["latency_ms"]:

@@ -251,6 +251,7 @@ def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client
     vc_stream = next(s for s in streams["rtdecode.features"] if s["name"] == "rtdecode-features-VC")
     assert vc_stream["n_channels"] == 8 * 50 and vc_stream["labels"][:2] == ["cnn1/0", "cnn1/1"]
     assert streams["rtdecode.motion"][0]["labels"][-2:] == ["framewise_displacement", "censored"]
+    assert streams["rtdecode.motion"][0]["units"] == ["mm"] * 3 + ["deg"] * 3 + ["mm", "bool"]
     assert streams["rtdecode.feedback"][0]["labels"] == [
         "act",
         "act.raw",
