@@ -122,14 +122,15 @@ def fit_classifier(
     roi, target, mask_sha256 : str
         Stored with the classifier.
     c : float
-        Inverse penalty strength (scikit-learn's ``C``).
+        Inverse penalty strength (scikit-learn's ``C``); 0 chooses it by cross-validation among
+        ``1e-4 .. 10`` (the reported AUC is then nested: the choice is made inside each fold).
 
     Raises
     ------
     ValueError
         If either class has fewer than two blocks.
     """
-    from sklearn.linear_model import LogisticRegression
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
     from sklearn.model_selection import cross_val_score
 
     is_target = np.asarray(is_target, dtype=bool)
@@ -137,10 +138,16 @@ def fit_classifier(
     if min(n_pos, n_neg) < 2:
         raise ValueError(f"need at least two blocks of each class, got {n_pos} target and {n_neg} other")
     x = x_blocks[:, positions]
-    model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
     folds = min(5, n_pos, n_neg)
+    if c > 0:
+        model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
+    else:
+        model = LogisticRegressionCV(
+            Cs=np.logspace(-4, 1, 6), cv=folds, scoring="roc_auc", class_weight="balanced", max_iter=2000
+        )
     cv = cross_val_score(model, x, is_target, cv=folds, scoring="roc_auc")
     model.fit(x, is_target)
+    c = float(model.C_[0]) if c <= 0 else c
     meta = {
         "n_target_blocks": n_pos,
         "n_other_blocks": n_neg,

@@ -105,7 +105,7 @@ class ClassifierConfig:
 
     roi: str = ""  # "" trains none
     target: str = ""  # regular expression on events.tsv category_label marking the target class
-    c: float = 1.0  # inverse L2 penalty
+    c: float = 0.0  # inverse L2 penalty; 0 chooses it by cross-validation
 
 
 @dataclass
@@ -202,6 +202,7 @@ def _validate(cfg: Config, where: str) -> None:
         ),
         (cfg.train.n_voxels >= 1, "train.n_voxels", "must be >= 1", cfg.train.n_voxels),
         (cfg.train.alpha > 0, "train.alpha", "must be > 0", cfg.train.alpha),
+        (cfg.train.classifier.c >= 0, "train.classifier.c", "must be >= 0", cfg.train.classifier.c),
         (cfg.demo.speed > 0, "demo.speed", "must be > 0", cfg.demo.speed),
         (r.transport in ("zmq", "lsl"), "run.transport", "must be zmq or lsl", r.transport),
         (r.blocks.hrf_shift_s >= 0, "run.blocks.hrf_shift_s", "must be >= 0", r.blocks.hrf_shift_s),
