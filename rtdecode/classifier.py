@@ -130,8 +130,8 @@ def fit_classifier(
     ValueError
         If either class has fewer than two blocks.
     """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-    from sklearn.model_selection import cross_val_score
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, cross_val_score
 
     is_target = np.asarray(is_target, dtype=bool)
     n_pos, n_neg = int(is_target.sum()), int((~is_target).sum())
@@ -139,15 +139,13 @@ def fit_classifier(
         raise ValueError(f"need at least two blocks of each class, got {n_pos} target and {n_neg} other")
     x = x_blocks[:, positions]
     folds = min(5, n_pos, n_neg)
-    if c > 0:
-        model = LogisticRegression(C=c, class_weight="balanced", max_iter=2000)
-    else:
-        model = LogisticRegressionCV(
-            Cs=np.logspace(-4, 1, 6), cv=folds, scoring="roc_auc", class_weight="balanced", max_iter=2000
-        )
+    model = LogisticRegression(C=c or 1.0, class_weight="balanced", max_iter=2000)
+    if c <= 0:
+        model = GridSearchCV(model, {"C": np.logspace(-4, 1, 6)}, cv=folds, scoring="roc_auc")
     cv = cross_val_score(model, x, is_target, cv=folds, scoring="roc_auc")
     model.fit(x, is_target)
-    c = float(model.C_[0]) if c <= 0 else c
+    if c <= 0:
+        c, model = float(model.best_params_["C"]), model.best_estimator_
     meta = {
         "n_target_blocks": n_pos,
         "n_other_blocks": n_neg,
