@@ -9,6 +9,7 @@ are more categorical, as in a real CNN.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -128,5 +129,46 @@ def make_feature_bank(
         category_features=category_features,
         mixing=mixing,
         image_sd=image_sd,
+        unit_noise_sd=0.3,
+    )
+
+
+def load_feature_bank(path: str | Path) -> FeatureBank:
+    """A bank of real DNN features (``features.npz`` of ``tools/extract_features.py``) for the simulator.
+
+    Each layer's units are z-scored over the categories, so that the simulator's noise levels mean
+    the same for every network. Images of a category vary only by independent unit noise (the
+    real bank has no latent model); superclasses are unknown (all 0).
+
+    Raises
+    ------
+    ValueError
+        If the file has no ``labels``, its layers differ in units, or it has not 8 layers (the
+        simulator maps ROIs onto 8 layers).
+    """
+    with np.load(path, allow_pickle=False) as z:
+        if "labels" not in z.files:
+            raise ValueError(f"{path}: no 'labels' array (not a features.npz bank)")
+        labels = [str(s) for s in z["labels"]]
+        feats = {k.removeprefix("feat_"): z[k].astype(np.float64) for k in z.files if k.startswith("feat_")}
+    layers = tuple(feats)
+    n_units = {f.shape[1] for f in feats.values()}
+    if len(layers) != len(LAYERS) or len(n_units) != 1:
+        raise ValueError(
+            f"{path}: the simulator needs {len(LAYERS)} layers with equal unit counts, got "
+            f"{ {ly: f.shape[1] for ly, f in feats.items()} }"
+        )
+    category_features = {}
+    for ly, f in feats.items():
+        sd = f.std(0)
+        category_features[ly] = ((f - f.mean(0)) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+    n = n_units.pop()
+    return FeatureBank(
+        labels=labels,
+        superclass=np.zeros(len(labels), dtype=int),
+        layers=layers,
+        category_features=category_features,
+        mixing={ly: np.zeros((n, 1)) for ly in layers},
+        image_sd=np.zeros(len(layers)),
         unit_noise_sd=0.3,
     )

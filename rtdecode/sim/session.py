@@ -8,7 +8,7 @@ training and test sessions of one subject share the brain and the bank but not t
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import nibabel as nib
@@ -17,7 +17,7 @@ from scipy.stats import gamma
 
 from rtdecode._kernels import grid_points, resample
 from rtdecode.rigid import rigid_matrix
-from rtdecode.sim.features import FeatureBank, make_feature_bank
+from rtdecode.sim.features import FeatureBank, load_feature_bank, make_feature_bank
 from rtdecode.sim.phantom import ROIS, Phantom, make_phantom
 
 # Preferred DNN layer (0-based) of each ROI's voxels: lower areas follow lower layers.
@@ -37,6 +37,7 @@ class SimParams:
     tr_s: float = 3.0
     n_categories: int = 1000
     n_units: int = 200
+    feature_bank: str = ""  # a features.npz of real DNN features (tools/extract_features.py); "" synthetic
     n_train_categories: int = 150
     n_test_categories: int = 50
     train_blocks_per_category: int = 1
@@ -82,7 +83,13 @@ def make_subject(p: SimParams) -> Subject:
     """Build the subject fixed by ``p.subject_seed``."""
     rng = np.random.default_rng(p.subject_seed + 1000)
     phantom = make_phantom(p.shape, p.voxel_size_mm, seed=p.subject_seed)
-    bank = make_feature_bank(p.n_categories, p.n_units, seed=p.subject_seed)
+    if p.feature_bank:
+        bank = load_feature_bank(p.feature_bank)
+        p = replace(
+            p, n_categories=bank.n_categories, n_units=bank.category_features[bank.layers[0]].shape[1]
+        )
+    else:
+        bank = make_feature_bank(p.n_categories, p.n_units, seed=p.subject_seed)
     vc = np.zeros(p.shape, dtype=bool)
     layer_centre = np.zeros(p.shape)
     for roi in ROIS:
