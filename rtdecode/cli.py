@@ -36,6 +36,25 @@ def _train(args: argparse.Namespace) -> None:
     print(f"wrote decoder bundle ({len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers) to {args.out}")
 
 
+def _import_lab(args: argparse.Namespace) -> None:
+    from rtdecode.labimport import import_lab_decoders, import_lab_features
+
+    masks = {}
+    for item in args.roi:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"--roi takes NAME=MASK.nii.gz, got {item!r}")
+        masks[name] = path
+    bundle = import_lab_decoders(args.models, args.subject, args.layers, masks, args.voxel_order)
+    out = bundle.save(args.out)
+    msg = f"imported {len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers to {out}"
+    if args.features:
+        bank = import_lab_features(args.features, args.layers)
+        bank.save(out / "candidates.npz")
+        msg += f", with {len(bank.labels)} candidate categories"
+    print(msg)
+
+
 def _run(args: argparse.Namespace) -> None:
     # One BLAS thread: with two cores, a second spinning BLAS thread competes with the sender
     # and subscribers on the same machine and makes tail latency worse, not better.
@@ -170,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("-c", "--config", help="YAML config ('train' and 'run' sections)")
     p.set_defaults(func=_train)
+
+    p = sub.add_parser(
+        "import-lab", help="import Kamitani-lab decoders (<layer>/<subject>/<roi>/model/*.mat)"
+    )
+    p.add_argument("--models", required=True, help="the lab's decoder directory")
+    p.add_argument("--subject", required=True)
+    p.add_argument("--layers", nargs="+", required=True, help="layers to import, in output order")
+    p.add_argument("--roi", action="append", required=True, metavar="NAME=MASK", help="an ROI and its mask")
+    p.add_argument(
+        "--voxel-order", choices=["F", "C"], required=True, help="order of the ROI voxels in the lab's data"
+    )
+    p.add_argument("--features", help="the lab's feature directory (<layer>/<label>.mat) for the candidates")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.set_defaults(func=_import_lab)
 
     p = sub.add_parser("run", help="run the real-time decoder")
     p.add_argument("-c", "--config", help="YAML config ('run' section)")
