@@ -55,6 +55,31 @@ def _import_lab(args: argparse.Namespace) -> None:
     print(msg)
 
 
+def _evaluate(args: argparse.Namespace) -> None:
+    from rtdecode.evaluate import evaluate_session, format_measure
+    from rtdecode.identify import CandidateBank
+
+    if args.candidates:
+        bank = CandidateBank.load(args.candidates)
+    else:
+        bank = CandidateBank.from_features(Path(args.session) / "features.npz")
+    out = evaluate_session(args.results, args.session, bank, args.shift_s)
+    out["n_candidates"] = len(bank.labels)
+    print(
+        format_measure(
+            out["identification"],
+            f"pairwise identification accuracy ({len(bank.labels)} candidates, chance 0.5)",
+        )
+    )
+    print(
+        format_measure(
+            out["feature_correlation"], "feature-prediction accuracy (Pearson r per unit, mean over units)"
+        )
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(out, indent=1))
+
+
 def _run(args: argparse.Namespace) -> None:
     # One BLAS thread: with two cores, a second spinning BLAS thread competes with the sender
     # and subscribers on the same machine and makes tail latency worse, not better.
@@ -203,6 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--features", help="the lab's feature directory (<layer>/<label>.mat) for the candidates")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.set_defaults(func=_import_lab)
+
+    p = sub.add_parser("evaluate", help="GOD's measures of a decoded series against its session's truth")
+    p.add_argument("results", help="a recording (.h5, rtdecode record/offline) or subscriber file (.npz)")
+    p.add_argument("--session", required=True, help="session directory (events.tsv, session.json, truth)")
+    p.add_argument("--candidates", help="candidate bank (default: the session's features.npz)")
+    p.add_argument("--shift-s", type=float, default=6.0, help="hemodynamic delay")
+    p.add_argument("--json", help="write the tables as JSON here")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("run", help="run the real-time decoder")
     p.add_argument("-c", "--config", help="YAML config ('run' section)")

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import h5py
 import numpy as np
 
+from rtdecode.errors import VolumeError
 from rtdecode.identify import CandidateBank, correlations, pairwise_identification, top_k
+from rtdecode.nifti import read_events
 from rtdecode.train import block_average
 
 
@@ -96,3 +102,107 @@ def block_top_k(
     total = total / len(features)
     idx, val = top_k(total, k)
     return idx, val, kept
+
+
+def unit_correlation(pred: np.ndarray, true: np.ndarray) -> float:
+    """Feature-prediction accuracy (GOD): Pearson r of each unit across samples, averaged over units.
+
+    Units constant in either array are left out.
+    """
+    p = pred - pred.mean(0)
+    t = true - true.mean(0)
+    denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+    ok = denom > 0
+    return float(((p * t).sum(0)[ok] / denom[ok]).mean()) if ok.any() else float("nan")
+
+
+def read_results(path: str | Path) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
+    """Per-volume predictions from a recording (``.h5``) or a subscriber file (``.npz``).
+
+    Returns
+    -------
+    seq : numpy.ndarray
+        Volume indices, shape (n,).
+    features : dict of (roi, layer) to numpy.ndarray
+        Shape (n, n_units), NaN rows where a volume was not decoded.
+    """
+    path = Path(path)
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            return z["seq"], {tuple(k.split("/")[1:]): z[k] for k in z.files if k.startswith("features/")}
+    with h5py.File(path, "r") as f:
+        feats: dict[tuple[str, str], np.ndarray] = {}
+        for roi in f.get("features", {}):
+            for layer in f["features"][roi]:
+                feats[(roi, layer)] = f["features"][roi][layer][:]
+        return f["volumes/seq"][:], feats
+
+
+def evaluate_session(
+    results: str | Path,
+    session_dir: str | Path,
+    bank: CandidateBank,
+    shift_s: float,
+    censored: np.ndarray | None = None,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """GOD's measures of a decoded series against its session's truth, per ROI and layer.
+
+    Parameters
+    ----------
+    results : str or Path
+        Recording or subscriber file of the series (see :func:`read_results`).
+    session_dir : str or Path
+        Holds ``events.tsv`` (``onset``, ``duration``, ``category_label``), ``session.json`` (TR)
+        and, for the feature-prediction accuracy, ``stimulus_features.npz`` (``feat_<layer>``
+        per block, the features of the images actually shown).
+    bank : CandidateBank
+        The candidate set for identification; every block's category must be in it.
+    shift_s : float
+        Hemodynamic delay.
+
+    Returns
+    -------
+    dict
+        ``{"identification": {roi: {layer: acc}}, "feature_correlation": {roi: {layer: r}}}``;
+        identification chance is 0.5.
+    """
+    sdir = Path(session_dir)
+    seq, feats = read_results(results)
+    events = read_events(sdir / "events.tsv")
+    tr = float(json.loads((sdir / "session.json").read_text())["tr_s"])
+    onsets = np.array([float(e["onset"]) for e in events])
+    durations = {float(e["duration"]) for e in events}
+    if len(durations) != 1:
+        raise VolumeError(f"{sdir / 'events.tsv'}: blocks of different durations {sorted(durations)}")
+    duration = durations.pop()
+    missing = sorted({e["category_label"] for e in events} - set(bank.labels))
+    if missing:
+        raise VolumeError(f"categories {missing[:5]} of {sdir} are not among the candidates")
+    truth = np.array([bank.labels.index(e["category_label"]) for e in events])
+    true_feats = {}
+    if (sdir / "stimulus_features.npz").exists():
+        with np.load(sdir / "stimulus_features.npz", allow_pickle=False) as z:
+            true_feats = {k.removeprefix("feat_"): z[k] for k in z.files}
+    times = seq * tr
+    if censored is not None:
+        feats = {k: np.where(censored[:, None], np.nan, f) for k, f in feats.items()}
+    ident = identification_table(feats, times, onsets, duration, shift_s, truth, bank)
+    corr: dict[str, dict[str, float]] = {}
+    for (roi, layer), f in sorted(feats.items()):
+        if layer in true_feats:
+            avg, kept = block_average(f, times, onsets, duration, shift_s)
+            if kept.size:
+                corr.setdefault(roi, {})[layer] = unit_correlation(avg, true_feats[layer][kept])
+    return {"identification": ident, "feature_correlation": corr}
+
+
+def format_measure(table: dict[str, dict[str, float]], title: str) -> str:
+    """An ROI x layer table with a mean column."""
+    if not table:
+        return f"{title}: none"
+    layers = list(next(iter(table.values())))
+    lines = [title, f"  {'ROI':<6}" + "".join(f"{ly:>8}" for ly in layers) + f"{'mean':>8}"]
+    for roi, row in table.items():
+        vals = [row.get(ly, float("nan")) for ly in layers]
+        lines.append(f"  {roi:<6}" + "".join(f"{v:>8.3f}" for v in vals) + f"{np.nanmean(vals):>8.3f}")
+    return "\n".join(lines)

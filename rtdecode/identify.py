@@ -61,6 +61,19 @@ class CandidateBank:
         )
 
     @classmethod
+    def from_features(cls, path: str | Path) -> CandidateBank:
+        """A bank from raw category features: a ``features.npz`` with ``labels`` and ``feat_<layer>``.
+
+        That is the layout of a session's bank (:func:`rtdecode.sim.session.write_session`) and of
+        ``tools/extract_features.py``.
+        """
+        with np.load(path, allow_pickle=False) as z:
+            return cls(
+                [str(s) for s in z["labels"]],
+                {k.removeprefix("feat_"): z[k] for k in z.files if k.startswith("feat_")},
+            )
+
+    @classmethod
     def load(cls, path: str | Path) -> CandidateBank:
         """Read a bank written by :meth:`save`."""
         try:

@@ -272,12 +272,7 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
         # The grid the decoders were trained on: align a later session to it with
         # run.motion.reference when the head position differs between sessions.
         nib.save(nib.Nifti1Image(motion.reference_, motion.affine_), out / "reference.nii.gz")
-    with np.load(sdir / "features.npz", allow_pickle=False) as z:
-        bank = CandidateBank(
-            [str(s) for s in z["labels"]],
-            {k.removeprefix("feat_"): z[k] for k in z.files if k.startswith("feat_")},
-        )
-    bank.save(out / "candidates.npz")
+    CandidateBank.from_features(sdir / "features.npz").save(out / "candidates.npz")
     if tc.classifier.roi:
         labels = [events[b].get("category_label", "") for b in kept]
         clf = train_classifier(x_blocks, labels, mask, rois, cfg)

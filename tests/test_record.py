@@ -1,5 +1,6 @@
 """Recording layout, and the golden test: live over ZeroMQ equals `rtdecode offline`."""
 
+import json
 import subprocess
 import sys
 import time
@@ -10,6 +11,8 @@ import yaml
 from conftest import free_address, small_config
 
 from rtdecode.config import to_dict
+from rtdecode.evaluate import evaluate_session
+from rtdecode.identify import CandidateBank
 from rtdecode.nifti import iter_volumes
 from rtdecode.record import CONFOUND_COLUMNS, Recorder
 
@@ -185,6 +188,26 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
         np.testing.assert_array_equal(live["input/data"][0], next(iter_volumes(bold)).data)
     confounds = (tmp_path / "live_desc-confounds_timeseries.tsv").read_text().splitlines()
     assert len(confounds) == n + 1
+    # GOD's measures of the live recording (the CLI) and of the offline run agree; the ROI x layer
+    # table shows the hierarchy.
+    cmd = [sys.executable, "-m", "rtdecode", "evaluate", str(tmp_path / "live.h5"), "--session"]
+    cmd += [str(experiment / "test"), "--json", str(tmp_path / "eval.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pairwise identification accuracy" in proc.stdout
+    live = json.loads((tmp_path / "eval.json").read_text())
+    bank = CandidateBank.from_features(experiment / "test" / "features.npz")
+    off = evaluate_session(tmp_path / "offline.h5", experiment / "test", bank, 6.0)
+    for measure in ("identification", "feature_correlation"):
+        for roi, row in off[measure].items():
+            for layer, v in row.items():
+                assert abs(live[measure][roi][layer] - v) < 0.01
+    ident = off["identification"]
+    layers = list(ident["V1"])
+    best = {roi: int(np.argmax([ident[roi][ly] for ly in layers])) for roi in ("V1", "LOC")}
+    assert best["V1"] < best["LOC"]
+    assert np.mean(list(ident["VC"].values())) > 0.8
+    assert np.mean(list(off["feature_correlation"]["VC"].values())) > 0.2
 
 
 def test_golden_live_lsl_equals_offline(experiment, tmp_path):
