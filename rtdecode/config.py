@@ -97,6 +97,7 @@ class RunConfig:
     lsl: LslConfig = field(default_factory=LslConfig)
     blocks: BlocksConfig = field(default_factory=BlocksConfig)
     feedback: list[FeedbackConfig] = field(default_factory=list)
+    latents: str = ""  # a latents directory (train.latents writes <bundle>/latents); "" none
 
 
 @dataclass
@@ -106,6 +107,15 @@ class ClassifierConfig:
     roi: str = ""  # "" trains none
     target: str = ""  # regular expression on events.tsv category_label marking the target class
     c: float = 0.0  # inverse L2 penalty; 0 chooses it by cross-validation
+
+
+@dataclass
+class LatentsConfig:
+    """Diffusion-model targets trained with the decoders (see :mod:`rtdecode.latents`)."""
+
+    enabled: bool = False  # needs <session>/latents.npz with one target array per block
+    sources: dict = field(default_factory=lambda: {"image": "LVC", "text": "HVC"})  # target -> ROI
+    alphas: list = field(default_factory=lambda: [100.0, 1000.0, 10000.0, 100000.0])
 
 
 @dataclass
@@ -122,11 +132,14 @@ class TrainConfig:
             "VC": ["V1", "V2", "V3", "V4", "LOC", "FFA", "PPA"],
         }
     )
-    n_voxels: int = 500
-    alpha: float = 100.0
+    n_voxels: int = 500  # voxels selected per unit, single ROIs
+    n_voxels_composite: int = 1000  # voxels per unit for the composites (GOD: LVC, HVC, VC)
+    alpha: float = 100.0  # ridge penalty when alphas is empty
+    alphas: list = field(default_factory=lambda: [10.0, 100.0, 1000.0, 10000.0])  # chosen by CV; [] fixed
     hrf_shift_s: float = 6.0
     scrub_censored: bool = True  # leave volumes flagged by motion out of the block averages
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
+    latents: LatentsConfig = field(default_factory=LatentsConfig)
 
 
 @dataclass
@@ -201,6 +214,18 @@ def _validate(cfg: Config, where: str) -> None:
             r.preprocess.detrend_tau_s,
         ),
         (cfg.train.n_voxels >= 1, "train.n_voxels", "must be >= 1", cfg.train.n_voxels),
+        (
+            cfg.train.n_voxels_composite >= 1,
+            "train.n_voxels_composite",
+            "must be >= 1",
+            cfg.train.n_voxels_composite,
+        ),
+        (
+            all(isinstance(a, (int, float)) and not isinstance(a, bool) and a > 0 for a in cfg.train.alphas),
+            "train.alphas",
+            "must be a list of numbers > 0",
+            cfg.train.alphas,
+        ),
         (cfg.train.alpha > 0, "train.alpha", "must be > 0", cfg.train.alpha),
         (cfg.train.classifier.c >= 0, "train.classifier.c", "must be >= 0", cfg.train.classifier.c),
         (cfg.demo.speed > 0, "demo.speed", "must be > 0", cfg.demo.speed),

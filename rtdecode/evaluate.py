@@ -188,7 +188,7 @@ def evaluate_session(
         feats = {k: np.where(censored[:, None], np.nan, f) for k, f in feats.items()}
     ident = identification_table(feats, times, onsets, duration, shift_s, truth, bank)
     corr: dict[str, dict[str, float]] = {}
-    for (roi, layer), f in sorted(feats.items()):
+    for (roi, layer), f in feats.items():
         if layer in true_feats:
             avg, kept = block_average(f, times, onsets, duration, shift_s)
             if kept.size:

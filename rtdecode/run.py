@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,12 @@ from rtdecode import wire
 from rtdecode._kernels import warm_up
 from rtdecode.blocks import BlockDecoder, BlockResult, parse_marker
 from rtdecode.config import RunConfig
-from rtdecode.decoders import DecoderBundle
+from rtdecode.decoders import DecoderBundle, mask_checksum
 from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, VolumeError
 from rtdecode.feedback import Feedback, Score
 from rtdecode.identify import CandidateBank, Identifier
 from rtdecode.latency import LatencyTracker, format_table, stage_durations_ms
+from rtdecode.latents import LatentDecoders
 from rtdecode.motion import MotionCorrector
 from rtdecode.nifti import load_volume
 from rtdecode.pipeline import Pipeline, Result
@@ -227,6 +229,7 @@ class Decoder:
         self.blocks = (
             BlockDecoder(self.pipe.identifier, cfg.blocks.hrf_shift_s) if cfg.blocks.enabled else None
         )
+        self.latents = load_latents(cfg, self.pipe)
         self._series: tuple[str, str] | None = None
 
     def marker(self, text: str, time_ns: int) -> None:
@@ -264,6 +267,17 @@ class Decoder:
         rest = self.blocks.is_rest(vol) if self.blocks is not None else None
         scores = self.feedback.update(res, rest)
         publish_result(self.sink, res, self.pipe, scores)
+        if self.latents is not None and res.x is not None:
+            t0 = time.perf_counter_ns()
+            out = self.latents.predict(res.x)
+            ms = (time.perf_counter_ns() - t0) / 1e6
+            header = {"kind": "latent", "session": vol.session, "series": vol.series, "seq": vol.seq}
+            header |= {
+                "acq_time_s": vol.acq_time_s,
+                "shapes": {n: list(a.shape) for n, a in out.items()},
+                "ms": ms,
+            }
+            self.sink.publish("latent", header, out)
         self.tracker.add(vol.stamps)
         if self.blocks is not None:
             censored = bool(res.motion.censored) if res.motion is not None else False
@@ -282,6 +296,16 @@ class Decoder:
     def summary(self) -> dict:
         """Counts and the latency summary so far."""
         return {**_count_fields(self.counts), "latency_ms": self.tracker.summary()}
+
+
+def load_latents(cfg: RunConfig, pipe: Pipeline) -> LatentDecoders | None:
+    """The latent decoders named by ``cfg.latents``, checked against the bundle's mask."""
+    if not cfg.latents:
+        return None
+    lat = LatentDecoders.load(cfg.latents)
+    if lat.mask_sha256 != mask_checksum(pipe.decoder.mask):
+        raise ConfigError(f"run.latents {cfg.latents!r} was trained on another analysis mask than the bundle")
+    return lat
 
 
 def build_feedback(cfg: RunConfig, pipe: Pipeline) -> Feedback:

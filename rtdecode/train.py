@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -23,6 +24,7 @@ from rtdecode.config import Config
 from rtdecode.decoders import DecoderBundle, mask_checksum
 from rtdecode.errors import ConfigError
 from rtdecode.identify import CandidateBank
+from rtdecode.latents import LatentDecoders, fit_latent_map
 from rtdecode.motion import MotionCorrector
 from rtdecode.nifti import iter_volumes, load_mask, read_events
 from rtdecode.pipeline import Pipeline
@@ -78,7 +80,9 @@ def _ridge_solve(gram: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarray:
     return cho_solve(cho_factor(g, check_finite=False), rhs, check_finite=False)
 
 
-def fit_selected_ridge(xz: np.ndarray, yz: np.ndarray, n_select: int, alpha: float) -> np.ndarray:
+def fit_selected_ridge(
+    xz: np.ndarray, yz: np.ndarray, n_select: int, alpha: float | Sequence[float]
+) -> np.ndarray:
     """Ridge regression per unit on its ``n_select`` most correlated voxels.
 
     Parameters
@@ -89,22 +93,31 @@ def fit_selected_ridge(xz: np.ndarray, yz: np.ndarray, n_select: int, alpha: flo
         Shape (n_samples, n_units), z-scored.
     n_select : int
         Voxels per unit; all voxels when the ROI has no more than this.
-    alpha : float
-        Ridge penalty (on z-scored data, where the Gram matrix's diagonal is n_samples - 1).
+    alpha : float or sequence of float
+        Ridge penalty (on z-scored data, where the Gram matrix's diagonal is n_samples - 1);
+        several share the voxel selection and Gram matrices.
 
     Returns
     -------
     numpy.ndarray
-        Shape (n_voxels, n_units): weights, zero for unselected voxels.
+        Shape (n_voxels, n_units): weights, zero for unselected voxels; with several penalties,
+        shape (n_alphas, n_voxels, n_units).
     """
+    many = not np.isscalar(alpha)
+    alphas = list(alpha) if many else [alpha]
     n_vox = xz.shape[1]
     cross = xz.T @ yz
     if n_vox <= n_select:
-        return _ridge_solve(xz.T @ xz, cross, alpha)
+        gram = xz.T @ xz
+        return (
+            np.stack([_ridge_solve(gram, cross, a) for a in alphas])
+            if many
+            else _ridge_solve(gram, cross, alpha)
+        )
     corr = np.abs(cross)  # proportional to |correlation| for z-scored data
     sel = np.argpartition(-corr, n_select - 1, axis=0)[:n_select].T  # (n_units, n_select)
     n_samples = xz.shape[0]
-    w = np.zeros((n_vox, yz.shape[1]))
+    w = np.zeros((len(alphas), n_vox, yz.shape[1]))
     # float32 halves the cost of the per-unit Gram matrices; the penalty keeps them well conditioned.
     xt = np.ascontiguousarray(xz.T, dtype=np.float32)  # gathering voxel rows beats columns
     yz32 = yz.astype(np.float32)
@@ -120,11 +133,65 @@ def fit_selected_ridge(xz: np.ndarray, yz: np.ndarray, n_select: int, alpha: flo
         else:
             gram_u = xs @ np.swapaxes(xs, 1, 2)
             rhs = cross[idx, units[:, None]]
-        sol = np.stack([_ridge_solve(g, r, alpha) for g, r in zip(gram_u, rhs)])
-        if n_samples < n_select:
-            sol = (xs @ sol[..., None])[..., 0]
-        w[idx, units[:, None]] = sol
-    return w
+        for i, a in enumerate(alphas):
+            sol = np.stack([_ridge_solve(g, r, a) for g, r in zip(gram_u, rhs)])
+            if n_samples < n_select:
+                sol = (xs @ sol[..., None])[..., 0]
+            w[i][idx, units[:, None]] = sol
+    return w if many else w[0]
+
+
+def choose_alpha(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_select: int,
+    alphas: list[float],
+    folds: int = 4,
+    n_units: int = 24,
+    seed: int = 0,
+) -> tuple[float, dict[float, float]]:
+    """Choose the ridge penalty by K-fold cross-validation over blocks.
+
+    Each fold z-scores with its training blocks' statistics, selects voxels on them and fits every
+    penalty; the score is the Pearson r between held-out predictions (pooled over folds) and the
+    truth, averaged over a seeded sample of ``n_units`` units (enough to rank penalties, at a
+    fraction of the cost of all units).
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        Shape (n_blocks, n_voxels), block-averaged voxels (not z-scored).
+    y : numpy.ndarray
+        Shape (n_blocks, n_units_total), features.
+
+    Returns
+    -------
+    alpha : float
+        The best penalty.
+    scores : dict of float to float
+        Cross-validated score of each penalty.
+    """
+    rng = np.random.default_rng(seed)
+    units = np.sort(rng.choice(y.shape[1], min(n_units, y.shape[1]), replace=False))
+    y = y[:, units]
+    fold_of = np.arange(x.shape[0]) % folds
+    rng.shuffle(fold_of)
+    pred = np.zeros((len(alphas), *y.shape))
+    for k in range(folds):
+        train, test = fold_of != k, fold_of == k
+        xz, xm, xs = _zscore(x[train])
+        yz, ym, ys = _zscore(y[train])
+        xt = (x[test] - xm) / xs
+        for i, w in enumerate(fit_selected_ridge(xz, yz, n_select, alphas)):
+            pred[i][test] = ym + ys * (xt @ w)
+    scores = {}
+    for i, a in enumerate(alphas):
+        p, t = pred[i] - pred[i].mean(0), y - y.mean(0)
+        denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+        scores[float(a)] = float(
+            np.mean(np.where(denom > 0, (p * t).sum(0) / np.where(denom > 0, denom, 1), 0))
+        )
+    return max(scores, key=scores.get), scores
 
 
 def fit_bundle(
@@ -134,7 +201,7 @@ def fit_bundle(
     affine: np.ndarray,
     rois: dict[str, np.ndarray],
     n_select: int | dict[str, int] = 500,
-    alpha: float = 100.0,
+    alpha: float | list[float] = 100.0,
     meta: dict | None = None,
 ) -> DecoderBundle:
     """Fit one decoder per ROI x layer and fold them into a :class:`DecoderBundle`.
@@ -153,22 +220,27 @@ def fit_bundle(
         Positions of each ROI's voxels within the analysis vector.
     n_select : int or dict of str to int
         Voxels per unit, overall or per ROI.
-    alpha : float
-        Ridge penalty.
+    alpha : float or list of float
+        Ridge penalty, or candidate penalties to choose from by cross-validation per ROI and
+        layer (:func:`choose_alpha`; the choices are stored in the bundle's metadata).
     meta : dict, optional
         Settings stored in the bundle.
     """
     if x_blocks.shape[0] < 3:
         raise ConfigError(f"need at least 3 training blocks, got {x_blocks.shape[0]}")
     layers = list(y_blocks)
-    weights, intercepts = {}, {}
+    weights, intercepts, chosen = {}, {}, {}
     for roi, pos in rois.items():
         xz, xm, xs = _zscore(x_blocks[:, pos])
         n_sel = n_select[roi] if isinstance(n_select, dict) else n_select
         w_roi, b_roi = [], []
         for layer in layers:
             yz, ym, ys = _zscore(y_blocks[layer])
-            w = fit_selected_ridge(xz, yz, n_sel, alpha)
+            a = alpha
+            if isinstance(alpha, list):
+                a, _ = choose_alpha(x_blocks[:, pos], y_blocks[layer], n_sel, alpha)
+                chosen.setdefault(roi, {})[layer] = a
+            w = fit_selected_ridge(xz, yz, n_sel, a)
             # y = ym + ys * (((x - xm) / xs) @ w)  ==  x @ A + b
             a = (w / xs[:, None]) * ys[None, :]
             w_roi.append(a)
@@ -177,7 +249,7 @@ def fit_bundle(
         intercepts[roi] = np.concatenate(b_roi).astype(np.float32)
         log.info("fitted %s: %d voxels x %d layers", roi, pos.size, len(layers))
     n_units = [y_blocks[ly].shape[1] for ly in layers]
-    meta = dict(meta or {}, n_select=n_select, alpha=alpha, n_blocks=int(x_blocks.shape[0]))
+    meta = dict(meta or {}, n_select=n_select, alpha=chosen or alpha, n_blocks=int(x_blocks.shape[0]))
     return DecoderBundle(mask, affine, rois, layers, n_units, weights, intercepts, meta)
 
 
@@ -266,19 +338,57 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
         "preprocess": dataclasses.asdict(rc.preprocess),
         "motion": dataclasses.asdict(rc.motion),
     }
-    bundle = fit_bundle(x_blocks, y_blocks, mask, affine, rois, tc.n_voxels, tc.alpha, meta)
+    # GOD: 500 voxels per unit for single ROIs, 1,000 for the composites (LVC, HVC, VC).
+    n_select = {r: tc.n_voxels_composite if r in tc.composites else tc.n_voxels for r in tc.rois}
+    alpha = [float(a) for a in tc.alphas] if tc.alphas else tc.alpha
+    bundle = fit_bundle(x_blocks, y_blocks, mask, affine, rois, n_select, alpha, meta)
     out = bundle.save(out_dir)
     if motion is not None:
         # The grid the decoders were trained on: align a later session to it with
         # run.motion.reference when the head position differs between sessions.
         nib.save(nib.Nifti1Image(motion.reference_, motion.affine_), out / "reference.nii.gz")
     CandidateBank.from_features(sdir / "features.npz").save(out / "candidates.npz")
+    if tc.latents.enabled:
+        train_latents(sdir, x_blocks, kept, rois, mask, cfg).save(out / "latents")
     if tc.classifier.roi:
         labels = [events[b].get("category_label", "") for b in kept]
         clf = train_classifier(x_blocks, labels, mask, rois, cfg)
         clf.save(out / "classifier")
         log.info("classifier %s: cross-validated AUC %.2f", tc.classifier.roi, clf.meta["cv_auc"])
     return bundle
+
+
+def train_latents(
+    sdir: Path,
+    x_blocks: np.ndarray,
+    kept: np.ndarray,
+    rois: dict[str, np.ndarray],
+    mask: np.ndarray,
+    cfg: Config,
+) -> LatentDecoders:
+    """Fit the latent maps of ``cfg.train.latents`` on ``<sdir>/latents.npz`` (one row per block)."""
+    lc = cfg.train.latents
+    path = sdir / "latents.npz"
+    if not path.exists():
+        raise ConfigError(f"train.latents is enabled but {path} does not exist")
+    maps = {}
+    with np.load(path, allow_pickle=False) as z:
+        for name, roi in lc.sources.items():
+            if name not in z.files or roi not in rois:
+                raise ConfigError(
+                    f"train.latents.sources: {name!r} from {roi!r} needs {path}[{name!r}] and the ROI"
+                )
+            target = z[name][kept]
+            maps[name] = fit_latent_map(
+                name,
+                x_blocks,
+                target.reshape(len(kept), -1),
+                target.shape[1:],
+                rois[roi],
+                [float(a) for a in lc.alphas],
+            )
+            log.info("latent %s from %s: alpha %g", name, roi, maps[name].meta["alpha"])
+    return LatentDecoders(maps, mask_checksum(mask))
 
 
 def train_classifier(

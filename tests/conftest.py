@@ -8,7 +8,7 @@ import pytest
 # whatever the developer's environment says; set before anything loads liblsl.
 os.environ["LSLAPICFG"] = str(Path(__file__).parents[1] / "rtdecode" / "transport" / "lsl_loopback.cfg")
 
-from rtdecode.config import ClassifierConfig, Config, TrainConfig
+from rtdecode.config import ClassifierConfig, Config, LatentsConfig, TrainConfig
 from rtdecode.demo import free_tcp_address
 from rtdecode.sim.session import SimParams, make_subject, simulate_session, write_session
 from rtdecode.train import train_session
@@ -26,12 +26,17 @@ TARGET_CLASS = "_s(0[0-9]|1[01])$"
 
 
 def small_config() -> Config:
-    return Config(train=TrainConfig(rois=ROIS, classifier=ClassifierConfig(roi="HVC", target=TARGET_CLASS)))
+    train = TrainConfig(
+        rois=ROIS,
+        classifier=ClassifierConfig(roi="HVC", target=TARGET_CLASS),
+        latents=LatentsConfig(enabled=True),
+    )
+    return Config(train=train)
 
 
 def _make(root, **overrides):
-    p_train = dataclasses.replace(SMALL, kind="train", seed=1, **overrides)
-    p_test = dataclasses.replace(SMALL, kind="test", seed=2, **overrides)
+    p_train = dataclasses.replace(SMALL, kind="train", seed=1, latents=True, **overrides)
+    p_test = dataclasses.replace(SMALL, kind="test", seed=2, latents=True, **overrides)
     subject = make_subject(p_train)
     write_session(root / "train", p_train, simulate_session(p_train, subject))
     write_session(root / "test", p_test, simulate_session(p_test, subject))

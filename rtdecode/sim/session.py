@@ -18,6 +18,7 @@ from scipy.stats import gamma
 from rtdecode._kernels import grid_points, resample
 from rtdecode.rigid import rigid_matrix
 from rtdecode.sim.features import FeatureBank, load_feature_bank, make_feature_bank
+from rtdecode.sim.latents import latent_targets
 from rtdecode.sim.phantom import ROIS, Phantom, make_phantom
 
 # Preferred DNN layer (0-based) of each ROI's voxels: lower areas follow lower layers.
@@ -59,6 +60,7 @@ class SimParams:
     jump_rate_per_min: float = 0.5
     noiseless: bool = False
     motion: bool = True
+    latents: bool = False  # also write diffusion-model targets per block (latents.npz)
     subject_seed: int = 0
     seed: int = 1
     kind: str = "train"
@@ -188,7 +190,7 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         ``bold`` (int16 array (nx, ny, nz, n_vols)), ``events`` (list of dicts), ``motion``
         (array (n_vols, 6)), ``stimulus_features`` (dict layer -> (n_blocks, n_units)),
         ``signal_pct`` (array (n_vols, n_vc), the noiseless task signal of VC voxels),
-        ``subject``.
+        ``subject`` and, with ``p.latents``, ``latents`` (:func:`rtdecode.sim.latents.latent_targets`).
     """
     subject = subject or make_subject(p)
     rng = np.random.default_rng([p.subject_seed, p.seed])
@@ -262,7 +264,7 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         }
         for b, (on, c) in enumerate(zip(onsets, order))
     ]
-    return {
+    out = {
         "bold": bold,
         "events": events,
         "motion": motion,
@@ -270,6 +272,9 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         "signal_pct": signal_pct.astype(np.float32),
         "subject": subject,
     }
+    if p.latents:
+        out["latents"] = latent_targets(feats, p.subject_seed)
+    return out
 
 
 def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
@@ -305,6 +310,8 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
         **{f"feat_{k}": v for k, v in bank.category_features.items()},
     )
     np.savez(out / "stimulus_features.npz", **{f"feat_{k}": v for k, v in sim["stimulus_features"].items()})
+    if "latents" in sim:
+        np.savez(out / "latents.npz", **sim["latents"])
     np.savez(
         out / "truth.npz", motion=sim["motion"], signal_pct=sim["signal_pct"], vc_index=subject.voxel_index
     )

@@ -1,0 +1,221 @@
+"""Ridge decoders for high-dimensional targets, as Takagi & Nishimoto (2023).
+
+Their two: a diffusion model's image latent (4 x 40 x 40 = 6,400 values, from early visual cortex)
+and its text conditioning (77 x 768 = 59,136 values, from ventral cortex).
+
+A ridge solution trained on ``n`` blocks has rank at most ``n``: ``W = Xz' (K + aI)^-1 Yz`` with
+``K = Xz Xz'``. It is kept factored, ``W = L R`` with ``L`` (voxels x r) and ``R`` (r x outputs),
+which is exact for ``r = n`` and costs ``voxels x r + r x outputs`` per volume instead of
+``voxels x outputs``; a smaller ``r`` (truncated SVD) or float16 ``R`` trade accuracy for time,
+with the error measured by :meth:`LatentMap.error_against`. The penalty is chosen per target by
+K-fold cross-validation over blocks, all penalties sharing one eigendecomposition per fold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.errors import BundleError, VolumeError
+
+LATENTS_FORMAT = "rtdecode-latents"
+LATENTS_VERSION = 1
+
+
+@dataclass
+class LatentMap:
+    """``y = x[positions] @ left @ right + bias``, reshaped to ``shape``."""
+
+    name: str
+    shape: tuple[int, ...]
+    positions: np.ndarray
+    left: np.ndarray  # (n_positions, rank) float32
+    right: np.ndarray  # (rank, n_outputs) float32 or float16
+    bias: np.ndarray  # (n_outputs,) float32
+    meta: dict = field(default_factory=dict)
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """The target for one preprocessed analysis vector, shape ``self.shape``."""
+        h = x[self.positions] @ self.left
+        out = h.astype(self.right.dtype) @ self.right
+        return (out.astype(np.float32, copy=False) + self.bias).reshape(self.shape)
+
+    def reduced(self, rank: int | None = None, dtype: type = np.float32) -> LatentMap:
+        """A faster map: truncated to ``rank`` (SVD of the factored map) and/or ``right`` in ``dtype``."""
+        left, right = self.left, self.right.astype(np.float32)
+        if rank is not None and rank < left.shape[1]:
+            # W = L R = (Ql Rl) R; the SVD of the small Rl R gives the best rank-r W.
+            q, r_l = np.linalg.qr(left.astype(np.float64))
+            u, s, vt = np.linalg.svd(r_l @ right, full_matrices=False)
+            left = (q @ (u[:, :rank] * s[:rank])).astype(np.float32)
+            right = vt[:rank].astype(np.float32)
+        meta = dict(self.meta, rank=int(left.shape[1]), dtype=np.dtype(dtype).name)
+        return LatentMap(self.name, self.shape, self.positions, left, right.astype(dtype), self.bias, meta)
+
+    def error_against(self, exact: LatentMap, x: np.ndarray) -> float:
+        """Relative RMS error of this map's outputs against ``exact``'s over the rows of ``x``."""
+        a = np.stack([self.predict(row).ravel() for row in x])
+        b = np.stack([exact.predict(row).ravel() for row in x])
+        return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean((b - b.mean(0)) ** 2)))
+
+
+def _z(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    mean, sd = a.mean(0), a.std(0, ddof=1)
+    sd = np.where(sd > 0, sd, 1.0)
+    return (a - mean) / sd, mean, sd
+
+
+def _cv_penalty(
+    xz: np.ndarray, yz: np.ndarray, alphas: list[float], folds: int, n_check: int, seed: int
+) -> dict:
+    rng = np.random.default_rng(seed)
+    cols = rng.choice(yz.shape[1], min(n_check, yz.shape[1]), replace=False)
+    fold_of = np.arange(xz.shape[0]) % folds
+    rng.shuffle(fold_of)
+    pred = np.zeros((len(alphas), xz.shape[0], cols.size))
+    for k in range(folds):
+        tr, te = fold_of != k, fold_of == k
+        xt, xm, xs = _z(xz[tr])
+        yt, ym, ys = _z(yz[tr][:, cols])
+        s, u = np.linalg.eigh(xt @ xt.T)
+        k_te = ((xz[te] - xm) / xs) @ xt.T
+        uy = u.T @ yt
+        for i, a in enumerate(alphas):
+            pred[i][te] = ym + ys * (k_te @ (u @ (uy / (np.maximum(s, 0) + a)[:, None])))
+    t = yz[:, cols] - yz[:, cols].mean(0)
+    scores = {}
+    for i, a in enumerate(alphas):
+        p = pred[i] - pred[i].mean(0)
+        den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+        scores[float(a)] = float(
+            np.mean(np.where(den > 0, (p * t).sum(0) / np.where(den > 0, den, 1.0), 0.0))
+        )
+    return scores
+
+
+def fit_latent_map(
+    name: str,
+    x_blocks: np.ndarray,
+    targets: np.ndarray,
+    shape: tuple[int, ...],
+    positions: np.ndarray,
+    alphas: list[float],
+    folds: int = 4,
+    n_check: int = 512,
+    seed: int = 0,
+) -> LatentMap:
+    """Fit a ridge map from the voxels at ``positions`` to a high-dimensional target.
+
+    Parameters
+    ----------
+    x_blocks : numpy.ndarray
+        Shape (n_blocks, n_voxels): block-averaged preprocessed analysis vectors.
+    targets : numpy.ndarray
+        Shape (n_blocks, prod(shape)).
+    alphas : list of float
+        Candidate penalties (on z-scored data); the best by cross-validation is used.
+    n_check : int
+        Outputs (a seeded sample) on which the penalties are compared.
+    """
+    x = x_blocks[:, positions].astype(np.float64)
+    y = targets.astype(np.float64)
+    if x.shape[0] != y.shape[0] or y.shape[1] != int(np.prod(shape)):
+        raise ValueError(f"{name}: {x.shape[0]} blocks of x, targets {y.shape}, shape {shape}")
+    scores = _cv_penalty(x, y, alphas, folds, n_check, seed)
+    alpha = max(scores, key=scores.get)
+    xz, xm, xs = _z(x)
+    yz, ym, ys = _z(y)
+    s, u = np.linalg.eigh(xz @ xz.T)
+    coef = u @ ((u.T @ yz) / (np.maximum(s, 0) + alpha)[:, None])  # (n, outputs) in z units
+    # y = ym + ys * (((x - xm)/xs) @ xz.T @ coef): fold the scalings into left, right and bias.
+    left = (xz / xs).T  # (voxels, n)
+    right = coef * ys[None, :]
+    bias = ym - (xm @ left) @ right
+    meta = {"alpha": alpha, "cv_scores": scores, "n_blocks": int(x.shape[0]), "rank": int(left.shape[1])}
+    return LatentMap(
+        name,
+        tuple(shape),
+        positions,
+        left.astype(np.float32),
+        right.astype(np.float32),
+        bias.astype(np.float32),
+        meta,
+    )
+
+
+@dataclass
+class LatentDecoders:
+    """Several latent maps, saved as ``latents.npz`` + ``latents.json`` with checksums."""
+
+    maps: dict[str, LatentMap]
+    mask_sha256: str
+
+    def predict(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Every target for one preprocessed analysis vector."""
+        return {name: m.predict(x) for name, m in self.maps.items()}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``latents.npz`` and ``latents.json`` into ``directory``."""
+        d = Path(directory)
+        d.mkdir(parents=True, exist_ok=True)
+        arrays = {}
+        for n, m in self.maps.items():
+            arrays |= {
+                f"{n}/positions": m.positions,
+                f"{n}/left": m.left,
+                f"{n}/right": m.right,
+                f"{n}/bias": m.bias,
+            }
+        np.savez(d / "latents.npz", **arrays)
+        meta = {
+            "format": LATENTS_FORMAT,
+            "version": LATENTS_VERSION,
+            "mask_sha256": self.mask_sha256,
+            "maps": {n: {"shape": list(m.shape), "meta": m.meta} for n, m in self.maps.items()},
+            "npz_sha256": hashlib.sha256((d / "latents.npz").read_bytes()).hexdigest(),
+        }
+        (d / "latents.json").write_text(json.dumps(meta, indent=1))
+        return d
+
+    @classmethod
+    def load(cls, directory: str | Path) -> LatentDecoders:
+        """Load and verify decoders written by :meth:`save`.
+
+        Raises
+        ------
+        BundleError
+            If a file is missing or corrupt or the format is unknown.
+        """
+        d = Path(directory)
+        try:
+            meta = json.loads((d / "latents.json").read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise BundleError(f"cannot read {d / 'latents.json'}: {err}") from None
+        if meta.get("format") != LATENTS_FORMAT or meta.get("version") != LATENTS_VERSION:
+            raise BundleError(f"{d / 'latents.json'}: not an {LATENTS_FORMAT} version {LATENTS_VERSION} file")
+        npz = d / "latents.npz"
+        if not npz.exists() or hashlib.sha256(npz.read_bytes()).hexdigest() != meta["npz_sha256"]:
+            raise BundleError(f"{npz}: missing, or its checksum differs from latents.json")
+        maps = {}
+        with np.load(npz, allow_pickle=False) as z:
+            for n, info in meta["maps"].items():
+                maps[n] = LatentMap(
+                    n,
+                    tuple(info["shape"]),
+                    z[f"{n}/positions"],
+                    z[f"{n}/left"],
+                    z[f"{n}/right"],
+                    z[f"{n}/bias"],
+                    info["meta"],
+                )
+        return cls(maps, meta["mask_sha256"])
+
+    def check(self, n_voxels: int) -> None:
+        """Raise VolumeError if a map reads voxels beyond an analysis vector of ``n_voxels``."""
+        for m in self.maps.values():
+            if m.positions.size and int(m.positions.max()) >= n_voxels:
+                raise VolumeError(f"latent map {m.name!r} reads voxel {int(m.positions.max())} of {n_voxels}")
