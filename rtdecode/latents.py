@@ -6,9 +6,11 @@ and its text conditioning (77 x 768 = 59,136 values, from ventral cortex).
 A ridge solution trained on ``n`` blocks has rank at most ``n``: ``W = Xz' (K + aI)^-1 Yz`` with
 ``K = Xz Xz'``. It is kept factored, ``W = L R`` with ``L`` (voxels x r) and ``R`` (r x outputs),
 which is exact for ``r = n`` and costs ``voxels x r + r x outputs`` per volume instead of
-``voxels x outputs``; a smaller ``r`` (truncated SVD) or float16 ``R`` trade accuracy for time,
-with the error measured by :meth:`LatentMap.error_against`. The penalty is chosen per target by
-K-fold cross-validation over blocks, all penalties sharing one eigendecomposition per fold.
+``voxels x outputs``; a smaller ``r`` (truncated SVD) trades accuracy for time, with the error
+measured by :meth:`LatentMap.error_against` (``tools/bench_latents.py``). float16 storage is not
+offered: numpy has no float16 BLAS, and it measured 12-28 times slower than float32 here. The
+penalty is chosen per target by K-fold cross-validation over blocks, all penalties sharing one
+eigendecomposition per fold.
 """
 
 from __future__ import annotations
@@ -34,27 +36,25 @@ class LatentMap:
     shape: tuple[int, ...]
     positions: np.ndarray
     left: np.ndarray  # (n_positions, rank) float32
-    right: np.ndarray  # (rank, n_outputs) float32 or float16
+    right: np.ndarray  # (rank, n_outputs) float32
     bias: np.ndarray  # (n_outputs,) float32
     meta: dict = field(default_factory=dict)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The target for one preprocessed analysis vector, shape ``self.shape``."""
-        h = x[self.positions] @ self.left
-        out = h.astype(self.right.dtype) @ self.right
-        return (out.astype(np.float32, copy=False) + self.bias).reshape(self.shape)
+        return (x[self.positions] @ self.left @ self.right + self.bias).reshape(self.shape)
 
-    def reduced(self, rank: int | None = None, dtype: type = np.float32) -> LatentMap:
-        """A faster map: truncated to ``rank`` (SVD of the factored map) and/or ``right`` in ``dtype``."""
-        left, right = self.left, self.right.astype(np.float32)
-        if rank is not None and rank < left.shape[1]:
+    def reduced(self, rank: int) -> LatentMap:
+        """A faster map: the best rank-``rank`` approximation (SVD of the factored map)."""
+        left, right = self.left, self.right
+        if rank < left.shape[1]:
             # W = L R = (Ql Rl) R; the SVD of the small Rl R gives the best rank-r W.
             q, r_l = np.linalg.qr(left.astype(np.float64))
             u, s, vt = np.linalg.svd(r_l @ right, full_matrices=False)
             left = (q @ (u[:, :rank] * s[:rank])).astype(np.float32)
             right = vt[:rank].astype(np.float32)
-        meta = dict(self.meta, rank=int(left.shape[1]), dtype=np.dtype(dtype).name)
-        return LatentMap(self.name, self.shape, self.positions, left, right.astype(dtype), self.bias, meta)
+        meta = dict(self.meta, rank=int(left.shape[1]))
+        return LatentMap(self.name, self.shape, self.positions, left, right, self.bias, meta)
 
     def error_against(self, exact: LatentMap, x: np.ndarray) -> float:
         """Relative RMS error of this map's outputs against ``exact``'s over the rows of ``x``."""
