@@ -32,7 +32,7 @@ def _simulate(args: argparse.Namespace) -> None:
 def _train(args: argparse.Namespace) -> None:
     from rtdecode.train import train_session
 
-    bundle = train_session(args.session, args.out, load_config(args.config))
+    bundle = train_session(args.session, args.out, load_config(args.config), args.model)
     print(f"wrote decoder bundle ({len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers) to {args.out}")
 
 
@@ -213,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--session", required=True, help="session directory (bold.nii, events.tsv, rois/, ...)")
     p.add_argument("--out", required=True, help="bundle directory to write")
     p.add_argument("-c", "--config", help="YAML config ('train' and 'run' sections)")
+    p.add_argument(
+        "--model",
+        choices=["ridge", "mlp"],
+        default="ridge",
+        help="ridge (GOD) or an MLP per ROI (needs torch)",
+    )
     p.set_defaults(func=_train)
 
     p = sub.add_parser(

@@ -170,3 +170,24 @@ class DecoderBundle:
             intercepts = {r: z[f"intercept/{r}"] for r in meta["rois"]}
             affine = z["affine"]
         return cls(mask, affine, rois, meta["layers"], meta["n_units"], weights, intercepts, meta["meta"])
+
+
+def load_bundle(directory: str | Path) -> DecoderBundle:
+    """The bundle in ``directory``: ridge, or an MLP bundle (:mod:`rtdecode.torch_decoders`).
+
+    Raises
+    ------
+    BundleError
+        As :meth:`DecoderBundle.load`, or if an MLP bundle is found and torch is not installed.
+    """
+    try:
+        fmt = json.loads((Path(directory) / "decoder.json").read_text()).get("format")
+    except (OSError, json.JSONDecodeError):
+        fmt = None  # DecoderBundle.load reports it
+    if fmt == "rtdecode-mlp":
+        try:
+            from rtdecode.torch_decoders import MLPBundle
+        except ImportError:
+            raise BundleError(f"{directory}: an MLP bundle needs torch (pip install torch==2.13.0)") from None
+        return MLPBundle.load(directory)
+    return DecoderBundle.load(directory)

@@ -23,7 +23,7 @@ from rtdecode import wire
 from rtdecode._kernels import warm_up
 from rtdecode.blocks import BlockDecoder, BlockResult, parse_marker
 from rtdecode.config import RunConfig
-from rtdecode.decoders import DecoderBundle, mask_checksum
+from rtdecode.decoders import load_bundle, mask_checksum
 from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, VolumeError
 from rtdecode.feedback import Feedback, Score
 from rtdecode.identify import CandidateBank, Identifier
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
     """Load the bundle and candidates named in ``cfg`` and assemble the stages."""
-    bundle = DecoderBundle.load(cfg.bundle)
+    bundle = load_bundle(cfg.bundle)
     bank = CandidateBank.load(cfg.candidates or Path(cfg.bundle) / "candidates.npz")
     identifier = Identifier(bank, bundle.layer_slices, cfg.top_k)
     motion = None

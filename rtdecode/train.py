@@ -280,7 +280,9 @@ def load_roi_masks(roi_dir: str | Path, composites: dict[str, list[str]]) -> dic
     return masks
 
 
-def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> DecoderBundle:
+def train_session(
+    session_dir: str | Path, out_dir: str | Path, cfg: Config, model: str = "ridge"
+) -> DecoderBundle:
     """Train decoders on a recorded session and write the bundle and candidate bank.
 
     The session directory holds ``bold.nii``, ``events.tsv`` (with ``category_index``),
@@ -341,7 +343,14 @@ def train_session(session_dir: str | Path, out_dir: str | Path, cfg: Config) -> 
     # GOD: 500 voxels per unit for single ROIs, 1,000 for the composites (LVC, HVC, VC).
     n_select = {r: tc.n_voxels_composite if r in tc.composites else tc.n_voxels for r in tc.rois}
     alpha = [float(a) for a in tc.alphas] if tc.alphas else tc.alpha
-    bundle = fit_bundle(x_blocks, y_blocks, mask, affine, rois, n_select, alpha, meta)
+    if model == "mlp":
+        from rtdecode.torch_decoders import fit_mlp_bundle
+
+        bundle = fit_mlp_bundle(x_blocks, y_blocks, mask, affine, rois, meta=meta)
+    elif model == "ridge":
+        bundle = fit_bundle(x_blocks, y_blocks, mask, affine, rois, n_select, alpha, meta)
+    else:
+        raise ConfigError(f"model must be ridge or mlp, got {model!r}")
     out = bundle.save(out_dir)
     if motion is not None:
         # The grid the decoders were trained on: align a later session to it with
