@@ -11,6 +11,7 @@ import numpy as np
 from rtdecode.errors import VolumeError
 from rtdecode.identify import CandidateBank, correlations, pairwise_identification, top_k
 from rtdecode.nifti import read_events
+from rtdecode.stats import mean_column_correlation
 from rtdecode.train import block_average
 
 
@@ -104,18 +105,6 @@ def block_top_k(
     return idx, val, kept
 
 
-def unit_correlation(pred: np.ndarray, true: np.ndarray) -> float:
-    """Feature-prediction accuracy (GOD): Pearson r of each unit across samples, averaged over units.
-
-    Units constant in either array are left out.
-    """
-    p = pred - pred.mean(0)
-    t = true - true.mean(0)
-    denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-    ok = denom > 0
-    return float(((p * t).sum(0)[ok] / denom[ok]).mean()) if ok.any() else float("nan")
-
-
 def read_results(path: str | Path) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
     """Per-volume predictions from a recording (``.h5``) or a subscriber file (``.npz``).
 
@@ -192,7 +181,7 @@ def evaluate_session(
         if layer in true_feats:
             avg, kept = block_average(f, times, onsets, duration, shift_s)
             if kept.size:
-                corr.setdefault(roi, {})[layer] = unit_correlation(avg, true_feats[layer][kept])
+                corr.setdefault(roi, {})[layer] = mean_column_correlation(avg, true_feats[layer][kept])
     return {"identification": ident, "feature_correlation": corr}
 
 

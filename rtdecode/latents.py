@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.errors import BundleError, VolumeError
+from rtdecode.stats import mean_column_correlation, zscore
 
 LATENTS_FORMAT = "rtdecode-latents"
 LATENTS_VERSION = 1
@@ -63,12 +64,6 @@ class LatentMap:
         return float(np.sqrt(np.mean((a - b) ** 2)) / np.sqrt(np.mean((b - b.mean(0)) ** 2)))
 
 
-def _z(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mean, sd = a.mean(0), a.std(0, ddof=1)
-    sd = np.where(sd > 0, sd, 1.0)
-    return (a - mean) / sd, mean, sd
-
-
 def _cv_penalty(
     xz: np.ndarray, yz: np.ndarray, alphas: list[float], folds: int, n_check: int, seed: int
 ) -> dict:
@@ -79,22 +74,14 @@ def _cv_penalty(
     pred = np.zeros((len(alphas), xz.shape[0], cols.size))
     for k in range(folds):
         tr, te = fold_of != k, fold_of == k
-        xt, xm, xs = _z(xz[tr])
-        yt, ym, ys = _z(yz[tr][:, cols])
+        xt, xm, xs = zscore(xz[tr])
+        yt, ym, ys = zscore(yz[tr][:, cols])
         s, u = np.linalg.eigh(xt @ xt.T)
         k_te = ((xz[te] - xm) / xs) @ xt.T
         uy = u.T @ yt
         for i, a in enumerate(alphas):
             pred[i][te] = ym + ys * (k_te @ (u @ (uy / (np.maximum(s, 0) + a)[:, None])))
-    t = yz[:, cols] - yz[:, cols].mean(0)
-    scores = {}
-    for i, a in enumerate(alphas):
-        p = pred[i] - pred[i].mean(0)
-        den = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-        scores[float(a)] = float(
-            np.mean(np.where(den > 0, (p * t).sum(0) / np.where(den > 0, den, 1.0), 0.0))
-        )
-    return scores
+    return {float(a): mean_column_correlation(pred[i], yz[:, cols]) for i, a in enumerate(alphas)}
 
 
 def fit_latent_map(
@@ -127,8 +114,8 @@ def fit_latent_map(
         raise ValueError(f"{name}: {x.shape[0]} blocks of x, targets {y.shape}, shape {shape}")
     scores = _cv_penalty(x, y, alphas, folds, n_check, seed)
     alpha = max(scores, key=scores.get)
-    xz, xm, xs = _z(x)
-    yz, ym, ys = _z(y)
+    xz, xm, xs = zscore(x)
+    yz, ym, ys = zscore(y)
     s, u = np.linalg.eigh(xz @ xz.T)
     coef = u @ ((u.T @ yz) / (np.maximum(s, 0) + alpha)[:, None])  # (n, outputs) in z units
     # y = ym + ys * (((x - xm)/xs) @ xz.T @ coef): fold the scalings into left, right and bias.

@@ -20,6 +20,7 @@ from torch import nn
 
 from rtdecode.decoders import mask_checksum
 from rtdecode.errors import BundleError, VolumeError
+from rtdecode.stats import zscore
 
 MLP_FORMAT = "rtdecode-mlp"
 MLP_VERSION = 1
@@ -167,13 +168,12 @@ def fit_mlp_bundle(
     torch.manual_seed(seed)
     layers = list(y_blocks)
     y = np.hstack([y_blocks[ly] for ly in layers]).astype(np.float64)
-    y_mean, y_sd = y.mean(0), np.where(y.std(0, ddof=1) > 0, y.std(0, ddof=1), 1.0)
-    yz = torch.from_numpy(((y - y_mean) / y_sd).astype(np.float32))
+    yz_np, y_mean, y_sd = zscore(y)
+    yz = torch.from_numpy(yz_np.astype(np.float32))
     norms, nets = {}, {}
     for roi, pos in rois.items():
-        x = x_blocks[:, pos].astype(np.float64)
-        x_mean, x_sd = x.mean(0), np.where(x.std(0, ddof=1) > 0, x.std(0, ddof=1), 1.0)
-        xz = torch.from_numpy(((x - x_mean) / x_sd).astype(np.float32))
+        xz_np, x_mean, x_sd = zscore(x_blocks[:, pos].astype(np.float64))
+        xz = torch.from_numpy(xz_np.astype(np.float32))
         net = _mlp(pos.size, hidden, y.shape[1], dropout)
         opt = torch.optim.AdamW(net.parameters(), lr=1e-3, weight_decay=weight_decay)
         net.train()

@@ -29,6 +29,7 @@ from rtdecode.motion import MotionCorrector
 from rtdecode.nifti import iter_volumes, load_mask, read_events
 from rtdecode.pipeline import Pipeline
 from rtdecode.preprocess import Preprocessor
+from rtdecode.stats import mean_column_correlation, zscore
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +68,6 @@ def block_average(
             rows.append(x[sel].mean(axis=0))
             kept.append(b)
     return np.array(rows), np.array(kept, dtype=int)
-
-
-def _zscore(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    mean, sd = a.mean(0), a.std(0, ddof=1)
-    sd = np.where(sd > 0, sd, 1.0)
-    return (a - mean) / sd, mean, sd
 
 
 def _ridge_solve(gram: np.ndarray, rhs: np.ndarray, alpha: float) -> np.ndarray:
@@ -179,18 +174,12 @@ def choose_alpha(
     pred = np.zeros((len(alphas), *y.shape))
     for k in range(folds):
         train, test = fold_of != k, fold_of == k
-        xz, xm, xs = _zscore(x[train])
-        yz, ym, ys = _zscore(y[train])
+        xz, xm, xs = zscore(x[train])
+        yz, ym, ys = zscore(y[train])
         xt = (x[test] - xm) / xs
         for i, w in enumerate(fit_selected_ridge(xz, yz, n_select, alphas)):
             pred[i][test] = ym + ys * (xt @ w)
-    scores = {}
-    for i, a in enumerate(alphas):
-        p, t = pred[i] - pred[i].mean(0), y - y.mean(0)
-        denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
-        scores[float(a)] = float(
-            np.mean(np.where(denom > 0, (p * t).sum(0) / np.where(denom > 0, denom, 1), 0))
-        )
+    scores = {float(a): mean_column_correlation(pred[i], y) for i, a in enumerate(alphas)}
     return max(scores, key=scores.get), scores
 
 
@@ -231,11 +220,11 @@ def fit_bundle(
     layers = list(y_blocks)
     weights, intercepts, chosen = {}, {}, {}
     for roi, pos in rois.items():
-        xz, xm, xs = _zscore(x_blocks[:, pos])
+        xz, xm, xs = zscore(x_blocks[:, pos])
         n_sel = n_select[roi] if isinstance(n_select, dict) else n_select
         w_roi, b_roi = [], []
         for layer in layers:
-            yz, ym, ys = _zscore(y_blocks[layer])
+            yz, ym, ys = zscore(y_blocks[layer])
             a = alpha
             if isinstance(alpha, list):
                 a, _ = choose_alpha(x_blocks[:, pos], y_blocks[layer], n_sel, alpha)

@@ -1,0 +1,34 @@
+"""Statistics shared by training and evaluation.
+
+Z-scoring with sample statistics and the mean per-column correlation (GOD's feature-prediction
+accuracy).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def zscore(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Z-score the columns of ``a`` with their mean and SD (ddof=1, as GOD); constant columns get SD 1.
+
+    Returns
+    -------
+    z, mean, sd : numpy.ndarray
+    """
+    mean, sd = a.mean(0), a.std(0, ddof=1)
+    sd = np.where(sd > 0, sd, 1.0)
+    return (a - mean) / sd, mean, sd
+
+
+def mean_column_correlation(pred: np.ndarray, true: np.ndarray) -> float:
+    """Pearson r of each column of ``pred`` with the same column of ``true``, averaged over columns.
+
+    This is GOD's feature-prediction accuracy when columns are units and rows samples. Columns
+    constant in either array are left out; NaN if all are.
+    """
+    p = pred - pred.mean(0)
+    t = true - true.mean(0)
+    denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
+    ok = denom > 0
+    return float(((p * t).sum(0)[ok] / denom[ok]).mean()) if ok.any() else float("nan")
