@@ -279,7 +279,7 @@ class VolumeInlet:
         for row, t in zip(dest, ts):
             seq = round((t - self._start) * self._rate)
             vol = Volume(
-                row.reshape(self._shape, order=self._order),
+                np.ascontiguousarray(row.reshape(self._shape, order=self._order)),  # F order: one copy
                 self._affine,
                 seq,
                 self._tr,
