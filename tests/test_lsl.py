@@ -19,6 +19,7 @@ from rtdecode.identify import CandidateBank
 from rtdecode.nifti import read_events
 from rtdecode.transport.lsl import VolumeInlet, pylsl
 from rtdecode.transport.zmq import Subscriber
+from rtdecode.volume import SeriesEnd
 
 TOOLS = Path(__file__).parents[1] / "tools"
 OUTPUT_TYPES = [
@@ -267,3 +268,33 @@ def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client
 
     lines = [json.loads(x) for x in client_out.splitlines() if x.strip()]
     assert len(lines) == 30 and all("decnef" in x["scores"] for x in lines)
+
+
+def test_a_volume_stream_in_matlab_order_is_read_into_the_same_volume():
+    """A third-party sender (MATLAB) streams volumes flattened in F order and says so."""
+    from rtdecode.transport.lsl import describe, monotonic_ns_to_lsl
+
+    shape = (5, 4, 3)
+    info = pylsl.StreamInfo("matlab-scanner", "fMRI", 60, 0.5, "float32", "matlab-1")
+    start = monotonic_ns_to_lsl(time.monotonic_ns())
+    describe(
+        info,
+        {"shape": list(shape), "order": "F", "affine": np.eye(4).tolist(), "tr_s": 2.0, "series_start": start}
+        | {"n_volumes": 2, "session": "s", "series": "r"},
+    )
+    outlet = pylsl.StreamOutlet(info)
+    inlet = VolumeInlet("matlab-scanner")
+    vols = [np.arange(60, dtype=np.float32).reshape(shape) * (k + 1) for k in range(2)]
+    try:
+        with pytest.raises(ReceiveTimeout):
+            inlet.recv_volume(3.0)  # connects; nothing sent yet
+        for k, v in enumerate(vols):
+            outlet.push_chunk(v.ravel(order="F").reshape(1, -1), start + k * 2.0)
+        got = [inlet.recv_volume(5.0) for _ in range(3)]
+    finally:
+        inlet.close()
+        del outlet
+    assert [g.seq for g in got[:2]] == [0, 1] and isinstance(got[2], SeriesEnd)
+    for g, v in zip(got, vols):
+        np.testing.assert_array_equal(g.data, v)
+        assert g.data.flags.c_contiguous
