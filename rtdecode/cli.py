@@ -80,6 +80,19 @@ def _evaluate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(out, indent=1))
 
 
+def _keygen(args: argparse.Namespace) -> None:
+    import zmq.auth
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in args.names:
+        if (out / f"{name}.key_secret").exists():
+            raise ConfigError(f"{out / (name + '.key_secret')} exists; not overwriting a key")
+        public, secret = zmq.auth.create_certificates(out, name)
+        os.chmod(secret, 0o600)
+        print(f"{name}: public key {public}, secret key {secret}")
+
+
 def _run(args: argparse.Namespace) -> None:
     # One BLAS thread: with two cores, a second spinning BLAS thread competes with the sender
     # and subscribers on the same machine and makes tail latency worse, not better.
@@ -242,6 +255,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-s", type=float, default=6.0, help="hemodynamic delay")
     p.add_argument("--json", help="write the tables as JSON here")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("keygen", help="create CurveZMQ key pairs (decoder, senders, subscribers)")
+    p.add_argument("names", nargs="+", help="one key pair per name: NAME.key (public), NAME.key_secret")
+    p.add_argument("--out", required=True, help="directory for the key files")
+    p.set_defaults(func=_keygen)
 
     p = sub.add_parser("run", help="run the real-time decoder")
     p.add_argument("-c", "--config", help="YAML config ('run' section)")

@@ -29,6 +29,15 @@ class SocketConfig:
 
 
 @dataclass
+class CurveConfig:
+    """CurveZMQ on the decoder's sockets (keys from ``rtdecode keygen``)."""
+
+    enabled: bool = False
+    secret_key: str = ""  # the decoder's .key_secret file
+    clients: str = ""  # directory of allowed client public keys (.key files)
+
+
+@dataclass
 class MotionConfig:
     """Motion correction stage (see :class:`rtdecode.motion.MotionCorrector`)."""
 
@@ -98,6 +107,7 @@ class RunConfig:
     blocks: BlocksConfig = field(default_factory=BlocksConfig)
     feedback: list[FeedbackConfig] = field(default_factory=list)
     latents: str = ""  # a latents directory (train.latents writes <bundle>/latents); "" none
+    curve: CurveConfig = field(default_factory=CurveConfig)  # encryption and client allow-list
 
 
 @dataclass
@@ -232,6 +242,27 @@ def _validate(cfg: Config, where: str) -> None:
         (r.transport in ("zmq", "lsl"), "run.transport", "must be zmq or lsl", r.transport),
         (r.blocks.hrf_shift_s >= 0, "run.blocks.hrf_shift_s", "must be >= 0", r.blocks.hrf_shift_s),
     ]
+    if r.curve.enabled:
+        rules += [
+            (
+                r.input.bind and r.output.bind,
+                "run.curve.enabled",
+                "needs run.input.bind and run.output.bind",
+                True,
+            ),
+            (
+                Path(r.curve.secret_key).is_file(),
+                "run.curve.secret_key",
+                "must be a key file",
+                r.curve.secret_key,
+            ),
+            (
+                Path(r.curve.clients).is_dir(),
+                "run.curve.clients",
+                "must be a directory of .key files",
+                r.curve.clients,
+            ),
+        ]
     try:
         re.compile(cfg.train.classifier.target)
         target_ok = True

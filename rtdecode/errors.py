@@ -31,3 +31,7 @@ class NotFittedError(RtDecodeError, RuntimeError):
 
 class ReceiveTimeout(RtDecodeError, TimeoutError):
     """Nothing arrived on a socket within the allowed time."""
+
+
+class SendTimeout(RtDecodeError, TimeoutError):
+    """A receiver did not take a message within the allowed time (not running, or refused us)."""

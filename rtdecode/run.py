@@ -33,7 +33,7 @@ from rtdecode.motion import MotionCorrector
 from rtdecode.nifti import load_volume
 from rtdecode.pipeline import Pipeline, Result
 from rtdecode.preprocess import Preprocessor
-from rtdecode.transport.zmq import Publisher, Receiver
+from rtdecode.transport.zmq import CurveServer, Publisher, Receiver
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp, stamps_to_dict
 
 log = logging.getLogger(__name__)
@@ -313,13 +313,18 @@ def build_feedback(cfg: RunConfig, pipe: Pipeline) -> Feedback:
     return Feedback([Score(spec, pipe.decoder, pipe.identifier.bank, cfg.bundle) for spec in cfg.feedback])
 
 
+def curve_server(cfg: RunConfig) -> CurveServer | None:
+    """The CurveZMQ settings of the decoder's sockets, if enabled."""
+    return CurveServer(cfg.curve.secret_key, cfg.curve.clients) if cfg.curve.enabled else None
+
+
 def open_source(cfg: RunConfig) -> VolumeSource:
     """The volume input named by ``cfg.transport``."""
     if cfg.transport == "lsl":
         from rtdecode.transport.lsl import VolumeInlet
 
         return VolumeInlet(cfg.lsl.volume_stream)
-    return Receiver(cfg.input.address, cfg.input.bind)
+    return Receiver(cfg.input.address, cfg.input.bind, curve=curve_server(cfg))
 
 
 def open_lsl_outputs(cfg: RunConfig, pipe: Pipeline, feedback: Feedback) -> Sink:
@@ -350,7 +355,7 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     with contextlib.ExitStack() as stack:
-        pub = stack.enter_context(Publisher(cfg.output.address, cfg.output.bind))
+        pub = stack.enter_context(Publisher(cfg.output.address, cfg.output.bind, curve=curve_server(cfg)))
         sink = Fanout([pub])
         dec = Decoder(cfg, sink)
         if cfg.lsl.outputs:

@@ -4,24 +4,79 @@ Volumes travel PUSH -> PULL (no loss, back-pressure instead); results are publis
 one topic per kind. Sends are zero-copy: frames alias the arrays handed over. Each endpoint owns
 its context, so :meth:`_Endpoint.close` can terminate it: that is what makes libzmq deliver what is
 queued (up to the linger time) and let go of every aliased buffer before Python frees it.
+
+CurveZMQ (optional, for decoders reachable over a network): a binding endpoint given a
+:class:`CurveServer` encrypts and admits only clients whose public keys are in an allow-list
+directory; connecting endpoints (senders, subscribers) use the key pair named by the environment
+variables ``RTDECODE_CURVE_SECRET_KEY`` (their own ``.key_secret`` file) and
+``RTDECODE_CURVE_SERVER_KEY`` (the decoder's public ``.key`` file). Keys come from
+``rtdecode keygen``.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 from rtdecode import wire
-from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout
+from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, SendTimeout
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
 
+SECRET_KEY_ENV = "RTDECODE_CURVE_SECRET_KEY"
+SERVER_KEY_ENV = "RTDECODE_CURVE_SERVER_KEY"
 
-def _open(context: zmq.Context, kind: int, address: str, bind: bool, linger_ms: int) -> zmq.Socket:
+
+@dataclass(frozen=True)
+class CurveServer:
+    """CurveZMQ for a binding endpoint: its key pair and the directory of allowed client keys."""
+
+    secret_key_file: str
+    clients_dir: str
+
+
+def _load_key(path: str, secret: bool) -> tuple[bytes, bytes | None]:
+    try:
+        public, secret_key = zmq.auth.load_certificate(path)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read CurveZMQ key {path!r}: {err}") from None
+    if secret and secret_key is None:
+        raise ConfigError(f"{path!r} holds no secret key (give the .key_secret file)")
+    return public, secret_key
+
+
+def _client_keys() -> tuple[bytes, bytes, bytes] | None:
+    own, server = os.environ.get(SECRET_KEY_ENV), os.environ.get(SERVER_KEY_ENV)
+    if not own and not server:
+        return None
+    if not (own and server):
+        raise ConfigError(f"CurveZMQ needs both {SECRET_KEY_ENV} and {SERVER_KEY_ENV}")
+    public, secret = _load_key(own, secret=True)
+    return public, secret, _load_key(server, secret=False)[0]
+
+
+def _open(
+    context: zmq.Context,
+    kind: int,
+    address: str,
+    bind: bool,
+    linger_ms: int,
+    curve: CurveServer | None = None,
+) -> zmq.Socket:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
+    if bind and curve is not None:
+        public, secret = _load_key(curve.secret_key_file, secret=True)
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_server = public, secret, True
+    elif not bind and (keys := _client_keys()) is not None:
+        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys
     try:
         if bind:
             sock.bind(address)
@@ -39,12 +94,24 @@ class _Endpoint:
 
     socket: zmq.Socket
     _context: zmq.Context
+    _auth: ThreadAuthenticator | None = None
 
-    def _init(self, kind: int, address: str, bind: bool, linger_ms: int) -> None:
+    def _init(
+        self, kind: int, address: str, bind: bool, linger_ms: int, curve: CurveServer | None = None
+    ) -> None:
         self._context = zmq.Context(io_threads=1)
         try:
-            self.socket = _open(self._context, kind, address, bind, linger_ms)
+            if bind and curve is not None:
+                if not Path(curve.clients_dir).is_dir():
+                    raise ConfigError(f"CurveZMQ client key directory {curve.clients_dir!r} does not exist")
+                # ZAP handler of this context: only clients whose public key is in the directory.
+                self._auth = ThreadAuthenticator(self._context)
+                self._auth.start()
+                self._auth.configure_curve(domain="*", location=curve.clients_dir)
+            self.socket = _open(self._context, kind, address, bind, linger_ms, curve)
         except ConfigError:
+            if self._auth is not None:
+                self._auth.stop()
             self._context.term()
             raise
 
@@ -55,6 +122,8 @@ class _Endpoint:
         """Deliver what is queued (up to the linger time), then close; safe to call twice."""
         if not self.socket.closed:
             self.socket.close()
+            if self._auth is not None:
+                self._auth.stop()
             self._context.term()
 
     def __enter__(self) -> _Endpoint:
@@ -78,13 +147,35 @@ class VolumeSender(_Endpoint):
     bind : bool
     linger_ms : int
         How long :meth:`close` waits to deliver queued volumes.
+    send_timeout_s : float
+        How long a send may wait for the decoder to take a volume (it queues up to 1,000 while
+        connected; with no decoder, or one that refused our key, sends would wait for ever).
     """
 
-    def __init__(self, address: str, bind: bool = False, linger_ms: int = 5000) -> None:
+    def __init__(
+        self, address: str, bind: bool = False, linger_ms: int = 5000, send_timeout_s: float = 10.0
+    ) -> None:
         self._init(zmq.PUSH, address, bind, linger_ms)
+        self.address = address
+        self.socket.setsockopt(zmq.SNDTIMEO, int(send_timeout_s * 1000))
+
+    def _send(self, frames: Sequence[Any]) -> None:
+        try:
+            super()._send(frames)
+        except zmq.Again:
+            raise SendTimeout(
+                f"no decoder at {self.address} took a volume within "
+                f"{self.socket.getsockopt(zmq.SNDTIMEO) / 1000:g} s (not running, or it refused our key)"
+            ) from None
 
     def send(self, vol: Volume) -> None:
-        """Stamp ``SENT`` and send one volume; do not modify ``vol.data`` afterwards."""
+        """Stamp ``SENT`` and send one volume; do not modify ``vol.data`` afterwards.
+
+        Raises
+        ------
+        SendTimeout
+            The decoder did not take it within ``send_timeout_s``.
+        """
         stamp(vol.stamps, Stage.SENT)
         self._send(wire.encode_volume(vol))
 
@@ -104,8 +195,10 @@ class VolumeSender(_Endpoint):
 class Receiver(_Endpoint):
     """Receive messages (PULL). Binds by default."""
 
-    def __init__(self, address: str, bind: bool = True, linger_ms: int = 0) -> None:
-        self._init(zmq.PULL, address, bind, linger_ms)
+    def __init__(
+        self, address: str, bind: bool = True, linger_ms: int = 0, curve: CurveServer | None = None
+    ) -> None:
+        self._init(zmq.PULL, address, bind, linger_ms, curve)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
 
@@ -148,8 +241,10 @@ class Receiver(_Endpoint):
 class Publisher(_Endpoint):
     """Publish results (PUB). Binds by default."""
 
-    def __init__(self, address: str, bind: bool = True, linger_ms: int = 1000) -> None:
-        self._init(zmq.PUB, address, bind, linger_ms)
+    def __init__(
+        self, address: str, bind: bool = True, linger_ms: int = 1000, curve: CurveServer | None = None
+    ) -> None:
+        self._init(zmq.PUB, address, bind, linger_ms, curve)
 
     def publish(
         self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
