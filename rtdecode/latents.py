@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import BundleError, VolumeError
+from rtdecode.errors import BundleError
 from rtdecode.stats import mean_column_correlation, zscore
 
 LATENTS_FORMAT = "rtdecode-latents"
@@ -200,9 +200,3 @@ class LatentDecoders:
                     info["meta"],
                 )
         return cls(maps, meta["mask_sha256"])
-
-    def check(self, n_voxels: int) -> None:
-        """Raise VolumeError if a map reads voxels beyond an analysis vector of ``n_voxels``."""
-        for m in self.maps.values():
-            if m.positions.size and int(m.positions.max()) >= n_voxels:
-                raise VolumeError(f"latent map {m.name!r} reads voxel {int(m.positions.max())} of {n_voxels}")

@@ -138,12 +138,6 @@ class LslPublisher:
         self.blocks = _outlet(f"{prefix}-blocks", "rtdecode.blocks", ["block"], "json", "string", {})
         self.status = _outlet(f"{prefix}-status", "rtdecode.status", ["status"], "json", "string", {})
 
-    @property
-    def outlets(self) -> list[pylsl.StreamOutlet]:
-        """Every outlet, for waiting on consumers."""
-        out = [*self.features.values(), self.ranking, self.motion, self.latency, self.blocks, self.status]
-        return out + ([self.feedback] if self.feedback is not None else [])
-
     def publish(
         self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
     ) -> None:
