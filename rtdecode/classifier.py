@@ -8,13 +8,13 @@ pickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from rtdecode.decoders import file_sha256, has_checksum
 from rtdecode.errors import BundleError, VolumeError
 
 CLASSIFIER_FORMAT = "rtdecode-classifier"
@@ -68,7 +68,7 @@ class LinearClassifier:
             "bias": float(self.bias),
             "target": self.target,
             "mask_sha256": self.mask_sha256,
-            "npz_sha256": hashlib.sha256(base.with_suffix(".npz").read_bytes()).hexdigest(),
+            "npz_sha256": file_sha256(base.with_suffix(".npz")),
             "meta": self.meta,
         }
         base.with_suffix(".json").write_text(json.dumps(meta, indent=1))
@@ -91,7 +91,7 @@ class LinearClassifier:
         if meta.get("format") != CLASSIFIER_FORMAT or meta.get("version") != CLASSIFIER_VERSION:
             raise BundleError(f"{base}.json: not an {CLASSIFIER_FORMAT} version {CLASSIFIER_VERSION} file")
         npz = base.with_suffix(".npz")
-        if not npz.exists() or hashlib.sha256(npz.read_bytes()).hexdigest() != meta["npz_sha256"]:
+        if not has_checksum(npz, meta["npz_sha256"]):
             raise BundleError(f"{npz}: missing, or its checksum differs from {base}.json")
         with np.load(npz, allow_pickle=False) as z:
             positions, weights = z["positions"], z["weights"]

@@ -31,6 +31,16 @@ def mask_checksum(mask: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, as hex (the checksums model files carry in their JSON)."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def has_checksum(path: str | Path, expected: str) -> bool:
+    """Whether ``path`` exists and its SHA-256 is ``expected``."""
+    return Path(path).exists() and file_sha256(path) == expected
+
+
 @dataclass
 class DecoderBundle:
     """Trained decoders for several ROIs and layers.
@@ -129,7 +139,7 @@ class DecoderBundle:
             "n_units": [int(n) for n in self.n_units],
             "mask_shape": list(self.mask.shape),
             "mask_sha256": mask_checksum(self.mask),
-            "npz_sha256": hashlib.sha256((d / "decoder.npz").read_bytes()).hexdigest(),
+            "npz_sha256": file_sha256(d / "decoder.npz"),
             "meta": self.meta,
         }
         (d / "decoder.json").write_text(json.dumps(meta, indent=1))
@@ -159,7 +169,7 @@ class DecoderBundle:
         npz = d / "decoder.npz"
         if not npz.exists():
             raise BundleError(f"{npz}: missing")
-        if hashlib.sha256(npz.read_bytes()).hexdigest() != meta["npz_sha256"]:
+        if file_sha256(npz) != meta["npz_sha256"]:
             raise BundleError(f"{npz}: checksum differs from decoder.json (file changed or corrupt)")
         with np.load(npz, allow_pickle=False) as z:
             mask = z["mask"]

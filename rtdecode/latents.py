@@ -15,13 +15,13 @@ eigendecomposition per fold.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from rtdecode.decoders import file_sha256, has_checksum
 from rtdecode.errors import BundleError
 from rtdecode.stats import mean_column_correlation, zscore
 
@@ -163,7 +163,7 @@ class LatentDecoders:
             "version": LATENTS_VERSION,
             "mask_sha256": self.mask_sha256,
             "maps": {n: {"shape": list(m.shape), "meta": m.meta} for n, m in self.maps.items()},
-            "npz_sha256": hashlib.sha256((d / "latents.npz").read_bytes()).hexdigest(),
+            "npz_sha256": file_sha256(d / "latents.npz"),
         }
         (d / "latents.json").write_text(json.dumps(meta, indent=1))
         return d
@@ -185,7 +185,7 @@ class LatentDecoders:
         if meta.get("format") != LATENTS_FORMAT or meta.get("version") != LATENTS_VERSION:
             raise BundleError(f"{d / 'latents.json'}: not an {LATENTS_FORMAT} version {LATENTS_VERSION} file")
         npz = d / "latents.npz"
-        if not npz.exists() or hashlib.sha256(npz.read_bytes()).hexdigest() != meta["npz_sha256"]:
+        if not has_checksum(npz, meta["npz_sha256"]):
             raise BundleError(f"{npz}: missing, or its checksum differs from latents.json")
         maps = {}
         with np.load(npz, allow_pickle=False) as z:

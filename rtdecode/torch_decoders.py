@@ -9,7 +9,6 @@ state dict read with ``torch.load(weights_only=True)``. torch is an optional ext
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtdecode.decoders import mask_checksum
+from rtdecode.decoders import file_sha256, has_checksum, mask_checksum
 from rtdecode.errors import BundleError, VolumeError
 from rtdecode.stats import zscore
 
@@ -95,8 +94,8 @@ class MLPBundle:
             "hidden": self.hidden,
             "dropout": self.dropout,
             "mask_sha256": mask_checksum(self.mask),
-            "npz_sha256": hashlib.sha256((d / "decoder.npz").read_bytes()).hexdigest(),
-            "pt_sha256": hashlib.sha256((d / "mlp.pt").read_bytes()).hexdigest(),
+            "npz_sha256": file_sha256(d / "decoder.npz"),
+            "pt_sha256": file_sha256(d / "mlp.pt"),
             "meta": self.meta,
         }
         (d / "decoder.json").write_text(json.dumps(meta, indent=1))
@@ -117,7 +116,7 @@ class MLPBundle:
             raise BundleError(f"{d / 'decoder.json'}: not an {MLP_FORMAT} version {MLP_VERSION} bundle")
         for name, key in (("decoder.npz", "npz_sha256"), ("mlp.pt", "pt_sha256")):
             path = d / name
-            if not path.exists() or hashlib.sha256(path.read_bytes()).hexdigest() != meta[key]:
+            if not has_checksum(path, meta[key]):
                 raise BundleError(f"{path}: missing, or its checksum differs from decoder.json")
         try:
             state = torch.load(d / "mlp.pt", map_location="cpu", weights_only=True)
