@@ -1,7 +1,7 @@
-"""numba kernels for cubic B-spline interpolation (prefilter and sampling).
+"""numba kernels of the hot path: B-splines (motion), sparse decoding, int8 candidate scoring.
 
 Single-threaded, ``nogil`` (two volumes can be processed on two cores) and cached on disk. The
-boundary condition is whole-sample mirror, the same as ``scipy.ndimage``'s ``mode="mirror"``,
+spline boundary condition is whole-sample mirror, the same as ``scipy.ndimage``'s ``mode="mirror"``,
 against which the tests check these kernels.
 """
 
@@ -273,6 +273,40 @@ def resample(img: np.ndarray, mat: np.ndarray, points: np.ndarray | None = None)
     return out.reshape(img.shape)
 
 
+@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy", boundscheck=False)
+def sparse_matvec(w: np.ndarray, idx: np.ndarray, x: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[u] = b[u] + sum_k w[u, k] * x[idx[u, k]]``: a decoder whose units read few voxels.
+
+    ``w`` (float32) and ``idx`` (int32) have shape (n_units, n_per_unit); rows with fewer
+    voxels are padded with weight 0.
+    """
+    for u in range(w.shape[0]):
+        wu = w[u]
+        iu = idx[u]
+        acc = np.float32(0.0)
+        for k in range(wu.size):
+            acc += wu[k] * x[iu[k]]
+        out[u] = acc + b[u]
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def int8_scores(codes: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
+    """``out[q, i] = sum_j codes[i, j] * query[q, j]`` in exact integer arithmetic.
+
+    ``codes`` int8 (n, m), ``query`` int16 (r, m), ``out`` int32 (r, n). The caller keeps
+    ``127 * max|query| * m`` below 2**31. Each code row is read once for all queries: the bank is
+    what costs memory bandwidth.
+    """
+    for i in range(codes.shape[0]):
+        row = codes[i]
+        for q in range(query.shape[0]):
+            qq = query[q]
+            acc = np.int32(0)
+            for j in range(row.size):
+                acc += np.int32(row[j]) * np.int32(qq[j])
+            out[q, i] = acc
+
+
 def warm_up() -> None:
     """Compile (or load from the disk cache) every kernel now, not on the first volume."""
     img = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
@@ -280,3 +314,11 @@ def warm_up() -> None:
     pts = grid_points(img.shape)
     sample(coef, np.eye(4)[:3], pts, np.empty(len(pts), dtype=np.float32))
     sample_gradient(coef, pts, np.empty((len(pts), 3)))
+    sparse_matvec(
+        np.ones((2, 2), np.float32),
+        np.zeros((2, 2), np.int32),
+        np.ones(2, np.float32),
+        np.zeros(2, np.float32),
+        np.empty(2, np.float32),
+    )
+    int8_scores(np.ones((2, 3), np.int8), np.ones((1, 3), np.int16), np.empty((1, 2), np.int32))

@@ -99,6 +99,8 @@ class RunConfig:
     bundle: str = "demo-out/decoder"
     candidates: str = ""  # default: <bundle>/candidates.npz
     top_k: int = 5
+    rank_precision: str = "int8"  # int8: certified int8 pre-ranking, same result as float32, 1/4 the reads
+    rank_threads: int = 1  # layers ranked in parallel (2 on a quiet two-core machine)
     heartbeat_s: float = 0.5
     publish_input: bool = False  # republish each received volume on topic "volume" (for recorders)
     motion: MotionConfig = field(default_factory=MotionConfig)
@@ -208,6 +210,13 @@ def _validate(cfg: Config, where: str) -> None:
     r = cfg.run
     rules = [
         (r.top_k >= 1, "run.top_k", "must be >= 1", r.top_k),
+        (
+            r.rank_precision in ("float32", "int8"),
+            "run.rank_precision",
+            "must be 'float32' or 'int8'",
+            r.rank_precision,
+        ),
+        (r.rank_threads >= 1, "run.rank_threads", "must be >= 1", r.rank_threads),
         (r.heartbeat_s > 0, "run.heartbeat_s", "must be > 0", r.heartbeat_s),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),

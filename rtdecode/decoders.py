@@ -2,7 +2,9 @@
 
 A bundle holds, for every ROI, one affine map over the ROI's voxels that predicts the units of all
 layers at once (the training normalisations are folded in), so a volume costs one matrix-vector
-product per ROI.
+product per ROI. Units trained on a few hundred selected voxels (Horikawa & Kamitani 2017) are
+applied in a sparse form that reads only those weights: 5,000 voxels x 8,000 units is 160 MB dense
+and 32 MB sparse.
 
 On disk a bundle is a directory with ``decoder.npz`` (arrays) and ``decoder.json`` (metadata and
 SHA-256 checksums); see ``docs/formats.md``.
@@ -17,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
+from rtdecode._kernels import sparse_matvec
 from rtdecode.errors import BundleError, VolumeError
 
 BUNDLE_FORMAT = "rtdecode-decoder"
 BUNDLE_VERSION = 1
+SPARSE_BELOW = 0.25  # apply a ROI's map in sparse form when no unit uses more than this share of voxels
 
 
 def mask_checksum(mask: np.ndarray) -> str:
@@ -93,6 +97,11 @@ class DecoderBundle:
                     f"{pos.size} voxels x {n_out} units"
                 )
         self.roi_names = list(self.rois)
+        self.sparse = {}
+        for roi in self.roi_names:
+            sp = sparse_columns(self.weights[roi])
+            if sp is not None:
+                self.sparse[roi] = sp
 
     @property
     def n_voxels(self) -> int:
@@ -117,8 +126,13 @@ class DecoderBundle:
             raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {x.shape}")
         out = np.empty((len(self.roi_names), sum(self.n_units)), dtype=np.float32)
         for i, roi in enumerate(self.roi_names):
-            np.dot(x[self.rois[roi]], self.weights[roi], out=out[i])
-            out[i] += self.intercepts[roi]
+            xr = x[self.rois[roi]]
+            if roi in self.sparse:
+                w, idx = self.sparse[roi]
+                sparse_matvec(w, idx, xr, self.intercepts[roi], out[i])
+            else:
+                np.dot(xr, self.weights[roi], out=out[i])
+                out[i] += self.intercepts[roi]
         return out
 
     def save(self, directory: str | Path) -> Path:
@@ -180,6 +194,34 @@ class DecoderBundle:
             intercepts = {r: z[f"intercept/{r}"] for r in meta["rois"]}
             affine = z["affine"]
         return cls(mask, affine, rois, meta["layers"], meta["n_units"], weights, intercepts, meta["meta"])
+
+
+def sparse_columns(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each column's nonzero weights and their rows, padded to one length, if that saves work.
+
+    Parameters
+    ----------
+    weights : numpy.ndarray
+        (n_voxels, n_units).
+
+    Returns
+    -------
+    tuple of numpy.ndarray or None
+        float32 ``w`` and int32 ``rows``, both (n_units, max nonzeros per unit), padded with
+        weight 0 at row 0; None when some unit uses more than ``SPARSE_BELOW`` of the voxels.
+    """
+    nz = weights != 0
+    counts = nz.sum(axis=0)
+    width = int(counts.max()) if counts.size else 0
+    if weights.shape[0] == 0 or width > SPARSE_BELOW * weights.shape[0]:
+        return None
+    w = np.zeros((weights.shape[1], max(width, 1)), dtype=np.float32)
+    rows = np.zeros(w.shape, dtype=np.int32)
+    unit, voxel = np.nonzero(nz.T)  # sorted by unit, then voxel
+    slot = np.arange(unit.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    w[unit, slot] = weights[voxel, unit]
+    rows[unit, slot] = voxel
+    return w, rows
 
 
 def load_bundle(directory: str | Path) -> DecoderBundle:

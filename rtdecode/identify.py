@@ -1,11 +1,20 @@
-"""Candidate banks, correlation ranking and pairwise identification accuracy."""
+"""Candidate banks, correlation ranking and pairwise identification accuracy.
+
+Ranking reads the whole candidate bank for every volume (8 layers x 15,372 candidates x 1,000 units
+is 490 MB as float32), so its speed is set by memory bandwidth. ``precision="int8"`` reads a copy
+quantised to one byte per value, then re-scores in float32 every candidate whose error bound lets
+it reach the top k: the ranking is the float32 ranking, at a quarter of the bytes.
+"""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from rtdecode._kernels import int8_scores
 from rtdecode.errors import BundleError
 
 BANK_FORMAT = "rtdecode-candidates"
@@ -145,6 +154,97 @@ def pairwise_identification(scores: np.ndarray, true_index: np.ndarray) -> np.nd
     return 1.0 - beaten / n_false
 
 
+PRECISIONS = ("float32", "int8")
+
+
+@dataclass
+class QuantisedRows:
+    """Rows stored as int8 codes with one scale each: ``row ~= scale * codes``.
+
+    ``error`` is each row's exact L2 quantisation error, which bounds the error of any dot product
+    with a unit vector (Cauchy-Schwarz).
+    """
+
+    codes: np.ndarray  # int8 (n, m); int16 when quantised to more than 127 levels
+    scale: np.ndarray  # float64 (n,)
+    error: np.ndarray  # float64 (n,)
+
+    @classmethod
+    def quantise(cls, rows: np.ndarray, levels: int = 127) -> QuantisedRows:
+        """Quantise each row symmetrically to ``-levels..levels`` (int8 up to 127, else int16)."""
+        rows = np.asarray(rows, dtype=np.float64)
+        amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
+        scale = np.where(amax > 0, amax / levels, 1.0)
+        q = np.rint(rows / scale[:, None])
+        error = np.linalg.norm(rows - q * scale[:, None], axis=1)
+        return cls(q.astype(np.int8 if levels <= 127 else np.int16), scale, error)
+
+    def dot_bounds(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate ``rows @ p`` for each row of ``p`` and a bound on the error of each value.
+
+        Parameters
+        ----------
+        p : numpy.ndarray
+            float32 (r, m), rows of unit norm or zero; the original rows are also of unit norm
+            or zero.
+
+        Returns
+        -------
+        approx, bound : numpy.ndarray
+            float64 (r, n): ``|rows @ p.T - approx| <= bound`` element-wise, counting the
+            quantisation of both sides and float32 rounding of an m-term dot product.
+        """
+        m = p.shape[1]
+        # int16 query codes, as fine as int32 accumulation of m products with int8 allows.
+        limit = min(32767, (2**31 - 1) // (127 * max(m, 1)))
+        pq = QuantisedRows.quantise(p, limit)
+        acc = np.empty((p.shape[0], self.codes.shape[0]), dtype=np.int32)
+        int8_scores(self.codes, pq.codes, acc)
+        approx = acc * pq.scale[:, None] * self.scale[None, :]
+        p_hat_norm = np.linalg.norm(pq.codes * pq.scale[:, None], axis=1)
+        rounding = 4.0 * m * 2.0**-24  # float32 dot products of unit vectors, computed twice
+        bound = pq.error[:, None] + self.error[None, :] * p_hat_norm[:, None] + rounding
+        return approx, bound
+
+
+def certified_top_k(
+    p: np.ndarray, features: np.ndarray, quantised: QuantisedRows, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The float32 top-k of ``p @ features.T`` found through int8 codes and re-scoring.
+
+    Only the rows whose upper bound reaches the k-th best exact score of the approximate top k
+    are read in float32, so the answer is that of :func:`top_k` on the full float32 product
+    (up to float32 rounding of near-equal scores).
+
+    Parameters
+    ----------
+    p : numpy.ndarray
+        float32 (r, m), centred, unit-norm rows (from :func:`normalise_rows`).
+    features : numpy.ndarray
+        float32 (n, m), the rows ``quantised`` was made from.
+    quantised : QuantisedRows
+    k : int
+
+    Returns
+    -------
+    indices : numpy.ndarray
+        int32 (r, k), best first.
+    scores : numpy.ndarray
+        float32 (r, k).
+    """
+    k = min(k, features.shape[0])
+    approx, bound = quantised.dot_bounds(p)
+    idx = np.empty((p.shape[0], k), dtype=np.int32)
+    val = np.empty((p.shape[0], k), dtype=np.float32)
+    for q in range(p.shape[0]):
+        first = np.argpartition(-approx[q], k - 1)[:k]
+        threshold = (features[first] @ p[q]).min()
+        need = np.flatnonzero(approx[q] + bound[q] >= threshold)
+        top, val[q] = top_k((features[need] @ p[q])[None], k)
+        idx[q] = need[top[0]]
+    return idx, val
+
+
 class Identifier:
     """Rank every candidate for every ROI x layer prediction of a volume.
 
@@ -155,6 +255,11 @@ class Identifier:
         Where each layer's units sit in a prediction row (from the decoder bundle).
     k : int
         How many top candidates to report.
+    precision : {"float32", "int8"}
+        How the bank is read: float32 products, or int8 codes with certified float32
+        re-scoring (same ranking, a quarter of the memory traffic, plus a quarter more memory).
+    threads : int
+        Layers ranked at once; the kernels release the GIL, and idle threads sleep (no spinning).
 
     Raises
     ------
@@ -162,9 +267,20 @@ class Identifier:
         If the bank lacks a layer of the decoder or its unit count differs.
     """
 
-    def __init__(self, bank: CandidateBank, layer_slices: dict[str, slice], k: int = 5) -> None:
+    def __init__(
+        self,
+        bank: CandidateBank,
+        layer_slices: dict[str, slice],
+        k: int = 5,
+        precision: str = "float32",
+        threads: int = 1,
+    ) -> None:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads!r}")
         for layer, sl in layer_slices.items():
             if layer not in bank.features:
                 raise BundleError(f"candidate bank has no layer {layer!r}; it has {list(bank.features)}")
@@ -177,6 +293,13 @@ class Identifier:
         self.bank = bank
         self.layer_slices = layer_slices
         self.k = k
+        self.precision = precision
+        self.quantised = (
+            {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layer_slices}
+            if precision == "int8"
+            else {}
+        )
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rank") if threads > 1 else None
 
     def rank(self, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-k candidates per ROI and layer.
@@ -193,10 +316,19 @@ class Identifier:
         scores : numpy.ndarray
             float32, shape (n_rois, n_layers, k), Pearson correlations.
         """
-        n_rois, n_layers = predictions.shape[0], len(self.layer_slices)
+        layers = list(self.layer_slices)
+        ranked = (
+            self._pool.map(self._rank_layer, layers, [predictions] * len(layers))
+            if self._pool is not None
+            else map(self._rank_layer, layers, [predictions] * len(layers))
+        )
+        idx, val = zip(*ranked)
+        return np.stack(idx, axis=1), np.stack(val, axis=1)
+
+    def _rank_layer(self, layer: str, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = min(self.k, len(self.bank.labels))
-        idx = np.empty((n_rois, n_layers, k), dtype=np.int32)
-        val = np.empty((n_rois, n_layers, k), dtype=np.float32)
-        for j, (layer, sl) in enumerate(self.layer_slices.items()):
-            idx[:, j], val[:, j] = top_k(correlations(predictions[:, sl], self.bank.features[layer]), k)
-        return idx, val
+        pred = predictions[:, self.layer_slices[layer]]
+        if self.precision == "int8":
+            p = normalise_rows(pred).astype(np.float32)
+            return certified_top_k(p, self.bank.features[layer], self.quantised[layer], k)
+        return top_k(correlations(pred, self.bank.features[layer]), k)

@@ -43,7 +43,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     """Load the bundle and candidates named in ``cfg`` and assemble the stages."""
     bundle = load_bundle(cfg.bundle)
     bank = CandidateBank.load(cfg.candidates or Path(cfg.bundle) / "candidates.npz")
-    identifier = Identifier(bank, bundle.layer_slices, cfg.top_k)
+    identifier = Identifier(bank, bundle.layer_slices, cfg.top_k, cfg.rank_precision, cfg.rank_threads)
     motion = None
     if cfg.motion.enabled:
         warm_up()

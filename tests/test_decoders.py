@@ -51,3 +51,29 @@ def test_shape_checks():
         b.predict(np.zeros(39, np.float32))
     with pytest.raises(BundleError, match="do not match"):
         DecoderBundle(b.mask, b.affine, b.rois, ["l1"], [4], b.weights, b.intercepts)
+
+
+def test_units_on_few_voxels_are_applied_sparsely_with_the_dense_result():
+    rng = np.random.default_rng(1)
+    mask = np.ones((10, 10, 10), bool)
+    w = np.zeros((1000, 60), np.float32)
+    for u in range(60):  # 50 voxels per unit, one unit with none (intercept only)
+        if u != 7:
+            w[rng.choice(1000, 50, replace=False), u] = rng.standard_normal(50)
+    dense_w = rng.standard_normal((1000, 60)).astype(np.float32)
+    b = rng.standard_normal(60).astype(np.float32)
+    bundle = DecoderBundle(
+        mask,
+        np.eye(4),
+        {"S": np.arange(1000), "D": np.arange(1000)},
+        ["l"],
+        [60],
+        {"S": w, "D": dense_w},
+        {"S": b, "D": b},
+    )
+    assert list(bundle.sparse) == ["S"]
+    x = rng.standard_normal(1000).astype(np.float32)
+    out = bundle.predict(x)
+    np.testing.assert_allclose(out[0], x @ w + b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out[1], x @ dense_w + b, rtol=1e-5, atol=1e-5)
+    assert out[0, 7] == b[7]

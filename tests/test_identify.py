@@ -5,6 +5,7 @@ from rtdecode.errors import BundleError
 from rtdecode.identify import (
     CandidateBank,
     Identifier,
+    QuantisedRows,
     correlations,
     normalise_rows,
     pairwise_identification,
@@ -68,3 +69,62 @@ def test_loading_a_corrupt_bank_is_a_clear_error(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
     with pytest.raises(BundleError, match="cannot read candidate bank"):
         CandidateBank.load(tmp_path / "bad.npz")
+
+
+def _structured_bank(n=2000, m=300, seed=0):
+    from rtdecode.sim.features import make_feature_bank
+
+    fb = make_feature_bank(n, m, seed=seed)
+    return fb, CandidateBank(fb.labels, fb.category_features)
+
+
+def test_quantised_dot_products_stay_within_their_bound():
+    rng = np.random.default_rng(3)
+    rows = normalise_rows(rng.standard_normal((500, 257)) ** 3)  # heavy tails: coarse int8 steps
+    q = QuantisedRows.quantise(rows)
+    assert q.codes.dtype == np.int8 and np.abs(q.codes).max() == 127
+    p = normalise_rows(rng.standard_normal((4, 257))).astype(np.float32)
+    approx, bound = q.dot_bounds(p)
+    exact = p.astype(np.float64) @ rows.T
+    assert (np.abs(exact - approx) <= bound).all()
+    assert np.median(bound) < 0.05 and np.abs(exact - approx).max() > 0  # a real, not a vacuous bound
+
+
+def test_int8_ranking_equals_float32_ranking():
+    fb, bank = _structured_bank()
+    slices = {ly: slice(i * 300, (i + 1) * 300) for i, ly in enumerate(fb.layers)}
+    f32 = Identifier(bank, slices, k=10)
+    i8 = Identifier(bank, slices, k=10, precision="int8")
+    i8_two = Identifier(bank, slices, k=10, precision="int8", threads=2)
+    rng = np.random.default_rng(4)
+    for noise in (0.5, 2.0, 8.0):  # from easy to nearly unrelated predictions
+        cats = rng.integers(0, len(fb.labels), 3)
+        pred = np.concatenate(
+            [fb.category_features[ly][cats] + rng.normal(0, noise, (3, 300)) for ly in fb.layers], axis=1
+        ).astype(np.float32)
+        a, b, c = f32.rank(pred), i8.rank(pred), i8_two.rank(pred)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+        np.testing.assert_array_equal(b[0], c[0])
+    assert bank.features[fb.layers[0]].nbytes == 4 * i8.quantised[fb.layers[0]].codes.nbytes
+
+
+def test_int8_ranking_rescores_near_ties_instead_of_guessing():
+    # 40 candidates whose scores differ by ~1e-4, far less than the int8 error bound (~1e-2).
+    rng = np.random.default_rng(5)
+    base = rng.standard_normal(200)
+    feats = np.vstack([base + rng.normal(0, 2e-3, (40, 200)), rng.standard_normal((400, 200))])
+    bank = CandidateBank([f"c{i}" for i in range(440)], {"l": feats})
+    pred = (base + rng.normal(0, 0.05, 200))[None].astype(np.float32)
+    a = Identifier(bank, {"l": slice(0, 200)}, k=10).rank(pred)
+    b = Identifier(bank, {"l": slice(0, 200)}, k=10, precision="int8").rank(pred)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert (a[0] < 40).all()
+
+
+def test_identifier_parameters_are_checked():
+    bank = CandidateBank(["a", "b"], {"l": np.eye(2, 3)})
+    with pytest.raises(ValueError, match="precision"):
+        Identifier(bank, {"l": slice(0, 3)}, precision="float16")
+    with pytest.raises(ValueError, match="threads"):
+        Identifier(bank, {"l": slice(0, 3)}, threads=0)

@@ -1,139 +1,612 @@
-"""Per-stage latency of the demo workload: live (decoder process, ZeroMQ) against an in-process baseline.
+"""Latency and throughput at the W1-W3 workloads, against a naive pipeline in the same run.
 
-The baseline runs the same pipeline on the same volumes in this process, with no sockets; the live
-run starts ``rtdecode run`` as a subprocess, streams the test session to it from this process and
-reads every volume's stamps from its ``latency`` topic. Both are summarised from the stamps the
-volumes carry (median, p95, p99, max, in ms).
+    pip install -e '.[bench]'                  # SimpleITK, for the naive pipeline
+    python tools/bench.py --workload W1 --json bench-out/W1.json
+    python tools/bench.py --scaling --json bench-out/scaling.json
 
-    python tools/bench.py --work bench-out --json bench-out/bench.json
+Workloads (synthetic subject, decoders and candidates of the sizes that matter; the volumes come
+from the simulator, with head motion, so motion correction does real work):
 
-The work directory is filled with a simulated subject and a trained decoder on first use (as the
-demo does) and reused afterwards.
+- W1 (GOD scale): 64x64x50 volume, 5,000 VC voxels, 8 layers x 1,000 units, 500 voxels per unit,
+  15,372 candidates per layer, motion correction on.
+- W2 (multiband): 104x104x72 volume, 20,000 voxels, otherwise as W1.
+- W3 (diffusion latents): W1 with 15,000 voxels and latent maps to 6,400 + 59,136 outputs (random
+  factors of the exact ridge map's shapes, rank 1,200 = training blocks).
+
+One run of a workload:
+
+1. the machine's read bandwidth, one and two threads;
+2. the pipeline in this process, no sockets, on every volume (the baseline), and the top-10 of
+   every volume checked against float64 rankings (plus float16 / raw int8 storage, emulated);
+3. live: a sender process, ``rtdecode run`` and a subscriber process on loopback ZeroMQ, paced at
+   the TR (1 s) and unpaced; the decoder's RSS sampled from /proc;
+4. the naive pipeline (SimpleITK rigid registration, scikit-learn ``predict``, one
+   ``numpy.corrcoef`` per candidate) on the first ``--naive-volumes`` volumes.
+
+``--repeat N`` sends the series N times as one long series (the unpaced run), for the RSS figure
+over 28,800 volumes. ``--scaling`` times each stage alone over volume size, voxels, units and
+candidates instead. Work directories are reused.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import subprocess
-import sys
-import threading
-import time
-from pathlib import Path
+import os
 
-import numpy as np
-import yaml
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy: one BLAS thread everywhere
 
-from rtdecode.config import Config, load_config, to_dict
-from rtdecode.demo import free_tcp_address, sim_params
-from rtdecode.errors import ReceiveTimeout
-from rtdecode.latency import LatencyTracker, format_table
-from rtdecode.nifti import iter_volumes
-from rtdecode.run import build_pipeline
-from rtdecode.sim.scanner import stream_session
-from rtdecode.sim.session import simulate_session, write_session
-from rtdecode.train import train_session
-from rtdecode.transport.zmq import Subscriber
-from rtdecode.volume import Stage, stamp, stamps_from_dict
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from functools import partial  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import yaml  # noqa: E402
+
+from rtdecode.config import Config, RunConfig, SocketConfig, to_dict  # noqa: E402
+from rtdecode.decoders import DecoderBundle, mask_checksum  # noqa: E402
+from rtdecode.demo import free_tcp_address  # noqa: E402
+from rtdecode.errors import ReceiveTimeout  # noqa: E402
+from rtdecode.identify import CandidateBank, QuantisedRows, normalise_rows, top_k  # noqa: E402
+from rtdecode.latency import LatencyTracker, format_table  # noqa: E402
+from rtdecode.latents import LatentDecoders, LatentMap  # noqa: E402
+from rtdecode.nifti import iter_volumes  # noqa: E402
+from rtdecode.replay import send_volumes  # noqa: E402
+from rtdecode.run import build_pipeline  # noqa: E402
+from rtdecode.sim.features import make_feature_bank  # noqa: E402
+from rtdecode.sim.session import SimParams, simulate_session, write_session  # noqa: E402
+from rtdecode.transport.zmq import Subscriber  # noqa: E402
+from rtdecode.volume import Stage, Volume, new_stamps, stamp, stamps_from_dict  # noqa: E402
+
+WORKLOADS = {
+    "W1": {"shape": (64, 64, 50), "voxel_mm": 3.0, "voxels": 5000, "latents": False},
+    "W2": {"shape": (104, 104, 72), "voxel_mm": 2.0, "voxels": 20000, "latents": False},
+    "W3": {"shape": (64, 64, 50), "voxel_mm": 3.0, "voxels": 15000, "latents": True},
+}
+LAYERS, UNITS, PER_UNIT, CANDIDATES, TOP = 8, 1000, 500, 15372, 10
+LATENTS = {"image": (4, 40, 40), "text": (77, 768)}
+LATENT_RANK = 1200
 
 
-def prepare(work: Path, cfg: Config) -> None:
-    """Simulate and train once; later runs reuse the directory."""
-    if (work / "decoder" / "decoder.json").exists() and (work / "test" / "bold.nii").exists():
-        return
-    p_train, p_test = sim_params(cfg, kind="train", seed=1), sim_params(cfg, kind="test", seed=2)
-    sim = simulate_session(p_train)
-    write_session(work / "train", p_train, sim)
-    write_session(work / "test", p_test, simulate_session(p_test, sim["subject"]))
-    train_session(work / "train", work / "decoder", cfg)
+def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:
+    """p50/p95/p99/max and n of a list of milliseconds."""
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        return {"n": 0}
+    out = {f"p{q}": float(np.percentile(v, q)) for q in (50, 95, 99)}
+    return out | {"max": float(v.max()), "n": int(v.size)}
 
 
-def baseline(run_cfg, bold: Path) -> LatencyTracker:
-    """The same pipeline in this process, no sockets: RECEIVED is stamped when the volume is read."""
-    pipe = build_pipeline(run_cfg)
-    tracker = LatencyTracker()
+# --- workload -----------------------------------------------------------------------------------
+
+
+def synthetic_bundle(mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> DecoderBundle:
+    """One ROI over all analysis voxels; each unit reads ``PER_UNIT`` random voxels."""
+    n_vox, n_out = int(mask.sum()), LAYERS * UNITS
+    w = np.zeros((n_vox, n_out), dtype=np.float32)
+    per_unit = min(PER_UNIT, n_vox)
+    for u in range(n_out):
+        w[rng.choice(n_vox, per_unit, replace=False), u] = rng.standard_normal(per_unit) / np.sqrt(per_unit)
+    layers = [f"layer{i + 1}" for i in range(LAYERS)]
+    return DecoderBundle(
+        mask, affine, {"VC": np.arange(n_vox)}, layers, [UNITS] * LAYERS, {"VC": w},
+        {"VC": np.zeros(n_out, np.float32)}, {"synthetic": "bench workload"},
+    )  # fmt: skip
+
+
+def prepare(name: str, work: Path) -> Path:
+    """Simulate the volumes and write bundle, candidates (and latents) once; return the directory."""
+    spec = WORKLOADS[name]
+    d = work / name
+    if (d / "ready").exists():
+        return d
+    rng = np.random.default_rng(7)
+    p = SimParams(
+        shape=spec["shape"], voxel_size_mm=spec["voxel_mm"], tr_s=1.0, n_categories=60, n_units=20,
+        n_train_categories=50, n_test_categories=10, kind="train",
+    )  # fmt: skip
+    print(f"{name}: simulating {p.shape} volumes ...", flush=True)
+    sim = simulate_session(p)
+    write_session(d / "session", p, sim)
+    ph = sim["subject"].phantom
+    # The analysis voxels: visual cortex first, then the nearest other brain voxels.
+    vc = np.zeros(p.shape, bool)
+    vc.ravel()[sim["subject"].voxel_index] = True
+    brain = np.flatnonzero(ph.brain)
+    centre = np.argwhere(vc).mean(0)
+    dist = np.linalg.norm(np.argwhere(ph.brain) - centre, axis=1) - 1e6 * vc.ravel()[brain]
+    mask = np.zeros(p.shape, bool)
+    mask.ravel()[brain[np.argsort(dist)[: spec["voxels"]]]] = True
+    print(f"{name}: decoders ({mask.sum()} voxels) and {CANDIDATES} candidates ...", flush=True)
+    bundle = synthetic_bundle(mask, ph.affine, rng)
+    bundle.save(d / "decoder")
+    fb = make_feature_bank(CANDIDATES, UNITS, seed=3)
+    CandidateBank(
+        fb.labels, {ly: fb.category_features[old] for ly, old in zip(bundle.layers, fb.layers)}
+    ).save(d / "decoder" / "candidates.npz")
+    if spec["latents"]:
+        n = int(mask.sum())
+        maps = {
+            k: LatentMap(
+                k,
+                shape,
+                np.arange(n),
+                (rng.standard_normal((n, LATENT_RANK), dtype=np.float32) / np.sqrt(n)),
+                (rng.standard_normal((LATENT_RANK, int(np.prod(shape))), dtype=np.float32)),
+                np.zeros(int(np.prod(shape)), np.float32),
+                {"synthetic": True},
+            )  # fmt: skip
+            for k, shape in LATENTS.items()
+        }
+        LatentDecoders(maps, mask_checksum(mask)).save(d / "latents")
+    (d / "ready").write_text("")
+    return d
+
+
+def run_config(d: Path, precision: str, threads: int) -> RunConfig:
+    """The decoder settings of a workload."""
+    return dataclasses.replace(
+        RunConfig(),
+        bundle=str(d / "decoder"),
+        top_k=TOP,
+        rank_precision=precision,
+        rank_threads=threads,
+        latents=str(d / "latents") if (d / "latents").exists() else "",
+    )
+
+
+# --- machine ------------------------------------------------------------------------------------
+
+
+def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> dict[str, float]:
+    """Read bandwidth from memory in GB/s: best of ``repeats`` integer sums, 1 and 2 threads."""
+    a = np.ones(megabytes * 2**20 // 8, dtype=np.int64)
+    halves = np.array_split(a, 2)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return a.nbytes / min(times) / 1e9
+
+    def two() -> None:  # numpy releases the GIL in reductions
+        ts = [threading.Thread(target=np.sum, args=(h,)) for h in halves]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+
+    return {"one_thread_gbs": best(lambda: np.sum(a)), "two_threads_gbs": best(two)}
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    """(VmRSS, VmHWM) of a process in KiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+# --- baseline and precision ---------------------------------------------------------------------
+
+
+def baseline(cfg: RunConfig, bold: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
+    """The pipeline in this process on every volume: latency summary, predictions, top indices."""
+    pipe = build_pipeline(cfg)
+    tracker, preds, tops = LatencyTracker(), [], []
     for vol in iter_volumes(bold):
         stamp(vol.stamps, Stage.RECEIVED)
-        pipe.process(vol)
+        res = pipe.process(vol)
         stamp(vol.stamps, Stage.PUBLISHED)
         tracker.add(vol.stamps)
-    return tracker
+        if res.predictions is not None:
+            preds.append(res.predictions[0])
+            tops.append(res.top_indices[0])
+    return tracker.summary(), preds, tops
 
 
-def live(run_cfg, bold: Path, speed: float, work: Path) -> LatencyTracker:
-    """Decoder subprocess, sender in this process, latency read back over ZeroMQ."""
-    run_cfg = dataclasses.replace(run_cfg)
-    run_cfg.input = dataclasses.replace(run_cfg.input, address=free_tcp_address(), bind=True)
-    run_cfg.output = dataclasses.replace(run_cfg.output, address=free_tcp_address(), bind=True)
-    cfg_path = work / "bench-run.yaml"
-    cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=run_cfg))["run"]}))
-    proc = subprocess.Popen(
+def precision_check(d: Path, preds: list[np.ndarray], tops: list[np.ndarray], n_signal: int) -> dict:
+    """Share of rankings whose top-10 equals float64's, per way of storing the bank.
+
+    Two query sets: the pipeline's predictions of the workload's volumes (unrelated to the
+    candidates: a hard case of many near-equal scores), and ``n_signal`` predictions made of a
+    candidate's features plus noise at r ~ 0.3 (the accuracy of real feature decoders).
+    """
+    bank = CandidateBank.load(d / "decoder" / "candidates.npz")
+    layers = list(bank.features)
+    stores = {
+        ly: {
+            "float64": normalise_rows(f.astype(np.float64)),
+            "float32": f,
+            "float16": f.astype(np.float16).astype(np.float32),  # float16 storage, float32 arithmetic
+            "int8_raw": QuantisedRows.quantise(f),  # int8 codes alone, no re-scoring
+        }
+        for ly, f in bank.features.items()
+    }
+    rng = np.random.default_rng(11)
+    signal = []
+    for c in rng.integers(0, len(bank.labels), n_signal):
+        f = np.concatenate([bank.features[ly][c] for ly in layers])
+        signal.append(f + rng.normal(0, 3.0 * f.std(), f.size))
+    out = {}
+    for qname, queries in (("pipeline", preds), ("signal", signal)):
+        kinds = ["float32", "float16", "int8_raw"] + (["int8_certified"] if qname == "pipeline" else [])
+        same = dict.fromkeys(kinds, 0)
+        for qi, pred in enumerate(queries):
+            ok = dict.fromkeys(kinds, True)
+            for j, ly in enumerate(layers):
+                st = stores[ly]
+                p = pred[j * UNITS : (j + 1) * UNITS][None]
+                truth = top_k(normalise_rows(p) @ st["float64"].T, TOP)[0][0]
+                p32 = normalise_rows(p).astype(np.float32)
+                got = {
+                    "float32": top_k(p32 @ st["float32"].T, TOP)[0][0],
+                    "float16": top_k(p32 @ st["float16"].T, TOP)[0][0],
+                    "int8_raw": top_k(st["int8_raw"].dot_bounds(p32)[0], TOP)[0][0],
+                }
+                if qname == "pipeline":
+                    got["int8_certified"] = tops[qi][j]  # what the pipeline published
+                for k in kinds:
+                    ok[k] &= bool(np.array_equal(got[k], truth))
+            for k in kinds:
+                same[k] += ok[k]
+        out[qname] = {"n": len(queries)} | {k: v / max(len(queries), 1) for k, v in same.items()}
+    return out
+
+
+# --- live ---------------------------------------------------------------------------------------
+
+
+def looped(bold: Path, repeat: int) -> list[Volume]:
+    """The series ``repeat`` times over as one series (volume indices continue)."""
+    vols = list(iter_volumes(bold, session="bench", series="run-01"))
+    return [
+        dataclasses.replace(v, seq=r * len(vols) + v.seq, stamps=new_stamps())
+        for r in range(repeat)
+        for v in vols
+    ]
+
+
+def role_send(args: argparse.Namespace) -> None:
+    """Sender process: stream the series to the decoder."""
+    vols = looped(Path(args.bold), args.repeat)
+    time.sleep(args.lead)
+    n = send_volumes(iter(vols), args.to, args.speed)
+    print(json.dumps({"sent": n}), flush=True)
+
+
+def role_listen(args: argparse.Namespace) -> None:
+    """Subscriber process: every topic, stamps and arrival times until the series ends."""
+    latency, arrival, latent_ms, latent_arrival, n_msgs = [], [], [], [], 0
+    with Subscriber(args.address, [""]) as sub:
+        Path(args.ready).write_text("")
+        while True:
+            msg = sub.recv(120)
+            now = time.monotonic_ns()
+            n_msgs += 1
+            if msg.topic == "latency":
+                s = stamps_from_dict(msg.header["stamps"])
+                latency.append(s.tolist())
+                arrival.append((now - s[Stage.PUBLISHED]) / 1e6)
+            elif msg.topic == "latent":
+                latent_ms.append(msg.header["ms"])
+                latent_arrival.append(now)
+            elif msg.topic == "status" and msg.header.get("event") == "end":
+                break
+    Path(args.out).write_text(
+        json.dumps({"stamps": latency, "delivered_ms": arrival, "latent_ms": latent_ms, "messages": n_msgs})
+    )
+
+
+def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) -> dict:
+    """Sender, decoder and subscriber processes; summaries from the subscriber's record."""
+    cfg = dataclasses.replace(
+        cfg, input=SocketConfig(free_tcp_address(), True), output=SocketConfig(free_tcp_address(), True)
+    )
+    cfg_path, ready, rec = work / "bench-run.yaml", work / "listener.ready", work / "listener.json"
+    ready.unlink(missing_ok=True)
+    cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=cfg))["run"]}))
+    me = [sys.executable, __file__]
+    decoder = subprocess.Popen(
         [sys.executable, "-m", "rtdecode", "run", "-c", str(cfg_path), "--exit-after-series"],
         stdout=subprocess.DEVNULL,
     )
-    tracker = LatencyTracker()
+    listener = subprocess.Popen(
+        me + ["listen", "--address", cfg.output.address, "--out", str(rec), "--ready", str(ready)]
+    )
+    rss = []
     try:
-        with Subscriber(run_cfg.output.address, ["latency", "status"]) as sub:
-            deadline = time.monotonic() + 60
-            while True:  # wait until the subscription is live (first heartbeat)
+        deadline = time.monotonic() + 300
+        with Subscriber(cfg.output.address, ["status"]) as probe:  # the decoder is up once it beats
+            while True:
                 try:
-                    sub.recv(0.5)
+                    probe.recv(0.5)
                     break
                 except ReceiveTimeout:
-                    if time.monotonic() > deadline or proc.poll() is not None:
+                    if time.monotonic() > deadline or decoder.poll() is not None:
                         raise RuntimeError("decoder did not start") from None
-            sender = threading.Thread(
-                target=stream_session, args=(bold, run_cfg.input.address, speed), daemon=True
-            )
-            sender.start()
-            while True:
-                msg = sub.recv(60)
-                if msg.topic == "latency":
-                    tracker.add(stamps_from_dict(msg.header["stamps"]))
-                elif msg.header.get("event") == "end":
-                    break
-            sender.join()
+        while not ready.exists():
+            time.sleep(0.05)
+        time.sleep(0.5)  # the listener's subscription reaches the publisher
+        t0 = time.monotonic()
+        sender = subprocess.Popen(
+            me + ["send", "--bold", str(bold), "--to", cfg.input.address, "--speed", str(speed),
+                  "--repeat", str(repeat)]
+        )  # fmt: skip
+        while decoder.poll() is None:
+            try:
+                rss.append((time.monotonic() - t0, *rss_kib(decoder.pid)))
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.25)
+        wall = time.monotonic() - t0
+        sender.wait(60)
+        listener.wait(60)
     finally:
-        proc.wait(30)
-    return tracker
+        for p in (decoder, listener):
+            if p.poll() is None:
+                p.kill()
+    got = json.loads(rec.read_text())
+    tracker = LatencyTracker()
+    for s in got["stamps"]:
+        tracker.add(np.array(s, dtype=np.int64))
+    stamps = np.array(got["stamps"], dtype=np.int64)
+    n = len(stamps)
+    span_s = (stamps[-1, Stage.PUBLISHED] - stamps[0, Stage.RECEIVED]) / 1e9 if n > 1 else float("nan")
+    out = {
+        "volumes": n,
+        "stages_ms": tracker.summary(),
+        "delivered_ms": percentiles(got["delivered_ms"]),
+        "volumes_per_s": (n - 1) / span_s if n > 1 else 0.0,
+        "wall_s": wall,
+        "messages": got["messages"],
+        "peak_rss_mb": max(r[2] for r in rss) / 1024 if rss else None,
+    }
+    if got["latent_ms"]:
+        out["latent_ms"] = percentiles(got["latent_ms"])
+    if len(rss) >= 8:  # after the first tenth of the run (warm) vs the last tenth
+        t = np.array([r[0] for r in rss])
+        m = np.array([r[1] for r in rss], dtype=float)
+        early, late = m[t <= t[-1] * 0.1][-1], np.median(m[t >= t[-1] * 0.9])
+        out["rss_mb"] = {"after_10pct": early / 1024, "last_10pct": late / 1024}
+        out["rss_growth_pct"] = float((late - early) / early * 100)
+    return out
+
+
+# --- naive --------------------------------------------------------------------------------------
+
+
+def naive(d: Path, bold: Path, n: int, baseline_volumes: int) -> dict:
+    """The pipeline as the standard libraries give it, timed per stage on ``n`` volumes.
+
+    SimpleITK rigid registration to volume 0, z-scoring against the first volumes, scikit-learn
+    Ridge ``predict`` with the same weights, ``numpy.corrcoef`` against every candidate, argsort.
+    """
+    import SimpleITK as sitk
+    from bench_motion import _RAS_TO_LPS, sitk_image, sitk_rigid
+    from sklearn.linear_model import Ridge
+
+    from rtdecode.rigid import grid_centre_mm
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+    bundle = DecoderBundle.load(d / "decoder")
+    bank = CandidateBank.load(d / "decoder" / "candidates.npz")
+    model = Ridge()
+    n_vox, n_out = bundle.n_voxels, sum(bundle.n_units)
+    model.fit(np.zeros((2, n_vox)), np.zeros((2, n_out)))
+    model.coef_ = bundle.weights["VC"].T.astype(np.float64)
+    model.intercept_ = bundle.intercepts["VC"].astype(np.float64)
+    index = np.flatnonzero(bundle.mask)
+    vols = list(iter_volumes(bold))
+    affine = vols[0].affine
+    fixed = sitk_image(sitk, vols[0].data.astype(np.float32), affine)
+    centre = (_RAS_TO_LPS[:3, :3] @ grid_centre_mm(affine, vols[0].data.shape)).tolist()
+    stages = {"motion": [], "preprocess": [], "decode": [], "rank": [], "end_to_end": []}
+    base = []
+    for k, vol in enumerate(vols[: baseline_volumes + n]):
+        t0 = time.perf_counter()
+        moving = sitk_image(sitk, vol.data.astype(np.float32), affine)
+        tx = sitk_rigid(sitk, centre).Execute(fixed, moving) if k else sitk.Euler3DTransform()
+        moved = sitk.Resample(moving, fixed, tx, sitk.sitkLinear)
+        values = sitk.GetArrayFromImage(moved).transpose(2, 1, 0).ravel()[index]
+        t1 = time.perf_counter()
+        if k < baseline_volumes:
+            base.append(values)
+            continue
+        b = np.array(base)
+        x = (values - b.mean(0)) / np.where(b.std(0) > 0, b.std(0), 1)
+        t2 = time.perf_counter()
+        pred = model.predict(x[None])[0]
+        t3 = time.perf_counter()
+        for ly, sl in bundle.layer_slices.items():
+            r = np.array([np.corrcoef(pred[sl], c)[0, 1] for c in bank.features[ly]])
+            np.argsort(-r)[:TOP]
+        t4 = time.perf_counter()
+        for key, a, b_ in (("motion", t0, t1), ("preprocess", t1, t2), ("decode", t2, t3), ("rank", t3, t4)):
+            stages[key].append((b_ - a) * 1e3)
+        stages["end_to_end"].append((t4 - t0) * 1e3)
+        print(f"  naive volume {k}: {stages['end_to_end'][-1]:.0f} ms", flush=True)
+    return {k: percentiles(v) for k, v in stages.items()}
+
+
+# --- report -------------------------------------------------------------------------------------
+
+
+def bytes_per_volume(d: Path, cfg: RunConfig, rescored_rows: float = 0.0) -> dict[str, int]:
+    """Bytes each stage reads per volume (arrays it must stream; caches ignored)."""
+    bundle = DecoderBundle.load(cfg.bundle)
+    shape = bundle.mask.shape
+    vol = int(np.prod(shape))
+    w, idx = bundle.sparse.get("VC", (bundle.weights["VC"], np.zeros(0, np.int32)))
+    out = {
+        "volume": vol * 2,
+        # spline coefficients (float32) built over the volume, read at <= 10,000 points per iteration
+        "motion": vol * (2 + 4 * 3),
+        "decode": int(w.nbytes + idx.nbytes),
+        "rank": LAYERS * (CANDIDATES * UNITS * (1 if cfg.rank_precision == "int8" else 4)),
+    }
+    if cfg.latents:
+        lat = LatentDecoders.load(cfg.latents)
+        out["latents"] = int(sum(m.left.nbytes + m.right.nbytes for m in lat.maps.values()))
+    return out
+
+
+def run_workload(args: argparse.Namespace) -> dict:
+    """Everything for one workload; prints tables, returns the JSON."""
+    work = Path(args.work)
+    d = prepare(args.workload, work)
+    bold = d / "session" / "bold.nii"
+    cfg = run_config(d, args.precision, args.rank_threads)
+    bw = read_bandwidth()
+    print(f"read bandwidth: {bw['one_thread_gbs']:.1f} GB/s one thread, {bw['two_threads_gbs']:.1f} two")
+    base, preds, tops = baseline(cfg, bold)
+    print("baseline (this process, no sockets)\n" + format_table(base))
+    base_f32, _, _ = baseline(dataclasses.replace(cfg, rank_precision="float32", rank_threads=1), bold)
+    prec = precision_check(d, preds, tops, args.signal_queries)
+    print("top-10 identical to float64:", json.dumps(prec))
+    paced = live(cfg, bold, 1.0, work)
+    print("live, paced at TR 1 s\n" + format_table(paced["stages_ms"]))
+    unpaced = live(cfg, bold, float("inf"), work, args.repeat)
+    print(f"live, unpaced: {unpaced['volumes_per_s']:.1f} volumes/s over {unpaced['volumes']} volumes")
+    nv = naive(d, bold, args.naive_volumes, cfg.preprocess.baseline_volumes) if args.naive_volumes else None
+    e2e = paced["stages_ms"]["end_to_end"]
+    rank_key = "decoded->identified"
+    rank_ms = paced["stages_ms"][rank_key]["p50"]
+    nbytes = bytes_per_volume(d, cfg)
+    bw_rank = bw["two_threads_gbs"] if args.rank_threads > 1 else bw["one_thread_gbs"]
+    bound_ms = nbytes["rank"] / (bw_rank * 1e9) * 1e3
+    out = {
+        "workload": args.workload,
+        "spec": WORKLOADS[args.workload] | {"layers": LAYERS, "units": UNITS, "per_unit": PER_UNIT,
+                                            "candidates": CANDIDATES},
+        "rank_precision": args.precision,
+        "rank_threads": args.rank_threads,
+        "end_to_end_ms": e2e,
+        "naive_end_to_end_ms": nv["end_to_end"] if nv else None,
+        "speedup_vs_naive": nv["end_to_end"]["p50"] / e2e["p50"] if nv else None,
+        "volumes_per_s": unpaced["volumes_per_s"],
+        "rank_stage_ms": paced["stages_ms"][rank_key],
+        "rank_stage_bound_ms": bound_ms,
+        "rank_stage_vs_bandwidth_bound": rank_ms / bound_ms,
+        "rank_achieved_gbs": nbytes["rank"] / rank_ms / 1e6,
+        "bandwidth": bw,
+        "bytes_per_volume": nbytes | {"total": sum(nbytes.values())},
+        "rss_growth_pct": unpaced.get("rss_growth_pct"),
+        "peak_rss_mb": max(paced["peak_rss_mb"] or 0, unpaced["peak_rss_mb"] or 0),
+        "paced": paced,
+        "unpaced": unpaced,
+        "baseline_ms": base,
+        "baseline_float32_rank_ms": base_f32,
+        "naive_ms": nv,
+        "top10_equal_float64": prec,
+        "numpy": np.__version__,
+    }  # fmt: skip
+    if "latent_ms" in paced:
+        out["latent_decode_ms"] = paced["latent_ms"]
+    print(
+        f"\n{args.workload}: end to end p50 {e2e['p50']:.1f} / p99 {e2e['p99']:.1f} ms; "
+        + (f"naive p50 {nv['end_to_end']['p50']:.0f} ms ({out['speedup_vs_naive']:.0f}x); " if nv else "")
+        + f"rank {rank_ms:.1f} ms vs bound {bound_ms:.1f} ms ({out['rank_stage_vs_bandwidth_bound']:.2f}x); "
+        f"unpaced {out['volumes_per_s']:.0f} volumes/s; RSS growth {out['rss_growth_pct']}"
+    )
+    return out
+
+
+# --- scaling ------------------------------------------------------------------------------------
+
+
+def _median_ms(fn, repeats: int) -> float:
+    t = []
+    for _ in range(repeats):
+        t0 = time.perf_counter_ns()
+        fn()
+        t.append((time.perf_counter_ns() - t0) / 1e6)
+    return float(np.median(t))
+
+
+def scaling(repeats: int = 15) -> dict:
+    """Each stage alone, one thread, over the sizes that set its cost."""
+    from rtdecode._kernels import grid_points, warm_up
+    from rtdecode.identify import Identifier
+    from rtdecode.motion import MotionCorrector
+    from rtdecode.sim.phantom import make_phantom
+    from rtdecode.sim.session import apply_motion
+
+    warm_up()
+    rng = np.random.default_rng(0)
+    rows = []
+    for shape, mm in (((64, 64, 36), 3.0), ((64, 64, 50), 3.0), ((96, 96, 60), 2.0), ((104, 104, 72), 2.0)):
+        ph = make_phantom(shape, mm, seed=0)
+        pts = grid_points(shape)
+        poses = [rng.uniform(-1, 1, 6) for _ in range(repeats + 1)]
+        imgs = [apply_motion(ph.baseline.astype(np.float32), ph.affine, pose, pts) for pose in poses]
+        mc = MotionCorrector(np.flatnonzero(ph.brain)[:5000])
+        mc.correct(imgs[0], ph.affine)
+        it = iter(imgs[1:])
+        ms = _median_ms(lambda mc=mc, it=it, a=ph.affine: mc.correct(next(it), a), repeats)
+        rows.append({"stage": "motion", "volume": "x".join(map(str, shape)), "ms": ms})
+        print(rows[-1], flush=True)
+    for n_vox in (1000, 5000, 20000, 50000):
+        b = synthetic_bundle(np.ones((n_vox, 1, 1), bool), np.eye(4), rng)
+        x = rng.standard_normal(n_vox).astype(np.float32)
+        ms = _median_ms(partial(b.predict, x), repeats)
+        rows.append({"stage": "decode", "voxels": n_vox, "units": LAYERS * UNITS, "ms": ms})
+        print(rows[-1], flush=True)
+        del b
+    for n_cand, units in ((1000, 1000), (10000, 1000), (15372, 1000), (50000, 1000), (100000, 1000),
+                          (15372, 200), (15372, 4000)):  # fmt: skip
+        fb = make_feature_bank(n_cand, units, seed=1)
+        bank = CandidateBank(fb.labels, fb.category_features)
+        del fb
+        sl = {ly: slice(i * units, (i + 1) * units) for i, ly in enumerate(bank.features)}
+        pred = rng.standard_normal((1, LAYERS * units)).astype(np.float32)
+        for prec in ("float32", "int8"):
+            ident = Identifier(bank, sl, TOP, prec)
+            rows.append({"stage": "rank", "candidates": n_cand, "units": units, "precision": prec,
+                         "megabytes": LAYERS * n_cand * units * (1 if prec == "int8" else 4) / 1e6,
+                         "ms": _median_ms(partial(ident.rank, pred), max(5, repeats // 3))})  # fmt: skip
+            print(rows[-1], flush=True)
+            del ident
+        del bank
+    return {"bandwidth": read_bandwidth(), "rows": rows}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="role")
+    s = sub.add_parser("send", help="(internal) the sender process")
+    s.add_argument("--bold", required=True)
+    s.add_argument("--to", required=True)
+    s.add_argument("--speed", type=float, default=1.0)
+    s.add_argument("--repeat", type=int, default=1)
+    s.add_argument("--lead", type=float, default=0.2)
+    li = sub.add_parser("listen", help="(internal) the subscriber process")
+    li.add_argument("--address", required=True)
+    li.add_argument("--out", required=True)
+    li.add_argument("--ready", required=True)
+    ap.add_argument("--workload", choices=sorted(WORKLOADS), default="W1")
     ap.add_argument("--work", default="bench-out", help="working directory (reused)")
-    ap.add_argument("-c", "--config", help="YAML config (default: the demo's)")
-    ap.add_argument("--speed", type=float, default=20.0, help="stream at N x TR pace (inf: unpaced)")
+    ap.add_argument("--precision", choices=["int8", "float32"], default="int8")
+    ap.add_argument("--rank-threads", type=int, default=2, help="decoder's run.rank_threads")
+    ap.add_argument("--repeat", type=int, default=1, help="unpaced run: send the series N times")
+    ap.add_argument("--naive-volumes", type=int, default=10, help="0: skip the naive pipeline")
+    ap.add_argument("--signal-queries", type=int, default=200)
+    ap.add_argument("--scaling", action="store_true", help="time each stage over sizes instead")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
-    cfg = load_config(args.config)
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    prepare(work, cfg)
-    run_cfg = dataclasses.replace(cfg.run, bundle=str(work / "decoder"), candidates="")
-    bold = work / "test" / "bold.nii"
-    base = baseline(run_cfg, bold).summary()
-    print("baseline: same pipeline in this process, no sockets\n" + format_table(base))
-    lv = live(run_cfg, bold, args.speed, work).summary()
-    print(f"\nlive: decoder process, volumes over ZeroMQ at {args.speed:g}x TR pace\n" + format_table(lv))
-    e2e_live, e2e_base = lv["end_to_end"]["p50"], base["end_to_end"]["p50"]
-    print(
-        f"\nmedian end to end: live {e2e_live:.2f} ms, compute only {e2e_base:.2f} ms "
-        f"(sockets, decoding of messages and publishing: {e2e_live - e2e_base:.2f} ms)"
-    )
+    if args.role == "send":
+        return role_send(args)
+    if args.role == "listen":
+        return role_listen(args)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    out = scaling() if args.scaling else run_workload(args)
     if args.json:
-        Path(args.json).write_text(
-            json.dumps(
-                {
-                    "speed": args.speed,
-                    "baseline_ms": base,
-                    "live_ms": lv,
-                    "end_to_end_p50_ms": {"live": e2e_live, "baseline": e2e_base},
-                    "numpy": np.__version__,
-                },
-                indent=1,
-            )
-        )
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(out, indent=1))
 
 
 if __name__ == "__main__":
