@@ -16,6 +16,7 @@ array for each message and not write to it afterwards.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,7 +175,7 @@ def decode(frames: Sequence[Any]) -> Message:
         name, dtype = _check_spec(spec)
         buf = _buffer(frame)
         shape = tuple(spec["shape"])
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize  # Python ints: a huge shape cannot wrap around
         if buf.nbytes != expected:
             raise ProtocolError(
                 f"array {name!r}: frame has {buf.nbytes} bytes, shape {list(shape)} of "
@@ -242,7 +243,12 @@ def decode_volume(msg: Message) -> Volume:
         tr_s = float(h["tr_s"])
         acq = float(h["acq_time_s"])
         session, series = str(h["session"]), str(h["series"])
-        stamps = stamps_from_dict(h.get("stamps", {}))
+        stamps = h.get("stamps", {})
+        if not isinstance(stamps, dict) or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in stamps.values()
+        ):
+            raise ProtocolError(f"volume 'stamps' must map stage names to integer ns, got {stamps!r}")
+        stamps = stamps_from_dict(stamps)
     except KeyError as err:
         raise ProtocolError(f"volume message lacks field {err.args[0]!r}") from None
     except (TypeError, ValueError) as err:
@@ -253,4 +259,6 @@ def decode_volume(msg: Message) -> Volume:
         raise ProtocolError(f"volume data must be 3-D, got shape {data.shape}")
     if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ProtocolError(f"volume 'seq' must be an integer >= 0, got {seq!r}")
+    if not (math.isfinite(tr_s) and tr_s > 0) or not math.isfinite(acq):
+        raise ProtocolError(f"volume 'tr_s' must be > 0 and 'acq_time_s' finite, got {tr_s!r}, {acq!r}")
     return Volume(data, affine, seq, tr_s, acq, session, series, stamps)

@@ -112,6 +112,12 @@ def _frames(header_overrides=None, data=b"\x00" * 8, arrays=None):
         ),
         (_frames(arrays=[{"name": "a", "dtype": "float32", "byteorder": "little", "shape": "2"}]), "'shape'"),
         (_frames(arrays=["a"]), "array spec must be an object"),
+        (  # 2**64 elements: an int64 product would wrap to 0 and accept an empty frame
+            _frames(
+                data=b"", arrays=[{"name": "a", "dtype": "int8", "byteorder": "little", "shape": [2**62, 4]}]
+            ),
+            "frame has 0 bytes",
+        ),
     ],
 )
 def test_malformed_messages_are_refused_with_the_reason(frames, match):
