@@ -102,6 +102,7 @@ class RunConfig:
     rank_precision: str = "int8"  # int8: certified int8 pre-ranking, same result as float32, 1/4 the reads
     rank_threads: int = 1  # layers ranked in parallel (2 on a quiet two-core machine)
     heartbeat_s: float = 0.5
+    pause_trs: float = 10.0  # no volume for this many TRs: announce a scanner pause (status "paused")
     publish_input: bool = False  # republish each received volume on topic "volume" (for recorders)
     motion: MotionConfig = field(default_factory=MotionConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -109,6 +110,7 @@ class RunConfig:
     blocks: BlocksConfig = field(default_factory=BlocksConfig)
     feedback: list[FeedbackConfig] = field(default_factory=list)
     latents: str = ""  # a latents directory (train.latents writes <bundle>/latents); "" none
+    checkpoint: str = ""  # a directory for the state after each volume, to resume after a crash; "" none
     curve: CurveConfig = field(default_factory=CurveConfig)  # encryption and client allow-list
 
 
@@ -218,6 +220,7 @@ def _validate(cfg: Config, where: str) -> None:
         ),
         (r.rank_threads >= 1, "run.rank_threads", "must be >= 1", r.rank_threads),
         (r.heartbeat_s > 0, "run.heartbeat_s", "must be > 0", r.heartbeat_s),
+        (r.pause_trs > 0, "run.pause_trs", "must be > 0", r.pause_trs),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),
         (

@@ -254,6 +254,25 @@ class MotionCorrector:
         self.pose_ = np.eye(4)
         return self
 
+    def get_state(self) -> dict[str, np.ndarray] | None:
+        """Warm start, last pose and count (for checkpoints); None while there is no final reference.
+
+        The reference image itself is ``reference_`` with ``affine_``.
+        """
+        if not hasattr(self, "fine_") or self._pending:
+            return None
+        state = {"pose": self.pose_, "n_seen": np.array(self._n_seen)}
+        if self._prev_params is not None:
+            state["prev_params"] = self._prev_params
+        return state
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take what :meth:`get_state` returned, after :meth:`set_reference` with the same reference."""
+        self.pose_ = np.array(state["pose"], dtype=np.float64)
+        self._n_seen = int(state["n_seen"])
+        self._prev_params = np.array(state["prev_params"]) if "prev_params" in state else None
+        self._pending = []
+
     def estimate(self, data: np.ndarray) -> tuple[np.ndarray, int]:
         """Estimate the pose of ``data`` relative to the reference, warm-started.
 

@@ -75,7 +75,22 @@ class Pipeline:
         self.decoder = decoder
         self.identifier = identifier
         self._series: tuple[str, str] | None = None
+        self._series_affine: np.ndarray | None = None
         self._last_seq = -1
+
+    def series_state(self) -> tuple[tuple[str, str] | None, int]:
+        """The current (session, series), or None before any volume, and the last volume index."""
+        return self._series, self._last_seq
+
+    @property
+    def series_affine(self) -> np.ndarray | None:
+        """The affine every volume of the current series must have."""
+        return self._series_affine
+
+    def resume(self, series: tuple[str, str], last_seq: int, affine: np.ndarray | None) -> None:
+        """Continue a series after ``last_seq`` (state restored by :mod:`rtdecode.checkpoint`)."""
+        self._series, self._last_seq = tuple(series), int(last_seq)
+        self._series_affine = None if affine is None else np.asarray(affine, dtype=np.float64)
 
     def check(self, vol: Volume) -> int:
         """Cheap per-volume checks; return how many volumes were dropped before this one.
@@ -83,7 +98,8 @@ class Pipeline:
         Raises
         ------
         VolumeError
-            Wrong shape, a repeated or out-of-order index, or non-finite values.
+            Wrong shape, an affine other than the series', a repeated or out-of-order index,
+            non-finite values, or no signal at all (every voxel zero).
         """
         if vol.data.shape != self.mask.shape:
             raise VolumeError(
@@ -94,7 +110,13 @@ class Pipeline:
             if self._series is not None:
                 log.info("new series %s/%s: preprocessing restarts", *key)
                 self.preprocessor.reset()
-            self._series, self._last_seq = key, -1
+            self._series, self._last_seq, self._series_affine = key, -1, None
+        # Motion correction realigns on the series' first grid: a moved grid would be read wrongly.
+        if self._series_affine is not None and not np.allclose(vol.affine, self._series_affine, atol=1e-4):
+            raise VolumeError(
+                f"volume {vol.seq}: affine differs from the series' ({np.round(vol.affine, 3).tolist()} vs "
+                f"{np.round(self._series_affine, 3).tolist()}); a new grid needs a new series"
+            )
         if vol.seq <= self._last_seq:
             raise VolumeError(
                 f"volume {vol.seq} repeats or precedes volume {self._last_seq} of series {vol.series!r}"
@@ -102,6 +124,10 @@ class Pipeline:
         # Anywhere, not only in the mask: one NaN would poison the motion estimate and the warm start.
         if vol.data.dtype.kind == "f" and not np.isfinite(vol.data).all():
             raise VolumeError(f"volume {vol.seq}: non-finite values (NaN or inf)")
+        if not vol.data.any():
+            raise VolumeError(f"volume {vol.seq}: every voxel is zero (a failed reconstruction or transfer)")
+        if self._series_affine is None:
+            self._series_affine = np.array(vol.affine, dtype=np.float64)
         dropped = vol.seq - self._last_seq - 1
         self._last_seq = vol.seq
         return dropped

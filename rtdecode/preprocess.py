@@ -42,6 +42,23 @@ class Preprocessor:
         self._m2: np.ndarray | None = None
         self._scale: np.ndarray | None = None
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """The running statistics, as arrays (for checkpoints)."""
+        state = {"n_seen": np.array(self.n_seen_)}
+        for name in ("mean", "m2", "scale"):
+            value = getattr(self, f"_{name}")
+            if value is not None:
+                state[name] = value
+        return state
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take the statistics :meth:`get_state` returned."""
+        self.reset()
+        self.n_seen_ = int(state["n_seen"])
+        for name in ("mean", "m2", "scale"):
+            if name in state:
+                setattr(self, f"_{name}", np.array(state[name], dtype=np.float64))
+
     @property
     def ready(self) -> bool:
         """True once the baseline is complete."""

@@ -22,6 +22,7 @@ import numpy as np
 from rtdecode import wire
 from rtdecode._kernels import warm_up
 from rtdecode.blocks import BlockDecoder, BlockResult, parse_marker
+from rtdecode.checkpoint import Checkpoint
 from rtdecode.config import RunConfig
 from rtdecode.decoders import load_bundle, mask_checksum
 from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, VolumeError
@@ -231,6 +232,13 @@ class Decoder:
         )
         self.latents = load_latents(cfg, self.pipe)
         self._series: tuple[str, str] | None = None
+        self._last_arrival: tuple[float, Volume] | None = None  # monotonic s, volume
+        self._paused = False
+        self.checkpoint = Checkpoint(cfg.checkpoint) if cfg.checkpoint else None
+        self.resumed = self.checkpoint.restore(self.pipe) if self.checkpoint is not None else None
+        if self.resumed is not None:
+            self._series = (self.resumed["session"], self.resumed["series"])
+            log.info("resumed series %(session)s/%(series)s after volume %(last_seq)d", self.resumed)
 
     def marker(self, text: str, time_ns: int) -> None:
         """Take one stimulus marker (a malformed one is reported and skipped)."""
@@ -242,9 +250,35 @@ class Decoder:
             log.warning("marker skipped: %s", err)
             self.sink.publish("status", {"kind": "status", "event": "marker-skipped", "reason": str(err)})
 
+    def idle(self) -> None:
+        """No volume arrived for a while: announce a scanner pause once it exceeds ``pause_trs``."""
+        if self._last_arrival is None or self._paused:
+            return
+        t, vol = self._last_arrival
+        silent = time.monotonic() - t
+        if silent > self.cfg.pause_trs * vol.tr_s:
+            self._paused = True
+            log.warning("no volume for %.1f s (%.0f TR) after volume %d", silent, silent / vol.tr_s, vol.seq)
+            self.sink.publish(
+                "status",
+                {"kind": "status", "event": "paused", "series": vol.series, "last_seq": vol.seq,
+                 "silent_s": silent, "tr_s": vol.tr_s},
+            )  # fmt: skip
+
     def step(self, vol: Volume) -> None:
         """Process and publish one received volume; a refused volume is answered with a skip."""
         self.counts.received += 1
+        now = time.monotonic()
+        if self._paused:
+            self._paused = False
+            paused_s = now - self._last_arrival[0]
+            log.info("volumes again after %.1f s", paused_s)
+            self.sink.publish(
+                "status",
+                {"kind": "status", "event": "pause-ended", "series": vol.series, "seq": vol.seq,
+                 "paused_s": paused_s},
+            )  # fmt: skip
+        self._last_arrival = (now, vol)
         key = (vol.session, vol.series)
         if key != self._series and self._series is not None:
             self.feedback.reset()
@@ -262,6 +296,15 @@ class Decoder:
             return
         self.counts.processed += 1
         self.counts.dropped += res.dropped_before
+        if res.dropped_before:
+            self.sink.publish(
+                "status",
+                {
+                    "kind": "status", "event": "gap", "session": vol.session, "series": vol.series,
+                    "missing_from": vol.seq - res.dropped_before, "missing_to": vol.seq - 1,
+                    "after_restart": self.resumed is not None and self.counts.processed == 1,
+                },
+            )  # fmt: skip
         if self.cfg.publish_input:
             self.sink.publish(wire.VOLUME_TOPIC, wire.volume_header(vol), {"data": vol.data})
         rest = self.blocks.is_rest(vol) if self.blocks is not None else None
@@ -279,6 +322,8 @@ class Decoder:
             }
             self.sink.publish("latent", header, out)
         self.tracker.add(vol.stamps)
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.pipe)
         if self.blocks is not None:
             censored = bool(res.motion.censored) if res.motion is not None else False
             raw = {name: raw for name, (raw, _) in scores.items()}
@@ -369,12 +414,13 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
             stack.callback(markers.close)
         where = "LSL streams of type fMRI" if cfg.transport == "lsl" else source.last_endpoint
         log.info("decoder listening on %s, publishing on %s", where, pub.last_endpoint)
-        sink.publish("status", {"kind": "status", "event": "started"})
+        sink.publish("status", {"kind": "status", "event": "started", "resumed": dec.resumed})
         while not stop.requested:
             try:
                 item = source.recv_volume(cfg.heartbeat_s)
             except ReceiveTimeout:
                 sink.publish("status", {"kind": "status", "event": "heartbeat", **_count_fields(dec.counts)})
+                dec.idle()
                 continue
             except ProtocolError as err:
                 dec.counts.received += 1
