@@ -9,8 +9,8 @@ import os
 import sys
 from pathlib import Path
 
-from rtdecode.config import load_config
-from rtdecode.errors import ConfigError, RtDecodeError
+from rtdecode.config import check_run_files, load_config
+from rtdecode.errors import ConfigError, RecordingError, RtDecodeError
 
 
 def _simulate(args: argparse.Namespace) -> None:
@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> None:
     cfg = load_config(args.config).run
     if args.bundle:
         cfg.bundle = args.bundle
+    check_run_files(cfg, args.config or "the default configuration")
     summary = serve(cfg, exit_after_series=args.exit_after_series)
     if args.summary:
         Path(args.summary).write_text(json.dumps(summary, indent=1))
@@ -120,6 +121,7 @@ def _offline(args: argparse.Namespace) -> None:
     cfg = load_config(args.config).run
     if args.bundle:
         cfg.bundle = args.bundle
+    check_run_files(cfg, args.config or "the default configuration")
     summary = run_offline(cfg, args.bold, args.out, args.record_input)
     print(f"{summary['processed']} volumes processed, {summary['skipped']} skipped; wrote {args.out}")
 
@@ -127,7 +129,12 @@ def _offline(args: argparse.Namespace) -> None:
 def _record(args: argparse.Namespace) -> None:
     from rtdecode.subscribe import record_live
 
-    n = record_live(args.address, args.out, not args.forever, args.timeout, args.ready_file)
+    try:
+        n = record_live(args.address, args.out, not args.forever, args.timeout, args.ready_file)
+    except RecordingError as err:
+        # Exit at once: HDF5 may crash while tearing down a file whose writes failed.
+        print(f"rtdecode record: error: {err}", file=sys.stderr, flush=True)
+        os._exit(2)
     print(f"recorded {n} volumes to {args.out}")
 
 

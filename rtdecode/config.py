@@ -26,6 +26,7 @@ class SocketConfig:
 
     address: str = "tcp://127.0.0.1:5555"
     bind: bool = True
+    max_message_mb: float = 256.0  # the volume input refuses larger messages (drops the connection)
 
 
 @dataclass
@@ -221,6 +222,7 @@ def _validate(cfg: Config, where: str) -> None:
         (r.rank_threads >= 1, "run.rank_threads", "must be >= 1", r.rank_threads),
         (r.heartbeat_s > 0, "run.heartbeat_s", "must be > 0", r.heartbeat_s),
         (r.pause_trs > 0, "run.pause_trs", "must be > 0", r.pause_trs),
+        (r.input.max_message_mb > 0, "run.input.max_message_mb", "must be > 0", r.input.max_message_mb),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),
         (
@@ -337,6 +339,28 @@ def load_config(path: str | Path | None) -> Config:
     cfg = _convert(Config, data or {}, str(path))
     _validate(cfg, str(path))
     return cfg
+
+
+def check_run_files(cfg: RunConfig, where: str) -> None:
+    """Check that the files and directories ``run`` names exist, before anything is loaded.
+
+    Raises
+    ------
+    ConfigError
+        Naming the config file, the key and the path.
+    """
+    bundle = Path(cfg.bundle)
+    paths = [
+        ("run.bundle", bundle / "decoder.json", True),
+        ("run.candidates", Path(cfg.candidates) if cfg.candidates else bundle / "candidates.npz", True),
+        ("run.motion.reference", Path(cfg.motion.reference), bool(cfg.motion.reference)),
+        ("run.latents", Path(cfg.latents) / "latents.json", bool(cfg.latents)),
+        ("run.curve.secret_key", Path(cfg.curve.secret_key), cfg.curve.enabled),
+        ("run.curve.clients", Path(cfg.curve.clients), cfg.curve.enabled),
+    ]
+    for key, path, needed in paths:
+        if needed and not path.exists():
+            raise ConfigError(f"{where}: {key}: {str(path)!r} does not exist")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -35,3 +35,11 @@ class ReceiveTimeout(RtDecodeError, TimeoutError):
 
 class SendTimeout(RtDecodeError, TimeoutError):
     """A receiver did not take a message within the allowed time (not running, or refused us)."""
+
+
+class PeerDisconnected(RtDecodeError, ConnectionError):
+    """A sender's connection closed: it quit, or libzmq dropped it for a message over the size limit."""
+
+
+class RecordingError(RtDecodeError, OSError):
+    """A recording could not be written (disk full, file size limit, I/O error)."""

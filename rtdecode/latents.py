@@ -41,6 +41,12 @@ class LatentMap:
     bias: np.ndarray  # (n_outputs,) float32
     meta: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # float64 factors (from another tool) would make every volume cast 300 MB: keep float32.
+        self.left = np.ascontiguousarray(self.left, dtype=np.float32)
+        self.right = np.ascontiguousarray(self.right, dtype=np.float32)
+        self.bias = np.asarray(self.bias, dtype=np.float32)
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """The target for one preprocessed analysis vector, shape ``self.shape``."""
         return (x[self.positions] @ self.left @ self.right + self.bias).reshape(self.shape)

@@ -101,6 +101,10 @@ class Pipeline:
             Wrong shape, an affine other than the series', a repeated or out-of-order index,
             non-finite values, or no signal at all (every voxel zero).
         """
+        if vol.data.dtype.kind not in "iuf":
+            raise VolumeError(
+                f"volume {vol.seq}: voxel type {vol.data.dtype} is not supported (real magnitudes)"
+            )
         if vol.data.shape != self.mask.shape:
             raise VolumeError(
                 f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}"

@@ -80,6 +80,10 @@ class Recorder:
         elif kind == "latency":
             stamps = stamps_from_dict(header["stamps"])
             self._put("volumes/stamps", row, stamps, fill=-1)
+            # The last message of a volume: write it out now, so that a full disk shows here (HDF5
+            # would otherwise fail later, inside its cache, where the error cannot be caught) and
+            # a recorder that is killed keeps every volume but the last.
+            self._f.flush()
         elif kind == "volume" and self.record_input:
             self._put("input/data", row, arrays["data"])
             self._put("input/affine", row, np.asarray(header["affine"], dtype=np.float64))
@@ -148,8 +152,12 @@ class Recorder:
     def __enter__(self) -> Recorder:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        try:
+            self.close()
+        except OSError:
+            if exc_type is None:
+                raise  # else the error that stopped the recording is the one to report
 
 
 def write_confounds(path: str | Path, motion: Mapping[int, tuple[list[float], float]]) -> None:

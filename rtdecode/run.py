@@ -25,7 +25,7 @@ from rtdecode.blocks import BlockDecoder, BlockResult, parse_marker
 from rtdecode.checkpoint import Checkpoint
 from rtdecode.config import RunConfig
 from rtdecode.decoders import load_bundle, mask_checksum
-from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, VolumeError
+from rtdecode.errors import ConfigError, PeerDisconnected, ProtocolError, ReceiveTimeout, VolumeError
 from rtdecode.feedback import Feedback, Score
 from rtdecode.identify import CandidateBank, Identifier
 from rtdecode.latency import LatencyTracker, format_table, stage_durations_ms
@@ -369,7 +369,12 @@ def open_source(cfg: RunConfig) -> VolumeSource:
         from rtdecode.transport.lsl import VolumeInlet
 
         return VolumeInlet(cfg.lsl.volume_stream)
-    return Receiver(cfg.input.address, cfg.input.bind, curve=curve_server(cfg))
+    return Receiver(
+        cfg.input.address,
+        cfg.input.bind,
+        curve=curve_server(cfg),
+        max_message_bytes=int(cfg.input.max_message_mb * 2**20),
+    )
 
 
 def open_lsl_outputs(cfg: RunConfig, pipe: Pipeline, feedback: Feedback) -> Sink:
@@ -425,6 +430,10 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
             except ProtocolError as err:
                 dec.counts.received += 1
                 dec.skip(f"malformed message: {err}")
+                continue
+            except PeerDisconnected as err:
+                log.info("%s", err)
+                sink.publish("status", {"kind": "status", "event": "sender-disconnected", "reason": str(err)})
                 continue
             finally:
                 # Markers before the volume: a block may end with it.

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import ProtocolError, ReceiveTimeout
+from rtdecode.errors import ProtocolError, ReceiveTimeout, RecordingError
 from rtdecode.transport.zmq import Subscriber
 from rtdecode.wire import Message
 
@@ -213,11 +213,26 @@ def record_live(
     -------
     int
         Number of volumes recorded.
+
+    Raises
+    ------
+    RecordingError
+        The file could not be written (a full disk): the recorder stops and says how far it got;
+        the decoder, a separate process, is not affected.
     """
     from rtdecode.record import Recorder
 
-    with Recorder(out, record_input=True, meta={"mode": "live", "address": address}) as rec:
-        for msg in messages(address, ready_file, until_end, timeout_s):
-            if msg.header.get("event") != "heartbeat":
-                rec.publish(msg.topic, msg.header, msg.arrays)
-        return rec.n_volumes
+    rec = Recorder(out, record_input=True, meta={"mode": "live", "address": address})
+    for msg in messages(address, ready_file, until_end, timeout_s):
+        if msg.header.get("event") == "heartbeat":
+            continue
+        try:
+            rec.publish(msg.topic, msg.header, msg.arrays)
+        except (OSError, RuntimeError) as err:  # h5py reports failed writes as either
+            # The file is left as last flushed: closing HDF5 after a failed write can crash it.
+            raise RecordingError(
+                f"cannot write {str(out)!r} ({err}); recording stopped at volume "
+                f"{msg.header.get('seq')!r} after {rec.n_volumes} volumes"
+            ) from None
+    rec.close()
+    return rec.n_volumes

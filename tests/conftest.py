@@ -1,5 +1,6 @@
 import dataclasses
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ os.environ["LSLAPICFG"] = str(Path(__file__).parents[1] / "rtdecode" / "transpor
 
 from rtdecode.config import ClassifierConfig, Config, LatentsConfig, TrainConfig
 from rtdecode.demo import free_tcp_address
+from rtdecode.errors import ReceiveTimeout
 from rtdecode.sim.session import SimParams, make_subject, simulate_session, write_session
 from rtdecode.train import train_session
 
@@ -57,3 +59,22 @@ def experiment(tmp_path_factory):
 def noiseless_experiment(tmp_path_factory):
     """The same subject without noise, drift or motion."""
     return _make(tmp_path_factory.mktemp("noiseless"), noiseless=True, motion=False, drift_pct=0.0)
+
+
+def is_end(msg) -> bool:
+    """The decoder's end-of-series status message."""
+    return msg.header.get("kind") == "status" and msg.header.get("event") == "end"
+
+
+def collect(sub, until=is_end, timeout_s: float = 120):
+    """Messages from a ZeroMQ subscriber until ``until(msg)`` holds (that message included)."""
+    msgs, deadline = [], time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            msg = sub.recv(0.5)
+        except ReceiveTimeout:
+            continue
+        msgs.append(msg)
+        if until(msg):
+            return msgs
+    raise TimeoutError(f"the expected message did not arrive; got {len(msgs)} messages")

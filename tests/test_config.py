@@ -1,6 +1,9 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rtdecode.config import Config, load_config
 from rtdecode.errors import ConfigError
@@ -40,3 +43,23 @@ def test_broken_configs_name_file_key_and_value(tmp_path, text, match):
 def test_missing_file():
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config("/nonexistent/rtdecode.yaml")
+
+
+@pytest.mark.parametrize(
+    ("run", "key"),
+    [
+        ({"bundle": "no/such/bundle"}, "run.bundle"),
+        ({"candidates": "no/such/bank.npz"}, "run.candidates"),
+        ({"motion": {"reference": "no/ref.nii.gz"}}, "run.motion.reference"),
+        ({"latents": "no/latents"}, "run.latents"),
+    ],
+)
+def test_a_decoder_config_naming_a_missing_file_fails_before_starting(experiment, tmp_path, run, key):
+    run = {"bundle": str(experiment / "decoder")} | run
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"run": run}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtdecode", "run", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 2
+    assert f"{path}: {key}: 'no/" in proc.stderr and "does not exist" in proc.stderr, proc.stderr

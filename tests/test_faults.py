@@ -14,10 +14,9 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import free_address, small_config
+from conftest import collect, free_address, is_end, small_config
 
 from rtdecode.config import to_dict
-from rtdecode.errors import ReceiveTimeout
 from rtdecode.nifti import iter_volumes
 from rtdecode.run import build_pipeline
 from rtdecode.transport.zmq import Subscriber
@@ -63,23 +62,6 @@ def run_cfg(experiment, tmp_path):
     return cfg
 
 
-def _collect(sub, until, timeout_s=120):
-    msgs, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.recv(0.5)
-        except ReceiveTimeout:
-            continue
-        msgs.append(msg)
-        if until(msg):
-            return msgs
-    raise TimeoutError(f"condition not met; got {len(msgs)} messages")
-
-
-def _is_end(msg):
-    return msg.header.get("event") == "end"
-
-
 def _offline_features(run_cfg, bold, seqs):
     """VC cnn8 features of an offline run over the volumes with these indices only."""
     pipe = build_pipeline(run_cfg)
@@ -94,16 +76,16 @@ def test_a_killed_decoder_resumes_from_its_checkpoint_and_reports_the_gap(run_cf
     n = len(list(iter_volumes(bold)))
     first = _start_decoder(run_cfg, tmp_path)
     with Subscriber(run_cfg.run.output.address) as sub:
-        _collect(sub, lambda m: m.topic == "status", 60)
+        collect(sub, lambda m: m.topic == "status", 60)
         sender = _send(bold, run_cfg.run.input.address, 0, n, gap_s=0.1)
-        before = _collect(sub, lambda m: m.topic == "ranking" and m.header["seq"] >= 25)
+        before = collect(sub, lambda m: m.topic == "ranking" and m.header["seq"] >= 25)
         # Stopped, volumes pile up in its socket buffers, then it dies with them: a real gap.
         first.send_signal(signal.SIGSTOP)
         time.sleep(1.0)
         first.kill()
         first.wait(10)
         second = _start_decoder(run_cfg, tmp_path)
-        after = _collect(sub, _is_end)
+        after = collect(sub, is_end)
         assert sender.wait(60) == 0
         assert second.wait(30) == 0, (tmp_path / "decoder.log").read_text()
     msgs = before + after
@@ -131,10 +113,10 @@ def test_a_restarted_sender_continues_the_series(run_cfg, experiment, tmp_path):
     n = len(list(iter_volumes(bold)))
     dec = _start_decoder(run_cfg, tmp_path)
     with Subscriber(run_cfg.run.output.address) as sub:
-        _collect(sub, lambda m: m.topic == "status", 60)
+        collect(sub, lambda m: m.topic == "status", 60)
         assert _send(bold, run_cfg.run.input.address, 0, 30, gap_s=0.01, end=False).wait(60) == 0
         assert _send(bold, run_cfg.run.input.address, 30, n, gap_s=0.01).wait(60) == 0
-        msgs = _collect(sub, _is_end)
+        msgs = collect(sub, is_end)
     assert dec.wait(30) == 0
     assert [m.header["seq"] for m in msgs if m.topic == "ranking"] == list(range(n))
     assert not [m for m in msgs if m.header.get("event") in ("gap", "skipped")]
@@ -144,12 +126,12 @@ def test_a_scanner_pause_is_announced_and_decoding_goes_on(run_cfg, experiment, 
     bold = experiment / "test" / "bold.nii"
     dec = _start_decoder(run_cfg, tmp_path)
     with Subscriber(run_cfg.run.output.address) as sub:
-        _collect(sub, lambda m: m.topic == "status", 60)
+        collect(sub, lambda m: m.topic == "status", 60)
         # TR 0.1 s: a pause of 10 TR is 1 s; the sender stops for 2.5 s after volume 11.
         assert _send(bold, run_cfg.run.input.address, 0, 12, gap_s=0.1, end=False, tr=0.1).wait(60) == 0
         time.sleep(2.5)
         assert _send(bold, run_cfg.run.input.address, 12, 24, gap_s=0.1, tr=0.1).wait(60) == 0
-        msgs = _collect(sub, _is_end)
+        msgs = collect(sub, is_end)
     assert dec.wait(30) == 0
     pauses = [m.header for m in msgs if m.header.get("event") == "paused"]
     assert len(pauses) == 1 and pauses[0]["last_seq"] == 11 and pauses[0]["silent_s"] >= 1.0
@@ -182,11 +164,11 @@ def test_slow_and_crashed_subscribers_do_not_hold_up_the_decoder(run_cfg, experi
         for p in lazy:
             assert p.stdout.readline().strip() == "subscribed"
         with Subscriber(run_cfg.run.output.address) as sub:
-            _collect(sub, lambda m: m.topic == "status", 60)
+            collect(sub, lambda m: m.topic == "status", 60)
             sender = _send(bold, run_cfg.run.input.address, 0, n, gap_s=0.0)
-            _collect(sub, lambda m: m.topic == "ranking" and m.header["seq"] >= n // 3)
+            collect(sub, lambda m: m.topic == "ranking" and m.header["seq"] >= n // 3)
             os.kill(lazy[1].pid, signal.SIGKILL)  # a subscriber that crashes mid-session
-            msgs = _collect(sub, _is_end)
+            msgs = collect(sub, is_end)
             assert sender.wait(60) == 0
         assert dec.wait(30) == 0
     finally:
@@ -199,3 +181,158 @@ def test_slow_and_crashed_subscribers_do_not_hold_up_the_decoder(run_cfg, experi
     # The published stream goes on for the reader that keeps up, with every volume in order.
     seqs = [m.header["seq"] for m in msgs if m.topic == "ranking"]
     assert seqs == list(range(seqs[0], n))
+
+
+BAD_SENDER = """
+import json, sys, time
+import numpy as np
+from rtdecode import wire
+from rtdecode.nifti import iter_volumes
+from rtdecode.transport.zmq import VolumeSender
+bold, address = sys.argv[1:3]
+vols = list(iter_volumes(bold, session="s", series="run-1"))[:30]
+def variant(v, data=None, affine=None, seq=None):
+    data = v.data if data is None else data
+    affine = v.affine if affine is None else affine
+    return type(v)(data, affine, v.seq if seq is None else seq, v.tr_s, v.acq_time_s, v.session, v.series)
+frames = wire.encode_volume(vols[0])
+header = json.loads(bytes(frames[1]))
+spec = header["arrays"][0]
+bad = {  # before volume k: what is sent (a list of frames, or a Volume)
+    9: [b"volume"],
+    10: [*frames, b"extra"],
+    11: [b"volume", b"{not json"],
+    12: [b"volume", json.dumps({**header, "version": 9}).encode(), frames[2]],
+    13: [b"volume", frames[1], bytes(frames[2])[:-2]],
+    14: [b"volume", json.dumps({**header, "arrays": [{**spec, "dtype": "object"}]}).encode(), frames[2]],
+    15: variant(vols[15], data=np.zeros((10, 10, 10), np.int16)),
+    16: variant(vols[16], affine=vols[16].affine + np.diag([0, 0, 0.5, 0])),
+    17: variant(vols[17], data=np.where(vols[17].data > 0, np.nan, 0).astype(np.float32)),
+    18: variant(vols[18], data=np.full(vols[18].data.shape, np.inf, np.float32)),
+    19: variant(vols[19], data=np.zeros_like(vols[19].data)),
+    20: variant(vols[20], data=vols[20].data.astype(np.complex64)),
+}
+with VolumeSender(address) as tx:
+    for v in vols:
+        if v.seq == 23:
+            continue  # never sent: a gap
+        if v.seq == 25:
+            tx.send(vols[26])  # out of order: 26 before 25 (25 is then refused)
+        item = bad.get(v.seq)
+        if isinstance(item, list):
+            tx.send_frames(item)
+        elif item is not None:
+            tx.send(item)
+        if v.seq != 26:
+            tx.send(v)
+        if v.seq in (12, 21):
+            tx.send(v)  # a repeat
+        if v.seq == 27:  # over run.input.max_message_mb (2 MB): libzmq drops the connection
+            time.sleep(2.0)  # at scanner pace the queue is empty; queued volumes could be reordered
+            big = np.ones((128, 128, 36), np.float32)
+            tx.send(variant(v, data=big, seq=28))
+            time.sleep(1.0)  # the sender reconnects by itself
+    restart = list(iter_volumes(bold, session="s", series="run-2"))[:10]  # the scanner restarts
+    for v in restart:
+        tx.send(v)
+    tx.send_end("s", "run-2", len(restart))
+"""
+
+
+def test_bad_input_catalogue_every_volume_ends_in_one_record(run_cfg, experiment, tmp_path):
+    run_cfg.run.input.max_message_mb = 2.0  # the complex64 volume (1.2 MB) passes, 2.4 MB does not
+    bold = experiment / "test" / "bold.nii"
+    dec = _start_decoder(run_cfg, tmp_path)
+    with Subscriber(run_cfg.run.output.address) as sub:
+        collect(sub, lambda m: m.topic == "status", 60)
+        sender = subprocess.run(
+            [sys.executable, "-c", BAD_SENDER, str(bold), run_cfg.run.input.address], timeout=120
+        )
+        assert sender.returncode == 0
+        msgs = collect(sub, is_end)
+    assert dec.wait(30) == 0, "the decoder must survive all of it"
+    skipped = [m.header["reason"] for m in msgs if m.header.get("event") == "skipped"]
+    expected = [
+        "at least 2 frames",
+        "lists 1 arrays but the message has 2",
+        "not valid JSON",
+        "unsupported protocol version 9",
+        "repeats or precedes volume 12",
+        "needs 294912",
+        "unsupported dtype 'object'",
+        "shape (10, 10, 10) differs",
+        "affine differs from the series'",
+        "non-finite values",
+        "non-finite values",
+        "every voxel is zero",
+        "voxel type complex64 is not supported",
+        "repeats or precedes volume 21",
+        "volume 25 repeats or precedes volume 26",
+    ]
+    assert len(skipped) == len(expected), "\n".join(skipped)
+    for reason, text in zip(skipped, expected):
+        assert text in reason, (text, reason)
+    assert len([m for m in msgs if m.header.get("event") == "sender-disconnected"]) >= 1
+    gaps = [
+        (m.header["series"], m.header["missing_from"], m.header["missing_to"])
+        for m in msgs
+        if m.header.get("event") == "gap"
+    ]
+    assert gaps == [("run-1", 23, 23), ("run-1", 25, 25)]
+    rankings = [(m.header["series"], m.header["seq"]) for m in msgs if m.topic == "ranking"]
+    # Exactly one result per valid volume: run-1 without the unsent 23 and the late 25, then run-2.
+    assert rankings == [("run-1", s) for s in range(30) if s not in (23, 25)] + [
+        ("run-2", s) for s in range(10)
+    ]
+    run2 = [m.header["status"] for m in msgs if m.topic == "ranking" and m.header["series"] == "run-2"]
+    assert (
+        run2 == ["baseline"] * run_cfg.run.preprocess.baseline_volumes + ["ok"] * 2
+    )  # preprocessing restarted
+    assert msgs[-1].header["skipped"] == len(expected)
+
+
+def _file_size_limit(limit_bytes):
+    def apply():  # in the child: writes beyond the limit fail with EFBIG, as on a full disk
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
+    return apply
+
+
+def test_a_full_disk_stops_the_recorder_with_a_report_and_not_the_decoder(run_cfg, experiment, tmp_path):
+    run_cfg.run.publish_input = True  # the recorder stores every input volume: it fills up fast
+    bold = experiment / "test" / "bold.nii"
+    n = len(list(iter_volumes(bold)))
+    dec = _start_decoder(run_cfg, tmp_path)
+    ready = tmp_path / "recorder.ready"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "rtdecode", "record", "--address", run_cfg.run.output.address, "--out", str(tmp_path / "rec.h5"),
+         "--ready-file", str(ready)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_file_size_limit(2_000_000),
+    )  # fmt: skip
+    try:
+        with Subscriber(run_cfg.run.output.address) as sub:
+            collect(sub, lambda m: m.topic == "status", 60)
+            deadline = time.monotonic() + 60
+            while not ready.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            sender = _send(bold, run_cfg.run.input.address, 0, n, gap_s=0.02)
+            msgs = collect(sub, is_end)
+            assert sender.wait(60) == 0
+        assert dec.wait(30) == 0
+        try:
+            out, err = recorder.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            recorder.kill()
+            out, err = recorder.communicate()
+            raise AssertionError(f"recorder hung: {err[-3000:]}") from None
+    finally:
+        if recorder.poll() is None:
+            recorder.kill()
+            recorder.communicate()
+    assert recorder.returncode == 2
+    assert "rtdecode record: error: cannot write" in err and "File too large" in err, err
+    assert "recording stopped at volume" in err
+    assert [m.header["seq"] for m in msgs if m.topic == "ranking"] == list(range(n))

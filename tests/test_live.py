@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import yaml
 import zmq as zmq
-from conftest import free_address, small_config
+from conftest import collect, free_address, small_config
 
 from rtdecode import wire
 from rtdecode.config import to_dict
-from rtdecode.errors import ReceiveTimeout
 from rtdecode.nifti import iter_volumes
 from rtdecode.run import build_pipeline
 from rtdecode.transport.zmq import Subscriber, VolumeSender
@@ -33,7 +32,7 @@ def decoder(experiment, tmp_path):
     )
     sub = Subscriber(cfg.run.output.address)
     try:
-        _wait_for(sub, lambda m: m.topic == "status", 60)  # the subscription is live
+        collect(sub, lambda m: m.topic == "status", 60)  # the subscription is live
         yield cfg.run, sub, proc
     finally:
         sub.close()
@@ -42,32 +41,6 @@ def decoder(experiment, tmp_path):
         proc.wait(10)
         proc.stdout.close()
         proc.stderr.close()
-
-
-def _wait_for(sub, pred, timeout_s):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.recv(0.5)
-        except ReceiveTimeout:
-            continue
-        if pred(msg):
-            return msg
-    raise TimeoutError("expected message did not arrive")
-
-
-def _collect_until_end(sub, timeout_s=120):
-    msgs = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.recv(1.0)
-        except ReceiveTimeout:
-            continue
-        msgs.append(msg)
-        if msg.header.get("event") == "end":
-            return msgs
-    raise TimeoutError(f"no end-of-series status; got {len(msgs)} messages")
 
 
 def test_one_ranking_per_volume_in_order_from_a_sender_process(decoder, experiment):
@@ -92,7 +65,7 @@ def test_one_ranking_per_volume_in_order_from_a_sender_process(decoder, experime
         timeout=120,
     )
     assert sender.returncode == 0, sender.stderr
-    msgs = _collect_until_end(sub)
+    msgs = collect(sub)
     n = len(list(iter_volumes(experiment / "test" / "bold.nii")))
     rankings = [m for m in msgs if m.topic == "ranking"]
     assert [m.header["seq"] for m in rankings] == list(range(n))
@@ -143,7 +116,7 @@ def test_broken_messages_do_not_stop_the_decoder(decoder, experiment):
                 tx.send_frames(bad[i])
             tx.send(vol)
         tx.send_end(vols[0].session, vols[0].series, len(vols))
-    msgs = _collect_until_end(sub)
+    msgs = collect(sub)
     skipped = [m.header["reason"] for m in msgs if m.header.get("event") == "skipped"]
     assert len(skipped) == len(bad) + 3, skipped
     assert any("not valid JSON" in r for r in skipped)

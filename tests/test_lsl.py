@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import free_address, small_config
+from conftest import collect, free_address, small_config
 
 from rtdecode.blocks import ScanClock, parse_marker
 from rtdecode.config import FeedbackConfig, to_dict
@@ -104,19 +104,6 @@ _MNE_CLIENT = textwrap.dedent(
 )
 
 
-def _collect(sub, timeout_s):
-    msgs, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.recv(1.0)
-        except ReceiveTimeout:
-            continue
-        msgs.append((msg.header, {k: v.copy() for k, v in msg.arrays.items()}))
-        if msg.header.get("kind") == "status" and msg.header.get("event") == "end":
-            return msgs
-    raise AssertionError("no end of series from the decoder")
-
-
 def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client(experiment, tmp_path):
     """Scanner (LSL) + stimulus software (LSL markers) -> decoder -> ZeroMQ, LSL, pylsl, mne-lsl."""
     bank = CandidateBank.load(experiment / "decoder" / "candidates.npz")
@@ -197,7 +184,9 @@ def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client
                 text=True,
             )
             procs.append(sender)
-            msgs = _collect(sub, 180)
+            msgs = [
+                (m.header, {k: v.copy() for k, v in m.arrays.items()}) for m in collect(sub, timeout_s=180)
+            ]
         assert sender.wait(60) == 0, sender.stderr.read()
         assert decoder.wait(60) == 0, decoder.stderr.read()
         mne_out, mne_err = mne.communicate(timeout=120)

@@ -15,6 +15,7 @@ from rtdecode import wire
 from rtdecode.errors import ReceiveTimeout, VolumeError
 from rtdecode.replay import replay_folder
 from rtdecode.scanner.assemble import Assembler, read_folder, to_nifti
+from rtdecode.scanner.readers import NotAnImage
 from rtdecode.transport.zmq import Receiver
 
 DATA = Path(__file__).parent / "data"
@@ -182,3 +183,28 @@ def test_a_new_series_number_starts_a_new_series(tmp_path):
     assert [(v.series, v.index) for v in vols] == [("13", i) for i in range(5)] + [
         ("14", i) for i in range(5)
     ]
+
+
+def test_a_dicom_without_pixels_is_named_and_not_retried(tmp_path):
+    import pydicom
+
+    ds = pydicom.dcmread(DATA / "siemens" / "001_000013_000001.dcm")
+    del ds.PixelData
+    path = tmp_path / "001_000013_000001.dcm"
+    ds.save_as(path)
+    asm = Assembler()
+    with pytest.raises(NotAnImage, match="001_000013_000001.dcm: a DICOM file without an image"):
+        asm.add(path)
+    assert asm.add(path) == []  # done with, not waited for
+
+
+def test_a_file_from_another_vendor_is_refused_and_the_series_goes_on(tmp_path):
+    asm = Assembler()
+    assert len(asm.add(DATA / "siemens" / "001_000013_000001.dcm")) == 1
+    ge = next((DATA / "ge").glob("*.MRDC.1"))
+    with pytest.raises(
+        NotAnImage, match=r"from a GE MEDICAL SYSTEMS scanner, this session's files come from SIEMENS"
+    ):
+        asm.add(ge)
+    assert len(asm.add(DATA / "siemens" / "001_000013_000002.dcm")) == 1
+    assert asm.pending == {}

@@ -135,8 +135,8 @@ def prepare(name: str, work: Path) -> Path:
                 k,
                 shape,
                 np.arange(n),
-                (rng.standard_normal((n, LATENT_RANK), dtype=np.float32) / np.sqrt(n)),
-                (rng.standard_normal((LATENT_RANK, int(np.prod(shape))), dtype=np.float32)),
+                rng.standard_normal((n, LATENT_RANK), dtype=np.float32) / np.float32(np.sqrt(n)),
+                rng.standard_normal((LATENT_RANK, int(np.prod(shape))), dtype=np.float32),
                 np.zeros(int(np.prod(shape)), np.float32),
                 {"synthetic": True},
             )  # fmt: skip

@@ -11,6 +11,7 @@ import numpy as np
 
 from rtdecode.errors import VolumeError
 from rtdecode.scanner.readers import (
+    NotAnImage,
     ScanVolume,
     is_mosaic,
     read_dicom,
@@ -42,6 +43,7 @@ class Assembler:
         self._slices: dict[tuple[str, int], dict[str, object]] = {}
         self._counts: dict[str, int] = {}
         self._done: set[Path] = set()
+        self._manufacturer: str | None = None
 
     def add(self, path: str | Path) -> list[ScanVolume]:
         """Take one file; return the volumes it completes (often none, sometimes one)."""
@@ -69,13 +71,30 @@ class Assembler:
             if head[128:132] != b"DICM":
                 self._done.add(path)  # not an export: a licence, a note, ...
                 return []
-            ds = read_dicom(path)
+            try:
+                ds = read_dicom(path)
+                self._check_manufacturer(path, ds)
+            except NotAnImage:
+                self._done.add(path)  # complete, and never usable: do not retry it
+                raise
             if is_mosaic(ds):
                 vol = read_siemens_mosaic(path, ds)
             else:
                 return self._add_slice(path, ds)
         self._done.add(path)
         return [vol]
+
+    def _check_manufacturer(self, path: Path, ds) -> None:
+        # One session comes from one scanner: another vendor's file is a stray copy, not a volume.
+        maker = str(ds.get("Manufacturer", "")).strip() or None
+        if maker is None:
+            return
+        if self._manufacturer is None:
+            self._manufacturer = maker
+        elif maker.split()[0].upper() != self._manufacturer.split()[0].upper():
+            raise NotAnImage(
+                f"{path}: from a {maker} scanner, this session's files come from {self._manufacturer}"
+            )
 
     def _next(self, key: str) -> int:
         self._counts[key] = self._counts.get(key, -1) + 1

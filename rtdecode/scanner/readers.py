@@ -88,10 +88,21 @@ def read_dicom(path: str | Path):
 
     try:
         ds = pydicom.dcmread(str(path))
-        ds.pixel_array  # noqa: B018 - forces the pixel data to be read and checked for length
     except Exception as err:  # pydicom raises many types for a truncated file
         raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from None
+    if "PixelData" not in ds:
+        raise NotAnImage(
+            f"{path}: a DICOM file without an image ({ds.get('SOPClassUID', 'unknown SOP class')}); ignored"
+        )
+    try:
+        ds.pixel_array  # noqa: B018 - forces the pixel data to be read and checked for length
+    except Exception as err:
+        raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from None
     return ds
+
+
+class NotAnImage(VolumeError):
+    """A complete scanner file that holds no usable image (a report, another vendor's file): skip it."""
 
 
 def is_mosaic(ds) -> bool:

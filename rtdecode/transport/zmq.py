@@ -25,9 +25,10 @@ import numpy as np
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils.monitor import recv_monitor_message
 
 from rtdecode import wire
-from rtdecode.errors import ConfigError, ProtocolError, ReceiveTimeout, SendTimeout
+from rtdecode.errors import ConfigError, PeerDisconnected, ProtocolError, ReceiveTimeout, SendTimeout
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
 
 SECRET_KEY_ENV = "RTDECODE_CURVE_SECRET_KEY"
@@ -69,9 +70,12 @@ def _open(
     bind: bool,
     linger_ms: int,
     curve: CurveServer | None = None,
+    max_message_bytes: int = 0,
 ) -> zmq.Socket:
     sock = context.socket(kind)
     sock.setsockopt(zmq.LINGER, linger_ms)
+    if max_message_bytes > 0:  # before bind: the listener hands its options to each connection
+        sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
     if bind and curve is not None:
         public, secret = _load_key(curve.secret_key_file, secret=True)
         sock.curve_publickey, sock.curve_secretkey, sock.curve_server = public, secret, True
@@ -95,9 +99,16 @@ class _Endpoint:
     socket: zmq.Socket
     _context: zmq.Context
     _auth: ThreadAuthenticator | None = None
+    _monitor: zmq.Socket | None = None
 
     def _init(
-        self, kind: int, address: str, bind: bool, linger_ms: int, curve: CurveServer | None = None
+        self,
+        kind: int,
+        address: str,
+        bind: bool,
+        linger_ms: int,
+        curve: CurveServer | None = None,
+        max_message_bytes: int = 0,
     ) -> None:
         self._context = zmq.Context(io_threads=1)
         try:
@@ -108,7 +119,7 @@ class _Endpoint:
                 self._auth = ThreadAuthenticator(self._context)
                 self._auth.start()
                 self._auth.configure_curve(domain="*", location=curve.clients_dir)
-            self.socket = _open(self._context, kind, address, bind, linger_ms, curve)
+            self.socket = _open(self._context, kind, address, bind, linger_ms, curve, max_message_bytes)
         except ConfigError:
             if self._auth is not None:
                 self._auth.stop()
@@ -121,6 +132,9 @@ class _Endpoint:
     def close(self) -> None:
         """Deliver what is queued (up to the linger time), then close; safe to call twice."""
         if not self.socket.closed:
+            if self._monitor is not None:
+                self.socket.disable_monitor()
+                self._monitor.close(0)
             self.socket.close()
             if self._auth is not None:
                 self._auth.stop()
@@ -193,14 +207,28 @@ class VolumeSender(_Endpoint):
 
 
 class Receiver(_Endpoint):
-    """Receive messages (PULL). Binds by default."""
+    """Receive messages (PULL). Binds by default.
+
+    Parameters
+    ----------
+    max_message_bytes : int
+        Larger messages are refused by libzmq, which closes the sender's connection (the sender
+        reconnects by itself); 0 for no limit. The refusal shows as :class:`PeerDisconnected`.
+    """
 
     def __init__(
-        self, address: str, bind: bool = True, linger_ms: int = 0, curve: CurveServer | None = None
+        self,
+        address: str,
+        bind: bool = True,
+        linger_ms: int = 0,
+        curve: CurveServer | None = None,
+        max_message_bytes: int = 0,
     ) -> None:
-        self._init(zmq.PULL, address, bind, linger_ms, curve)
+        self._init(zmq.PULL, address, bind, linger_ms, curve, max_message_bytes)
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
+        self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller.register(self._monitor, zmq.POLLIN)
 
     def recv(self, timeout_s: float) -> wire.Message:
         """Receive and decode one message.
@@ -211,11 +239,19 @@ class Receiver(_Endpoint):
             Nothing arrived within ``timeout_s``.
         ProtocolError
             The message arrived but is malformed (it is consumed).
+        PeerDisconnected
+            A sender's connection closed (messages come first: this is raised only when none wait).
         """
-        if not self._poller.poll(int(timeout_s * 1000)):
-            raise ReceiveTimeout(f"no message within {timeout_s} s")
-        frames = self.socket.recv_multipart(copy=False)
-        return wire.decode(frames)
+        ready = dict(self._poller.poll(int(timeout_s * 1000)))
+        if self.socket in ready:
+            return wire.decode(self.socket.recv_multipart(copy=False))
+        if self._monitor in ready:
+            event = recv_monitor_message(self._monitor)
+            raise PeerDisconnected(
+                f"a sender's connection closed ({event['endpoint'].decode(errors='replace')}): it quit, "
+                "or sent a message over run.input.max_message_mb"
+            )
+        raise ReceiveTimeout(f"no message within {timeout_s} s")
 
     def recv_volume(self, timeout_s: float) -> Volume | SeriesEnd:
         """Receive the next volume (stamped ``RECEIVED``) or end of a series.
