@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import math
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -46,7 +47,9 @@ def open_sender(to: str, n_volumes: int = 0, speed: float = 1.0) -> VolumeSender
         from rtdecode.transport.lsl import VolumeOutlet
 
         return VolumeOutlet(to[4:] or "rtdecode-scanner", n_volumes, speed)
-    return VolumeSender(to)
+    # Unpaced, the queues stay full and libzmq lets a blocked sender go on only once the decoder
+    # has taken half a queue (500 volumes): that wait is not a missing decoder.
+    return VolumeSender(to, send_timeout_s=10.0 if math.isfinite(speed) else 600.0)
 
 
 def events_to_markers(events: Sequence[dict[str, str]]) -> list[tuple[float, str]]:

@@ -38,7 +38,7 @@ def role_send(args: argparse.Namespace) -> None:
     """Sender: the series looped to ``--volumes``, a bad message after every ``--bad-every``."""
     vols = looped(Path(args.bold), -(-args.volumes // args.series_length))[: args.volumes]
     n_bad = 0
-    with VolumeSender(args.to) as tx:
+    with VolumeSender(args.to, send_timeout_s=600.0) as tx:  # see rtdecode.replay.open_sender
         for v in vols:
             tx.send(v)
             if v.seq % args.bad_every == args.bad_every - 1:
