@@ -47,9 +47,12 @@ def open_sender(to: str, n_volumes: int = 0, speed: float = 1.0) -> VolumeSender
         from rtdecode.transport.lsl import VolumeOutlet
 
         return VolumeOutlet(to[4:] or "rtdecode-scanner", n_volumes, speed)
-    # Unpaced, the queues stay full and libzmq lets a blocked sender go on only once the decoder
-    # has taken half a queue (500 volumes): that wait is not a missing decoder.
-    return VolumeSender(to, send_timeout_s=10.0 if math.isfinite(speed) else 600.0)
+    if math.isfinite(speed):
+        return VolumeSender(to)
+    # Unpaced, the queues stay full: libzmq lets a blocked sender go on only once the decoder has
+    # taken half a queue (500 volumes), and at exit up to 1,000 volumes are still queued. Neither
+    # wait means a missing decoder; a 5 s linger would drop them.
+    return VolumeSender(to, linger_ms=600_000, send_timeout_s=600.0)
 
 
 def events_to_markers(events: Sequence[dict[str, str]]) -> list[tuple[float, str]]:

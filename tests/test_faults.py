@@ -308,8 +308,8 @@ def test_a_full_disk_stops_the_recorder_with_a_report_and_not_the_decoder(run_cf
     dec = _start_decoder(run_cfg, tmp_path)
     ready = tmp_path / "recorder.ready"
     recorder = subprocess.Popen(
-        [sys.executable, "-m", "rtdecode", "record", "--address", run_cfg.run.output.address, "--out", str(tmp_path / "rec.h5"),
-         "--ready-file", str(ready)],
+        [sys.executable, "-m", "rtdecode", "record", "--address", run_cfg.run.output.address,
+         "--out", str(tmp_path / "rec.h5"), "--ready-file", str(ready)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_file_size_limit(2_000_000),
     )  # fmt: skip
     try:

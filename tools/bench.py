@@ -302,36 +302,59 @@ def role_listen(args: argparse.Namespace) -> None:
     )
 
 
-def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) -> dict:
-    """Sender, decoder and subscriber processes; summaries from the subscriber's record."""
+def start_decoder_and_listener(
+    cfg: RunConfig, work: Path, tag: str, script: str
+) -> tuple[RunConfig, subprocess.Popen, subprocess.Popen, Path]:
+    """``rtdecode run`` on fresh loopback ports and ``script listen``; return once both are live.
+
+    Returns the config with its addresses, both processes and where the listener writes its record.
+    """
     cfg = dataclasses.replace(
         cfg, input=SocketConfig(free_tcp_address(), True), output=SocketConfig(free_tcp_address(), True)
     )
-    cfg_path, ready, rec = work / "bench-run.yaml", work / "listener.ready", work / "listener.json"
+    cfg_path, ready, rec = work / f"{tag}-run.yaml", work / f"{tag}.ready", work / f"{tag}-listener.json"
     ready.unlink(missing_ok=True)
     cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=cfg))["run"]}))
-    me = [sys.executable, __file__]
     decoder = subprocess.Popen(
         [sys.executable, "-m", "rtdecode", "run", "-c", str(cfg_path), "--exit-after-series"],
         stdout=subprocess.DEVNULL,
     )
     listener = subprocess.Popen(
-        me + ["listen", "--address", cfg.output.address, "--out", str(rec), "--ready", str(ready)]
+        [
+            sys.executable,
+            script,
+            "listen",
+            "--address",
+            cfg.output.address,
+            "--out",
+            str(rec),
+            "--ready",
+            str(ready),
+        ]
     )
+    deadline = time.monotonic() + 300
+    with Subscriber(cfg.output.address, ["status"]) as probe:  # the decoder is up once it beats
+        while True:
+            try:
+                probe.recv(0.5)
+                break
+            except ReceiveTimeout:
+                if time.monotonic() > deadline or decoder.poll() is not None:
+                    decoder.kill()
+                    listener.kill()
+                    raise RuntimeError("decoder did not start") from None
+    while not ready.exists():
+        time.sleep(0.05)
+    time.sleep(0.5)  # the listener's subscription reaches the publisher
+    return cfg, decoder, listener, rec
+
+
+def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) -> dict:
+    """Sender, decoder and subscriber processes; summaries from the subscriber's record."""
+    cfg, decoder, listener, rec = start_decoder_and_listener(cfg, work, "bench", __file__)
+    me = [sys.executable, __file__]
     rss = []
     try:
-        deadline = time.monotonic() + 300
-        with Subscriber(cfg.output.address, ["status"]) as probe:  # the decoder is up once it beats
-            while True:
-                try:
-                    probe.recv(0.5)
-                    break
-                except ReceiveTimeout:
-                    if time.monotonic() > deadline or decoder.poll() is not None:
-                        raise RuntimeError("decoder did not start") from None
-        while not ready.exists():
-            time.sleep(0.05)
-        time.sleep(0.5)  # the listener's subscription reaches the publisher
         t0 = time.monotonic()
         sender = subprocess.Popen(
             me + ["send", "--bold", str(bold), "--to", cfg.input.address, "--speed", str(speed),

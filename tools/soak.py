@@ -21,13 +21,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
-from bench import WORKLOADS, looped, percentiles, prepare, rss_kib, run_config
+from bench import WORKLOADS, looped, percentiles, prepare, rss_kib, run_config, start_decoder_and_listener
 
 from rtdecode import wire
-from rtdecode.config import Config, SocketConfig, to_dict
-from rtdecode.demo import free_tcp_address
-from rtdecode.errors import ReceiveTimeout
 from rtdecode.transport.zmq import Subscriber, VolumeSender
 from rtdecode.volume import Stage, stamps_from_dict
 
@@ -38,7 +34,9 @@ def role_send(args: argparse.Namespace) -> None:
     """Sender: the series looped to ``--volumes``, a bad message after every ``--bad-every``."""
     vols = looped(Path(args.bold), -(-args.volumes // args.series_length))[: args.volumes]
     n_bad = 0
-    with VolumeSender(args.to, send_timeout_s=600.0) as tx:  # see rtdecode.replay.open_sender
+    with VolumeSender(
+        args.to, linger_ms=600_000, send_timeout_s=600.0
+    ) as tx:  # see rtdecode.replay.open_sender
         for v in vols:
             tx.send(v)
             if v.seq % args.bad_every == args.bad_every - 1:
@@ -88,32 +86,8 @@ def soak(args: argparse.Namespace) -> dict:
     d = prepare(args.workload, work)
     bold = d / "session" / "bold.nii"
     cfg = run_config(d, "int8", args.rank_threads)
-    cfg = dataclasses.replace(
-        cfg, input=SocketConfig(free_tcp_address(), True), output=SocketConfig(free_tcp_address(), True)
-    )
-    cfg_path, ready, rec = work / "soak-run.yaml", work / "soak.ready", work / "soak-listener.json"
-    ready.unlink(missing_ok=True)
-    cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=cfg))["run"]}))
+    cfg, decoder, listener, rec = start_decoder_and_listener(cfg, work, "soak", __file__)
     me = [sys.executable, __file__]
-    decoder = subprocess.Popen(
-        [sys.executable, "-m", "rtdecode", "run", "-c", str(cfg_path), "--exit-after-series"],
-        stdout=subprocess.DEVNULL,
-    )
-    listener = subprocess.Popen(
-        me + ["listen", "--address", cfg.output.address, "--out", str(rec), "--ready", str(ready)]
-    )
-    with Subscriber(cfg.output.address, ["status"]) as probe:
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                probe.recv(0.5)
-                break
-            except ReceiveTimeout:
-                if time.monotonic() > deadline or decoder.poll() is not None:
-                    raise RuntimeError("decoder did not start") from None
-    while not ready.exists():
-        time.sleep(0.05)
-    time.sleep(0.5)
     n_series = int(json.loads((bold.parent / "session.json").read_text())["n_volumes"])
     sender = subprocess.Popen(
         me + ["send", "--bold", str(bold), "--to", cfg.input.address, "--volumes", str(args.volumes),
