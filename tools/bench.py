@@ -185,6 +185,35 @@ def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> dict[str, float]:
     return {"one_thread_gbs": best(lambda: np.sum(a)), "two_threads_gbs": best(two)}
 
 
+def watch_rss(proc: subprocess.Popen, period_s: float) -> tuple[list[tuple[float, int, int]], float]:
+    """Sample (seconds, VmRSS KiB, VmHWM KiB) of ``proc`` until it exits; return them and the wall time."""
+    t0, samples = time.monotonic(), []
+    while proc.poll() is None:
+        try:
+            samples.append((time.monotonic() - t0, *rss_kib(proc.pid)))
+        except (FileNotFoundError, ProcessLookupError):
+            break
+        time.sleep(period_s)
+    return samples, time.monotonic() - t0
+
+
+def rss_summary(samples: list[tuple[float, int, int]]) -> dict:
+    """RSS after the first tenth of the run (warm) against the last tenth's median, and the peak."""
+    if len(samples) < 8:
+        return {}
+    t = np.array([r[0] for r in samples])
+    m = np.array([r[1] for r in samples], dtype=float)
+    early, late = m[t <= t[-1] * 0.1][-1], np.median(m[t >= t[-1] * 0.9])
+    return {
+        "rss_mb": {
+            "after_10pct": early / 1024,
+            "last_10pct": late / 1024,
+            "peak": max(r[2] for r in samples) / 1024,
+        },
+        "rss_growth_pct": float((late - early) / early * 100),
+    }
+
+
 def rss_kib(pid: int) -> tuple[int, int]:
     """(VmRSS, VmHWM) of a process in KiB."""
     fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines())
@@ -353,20 +382,12 @@ def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) 
     """Sender, decoder and subscriber processes; summaries from the subscriber's record."""
     cfg, decoder, listener, rec = start_decoder_and_listener(cfg, work, "bench", __file__)
     me = [sys.executable, __file__]
-    rss = []
     try:
-        t0 = time.monotonic()
         sender = subprocess.Popen(
             me + ["send", "--bold", str(bold), "--to", cfg.input.address, "--speed", str(speed),
                   "--repeat", str(repeat)]
         )  # fmt: skip
-        while decoder.poll() is None:
-            try:
-                rss.append((time.monotonic() - t0, *rss_kib(decoder.pid)))
-            except (FileNotFoundError, ProcessLookupError):
-                break
-            time.sleep(0.25)
-        wall = time.monotonic() - t0
+        rss, wall = watch_rss(decoder, 0.25)
         sender.wait(60)
         listener.wait(60)
     finally:
@@ -391,12 +412,7 @@ def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) 
     }
     if got["latent_ms"]:
         out["latent_ms"] = percentiles(got["latent_ms"])
-    if len(rss) >= 8:  # after the first tenth of the run (warm) vs the last tenth
-        t = np.array([r[0] for r in rss])
-        m = np.array([r[1] for r in rss], dtype=float)
-        early, late = m[t <= t[-1] * 0.1][-1], np.median(m[t >= t[-1] * 0.9])
-        out["rss_mb"] = {"after_10pct": early / 1024, "last_10pct": late / 1024}
-        out["rss_growth_pct"] = float((late - early) / early * 100)
+    out |= rss_summary(rss)
     return out
 
 

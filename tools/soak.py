@@ -17,11 +17,19 @@ import dataclasses
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-from bench import WORKLOADS, looped, percentiles, prepare, rss_kib, run_config, start_decoder_and_listener
+from bench import (
+    WORKLOADS,
+    looped,
+    percentiles,
+    prepare,
+    rss_summary,
+    run_config,
+    start_decoder_and_listener,
+    watch_rss,
+)
 
 from rtdecode import wire
 from rtdecode.transport.zmq import Subscriber, VolumeSender
@@ -94,21 +102,11 @@ def soak(args: argparse.Namespace) -> dict:
               "--series-length", str(n_series), "--bad-every", str(args.bad_every)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    t0, rss = time.monotonic(), []
-    while decoder.poll() is None:
-        try:
-            rss.append((time.monotonic() - t0, *rss_kib(decoder.pid)))
-        except (FileNotFoundError, ProcessLookupError):
-            break
-        time.sleep(1.0)
-    wall = time.monotonic() - t0
+    rss, wall = watch_rss(decoder, 1.0)
     sent = json.loads(sender.communicate(timeout=60)[0].strip().splitlines()[-1])
     listener.wait(60)
     got = json.loads(rec.read_text())
     seqs = np.array(got["seqs"])
-    t = np.array([r[0] for r in rss])
-    m = np.array([r[1] for r in rss], dtype=float)
-    early, late = m[t <= t[-1] * 0.1][-1], np.median(m[t >= t[-1] * 0.9])
     tenths = np.array_split(np.array(got["proc_ms"]), 10)
     out = {
         "workload": args.workload,
@@ -120,14 +118,8 @@ def soak(args: argparse.Namespace) -> dict:
         "end": got["end"],
         "wall_s": wall,
         "volumes_per_s": sent["sent"] / wall,
-        "rss_mb": {
-            "after_10pct": early / 1024,
-            "last_10pct": late / 1024,
-            "peak": max(r[2] for r in rss) / 1024,
-        },
-        "rss_growth_pct": float((late - early) / early * 100),
         "processing_ms_per_tenth": [percentiles(x) for x in tenths],
-    }
+    } | rss_summary(rss)
     print(json.dumps({k: v for k, v in out.items() if k != "processing_ms_per_tenth"}, indent=1))
     for i, p in enumerate(out["processing_ms_per_tenth"]):
         print(f"tenth {i + 1}: processing p50 {p['p50']:.1f} ms, p99 {p['p99']:.1f} ms")
