@@ -115,6 +115,19 @@ def _subscribe(args: argparse.Namespace) -> None:
     follow(args.address, args.roi, args.layer, args.save, args.ready_file, args.until_end, args.timeout)
 
 
+def _dashboard(args: argparse.Namespace) -> None:
+    from rtdecode.dashboard.server import serve_dashboard
+
+    serve_dashboard(args.address, args.host, args.port, args.ready_file, args.history)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from rtdecode.report import write_report
+
+    out = write_report(args.recording, args.out, args.events, args.candidates, args.shift_s)
+    print(f"wrote {out}")
+
+
 def _offline(args: argparse.Namespace) -> None:
     from rtdecode.run import run_offline
 
@@ -284,6 +297,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--until-end", action="store_true", help="stop after the decoder's end-of-series")
     p.add_argument("--timeout", type=float, default=0.0, help="stop after this many silent seconds")
     p.set_defaults(func=_subscribe)
+
+    p = sub.add_parser("dashboard", help="serve a live page of motion, latency and rankings (WebSocket)")
+    p.add_argument("--address", default="tcp://127.0.0.1:5556", help="the decoder's output address")
+    p.add_argument("--host", default="127.0.0.1", help="interface to serve the page on")
+    p.add_argument("--port", type=int, default=8765, help="port of the page (0: any free port)")
+    p.add_argument("--history", type=int, default=600, help="volumes a page opened late starts with")
+    p.add_argument("--ready-file", help="write the page's URL here once it is served")
+    p.set_defaults(func=_dashboard)
+
+    p = sub.add_parser("report", help="one self-contained HTML page about a recorded session")
+    p.add_argument("recording", help="a recording (.h5) from rtdecode record or rtdecode offline")
+    p.add_argument("-o", "--out", help="HTML file to write (default: beside the recording)")
+    p.add_argument("--events", help="BIDS events.tsv with category_label: the categories shown, per block")
+    p.add_argument("--candidates", help="candidate bank (default: the one the decoder used)")
+    p.add_argument("--shift-s", type=float, default=6.0, help="hemodynamic delay for --events blocks")
+    p.set_defaults(func=_report)
 
     p = sub.add_parser("offline", help="run the pipeline as a batch over a recorded series")
     p.add_argument("-c", "--config", help="YAML config ('run' section)")

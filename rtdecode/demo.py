@@ -19,6 +19,7 @@ from rtdecode.evaluate import block_top_k, identification_table
 from rtdecode.identify import CandidateBank
 from rtdecode.latency import format_table
 from rtdecode.nifti import read_events
+from rtdecode.report import write_report
 from rtdecode.sim.scanner import stream_session
 from rtdecode.sim.session import SimParams, simulate_session, write_session
 from rtdecode.train import train_session
@@ -105,10 +106,11 @@ def run_demo(
     cfg_path = out / "run.yaml"
     cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=run_cfg))["run"]}))
     ready, results = out / "subscriber.ready", out / "results.npz"
-    ready.unlink(missing_ok=True)
-    results.unlink(missing_ok=True)
+    rec_ready, recording = out / "recorder.ready", out / "recording.h5"
+    for path in (ready, results, rec_ready, recording):
+        path.unlink(missing_ok=True)
     exe = [sys.executable, "-m", "rtdecode"]
-    step("starting the decoder and a subscriber as separate processes")
+    step("starting the decoder, a subscriber and a recorder as separate processes")
     decoder = subprocess.Popen([*exe, "run", "-c", str(cfg_path), "--exit-after-series"])
     subscriber = subprocess.Popen(
         [
@@ -125,11 +127,26 @@ def run_demo(
             str(cfg.demo.timeout_s),
         ]
     )
+    recorder = subprocess.Popen(
+        [
+            *exe,
+            "record",
+            "--address",
+            run_cfg.output.address,
+            "--out",
+            str(recording),
+            "--ready-file",
+            str(rec_ready),
+            "--timeout",
+            str(cfg.demo.timeout_s),
+        ]
+    )
+    procs = (decoder, subscriber, recorder)
     try:
         deadline = time.monotonic() + 60
-        while not ready.exists():
-            if time.monotonic() > deadline or decoder.poll() is not None or subscriber.poll() is not None:
-                raise RuntimeError("decoder or subscriber did not come up (see their messages above)")
+        while not (ready.exists() and rec_ready.exists()):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("decoder, subscriber or recorder did not come up (see their messages above)")
             time.sleep(0.05)
         via = "LSL, with stimulus markers," if transport == "lsl" else "ZeroMQ"
         step(f"streaming the test session over {via} at {cfg.demo.speed:g}x real time")
@@ -143,14 +160,24 @@ def run_demo(
             markers=transport == "lsl",
         )
         _wait(subscriber, cfg.demo.timeout_s, "subscriber")
+        _wait(recorder, 30, "recorder")
         _wait(decoder, 30, "decoder")
         timings["stream_s"] = time.monotonic() - t
     finally:
-        for proc in (decoder, subscriber):
+        for proc in procs:
             if proc.poll() is None:
                 proc.terminate()
+    step("writing the session report")
+    report = write_report(
+        recording,
+        out / "report.html",
+        out / "test" / "events.tsv",
+        out / "decoder" / "candidates.npz",
+        cfg.train.hrf_shift_s,
+    )
     summary = evaluate_demo(out, results, p_test, cfg, n_sent)
     summary["transport"] = transport
+    summary["recording"], summary["report"] = str(recording), str(report)
     summary["timings_s"] = {**timings, "total_s": time.monotonic() - t_start}
     print_summary(summary)
     if summary_path is not None:
@@ -308,3 +335,4 @@ def print_summary(s: dict) -> None:
         hop = "acquired->received is the LSL hop; " if s.get("transport") == "lsl" else ""
         print(f"\nlatency per stage and end to end (acquisition -> published; {hop}ms):")
         print(format_table(s["latency_ms"]))
+    print(f"\nrecording: {s['recording']}\nreport: {s['report']} (open it in a browser)")

@@ -45,6 +45,7 @@ class Recorder:
         self._rows: dict[int, int] = {}
         self._motion: dict[int, tuple[list[float], float]] = {}
         self._events: list[str] = []
+        self._blocks: list[str] = []
         self.closed = False
 
     # The sink interface shared with rtdecode.transport.zmq.Publisher.
@@ -56,6 +57,9 @@ class Recorder:
         kind = header.get("kind")
         if kind == "status":
             self._events.append(json.dumps(dict(header)))
+            return
+        if kind == "block":  # headers only: the block's ranking and label ranks, not its predictions
+            self._blocks.append(json.dumps(dict(header)))
             return
         seq = header.get("seq")
         if not isinstance(seq, int):
@@ -73,6 +77,8 @@ class Recorder:
                     g.attrs["rois"], g.attrs["layers"] = header["rois"], header["layers"]
                 self._put_str("ranking/top_labels", row, json.dumps(header["labels"]))
             self._put("volumes/censored", row, np.array(bool(header.get("censored", False))))
+            self._put("volumes/tr_s", row, np.array(header.get("tr_s", np.nan), dtype=np.float64))
+            self._put("volumes/acq_time_s", row, np.array(header.get("acq_time_s", np.nan), dtype=np.float64))
         elif kind == "motion":
             self._put("motion/params", row, np.asarray(header["params"], dtype=np.float64))
             self._put("motion/fd_mm", row, np.array(header["fd_mm"], dtype=np.float64))
@@ -134,6 +140,9 @@ class Recorder:
         self._f.attrs["stages"] = [s.name.lower() for s in Stage]
         self._f.create_dataset(
             "status/events", data=np.array(self._events, dtype=object), dtype=h5py.string_dtype()
+        )
+        self._f.create_dataset(
+            "blocks/headers", data=np.array(self._blocks, dtype=object), dtype=h5py.string_dtype()
         )
         self._f.close()
         if self._motion:

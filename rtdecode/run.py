@@ -107,6 +107,7 @@ def publish_result(
         "series": vol.series,
         "seq": vol.seq,
         "acq_time_s": vol.acq_time_s,
+        "tr_s": vol.tr_s,
         "status": res.status,
     }
     censored = bool(res.motion.censored) if res.motion is not None else False
@@ -120,6 +121,7 @@ def publish_result(
                 "params": res.motion.params.tolist(),
                 "fd_mm": res.motion.fd_mm,
                 "censored": censored,
+                "fd_threshold_mm": pipe.motion.fd_threshold_mm,
                 "iterations": res.motion.iterations,
             },
         )
@@ -342,6 +344,11 @@ class Decoder:
         """Counts and the latency summary so far."""
         return {**_count_fields(self.counts), "latency_ms": self.tracker.summary()}
 
+    def settings(self) -> dict:
+        """The run configuration and the candidate count, as the ``started`` and ``end`` events carry them."""
+        n_candidates = len(self.pipe.identifier.bank.labels) if self.pipe.identifier is not None else 0
+        return {**dataclasses.asdict(self.cfg), "n_candidates": n_candidates}
+
 
 def load_latents(cfg: RunConfig, pipe: Pipeline) -> LatentDecoders | None:
     """The latent decoders named by ``cfg.latents``, checked against the bundle's mask."""
@@ -419,7 +426,9 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
             stack.callback(markers.close)
         where = "LSL streams of type fMRI" if cfg.transport == "lsl" else source.last_endpoint
         log.info("decoder listening on %s, publishing on %s", where, pub.last_endpoint)
-        sink.publish("status", {"kind": "status", "event": "started", "resumed": dec.resumed})
+        sink.publish(
+            "status", {"kind": "status", "event": "started", "resumed": dec.resumed, "settings": dec.settings()}
+        )
         while not stop.requested:
             try:
                 item = source.recv_volume(cfg.heartbeat_s)
@@ -441,7 +450,7 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
                     dec.marker(text, t_ns)
             if isinstance(item, SeriesEnd):
                 summary = {**dec.summary(), "series": item.series, "n_sent": item.n_sent}
-                sink.publish("status", {"kind": "status", "event": "end", **summary})
+                sink.publish("status", {"kind": "status", "event": "end", **summary, "settings": dec.settings()})
                 c = dec.counts
                 print(
                     f"series {item.series!r} ended: {c.processed} processed, {c.skipped} skipped, "
@@ -488,5 +497,5 @@ def run_offline(cfg: RunConfig, bold: str | Path, out: str | Path, record_input:
             stamp(vol.stamps, Stage.RECEIVED)
             dec.step(vol)
         summary = dec.summary()
-        rec.publish("status", {"kind": "status", "event": "end", **summary})
+        rec.publish("status", {"kind": "status", "event": "end", **summary, "settings": dec.settings()})
     return summary

@@ -7,7 +7,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -127,19 +127,25 @@ def describe(results: ResultLog, seq: int, roi: str, layer: str) -> str:
 
 
 def messages(
-    address: str, ready_file: str | Path | None = None, until_end: bool = False, timeout_s: float = 0.0
+    address: str,
+    ready_file: str | Path | None = None,
+    until_end: bool = False,
+    timeout_s: float = 0.0,
+    topics: Sequence[str] = (),
+    stop: threading.Event | None = None,
 ) -> Iterator[Message]:
-    """Everything a decoder publishes, as decoded messages, until a stop condition.
+    """Everything a decoder publishes (or the ``topics`` prefixes), decoded, until a stop condition.
 
-    Stops on SIGTERM, after the end-of-series status (which is yielded) when ``until_end``, or
-    after ``timeout_s`` without any message (0 waits for ever). ``ready_file`` is created when the
-    first message arrives, i.e. once the subscription is live. Malformed messages are logged and
-    dropped.
+    Stops when ``stop`` is set (by default on SIGTERM), after the end-of-series status (which is
+    yielded) when ``until_end``, or after ``timeout_s`` without any message (0 waits for ever).
+    ``ready_file`` is created when the first message arrives, i.e. once the subscription is live.
+    Malformed messages are logged and dropped.
     """
-    stop = threading.Event()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Subscriber(address) as sub:
+    if stop is None:
+        stop = threading.Event()
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with Subscriber(address, topics) as sub:
         last = time.monotonic()
         while not stop.is_set():
             try:

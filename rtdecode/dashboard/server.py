@@ -1,0 +1,136 @@
+"""``rtdecode dashboard``: a subscriber that serves a live page on a local port.
+
+One process, one port: HTTP for the page and its assets (shipped in ``static/``, nothing from the
+internet), a WebSocket at ``/ws`` for the updates. A thread reads the decoder's PUB socket; the
+asyncio loop folds each message into the :class:`~rtdecode.dashboard.view.SessionView` and
+broadcasts the update it completes. A page that connects late first gets the recent history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import signal
+import threading
+from http import HTTPStatus
+from importlib.resources import files
+from pathlib import Path
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+from websockets.http11 import Request, Response
+
+from rtdecode.dashboard.view import TOPICS, SessionView
+from rtdecode.subscribe import messages
+
+log = logging.getLogger(__name__)
+
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
+_PAGES = {"/": "index.html", "/index.html": "index.html", "/dashboard.js": "dashboard.js", "/dashboard.css": "dashboard.css"}
+
+
+def _static(name: str) -> bytes:
+    return files("rtdecode.dashboard").joinpath("static", name).read_bytes()
+
+
+def _encode(update: dict) -> str | None:
+    try:
+        return json.dumps(update, allow_nan=False)
+    except ValueError as err:  # a NaN that slipped through: the page's JSON.parse would reject it
+        log.warning("update of type %s not sent: %s", update.get("type"), err)
+        return None
+
+
+async def _run(
+    address: str, host: str, port: int, ready_file: str | Path | None, history: int, until: asyncio.Future
+) -> None:
+    view = SessionView(history)
+    clients: set[ServerConnection] = set()
+    loop = asyncio.get_running_loop()
+    inbox: asyncio.Queue = asyncio.Queue()
+    stop = threading.Event()
+
+    def pump() -> None:
+        for msg in messages(address, topics=TOPICS, stop=stop):
+            loop.call_soon_threadsafe(inbox.put_nowait, msg)
+
+    async def fold() -> None:
+        while True:
+            update = view.add(await inbox.get())
+            text = _encode(update) if update is not None else None
+            if text is not None:
+                broadcast(clients, text)
+
+    def http(conn: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/ws":
+            return None  # the WebSocket handshake goes on
+        name = _PAGES.get(request.path.split("?")[0])
+        if name is None:
+            return conn.respond(HTTPStatus.NOT_FOUND, f"no such page: {request.path}\n")
+        body = _static(name)
+        resp = conn.respond(HTTPStatus.OK, "")
+        del resp.headers["Content-Type"], resp.headers["Content-Length"]
+        resp.headers["Content-Type"] = _TYPES[Path(name).suffix]
+        resp.headers["Content-Length"] = str(len(body))
+        resp.headers["Cache-Control"] = "no-store"
+        return dataclasses.replace(resp, body=body)
+
+    async def handler(conn: ServerConnection) -> None:
+        text = _encode(view.snapshot())
+        # The snapshot goes out and the page joins the broadcast with no await in between, so no
+        # update falls between the two.
+        if text is not None:
+            broadcast([conn], text)
+        clients.add(conn)
+        try:
+            await conn.wait_closed()
+        finally:
+            clients.discard(conn)
+
+    reader = threading.Thread(target=pump, name="dashboard-subscriber", daemon=True)
+    async with serve(handler, host, port, process_request=http, compression=None) as server:
+        bound = server.sockets[0].getsockname()
+        url = f"http://{bound[0]}:{bound[1]}/"
+        reader.start()
+        folder = asyncio.create_task(fold())
+        print(f"dashboard on {url} (results from {address})", flush=True)
+        if ready_file is not None:
+            Path(ready_file).write_text(url + "\n")
+        try:
+            await until
+        finally:
+            stop.set()
+            folder.cancel()
+    reader.join(2.0)
+
+
+def serve_dashboard(
+    address: str,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    ready_file: str | Path | None = None,
+    history: int = 600,
+) -> None:
+    """Serve the dashboard until SIGTERM or Ctrl-C.
+
+    Parameters
+    ----------
+    address : str
+        The decoder's PUB address.
+    host, port : str, int
+        Where the page is served; port 0 picks a free one (the URL is printed and written to
+        ``ready_file``). Keep ``host`` on loopback unless the console is another machine.
+    ready_file : str or Path, optional
+        Gets the page's URL once the server listens.
+    history : int
+        Volumes and blocks a late page starts with.
+    """
+
+    async def main() -> None:
+        until = asyncio.get_running_loop().create_future()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, lambda: until.done() or until.set_result(None))
+        await _run(address, host, port, ready_file, history, until)
+
+    asyncio.run(main())

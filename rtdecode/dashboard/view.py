@@ -1,0 +1,160 @@
+"""What the dashboard shows, computed from the decoder's messages (no sockets, no browser).
+
+:class:`SessionView` folds the published messages of a volume into one JSON-ready update when the
+volume's last message (``latency``) arrives, and keeps the recent history so that a page opened in
+the middle of a session starts with it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from rtdecode.wire import Message
+
+# Topics the dashboard needs; the per-unit features and latents are not shown.
+TOPICS = ("motion", "ranking", "feedback", "latency", "block", "status")
+
+
+@dataclass
+class Counts:
+    """Running totals shown in the volume counter."""
+
+    volumes: int = 0
+    decoded: int = 0
+    baseline: int = 0
+    censored: int = 0
+    skipped: int = 0
+    gaps: int = 0
+    missing: int = 0
+    deadline_misses: int = 0
+    blocks: int = 0
+    last_seq: int | None = None
+
+
+def _finite(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+class SessionView:
+    """Turn the decoder's messages into dashboard updates.
+
+    Parameters
+    ----------
+    history : int
+        Volumes (and blocks) kept for a page that connects late.
+    """
+
+    def __init__(self, history: int = 600) -> None:
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history!r}")
+        self.counts = Counts()
+        self.volumes: deque[dict] = deque(maxlen=history)
+        self.blocks: deque[dict] = deque(maxlen=history)
+        self.settings: dict | None = None
+        self.last_event: dict | None = None
+        self._pending: dict[int, dict] = {}
+
+    def add(self, msg: Message) -> dict | None:
+        """Take one message; return the update it completes (a volume, a block, a status) or None."""
+        h = msg.header
+        kind = h.get("kind")
+        if kind == "status":
+            return self._status(h)
+        if kind == "block":
+            return self._block(h, msg)
+        seq = h.get("seq")
+        if not isinstance(seq, int):
+            return None
+        if seq not in self._pending and len(self._pending) >= 64:
+            # Volumes whose latency message never came (a page started mid-volume, a lost message).
+            del self._pending[min(self._pending)]
+        part = self._pending.setdefault(seq, {"seq": seq})
+        if kind == "motion":
+            part["motion"] = [_finite(v) for v in h["params"]]
+            part["fd_mm"] = _finite(h["fd_mm"])
+            part["fd_threshold_mm"] = _finite(h.get("fd_threshold_mm"))
+            part["censored"] = bool(h["censored"])
+        elif kind == "ranking":
+            part["status"] = h["status"]
+            if "scores" in msg.arrays:
+                part["top"] = {
+                    "rois": h["rois"],
+                    "layers": h["layers"],
+                    "labels": h["labels"],
+                    "scores": msg.arrays["scores"].round(4).tolist(),
+                }
+        elif kind == "feedback":
+            part["feedback"] = {n: _finite(s.get("value")) for n, s in h["scores"].items()}
+        elif kind == "latency":
+            return self._volume(self._pending.pop(seq), h)
+        return None
+
+    def _volume(self, part: dict, h: dict) -> dict:
+        c = self.counts
+        tr_ms = 1000.0 * h["tr_s"] if _finite(h.get("tr_s")) else None
+        e2e = _finite(h["ms"].get("end_to_end"))
+        miss = e2e is not None and tr_ms is not None and e2e > tr_ms
+        c.volumes += 1
+        c.decoded += part.get("status") == "ok"
+        c.baseline += part.get("status") == "baseline"
+        c.censored += bool(part.get("censored"))
+        c.deadline_misses += miss
+        c.last_seq = part["seq"]
+        update = {
+            "type": "volume",
+            **part,
+            "series": h.get("series"),
+            "acq_time_s": h.get("acq_time_s"),
+            "tr_ms": tr_ms,
+            "latency_ms": {k: round(v, 3) for k, v in h["ms"].items()},
+            "e2e_ms": e2e,
+            "deadline_miss": miss,
+            "counts": asdict(c),
+        }
+        self.volumes.append(update)
+        return update
+
+    def _block(self, h: dict, msg: Message) -> dict:
+        self.counts.blocks += 1
+        update = {
+            "type": "block",
+            **{k: h.get(k) for k in ("block", "label", "condition", "status", "onset_s", "offset_s")},
+            "rois": h.get("rois"),
+            "layers": h.get("layers"),
+            "labels": h.get("labels"),
+            "scores": msg.arrays["scores"].round(4).tolist() if "scores" in msg.arrays else None,
+            "label_rank": h.get("label_rank"),
+            "n_volumes": len(h.get("seqs", [])),
+            "counts": asdict(self.counts),
+        }
+        self.blocks.append(update)
+        return update
+
+    def _status(self, h: dict) -> dict | None:
+        event = h.get("event")
+        c = self.counts
+        if event == "heartbeat":
+            return None
+        if event == "skipped":
+            c.skipped += 1
+        elif event == "gap":
+            c.gaps += 1
+            c.missing += int(h["missing_to"]) - int(h["missing_from"]) + 1
+        if "settings" in h:
+            self.settings = h["settings"]
+        self.last_event = {"type": "status", **{k: v for k, v in h.items() if k != "settings"}}
+        return {**self.last_event, "counts": asdict(c), "settings": self.settings}
+
+    def snapshot(self) -> dict:
+        """Everything a newly connected page needs."""
+        return {
+            "type": "snapshot",
+            "volumes": list(self.volumes),
+            "blocks": list(self.blocks),
+            "counts": asdict(self.counts),
+            "settings": self.settings,
+            "last_event": self.last_event,
+        }
