@@ -146,7 +146,9 @@ def run_demo(
         deadline = time.monotonic() + 60
         while not (ready.exists() and rec_ready.exists()):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError("decoder, subscriber or recorder did not come up (see their messages above)")
+                raise RuntimeError(
+                    "decoder, subscriber or recorder did not come up (see their messages above)"
+                )
             time.sleep(0.05)
         via = "LSL, with stimulus markers," if transport == "lsl" else "ZeroMQ"
         step(f"streaming the test session over {via} at {cfg.demo.speed:g}x real time")

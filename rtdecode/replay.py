@@ -22,6 +22,7 @@ import numpy as np
 
 from rtdecode.errors import VolumeError
 from rtdecode.nifti import iter_volumes
+from rtdecode.progress import progress
 from rtdecode.scanner.readers import is_mosaic, read_dicom, volume_index_of_slice
 from rtdecode.transport.zmq import VolumeSender
 from rtdecode.volume import Stage, Volume
@@ -116,7 +117,8 @@ def send_volumes(
             stim = MarkerOutlet()
             stim.wait_for_consumer(max((t0 - time.monotonic_ns()) / 1e9, 0.0))
         pending = list(markers)
-        for vol in itertools.chain([first], volumes):
+        volumes = itertools.chain([first], volumes)
+        for vol in progress(volumes, "sending volumes", total=n_volumes or None, unit="vol"):
             offset = vol.seq * vol.tr_s / speed
             due = t0 + int(offset * 1e9)
             while pending and t0 + int(pending[0][0] / speed * 1e9) <= due:

@@ -143,7 +143,10 @@ def motion_section(rec: Recording) -> str:
         ["max |translation|", f"{np.nanmax(np.abs(m[:, :3])):.2f} mm"],
         ["max |rotation|", f"{np.nanmax(np.abs(m[:, 3:])):.2f}°"],
         ["mean FD", f"{np.nanmean(fd[1:]) if n > 1 else 0.0:.3f} mm"],
-        ["volumes censored", f"{int(cens.sum())} of {n}" + (f" (FD > {threshold:g} mm)" if threshold else "")],
+        [
+            "volumes censored",
+            f"{int(cens.sum())} of {n}" + (f" (FD > {threshold:g} mm)" if threshold else ""),
+        ],
     ]
     return _svg(fig) + _table(["", ""], rows, "facts")
 
@@ -183,7 +186,10 @@ def latency_section(rec: Recording) -> str:
     if rec.tr_s and "end_to_end" in summary:
         e2e = np.array([d["end_to_end"] for d in per_volume if "end_to_end" in d])
         miss = int((e2e > 1000 * rec.tr_s).sum())
-        text = f"<p>Deadline (TR {rec.tr_s:g} s): {miss} of {e2e.size} volumes published later than one TR after acquisition.</p>"
+        text = (
+            f"<p>Deadline (TR {rec.tr_s:g} s): {miss} of {e2e.size} volumes published later than "
+            "one TR after acquisition.</p>"
+        )
     return text + _svg(fig) + table
 
 
@@ -207,7 +213,9 @@ def truth_from_blocks(rec: Recording) -> Truth | None:
     rois, layers = blocks[0]["rois"], blocks[0]["layers"]
     ranks = np.array([b["label_rank"] for b in blocks], dtype=float)  # (blocks, rois, layers)
     acc = 1 - (ranks - 1) / (n - 1)
-    accuracy = {r: {lay: float(acc[:, i, j].mean()) for j, lay in enumerate(layers)} for i, r in enumerate(rois)}
+    accuracy = {
+        r: {lay: float(acc[:, i, j].mean()) for j, lay in enumerate(layers)} for i, r in enumerate(rois)
+    }
     roi = "VC" if "VC" in rois else rois[-1]
     i = rois.index(roi)
     return Truth(
@@ -272,7 +280,9 @@ def identification_section(truth: Truth | None) -> str:
         return f'<span style="background:rgb({shade},255,{shade})">{v:.3f}</span>'
 
     rows = [
-        [html.escape(roi)] + [cell(acc.get(lay, float("nan"))) for lay in layers] + [f"{np.nanmean(list(acc.values())):.3f}"]
+        [html.escape(roi)]
+        + [cell(acc.get(lay, float("nan"))) for lay in layers]
+        + [f"{np.nanmean(list(acc.values())):.3f}"]
         for roi, acc in truth.accuracy.items()
     ]
     table = _table(["ROI"] + layers + ["mean"], rows, "num")
@@ -303,18 +313,31 @@ def counts_section(rec: Recording) -> str:
     rows = [
         ["recording", html.escape(str(rec.path.name))],
         ["mode", html.escape(str(rec.meta.get("mode", "?")))],
-        ["volumes recorded", f"{rec.seq.size} (index {int(rec.seq.min())}–{int(rec.seq.max())})" if rec.seq.size else "0"],
-        ["decoded / baseline", f"{int((rec.status == 'ok').sum())} / {int((rec.status == 'baseline').sum())}"],
+        [
+            "volumes recorded",
+            f"{rec.seq.size} (index {int(rec.seq.min())}–{int(rec.seq.max())})" if rec.seq.size else "0",
+        ],
+        [
+            "decoded / baseline",
+            f"{int((rec.status == 'ok').sum())} / {int((rec.status == 'baseline').sum())}",
+        ],
         ["censored", str(int(rec.censored.sum()))],
         ["skipped messages", str(ev.count("skipped"))],
-        ["gaps (missing volumes)", f"{len(gaps)} ({sum(g['missing_to'] - g['missing_from'] + 1 for g in gaps)})"],
+        [
+            "gaps (missing volumes)",
+            f"{len(gaps)} ({sum(g['missing_to'] - g['missing_from'] + 1 for g in gaps)})",
+        ],
         ["TR", f"{rec.tr_s:g} s" if rec.tr_s else "unknown"],
         ["end of series", "received" if end else "not received (the recording stopped early?)"],
     ]
     skipped = [html.escape(e.get("reason", "")) for e in rec.events if e.get("event") == "skipped"]
     text = _table(["", ""], rows, "facts")
     if skipped:
-        text += "<details><summary>skip reasons</summary><ul>" + "".join(f"<li>{r}</li>" for r in skipped) + "</ul></details>"
+        text += (
+            "<details><summary>skip reasons</summary><ul>"
+            + "".join(f"<li>{r}</li>" for r in skipped)
+            + "</ul></details>"
+        )
     return text
 
 
@@ -323,7 +346,8 @@ body { font: 14px system-ui, sans-serif; max-width: 980px; margin: 1em auto; col
 h1 { font-size: 1.5em; } h2 { border-bottom: 1px solid #ccd; margin-top: 1.6em; }
 table { border-collapse: collapse; margin: 0.6em 0; }
 th, td { padding: 0.15em 0.7em; text-align: left; border-bottom: 1px solid #eef; }
-table.num td { text-align: right; font-variant-numeric: tabular-nums; } table.num td:first-child { text-align: left; }
+table.num td { text-align: right; font-variant-numeric: tabular-nums; }
+table.num td:first-child { text-align: left; }
 pre { background: #f4f5f7; padding: 0.6em; overflow-x: auto; font-size: 12px; }
 svg { max-width: 100%; height: auto; }
 """
@@ -382,7 +406,7 @@ def build_report(
     )
     title = f"rtdecode report: {html.escape(rec.path.name)}"
     return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>{title}</title>'
         f"<style>{_STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>\n"
     )
 

@@ -34,6 +34,7 @@ from rtdecode.motion import MotionCorrector
 from rtdecode.nifti import load_volume
 from rtdecode.pipeline import Pipeline, Result
 from rtdecode.preprocess import Preprocessor
+from rtdecode.progress import progress
 from rtdecode.transport.zmq import CurveServer, Publisher, Receiver
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp, stamps_to_dict
 
@@ -427,7 +428,8 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
         where = "LSL streams of type fMRI" if cfg.transport == "lsl" else source.last_endpoint
         log.info("decoder listening on %s, publishing on %s", where, pub.last_endpoint)
         sink.publish(
-            "status", {"kind": "status", "event": "started", "resumed": dec.resumed, "settings": dec.settings()}
+            "status",
+            {"kind": "status", "event": "started", "resumed": dec.resumed, "settings": dec.settings()},
         )
         while not stop.requested:
             try:
@@ -450,7 +452,9 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
                     dec.marker(text, t_ns)
             if isinstance(item, SeriesEnd):
                 summary = {**dec.summary(), "series": item.series, "n_sent": item.n_sent}
-                sink.publish("status", {"kind": "status", "event": "end", **summary, "settings": dec.settings()})
+                sink.publish(
+                    "status", {"kind": "status", "event": "end", **summary, "settings": dec.settings()}
+                )
                 c = dec.counts
                 print(
                     f"series {item.series!r} ended: {c.processed} processed, {c.skipped} skipped, "
@@ -487,13 +491,16 @@ def run_offline(cfg: RunConfig, bold: str | Path, out: str | Path, record_input:
     dict
         Counts and the latency summary.
     """
+    import nibabel as nib
+
     from rtdecode.nifti import iter_volumes
     from rtdecode.record import Recorder
 
     meta = {"mode": "offline", "bold": str(bold), "bundle": cfg.bundle}
     with Recorder(out, record_input, meta) as rec:
         dec = Decoder(dataclasses.replace(cfg, publish_input=record_input), rec)
-        for vol in iter_volumes(bold):
+        n_volumes = nib.load(str(bold)).shape[-1]
+        for vol in progress(iter_volumes(bold), "decoding offline", total=n_volumes, unit="vol"):
             stamp(vol.stamps, Stage.RECEIVED)
             dec.step(vol)
         summary = dec.summary()

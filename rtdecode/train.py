@@ -29,6 +29,7 @@ from rtdecode.motion import MotionCorrector
 from rtdecode.nifti import iter_volumes, load_mask, read_events
 from rtdecode.pipeline import Pipeline
 from rtdecode.preprocess import Preprocessor
+from rtdecode.progress import progress
 from rtdecode.stats import mean_column_correlation, zscore
 
 log = logging.getLogger(__name__)
@@ -219,6 +220,7 @@ def fit_bundle(
         raise ConfigError(f"need at least 3 training blocks, got {x_blocks.shape[0]}")
     layers = list(y_blocks)
     weights, intercepts, chosen = {}, {}, {}
+    bar = progress(desc="fitting decoders", total=len(rois) * len(layers), unit="decoder")
     for roi, pos in rois.items():
         xz, xm, xs = zscore(x_blocks[:, pos])
         n_sel = n_select[roi] if isinstance(n_select, dict) else n_select
@@ -230,6 +232,7 @@ def fit_bundle(
                 a, _ = choose_alpha(x_blocks[:, pos], y_blocks[layer], n_sel, alpha)
                 chosen.setdefault(roi, {})[layer] = a
             w = fit_selected_ridge(xz, yz, n_sel, a)
+            bar.update()
             # y = ym + ys * (((x - xm) / xs) @ w)  ==  x @ A + b
             a = (w / xs[:, None]) * ys[None, :]
             w_roi.append(a)
@@ -237,6 +240,7 @@ def fit_bundle(
         weights[roi] = np.hstack(w_roi).astype(np.float32)
         intercepts[roi] = np.concatenate(b_roi).astype(np.float32)
         log.info("fitted %s: %d voxels x %d layers", roi, pos.size, len(layers))
+    bar.close()
     n_units = [y_blocks[ly].shape[1] for ly in layers]
     meta = dict(meta or {}, n_select=n_select, alpha=chosen or alpha, n_blocks=int(x_blocks.shape[0]))
     return DecoderBundle(mask, affine, rois, layers, n_units, weights, intercepts, meta)

@@ -78,3 +78,51 @@ def collect(sub, until=is_end, timeout_s: float = 120):
         if until(msg):
             return msgs
     raise TimeoutError(f"the expected message did not arrive; got {len(msgs)} messages")
+
+
+# Flags for Debian's Chromium in a sandboxed CI machine with no network (see the README).
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1800,1100",
+)
+ARTIFACTS = Path(os.environ.get("RTDECODE_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
+
+
+@pytest.fixture(scope="session")
+def browser(tmp_path_factory):
+    """A real headless Chromium driven by chromedriver (Debian's chromium and chromium-driver).
+
+    Skipped where they are not installed, unless RTDECODE_REQUIRE_BROWSER is set (as CI does).
+    """
+    import shutil
+
+    chromium, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_path):
+        message = "Debian's chromium and chromium-driver are not installed"
+        if os.environ.get("RTDECODE_REQUIRE_BROWSER"):
+            pytest.fail(message)
+        pytest.skip(message)
+    from selenium import webdriver
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        opts.add_argument(flag)
+    opts.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium')}")
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver_path))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def page_errors(driver) -> list[str]:
+    """The browser console's errors since the last call (JavaScript exceptions, failed loads)."""
+    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]

@@ -27,7 +27,12 @@ from rtdecode.subscribe import messages
 log = logging.getLogger(__name__)
 
 _TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
-_PAGES = {"/": "index.html", "/index.html": "index.html", "/dashboard.js": "dashboard.js", "/dashboard.css": "dashboard.css"}
+_PAGES = {
+    "/": "index.html",
+    "/index.html": "index.html",
+    "/dashboard.js": "dashboard.js",
+    "/dashboard.css": "dashboard.css",
+}
 
 
 def _static(name: str) -> bytes:

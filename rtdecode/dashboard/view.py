@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
+
 from rtdecode.wire import Message
 
 # Topics the dashboard needs; the per-unit features and latents are not shown.
@@ -36,6 +38,11 @@ class Counts:
 
 def _finite(v: Any) -> float | None:
     return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+
+def _scores(a: np.ndarray) -> list:
+    # JSON has no NaN (the page's JSON.parse rejects it): a score that is not a number goes as null.
+    return np.where(np.isfinite(a), a, None).tolist()
 
 
 class SessionView:
@@ -84,7 +91,7 @@ class SessionView:
                     "rois": h["rois"],
                     "layers": h["layers"],
                     "labels": h["labels"],
-                    "scores": msg.arrays["scores"].round(4).tolist(),
+                    "scores": _scores(msg.arrays["scores"]),
                 }
         elif kind == "feedback":
             part["feedback"] = {n: _finite(s.get("value")) for n, s in h["scores"].items()}
@@ -125,7 +132,7 @@ class SessionView:
             "rois": h.get("rois"),
             "layers": h.get("layers"),
             "labels": h.get("labels"),
-            "scores": msg.arrays["scores"].round(4).tolist() if "scores" in msg.arrays else None,
+            "scores": _scores(msg.arrays["scores"]) if "scores" in msg.arrays else None,
             "label_rank": h.get("label_rank"),
             "n_volumes": len(h.get("seqs", [])),
             "counts": asdict(self.counts),
@@ -136,8 +143,8 @@ class SessionView:
     def _status(self, h: dict) -> dict | None:
         event = h.get("event")
         c = self.counts
-        if event == "heartbeat":
-            return None
+        if event == "heartbeat":  # the decoder is alive and idle; not worth replacing the last event
+            return {"type": "status", "event": "heartbeat", "counts": asdict(c)}
         if event == "skipped":
             c.skipped += 1
         elif event == "gap":

@@ -16,6 +16,7 @@ import numpy as np
 from scipy.stats import gamma
 
 from rtdecode._kernels import grid_points, resample
+from rtdecode.progress import progress
 from rtdecode.rigid import rigid_matrix
 from rtdecode.sim.features import FeatureBank, load_feature_bank, make_feature_bank
 from rtdecode.sim.latents import latent_targets
@@ -237,7 +238,7 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
     flat_vc = subject.voxel_index
     brain_pos = np.flatnonzero(brain)
     vc_in_brain = np.searchsorted(brain_pos, flat_vc)
-    for k in range(n_vols):
+    for k in progress(range(n_vols), f"simulating the {p.kind} session", unit="vol"):
         img = base.copy()
         mod = drift_map * np.float32(t_norm[k] + 0.3 * np.cos(np.pi * t_norm[k] * 2))
         mod[vc_in_brain] += signal_pct[k] / 100.0

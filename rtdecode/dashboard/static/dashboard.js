@@ -20,11 +20,15 @@ function median(values) {
 // A line chart of several series over volume indices, with an optional horizontal line.
 function lineChart(canvas, xs, series, opts = {}) {
   const ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height, left = 46, right = 8, top = 16, bottom = 18;
+  const w = canvas.width, h = canvas.height, left = 46, right = 8, top = opts.top ?? 16, bottom = 18;
   ctx.clearRect(0, 0, w, h);
   ctx.font = "11px system-ui, sans-serif";
   const all = series.flatMap((s) => s.values).filter((v) => v !== null && Number.isFinite(v));
-  if (opts.hline !== undefined && opts.hline !== null) all.push(opts.hline);
+  // A threshold far above the data (a 2 s deadline over 30 ms latencies) would flatten it: say so instead.
+  let hline = opts.hline ?? null;
+  const offScale = hline !== null && all.length && hline > 3 * Math.max(...all);
+  if (offScale) hline = null;
+  if (hline !== null) all.push(hline);
   if (opts.yMin !== undefined) all.push(opts.yMin);
   if (!all.length || !xs.length) {
     ctx.fillStyle = "#889";
@@ -43,12 +47,15 @@ function lineChart(canvas, xs, series, opts = {}) {
   }
   ctx.fillText(String(x0), left, h - 4);
   ctx.fillText(String(xs[xs.length - 1]), w - right - 30, h - 4);
-  if (opts.hline !== undefined && opts.hline !== null) {
+  if (hline !== null) {
     ctx.strokeStyle = "#e0433b"; ctx.setLineDash([5, 4]);
-    ctx.beginPath(); ctx.moveTo(left, Y(opts.hline)); ctx.lineTo(w - right, Y(opts.hline)); ctx.stroke();
+    ctx.beginPath(); ctx.moveTo(left, Y(hline)); ctx.lineTo(w - right, Y(hline)); ctx.stroke();
     ctx.setLineDash([]);
+  } else if (offScale) {
+    ctx.fillStyle = "#e0433b";
+    ctx.fillText(`limit ${opts.hline.toPrecision(4)} above the chart`, w - right - 150, h - bottom - 4);
   }
-  let legendX = left;
+  let legendX = left, legendY = 11;
   series.forEach((s, i) => {
     const color = s.color || COLORS[i % COLORS.length];
     ctx.strokeStyle = color; ctx.lineWidth = 1.5; ctx.beginPath();
@@ -59,8 +66,10 @@ function lineChart(canvas, xs, series, opts = {}) {
       pen = true;
     });
     ctx.stroke();
-    ctx.fillStyle = color; ctx.fillText(s.name, legendX, 11);
-    legendX += ctx.measureText(s.name).width + 12;
+    const width = ctx.measureText(s.name).width;
+    if (legendX + width > w - right) { legendX = left; legendY += 12; }
+    ctx.fillStyle = color; ctx.fillText(s.name, legendX, legendY);
+    legendX += width + 12;
   });
 }
 
@@ -117,7 +126,7 @@ function showTop() {
 
 function showBlocks() {
   const b = state.blocks[state.blocks.length - 1];
-  if (!b) return;
+  if (!b) { setText("block-label", "none yet (block results need stimulus markers: run.blocks)"); return; }
   const r = b.rois ? Math.max(0, b.rois.indexOf(state.roi)) : 0;
   const l = b.layers ? Math.max(0, b.layers.indexOf(state.layer)) : 0;
   setText("block-label", `${b.block}: ${b.label}${b.condition ? " (" + b.condition + ")" : ""}`);
@@ -148,7 +157,7 @@ function showVolumes() {
   const steps = stages.filter((s) => s !== "end_to_end");
   lineChart($("latency-chart"), xs, [...steps, "end_to_end"].map((s) => ({
     name: s.replace("->", "→"), values: vols.map((v) => v.latency_ms[s] ?? null), color: s === "end_to_end" ? "#1d2430" : undefined,
-  })), { hline: last.tr_ms, yMin: 0 });
+  })), { hline: last.tr_ms, yMin: 0, top: 30 });
   setText("e2e-last", fmt(last.e2e_ms, 1));
   $("e2e-last").className = last.deadline_miss ? "bad" : "ok";
   setText("deadline", fmt(last.tr_ms, 0));
@@ -170,12 +179,15 @@ function showVolumes() {
 }
 
 function onVolume(v) {
+  setText("decoder", "decoder: decoding");
   state.volumes.push(v);
   if (state.volumes.length > WINDOW) state.volumes.shift();
   if (v.top) state.lastTop = { ...v.top, seq: v.seq };
 }
 
 function onStatus(s) {
+  if (s.event === "heartbeat") { setText("decoder", "decoder: idle, waiting for volumes"); return; }
+  if (s.event === "stopped") setText("decoder", "decoder: stopped");
   if (s.settings) {
     state.settings = s.settings;
     if (s.settings.motion) state.fdThreshold = s.settings.motion.fd_threshold_mm;

@@ -1,0 +1,215 @@
+"""The live dashboard: its view of the message stream, and the page in a real headless Chromium."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import yaml
+from conftest import ARTIFACTS, collect, free_address, page_errors, small_config
+
+from rtdecode import wire
+from rtdecode.config import FeedbackConfig, to_dict
+from rtdecode.dashboard.view import SessionView
+from rtdecode.nifti import read_events
+from rtdecode.transport.zmq import Subscriber
+
+
+def _msg(topic, header, arrays=None):
+    return wire.decode(wire.encode(topic, header, arrays))
+
+
+def _volume(seq, status="ok", e2e=20.0, fd=0.1, tr_s=2.0, score=0.25):
+    base = {
+        "session": "s",
+        "series": "r",
+        "seq": seq,
+        "acq_time_s": 1e9 + seq,
+        "tr_s": tr_s,
+        "status": status,
+    }
+    msgs = [
+        _msg("motion", {**base, "kind": "motion", "params": [0.1] * 6, "fd_mm": fd, "censored": fd > 0.5,
+                        "fd_threshold_mm": 0.5, "iterations": 3}),
+    ]  # fmt: skip
+    if status == "ok":
+        labels = [[["a", "b"]]]
+        arrays = {
+            "indices": np.array([[[3, 1]]], np.int32),
+            "scores": np.array([[[0.5, score]]], np.float32),
+        }
+        msgs.append(_msg("ranking", {**base, "kind": "ranking", "censored": False, "rois": ["VC"],
+                                     "layers": ["cnn8"], "labels": labels}, arrays))  # fmt: skip
+    else:
+        msgs.append(_msg("ranking", {**base, "kind": "ranking", "censored": False}))
+    msgs.append(_msg("feedback", {**base, "kind": "feedback", "scores": {"nf": {"value": 1.5, "raw": 0.2}}}))
+    msgs.append(_msg("latency", {**base, "kind": "latency", "stamps": {}, "ms": {"end_to_end": e2e}}))
+    return msgs
+
+
+def test_view_folds_a_volume_into_one_update_at_its_last_message():
+    view = SessionView()
+    updates = [view.add(m) for m in _volume(0, status="baseline") + _volume(1, e2e=2500.0, fd=0.7)]
+    assert updates[:3] == [None] * 3 and updates[4:7] == [None] * 3
+    first, second = updates[3], updates[7]
+    assert first["seq"] == 0 and first["status"] == "baseline" and "top" not in first
+    assert second["top"]["labels"] == [[["a", "b"]]] and second["top"]["scores"] == [[[0.5, 0.25]]]
+    assert second["deadline_miss"] and second["tr_ms"] == 2000.0 and second["censored"]
+    assert second["feedback"] == {"nf": 1.5} and second["fd_threshold_mm"] == 0.5
+    c = second["counts"]
+    counted = ("volumes", "decoded", "baseline", "censored", "deadline_misses", "last_seq")
+    assert [c[k] for k in counted] == [2, 1, 1, 1, 1, 1]
+
+
+def test_view_counts_skips_and_gaps_and_keeps_nan_out_of_the_json():
+    view = SessionView(history=3)
+    view.add(_msg("status", {"kind": "status", "event": "skipped", "reason": "malformed message: x"}))
+    gap = view.add(
+        _msg("status", {"kind": "status", "event": "gap", "session": "s", "series": "r",
+                        "missing_from": 4, "missing_to": 6, "after_restart": False})
+    )  # fmt: skip
+    assert gap["counts"]["skipped"] == 1 and gap["counts"]["gaps"] == 1 and gap["counts"]["missing"] == 3
+    assert view.add(_msg("status", {"kind": "status", "event": "heartbeat", "processed": 0}))["event"] == (
+        "heartbeat"
+    )
+    for seq in range(5):
+        *_, update = (view.add(m) for m in _volume(seq, score=float("nan")))
+    assert update["top"]["scores"] == [[[0.5, None]]]
+    snap = view.snapshot()
+    json.dumps(snap, allow_nan=False)
+    assert [v["seq"] for v in snap["volumes"]] == [2, 3, 4]  # history 3
+    assert snap["last_event"]["event"] == "gap"  # heartbeats do not hide the last real event
+    with pytest.raises(ValueError, match="history must be >= 1"):
+        SessionView(history=0)
+
+
+def _text(driver, element_id):
+    return driver.find_element("id", element_id).text
+
+
+def _wait(predicate, timeout_s, what):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise TimeoutError(what)
+
+
+def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, browser):
+    """Decoder, simulated scanner and stimulus markers, dashboard: the page shows what is published."""
+    events = read_events(experiment / "test" / "events.tsv")
+    cfg = small_config()
+    cfg.run.bundle = str(experiment / "decoder")
+    cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
+    cfg.run.blocks.enabled = True
+    target = events[0]["category_label"]
+    cfg.run.feedback = [
+        FeedbackConfig(name="content", kind="correlation", roi="VC", layer="cnn8", target=target)
+    ]
+    cfg_path, ready = tmp_path / "run.yaml", tmp_path / "dashboard.ready"
+    cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
+    exe = [sys.executable, "-m", "rtdecode"]
+    logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("decoder", "dashboard", "sender")}
+    procs = {
+        "decoder": subprocess.Popen([*exe, "run", "-c", str(cfg_path), "--exit-after-series"],
+                                    stdout=logs["decoder"], stderr=subprocess.STDOUT),
+        "dashboard": subprocess.Popen([*exe, "dashboard", "--address", cfg.run.output.address, "--port", "0",
+                                       "--ready-file", str(ready)], stdout=logs["dashboard"],
+                                      stderr=subprocess.STDOUT),
+    }  # fmt: skip
+    received, listening = [], threading.Event()
+
+    def listen():
+        with Subscriber(cfg.run.output.address) as sub:
+            sub.recv(60.0)  # a heartbeat: subscribed
+            listening.set()
+            received.extend(
+                (m.header, {k: v.copy() for k, v in m.arrays.items()}) for m in collect(sub, timeout_s=240)
+            )
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    try:
+        _wait(ready.exists, 60, "the dashboard did not start")
+        browser.get(ready.read_text().strip())
+        _wait(lambda: _text(browser, "connection") == "live", 30, "the page did not connect")
+        # The dashboard's own subscription is live once the decoder's heartbeats reach the page.
+        _wait(lambda: "idle" in _text(browser, "decoder"), 60, "no heartbeat reached the page")
+        _wait(listening.is_set, 60, "the test's subscriber did not connect")
+        procs["sender"] = subprocess.Popen(
+            [*exe, "simulate", "--out", str(experiment / "test"), "--stream", cfg.run.input.address,
+             "--markers", "--speed", "10"], stdout=logs["sender"], stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        samples = []
+        while listener.is_alive():
+            samples.append((int(_text(browser, "n-volumes")), _text(browser, "last-seq")))
+            time.sleep(0.5)
+        assert procs["sender"].wait(60) == 0 and procs["decoder"].wait(60) == 0
+        _wait(
+            lambda: _text(browser, "event") in ("end", "stopped"),
+            30,
+            "the page did not show the end of the series",
+        )
+        time.sleep(0.5)  # the last redraw
+
+        headers = [h for h, _ in received]
+        latency = [h for h in headers if h["kind"] == "latency"]
+        rankings = [(h, a) for h, a in received if h["kind"] == "ranking"]
+        motion = [h for h in headers if h["kind"] == "motion"]
+        blocks = [(h, a) for h, a in received if h["kind"] == "block"]
+        feedback = [h for h in headers if h["kind"] == "feedback"]
+        # The counter followed the stream while it ran, never went back, and ended on the totals.
+        counts = [n for n, _ in samples]
+        assert counts == sorted(counts) and len(set(counts)) >= 5, samples
+        assert 0 < counts[len(counts) // 2] < len(latency)
+        assert _text(browser, "n-volumes") == str(len(latency))
+        assert _text(browser, "last-seq") == str(latency[-1]["seq"])
+        assert _text(browser, "n-decoded") == str(sum(h["status"] == "ok" for h, _ in rankings))
+        assert _text(browser, "n-baseline") == str(sum(h["status"] == "baseline" for h, _ in rankings))
+        assert _text(browser, "n-censored") == str(sum(h["censored"] for h in motion))
+        assert _text(browser, "n-skipped") == "0" and _text(browser, "n-gaps") == "0 (0)"
+        misses = sum(h["ms"]["end_to_end"] > 1000 * h["tr_s"] for h in latency)
+        assert _text(browser, "n-misses") == str(misses)
+        assert _text(browser, "fd-last") == f"{motion[-1]['fd_mm']:.3f}"
+        assert _text(browser, "fd-threshold") == f"{cfg.run.motion.fd_threshold_mm:.2f}"
+        assert _text(browser, "e2e-last") == f"{latency[-1]['ms']['end_to_end']:.1f}"
+        assert _text(browser, "deadline") == f"{1000 * latency[-1]['tr_s']:.0f}"
+        # Top candidates of the last volume, for the ROI and layer chosen on the page.
+        last, arrays = rankings[-1]
+        for roi in ("VC", "V1"):
+            browser.find_element("css selector", f"#roi option[value='{roi}']").click()
+            time.sleep(0.3)
+            r, lay = last["rois"].index(roi), last["layers"].index("cnn8")
+            rows = [tr.text.split() for tr in browser.find_elements("css selector", "#topk tbody tr")]
+            expected = [
+                [str(i + 1), label, f"{score:.3f}"]
+                for i, (label, score) in enumerate(zip(last["labels"][r][lay], arrays["scores"][r, lay]))
+            ]
+            assert rows == expected, roi
+        # Blocks from the stimulus markers, and the feedback score.
+        assert len(blocks) == len(events) and _text(browser, "n-blocks") == str(len(blocks))
+        assert _text(browser, "block-label").startswith(f"{blocks[-1][0]['block']}: {blocks[-1][0]['label']}")
+        shown = browser.find_element("css selector", ".feedback-value[data-name='content']").text
+        assert shown == f"content {feedback[-1]['scores']['content']['value']:.2f}"
+        assert page_errors(browser) == []
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "dashboard.png"
+        assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+        # A page opened after the session starts from the dashboard's history.
+        browser.refresh()
+        _wait(
+            lambda: _text(browser, "n-volumes") == str(len(latency)), 30, "a reloaded page lost the history"
+        )
+        assert _text(browser, "n-blocks") == str(len(blocks)) and page_errors(browser) == []
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.terminate()
+                p.wait(10)
+        for f in logs.values():
+            f.close()
+    assert procs["dashboard"].returncode == 0, (tmp_path / "dashboard.log").read_text()
