@@ -406,7 +406,8 @@ def build_report(
     )
     title = f"rtdecode report: {html.escape(rec.path.name)}"
     return (
-        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,"><title>{title}</title>'
+        '<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><link rel="icon" href="data:,">'
+        f"<title>{title}</title>"
         f"<style>{_STYLE}</style></head><body><h1>{title}</h1>{body}</body></html>\n"
     )
 

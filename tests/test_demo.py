@@ -1,35 +1,34 @@
-"""The demo end to end, as a user runs it: one command, separate processes, a summary."""
+"""The demo end to end, as a user runs it: one command, separate processes, a summary and a report."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+from conftest import ARTIFACTS, page_errors
+
+from rtdecode.report import Recording, truth_from_blocks
 
 
-@pytest.mark.parametrize("transport", ["zmq", "lsl"])
-def test_demo_decodes_unseen_categories_and_reports_latency(tmp_path, transport):
-    summary = tmp_path / "summary.json"
-    out = str(tmp_path / "out")
+@pytest.fixture(scope="module", params=["zmq", "lsl"])
+def demo(request, tmp_path_factory):
+    """Run ``rtdecode demo`` once per transport; its process result, summary and output folder."""
+    transport, tmp = request.param, tmp_path_factory.mktemp(f"demo-{request.param}")
+    summary = tmp / "summary.json"
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rtdecode",
-            "demo",
-            "--out",
-            out,
-            "--summary",
-            str(summary),
-            "--transport",
-            transport,
-        ],
+        [sys.executable, "-m", "rtdecode", "demo", "--out", str(tmp / "out"), "--summary", str(summary),
+         "--transport", transport],
         capture_output=True,
         text=True,
         timeout=600,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    s = json.loads(summary.read_text())
+    return transport, proc, json.loads(summary.read_text())
+
+
+def test_demo_decodes_unseen_categories_and_reports_latency(demo):
+    transport, proc, s = demo
     assert s["identification_accuracy"]["mean"] >= 0.8, s["identification_accuracy"]
     assert set(s["identification_accuracy"]["per_layer"]) == {f"cnn{i}" for i in range(1, 9)}
     v = s["volumes"]
@@ -44,3 +43,33 @@ def test_demo_decodes_unseen_categories_and_reports_latency(tmp_path, transport)
         assert abs(lb["pairwise_identification"] - s["identification_accuracy"]["mean"]) < 0.02
         assert "acquired->received is the LSL hop" in proc.stdout
         assert s["latency_ms"]["acquired->received"]["p50"] > 0
+
+
+def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, browser):
+    transport, _, s = demo
+    rec = Recording.load(s["recording"])
+    assert rec.seq.size == s["volumes"]["processed"] and rec.settings["n_candidates"] > 1
+    browser.get(Path(s["report"]).resolve().as_uri())
+    assert page_errors(browser) == []
+    ids = [e.get_attribute("id") for e in browser.find_elements("css selector", "section")]
+    assert ids == ["session", "motion", "latency", "identification", "settings"]
+    plots = browser.find_elements("css selector", "section svg")
+    assert len(plots) == 3 and all(p.size["height"] > 100 for p in plots)  # motion, latency, rank
+    assert len(browser.find_elements("css selector", "#latency svg g[id^='patch']")) > 100  # histogram bars
+    # The report's VC identification (from the recording and the events) is the summary's (from the
+    # subscriber's file): two recordings of the same stream, read by different code.
+    rows = {
+        r.find_element("css selector", "td").text: r.find_elements("css selector", "td")[-1].text
+        for r in browser.find_elements("css selector", "#identification tbody tr")
+    }
+    assert rows["VC"] == f"{s['identification_accuracy']['mean']:.3f}"
+    if transport == "lsl":
+        # Without the events, from the decoder's own block results: the same accuracy within 0.02.
+        truth = truth_from_blocks(rec)
+        vc = truth.accuracy["VC"]
+        assert abs(sum(vc.values()) / len(vc) - s["identification_accuracy"]["mean"]) < 0.02
+        assert truth.ranks and all(r.size == 50 for r in truth.ranks.values())
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.set_window_size(1100, 4200)
+    assert browser.save_screenshot(str(ARTIFACTS / f"report-{transport}.png"))
+    browser.set_window_size(1800, 1100)
