@@ -215,7 +215,7 @@ def _replay(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from rtdecode.demo import run_demo
 
-    run_demo(load_config(args.config), args.out, args.summary, args.transport)
+    run_demo(load_config(args.config), args.out, args.summary, args.transport, args.dashboard)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,6 +363,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--summary", help="write the summary as JSON here")
     p.add_argument(
         "--transport", choices=["zmq", "lsl"], default="zmq", help="how volumes travel to the decoder"
+    )
+    p.add_argument(
+        "--dashboard",
+        nargs="?",
+        type=int,
+        const=8765,
+        metavar="PORT",
+        help="serve the live dashboard (default port 8765) while streaming, and after until Ctrl-C",
     )
     p.set_defaults(func=_demo)
     return ap

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import socket
@@ -60,13 +61,18 @@ def _wait(proc: subprocess.Popen, timeout_s: float, name: str) -> int:
 
 
 def run_demo(
-    cfg: Config, out_dir: str | Path, summary_path: str | Path | None = None, transport: str = "zmq"
+    cfg: Config,
+    out_dir: str | Path,
+    summary_path: str | Path | None = None,
+    transport: str = "zmq",
+    dashboard_port: int | None = None,
 ) -> dict:
     """Run the whole demo and return its summary (also written to ``summary_path``).
 
     With ``transport="lsl"`` the simulated scanner streams over LSL, the simulated stimulus
     software sends block markers over LSL, and the decoder publishes on LSL too and decodes each
-    marked block live.
+    marked block live. With ``dashboard_port``, the dashboard is served on that port while the
+    session streams (after a 10 s pause to open it) and until Ctrl-C once the demo is done.
     """
     if transport not in ("zmq", "lsl"):
         raise ConfigError(f"demo transport must be zmq or lsl, got {transport!r}")
@@ -141,49 +147,78 @@ def run_demo(
             str(cfg.demo.timeout_s),
         ]
     )
-    procs = (decoder, subscriber, recorder)
-    try:
-        deadline = time.monotonic() + 60
-        while not (ready.exists() and rec_ready.exists()):
-            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                raise RuntimeError(
-                    "decoder, subscriber or recorder did not come up (see their messages above)"
-                )
-            time.sleep(0.05)
-        via = "LSL, with stimulus markers," if transport == "lsl" else "ZeroMQ"
-        step(f"streaming the test session over {via} at {cfg.demo.speed:g}x real time")
-        t = time.monotonic()
-        n_sent = stream_session(
-            out / "test" / "bold.nii",
-            "lsl" if transport == "lsl" else run_cfg.input.address,
-            cfg.demo.speed,
-            "demo",
-            "test",
-            markers=transport == "lsl",
+    procs = [decoder, subscriber, recorder]
+    dash_ready = out / "dashboard.ready"
+    dash_ready.unlink(missing_ok=True)
+    if dashboard_port is not None:
+        procs.append(
+            subprocess.Popen(
+                [
+                    *exe,
+                    "dashboard",
+                    "--address",
+                    run_cfg.output.address,
+                    "--port",
+                    str(dashboard_port),
+                    "--ready-file",
+                    str(dash_ready),
+                ]
+            )  # fmt: skip
         )
-        _wait(subscriber, cfg.demo.timeout_s, "subscriber")
-        _wait(recorder, 30, "recorder")
-        _wait(decoder, 30, "decoder")
-        timings["stream_s"] = time.monotonic() - t
+    try:
+        try:
+            deadline = time.monotonic() + 60
+            while not (
+                ready.exists() and rec_ready.exists() and (dashboard_port is None or dash_ready.exists())
+            ):
+                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                    raise RuntimeError("a demo process did not come up (see its messages above)")
+                time.sleep(0.05)
+            if dashboard_port is not None:
+                step(f"open the dashboard: {dash_ready.read_text().strip()} (streaming starts in 10 s)")
+                time.sleep(10)
+            via = "LSL, with stimulus markers," if transport == "lsl" else "ZeroMQ"
+            step(f"streaming the test session over {via} at {cfg.demo.speed:g}x real time")
+            t = time.monotonic()
+            n_sent = stream_session(
+                out / "test" / "bold.nii",
+                "lsl" if transport == "lsl" else run_cfg.input.address,
+                cfg.demo.speed,
+                "demo",
+                "test",
+                markers=transport == "lsl",
+            )
+            _wait(subscriber, cfg.demo.timeout_s, "subscriber")
+            _wait(recorder, 30, "recorder")
+            _wait(decoder, 30, "decoder")
+            timings["stream_s"] = time.monotonic() - t
+        finally:
+            for proc in procs[:3]:
+                if proc.poll() is None:
+                    proc.terminate()
+        step("writing the session report")
+        report = write_report(
+            recording,
+            out / "report.html",
+            out / "test" / "events.tsv",
+            out / "decoder" / "candidates.npz",
+            cfg.train.hrf_shift_s,
+        )
+        summary = evaluate_demo(out, results, p_test, cfg, n_sent)
+        summary["transport"] = transport
+        summary["recording"], summary["report"] = str(recording), str(report)
+        summary["timings_s"] = {**timings, "total_s": time.monotonic() - t_start}
+        print_summary(summary)
+        if summary_path is not None:
+            Path(summary_path).write_text(json.dumps(summary, indent=1))
+        if dashboard_port is not None:
+            print(f"\nthe dashboard stays up at {dash_ready.read_text().strip()} until Ctrl-C", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                procs[-1].wait()
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-    step("writing the session report")
-    report = write_report(
-        recording,
-        out / "report.html",
-        out / "test" / "events.tsv",
-        out / "decoder" / "candidates.npz",
-        cfg.train.hrf_shift_s,
-    )
-    summary = evaluate_demo(out, results, p_test, cfg, n_sent)
-    summary["transport"] = transport
-    summary["recording"], summary["report"] = str(recording), str(report)
-    summary["timings_s"] = {**timings, "total_s": time.monotonic() - t_start}
-    print_summary(summary)
-    if summary_path is not None:
-        Path(summary_path).write_text(json.dumps(summary, indent=1))
+        if dashboard_port is not None and procs[-1].poll() is None:
+            procs[-1].terminate()
+            procs[-1].wait(10)
     return summary
 
 
