@@ -123,6 +123,14 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
+def open_page(driver, url: str) -> None:
+    """Open ``url`` with a clean console: the previous page (a dashboard whose server has gone,
+    still reconnecting) is left first and its messages are dropped."""
+    driver.get("about:blank")
+    driver.get_log("browser")
+    driver.get(url)
+
+
 def page_errors(driver) -> list[str]:
     """The browser console's errors since the last call (JavaScript exceptions, failed loads)."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]

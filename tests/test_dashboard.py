@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 import yaml
-from conftest import ARTIFACTS, collect, free_address, page_errors, small_config
+from conftest import ARTIFACTS, collect, free_address, open_page, page_errors, small_config
 
 from rtdecode import wire
 from rtdecode.config import FeedbackConfig, to_dict
@@ -135,7 +135,7 @@ def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, brow
     listener.start()
     try:
         _wait(ready.exists, 60, "the dashboard did not start")
-        browser.get(ready.read_text().strip())
+        open_page(browser, ready.read_text().strip())
         _wait(lambda: _text(browser, "connection") == "live", 30, "the page did not connect")
         # The dashboard's own subscription is live once the decoder's heartbeats reach the page.
         _wait(lambda: "idle" in _text(browser, "decoder"), 60, "no heartbeat reached the page")
@@ -213,3 +213,37 @@ def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, brow
         for f in logs.values():
             f.close()
     assert procs["dashboard"].returncode == 0, (tmp_path / "dashboard.log").read_text()
+
+
+def test_dashboard_serves_its_page_and_refuses_other_origins(tmp_path):
+    """Without a decoder: page and assets from the package, the snapshot, a foreign origin refused."""
+    import urllib.error
+    import urllib.request
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    ready = tmp_path / "ready"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtdecode", "dashboard", "--address", free_address(), "--port", "0",
+         "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(ready.exists, 60, "the dashboard did not start")
+        url = ready.read_text().strip()
+        assert url.startswith("http://127.0.0.1:")  # loopback unless --host says otherwise
+        with urllib.request.urlopen(url) as r:
+            assert r.headers["Content-Type"].startswith("text/html") and b'src="dashboard.js"' in r.read()
+        with urllib.request.urlopen(url + "dashboard.js") as r:
+            assert r.headers["Content-Type"].startswith("text/javascript") and b"new WebSocket" in r.read()
+        with pytest.raises(urllib.error.HTTPError, match="404"):
+            urllib.request.urlopen(url + "secrets.txt")
+        ws_url = url.replace("http://", "ws://") + "ws"
+        with connect(ws_url, origin=url.rstrip("/")) as ws:
+            snap = json.loads(ws.recv(10))
+        assert snap["type"] == "snapshot" and snap["counts"]["volumes"] == 0 and snap["volumes"] == []
+        with pytest.raises(InvalidStatus, match="403"):
+            connect(ws_url, origin="http://evil.example")
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0

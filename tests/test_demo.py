@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, page_errors
+from conftest import ARTIFACTS, open_page, page_errors
 
 from rtdecode.report import Recording, truth_from_blocks
 
@@ -49,7 +49,7 @@ def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, bro
     transport, _, s = demo
     rec = Recording.load(s["recording"])
     assert rec.seq.size == s["volumes"]["processed"] and rec.settings["n_candidates"] > 1
-    browser.get(Path(s["report"]).resolve().as_uri())
+    open_page(browser, Path(s["report"]).resolve().as_uri())
     assert page_errors(browser) == []
     ids = [e.get_attribute("id") for e in browser.find_elements("css selector", "section")]
     assert ids == ["session", "motion", "latency", "identification", "settings"]

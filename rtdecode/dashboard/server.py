@@ -68,9 +68,15 @@ async def _run(
                 broadcast(clients, text)
 
     def http(conn: ServerConnection, request: Request) -> Response | None:
-        if request.path == "/ws":
+        path = request.path.split("?")[0]
+        if path == "/ws":
+            # Browsers let any web page open a WebSocket to localhost: only the dashboard's own
+            # page (or a client that is not a browser, sending no Origin) may read the session.
+            origin = request.headers.get("Origin")
+            if origin is not None and origin != f"http://{request.headers.get('Host', '')}":
+                return conn.respond(HTTPStatus.FORBIDDEN, f"WebSocket from origin {origin} refused\n")
             return None  # the WebSocket handshake goes on
-        name = _PAGES.get(request.path.split("?")[0])
+        name = _PAGES.get(path)
         if name is None:
             return conn.respond(HTTPStatus.NOT_FOUND, f"no such page: {request.path}\n")
         body = _static(name)
