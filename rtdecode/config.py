@@ -104,6 +104,7 @@ class RunConfig:
     rank_threads: int = 1  # layers ranked in parallel (2 on a quiet two-core machine)
     heartbeat_s: float = 0.5
     pause_trs: float = 10.0  # no volume for this many TRs: announce a scanner pause (status "paused")
+    reorder_ms: float = 100.0  # hold a volume that follows a gap this long, for late ones to catch up
     publish_input: bool = False  # republish each received volume on topic "volume" (for recorders)
     motion: MotionConfig = field(default_factory=MotionConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
@@ -222,6 +223,7 @@ def _validate(cfg: Config, where: str) -> None:
         (r.rank_threads >= 1, "run.rank_threads", "must be >= 1", r.rank_threads),
         (r.heartbeat_s > 0, "run.heartbeat_s", "must be > 0", r.heartbeat_s),
         (r.pause_trs > 0, "run.pause_trs", "must be > 0", r.pause_trs),
+        (0 <= r.reorder_ms <= 10_000, "run.reorder_ms", "must be between 0 and 10000", r.reorder_ms),
         (r.input.max_message_mb > 0, "run.input.max_message_mb", "must be > 0", r.input.max_message_mb),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),

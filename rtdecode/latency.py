@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from rtdecode.volume import NOT_REACHED, Stage
@@ -43,26 +45,33 @@ def _interval_order(key: str) -> tuple:
 
 
 class LatencyTracker:
-    """Collect per-volume stamps and summarise them."""
+    """Collect per-volume stamps and summarise them.
+
+    Each interval's durations are kept in a flat array of doubles (8 bytes per volume and
+    interval): a decoder running for hours keeps every value for exact percentiles without
+    growing by a dictionary per volume.
+    """
 
     def __init__(self) -> None:
-        self._rows: list[dict[str, float]] = []
+        self._values: dict[str, array] = {}
+        self._n = 0
 
     def add(self, stamps: np.ndarray) -> dict[str, float]:
         """Record one volume's stamps; return its durations (ms)."""
         d = stage_durations_ms(stamps)
-        self._rows.append(d)
+        for key, ms in d.items():
+            self._values.setdefault(key, array("d")).append(ms)
+        self._n += 1
         return d
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return self._n
 
     def summary(self) -> dict[str, dict[str, float]]:
         """Return ``{interval: {p50, p95, p99, max, n}}`` in ms over all recorded volumes."""
-        keys = sorted({k for row in self._rows for k in row}, key=_interval_order)
         out = {}
-        for key in keys:
-            vals = np.array([row[key] for row in self._rows if key in row])
+        for key in sorted(self._values, key=_interval_order):
+            vals = np.frombuffer(self._values[key], dtype=np.float64)
             out[key] = {name: float(np.percentile(vals, q)) for name, q in _PERCENTILES.items()}
             out[key]["max"] = float(vals.max())
             out[key]["n"] = int(vals.size)

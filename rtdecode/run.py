@@ -35,6 +35,7 @@ from rtdecode.nifti import load_volume
 from rtdecode.pipeline import Pipeline, Result
 from rtdecode.preprocess import Preprocessor
 from rtdecode.progress import progress
+from rtdecode.reorder import ReorderBuffer
 from rtdecode.transport.zmq import CurveServer, Publisher, Receiver
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp, stamps_to_dict
 
@@ -431,10 +432,19 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
             "status",
             {"kind": "status", "event": "started", "resumed": dec.resumed, "settings": dec.settings()},
         )
+        order = ReorderBuffer(cfg.reorder_ms / 1000)
         while not stop.requested:
+            due = order.next_deadline()
+            timeout = (
+                cfg.heartbeat_s if due is None else min(cfg.heartbeat_s, max(0.0, due - time.monotonic()))
+            )
             try:
-                item = source.recv_volume(cfg.heartbeat_s)
+                item = source.recv_volume(timeout)
             except ReceiveTimeout:
+                if due is not None:
+                    for vol in order.due(time.monotonic()):
+                        dec.step(vol)
+                    continue
                 sink.publish("status", {"kind": "status", "event": "heartbeat", **_count_fields(dec.counts)})
                 dec.idle()
                 continue
@@ -451,6 +461,8 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
                 for text, t_ns in markers.poll() if markers is not None else ():
                     dec.marker(text, t_ns)
             if isinstance(item, SeriesEnd):
+                for vol in order.flush():
+                    dec.step(vol)
                 summary = {**dec.summary(), "series": item.series, "n_sent": item.n_sent}
                 sink.publish(
                     "status", {"kind": "status", "event": "end", **summary, "settings": dec.settings()}
@@ -464,7 +476,11 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
                 if exit_after_series:
                     break
                 continue
-            dec.step(item)
+            now = time.monotonic()
+            for vol in order.push(item, now) + order.due(now):
+                dec.step(vol)
+        for vol in order.flush():  # stopped while waiting for a gap to fill: the held volumes still count
+            dec.step(vol)
         sink.publish("status", {"kind": "status", "event": "stopped", **_count_fields(dec.counts)})
     return dec.summary()
 

@@ -177,6 +177,9 @@ def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, brow
         assert _text(browser, "fd-last") == f"{motion[-1]['fd_mm']:.3f}"
         assert _text(browser, "fd-threshold") == f"{cfg.run.motion.fd_threshold_mm:.2f}"
         assert _text(browser, "e2e-last") == f"{latency[-1]['ms']['end_to_end']:.1f}"
+        screen_lag = float(_text(browser, "screen-lag-median"))  # acquisition -> on this page
+        assert screen_lag > float(np.median([h["ms"]["end_to_end"] for h in latency[-150:]])) * 0.5
+        print(f"acquisition -> page, median of the last 150 volumes: {screen_lag} ms")
         assert _text(browser, "deadline") == f"{1000 * latency[-1]['tr_s']:.0f}"
         # Top candidates of the last volume, for the ROI and layer chosen on the page.
         last, arrays = rankings[-1]

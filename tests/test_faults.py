@@ -216,14 +216,17 @@ with VolumeSender(address) as tx:
     for v in vols:
         if v.seq == 23:
             continue  # never sent: a gap
+        if v.seq == 5:
+            tx.send(vols[6])  # 6 before 5 (as a reconnect can do): put back in order, no gap
         if v.seq == 25:
-            tx.send(vols[26])  # out of order: 26 before 25 (25 is then refused)
+            tx.send(vols[26])  # 26 before 25, and 25 later than run.reorder_ms: refused
+            time.sleep(0.5)
         item = bad.get(v.seq)
         if isinstance(item, list):
             tx.send_frames(item)
         elif item is not None:
             tx.send(item)
-        if v.seq != 26:
+        if v.seq not in (6, 26):
             tx.send(v)
         if v.seq in (12, 21):
             tx.send(v)  # a repeat

@@ -159,6 +159,8 @@ function showVolumes() {
     name: s.replace("->", "→"), values: vols.map((v) => v.latency_ms[s] ?? null), color: s === "end_to_end" ? "#1d2430" : undefined,
   })), { hline: last.tr_ms, yMin: 0, top: 30 });
   setText("e2e-last", fmt(last.e2e_ms, 1));
+  setText("screen-lag", fmt(last.screen_lag_ms, 1));
+  setText("screen-lag-median", fmt(median(vols.map((v) => v.screen_lag_ms)), 1));
   $("e2e-last").className = last.deadline_miss ? "bad" : "ok";
   setText("deadline", fmt(last.tr_ms, 0));
   fillTable($("latency-table").tBodies[0], stages.map((s) => {
@@ -178,8 +180,10 @@ function showVolumes() {
   }
 }
 
-function onVolume(v) {
+function onVolume(v, live = true) {
   setText("decoder", "decoder: decoding");
+  // Acquisition (the scanner's wall clock) to this page; meaningful when both clocks agree.
+  v.screen_lag_ms = live && v.acq_time_s ? Date.now() - 1000 * v.acq_time_s : null;
   state.volumes.push(v);
   if (state.volumes.length > WINDOW) state.volumes.shift();
   if (v.top) state.lastTop = { ...v.top, seq: v.seq };
@@ -207,7 +211,7 @@ function scheduleRedraw() {
 function handle(update) {
   if (update.type === "snapshot") {
     state.volumes = [];
-    update.volumes.slice(-WINDOW).forEach(onVolume);
+    update.volumes.slice(-WINDOW).forEach((v) => onVolume(v, false));
     state.blocks = update.blocks;
     if (update.settings) onStatus({ event: "connected", settings: update.settings });
     if (update.last_event) onStatus(update.last_event);
