@@ -247,6 +247,13 @@ def test_dashboard_serves_its_page_and_refuses_other_origins(tmp_path):
         assert snap["type"] == "snapshot" and snap["counts"]["volumes"] == 0 and snap["volumes"] == []
         with pytest.raises(InvalidStatus, match="403"):
             connect(ws_url, origin="http://evil.example")
+        # A second dashboard on the same port says so and exits.
+        port = url.rsplit(":", 1)[1].strip("/")
+        taken = subprocess.run(
+            [sys.executable, "-m", "rtdecode", "dashboard", "--address", free_address(), "--port", port],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert taken.returncode == 2 and f"cannot serve the dashboard on 127.0.0.1:{port}" in taken.stderr
     finally:
         proc.terminate()
         assert proc.wait(10) == 0

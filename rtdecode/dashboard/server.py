@@ -22,6 +22,7 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
 from rtdecode.dashboard.view import TOPICS, SessionView
+from rtdecode.errors import ConfigError
 from rtdecode.subscribe import messages
 
 log = logging.getLogger(__name__)
@@ -100,7 +101,11 @@ async def _run(
             clients.discard(conn)
 
     reader = threading.Thread(target=pump, name="dashboard-subscriber", daemon=True)
-    async with serve(handler, host, port, process_request=http, compression=None) as server:
+    try:
+        server = await serve(handler, host, port, process_request=http, compression=None)
+    except OSError as err:  # port taken, host not an address of this machine
+        raise ConfigError(f"cannot serve the dashboard on {host}:{port}: {err.strerror or err}") from None
+    async with server:
         bound = server.sockets[0].getsockname()
         url = f"http://{bound[0]}:{bound[1]}/"
         reader.start()
