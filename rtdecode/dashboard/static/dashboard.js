@@ -53,7 +53,7 @@ function lineChart(canvas, xs, series, opts = {}) {
     ctx.setLineDash([]);
   } else if (offScale) {
     ctx.fillStyle = "#e0433b";
-    ctx.fillText(`limit ${opts.hline.toPrecision(4)} above the chart`, w - right - 150, h - bottom - 4);
+    ctx.fillText(`limit ${opts.hline.toPrecision(4)} above the chart`, w / 2 - 60, h - 4);
   }
   let legendX = left, legendY = 11;
   series.forEach((s, i) => {
