@@ -166,36 +166,29 @@ def run_demo(
             )  # fmt: skip
         )
     try:
-        try:
-            deadline = time.monotonic() + 60
-            while not (
-                ready.exists() and rec_ready.exists() and (dashboard_port is None or dash_ready.exists())
-            ):
-                if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
-                    raise RuntimeError("a demo process did not come up (see its messages above)")
-                time.sleep(0.05)
-            if dashboard_port is not None:
-                step(f"open the dashboard: {dash_ready.read_text().strip()} (streaming starts in 10 s)")
-                time.sleep(10)
-            via = "LSL, with stimulus markers," if transport == "lsl" else "ZeroMQ"
-            step(f"streaming the test session over {via} at {cfg.demo.speed:g}x real time")
-            t = time.monotonic()
-            n_sent = stream_session(
-                out / "test" / "bold.nii",
-                "lsl" if transport == "lsl" else run_cfg.input.address,
-                cfg.demo.speed,
-                "demo",
-                "test",
-                markers=transport == "lsl",
-            )
-            _wait(subscriber, cfg.demo.timeout_s, "subscriber")
-            _wait(recorder, 30, "recorder")
-            _wait(decoder, 30, "decoder")
-            timings["stream_s"] = time.monotonic() - t
-        finally:
-            for proc in procs[:3]:
-                if proc.poll() is None:
-                    proc.terminate()
+        deadline = time.monotonic() + 60
+        while not (ready.exists() and rec_ready.exists() and (dashboard_port is None or dash_ready.exists())):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("a demo process did not come up (see its messages above)")
+            time.sleep(0.05)
+        if dashboard_port is not None:
+            step(f"open the dashboard: {dash_ready.read_text().strip()} (streaming starts in 10 s)")
+            time.sleep(10)
+        via = "LSL, with stimulus markers," if transport == "lsl" else "ZeroMQ"
+        step(f"streaming the test session over {via} at {cfg.demo.speed:g}x real time")
+        t = time.monotonic()
+        n_sent = stream_session(
+            out / "test" / "bold.nii",
+            "lsl" if transport == "lsl" else run_cfg.input.address,
+            cfg.demo.speed,
+            "demo",
+            "test",
+            markers=transport == "lsl",
+        )
+        _wait(subscriber, cfg.demo.timeout_s, "subscriber")
+        _wait(recorder, 30, "recorder")
+        _wait(decoder, 30, "decoder")
+        timings["stream_s"] = time.monotonic() - t
         step("writing the session report")
         report = write_report(
             recording,
@@ -216,9 +209,9 @@ def run_demo(
             with contextlib.suppress(KeyboardInterrupt):
                 procs[-1].wait()
     finally:
-        if dashboard_port is not None and procs[-1].poll() is None:
-            procs[-1].terminate()
-            procs[-1].wait(10)
+        for proc in procs:  # all exited unless something failed; the dashboard until Ctrl-C
+            if proc.poll() is None:
+                proc.terminate()
     return summary
 
 

@@ -105,6 +105,38 @@ def block_top_k(
     return idx, val, kept
 
 
+def block_truth(events_tsv: str | Path, bank: CandidateBank) -> tuple[np.ndarray, float, np.ndarray]:
+    """The blocks of an events table and the index of each block's category among ``bank``'s.
+
+    Returns
+    -------
+    onsets_s : numpy.ndarray
+        Shape (n_blocks,).
+    duration_s : float
+        The blocks' common duration.
+    true_index : numpy.ndarray
+        Shape (n_blocks,).
+
+    Raises
+    ------
+    VolumeError
+        The table lacks ``category_label``, its blocks differ in duration, or a category is not a
+        candidate.
+    """
+    events = read_events(events_tsv)
+    if not events or "category_label" not in events[0]:
+        raise VolumeError(f"{events_tsv}: needs onset, duration and category_label columns")
+    durations = {float(e["duration"]) for e in events}
+    if len(durations) != 1:
+        raise VolumeError(f"{events_tsv}: blocks of different durations {sorted(durations)}")
+    missing = sorted({e["category_label"] for e in events} - set(bank.labels))
+    if missing:
+        raise VolumeError(f"{events_tsv}: categories {missing[:5]} are not among the candidates")
+    onsets = np.array([float(e["onset"]) for e in events])
+    truth = np.array([bank.labels.index(e["category_label"]) for e in events])
+    return onsets, durations.pop(), truth
+
+
 def read_results(path: str | Path) -> tuple[np.ndarray, dict[tuple[str, str], np.ndarray]]:
     """Per-volume predictions from a recording (``.h5``) or a subscriber file (``.npz``).
 
@@ -157,17 +189,8 @@ def evaluate_session(
     """
     sdir = Path(session_dir)
     seq, feats = read_results(results)
-    events = read_events(sdir / "events.tsv")
+    onsets, duration, truth = block_truth(sdir / "events.tsv", bank)
     tr = float(json.loads((sdir / "session.json").read_text())["tr_s"])
-    onsets = np.array([float(e["onset"]) for e in events])
-    durations = {float(e["duration"]) for e in events}
-    if len(durations) != 1:
-        raise VolumeError(f"{sdir / 'events.tsv'}: blocks of different durations {sorted(durations)}")
-    duration = durations.pop()
-    missing = sorted({e["category_label"] for e in events} - set(bank.labels))
-    if missing:
-        raise VolumeError(f"categories {missing[:5]} of {sdir} are not among the candidates")
-    truth = np.array([bank.labels.index(e["category_label"]) for e in events])
     true_feats = {}
     if (sdir / "stimulus_features.npz").exists():
         with np.load(sdir / "stimulus_features.npz", allow_pickle=False) as z:

@@ -20,10 +20,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rtdecode.errors import RecordingError, VolumeError
-from rtdecode.evaluate import identification_table
+from rtdecode.evaluate import block_truth, identification_table
 from rtdecode.identify import CandidateBank, correlations
 from rtdecode.latency import LatencyTracker
-from rtdecode.nifti import read_events
 from rtdecode.record import RECORDING_FORMAT
 from rtdecode.volume import NOT_REACHED
 
@@ -86,7 +85,7 @@ class Recording:
                 status=np.asarray(status[:n]),
                 censored=np.zeros(n, bool) if censored is None else censored[:n].astype(bool),
                 tr_s=float(np.nanmedian(tr)) if tr is not None and np.isfinite(tr).any() else None,
-                stamps=get("volumes/stamps") if "volumes/stamps" in f else np.zeros((0, 0), np.int64),
+                stamps=get("volumes/stamps") if "volumes/stamps" in f else np.zeros((0, 8), np.int64),
                 motion=get("motion/params"),
                 fd_mm=get("motion/fd_mm"),
                 features=features,
@@ -233,17 +232,9 @@ def truth_from_events(rec: Recording, events_tsv: str | Path, bank: CandidateBan
     Block accuracy per ROI × layer as GOD computes it, and for one ROI the rank of the shown
     category per volume (correlation averaged over layers) inside each block's shifted window.
     """
-    events = read_events(events_tsv)
-    if not events or "category_label" not in events[0]:
-        raise VolumeError(f"{events_tsv}: needs onset, duration and category_label columns")
-    missing = sorted({e["category_label"] for e in events} - set(bank.labels))
-    if missing:
-        raise VolumeError(f"{events_tsv}: categories {missing[:5]} are not among the candidates")
     if not rec.features:
         raise VolumeError(f"{rec.path}: no predicted features recorded")
-    onsets = np.array([float(e["onset"]) for e in events])
-    duration = float(events[0]["duration"])
-    truth = np.array([bank.labels.index(e["category_label"]) for e in events])
+    onsets, duration, truth = block_truth(events_tsv, bank)
     feats = {k: np.where(rec.censored[: len(f), None], np.nan, f) for k, f in rec.features.items()}
     times = rec.times_s
     accuracy = identification_table(feats, times, onsets, duration, shift_s, truth, bank)
@@ -258,7 +249,7 @@ def truth_from_events(rec: Recording, events_tsv: str | Path, bank: CandidateBan
     true_scores = scores[np.arange(scores.shape[0]), truth[block_of[valid]]]
     ranks = 1 + (scores > true_scores[:, None]).sum(axis=1)
     return Truth(
-        source=f"{events_tsv} ({len(events)} blocks) against {len(bank.labels)} candidates",
+        source=f"{events_tsv} ({len(onsets)} blocks) against {len(bank.labels)} candidates",
         accuracy=accuracy,
         rank_times=times[valid],
         ranks={f"{roi}, mean over layers (per volume)": ranks.astype(float)},
