@@ -14,8 +14,8 @@ from rtdecode.errors import ConfigError, RecordingError, RtDecodeError
 
 
 def _simulate(args: argparse.Namespace) -> None:
-    from rtdecode.demo import sim_params
-    from rtdecode.sim.scanner import stream_session
+    from rtdecode.apps.demo import sim_params
+    from rtdecode.apps.simulate import stream_session
     from rtdecode.sim.session import make_subject, simulate_session, write_session
 
     cfg = load_config(args.config)
@@ -30,14 +30,14 @@ def _simulate(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from rtdecode.train import train_session
+    from rtdecode.offline.train import train_session
 
     bundle = train_session(args.session, args.out, load_config(args.config), args.model)
     print(f"wrote decoder bundle ({len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers) to {args.out}")
 
 
 def _import_lab(args: argparse.Namespace) -> None:
-    from rtdecode.labimport import import_lab_decoders, import_lab_features
+    from rtdecode.models.labimport import import_lab_decoders, import_lab_features
 
     masks = {}
     for item in args.roi:
@@ -56,8 +56,8 @@ def _import_lab(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
-    from rtdecode.evaluate import evaluate_session, format_measure
-    from rtdecode.identify import CandidateBank
+    from rtdecode.offline.evaluate import evaluate_session, format_measure
+    from rtdecode.pipeline.ranking import CandidateBank
 
     if args.candidates:
         bank = CandidateBank.load(args.candidates)
@@ -98,7 +98,7 @@ def _run(args: argparse.Namespace) -> None:
     # and subscribers on the same machine and makes tail latency worse, not better.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
-    from rtdecode.run import serve
+    from rtdecode.apps.live import serve
 
     cfg = load_config(args.config).run
     if args.bundle:
@@ -110,26 +110,26 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _subscribe(args: argparse.Namespace) -> None:
-    from rtdecode.subscribe import follow
+    from rtdecode.apps.subscribe import follow
 
     follow(args.address, args.roi, args.layer, args.save, args.ready_file, args.until_end, args.timeout)
 
 
 def _dashboard(args: argparse.Namespace) -> None:
-    from rtdecode.dashboard.server import serve_dashboard
+    from rtdecode.apps.dashboard.server import serve_dashboard
 
     serve_dashboard(args.address, args.host, args.port, args.ready_file, args.history)
 
 
 def _report(args: argparse.Namespace) -> None:
-    from rtdecode.report import write_report
+    from rtdecode.apps.report import write_report
 
     out = write_report(args.recording, args.out, args.events, args.candidates, args.shift_s)
     print(f"wrote {out}")
 
 
 def _offline(args: argparse.Namespace) -> None:
-    from rtdecode.run import run_offline
+    from rtdecode.apps.live import run_offline
 
     cfg = load_config(args.config).run
     if args.bundle:
@@ -140,7 +140,7 @@ def _offline(args: argparse.Namespace) -> None:
 
 
 def _record(args: argparse.Namespace) -> None:
-    from rtdecode.subscribe import record_live
+    from rtdecode.apps.subscribe import record_live
 
     try:
         n = record_live(args.address, args.out, not args.forever, args.timeout, args.ready_file)
@@ -187,8 +187,8 @@ def _convert(args: argparse.Namespace) -> None:
 def _replay(args: argparse.Namespace) -> None:
     import nibabel as nib
 
-    from rtdecode import replay
-    from rtdecode.nifti import iter_volumes, read_events
+    from rtdecode.apps import replay
+    from rtdecode.io.nifti import iter_volumes, read_events
 
     src = Path(args.source)
     markers = replay.events_to_markers(read_events(args.markers)) if args.markers else ()
@@ -213,7 +213,7 @@ def _replay(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
-    from rtdecode.demo import run_demo
+    from rtdecode.apps.demo import run_demo
 
     run_demo(load_config(args.config), args.out, args.summary, args.transport, args.dashboard)
 

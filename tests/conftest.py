@@ -9,11 +9,11 @@ import pytest
 # whatever the developer's environment says; set before anything loads liblsl.
 os.environ["LSLAPICFG"] = str(Path(__file__).parents[1] / "rtdecode" / "transport" / "lsl_loopback.cfg")
 
+from rtdecode.apps.demo import free_tcp_address
 from rtdecode.config import ClassifierConfig, Config, LatentsConfig, TrainConfig
-from rtdecode.demo import free_tcp_address
 from rtdecode.errors import ReceiveTimeout
+from rtdecode.offline.train import train_session
 from rtdecode.sim.session import SimParams, make_subject, simulate_session, write_session
-from rtdecode.train import train_session
 
 # Small but realistic: the default noise, tuning and motion, fewer categories and units.
 SMALL = SimParams(n_train_categories=80, n_test_categories=20, n_units=50)

@@ -12,9 +12,9 @@ import yaml
 from conftest import ARTIFACTS, collect, free_address, open_page, page_errors, small_config
 
 from rtdecode import wire
+from rtdecode.apps.dashboard.view import SessionView
 from rtdecode.config import FeedbackConfig, to_dict
-from rtdecode.dashboard.view import SessionView
-from rtdecode.nifti import read_events
+from rtdecode.io.nifti import read_events
 from rtdecode.transport.zmq import Subscriber
 
 

@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from rtdecode.decoders import DecoderBundle
 from rtdecode.errors import BundleError, VolumeError
+from rtdecode.models.linear import DecoderBundle
 
 
 def _bundle(rng):

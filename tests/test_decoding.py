@@ -6,11 +6,11 @@ import numpy as np
 from conftest import small_config
 from scipy import stats
 
-from rtdecode.evaluate import identification_table
-from rtdecode.identify import CandidateBank, correlations, pairwise_identification
-from rtdecode.nifti import iter_volumes, read_events
-from rtdecode.run import build_pipeline
-from rtdecode.train import block_average
+from rtdecode.apps.live import build_pipeline
+from rtdecode.io.nifti import iter_volumes, read_events
+from rtdecode.offline.evaluate import identification_table
+from rtdecode.offline.train import block_average
+from rtdecode.pipeline.ranking import CandidateBank, correlations, pairwise_identification
 
 
 def decode_offline(root, motion=True, reference=""):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import ARTIFACTS, open_page, page_errors
 
-from rtdecode.report import Recording, truth_from_blocks
+from rtdecode.apps.report import Recording, truth_from_blocks
 
 
 @pytest.fixture(scope="module", params=["zmq", "lsl"])

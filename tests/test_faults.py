@@ -16,14 +16,14 @@ import pytest
 import yaml
 from conftest import collect, free_address, is_end, small_config
 
+from rtdecode.apps.live import build_pipeline
 from rtdecode.config import to_dict
-from rtdecode.nifti import iter_volumes
-from rtdecode.run import build_pipeline
+from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import Subscriber
 
 SENDER = """
 import sys, time
-from rtdecode.nifti import iter_volumes
+from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import VolumeSender
 bold, address, first, last, gap_s, end, tr = sys.argv[1:8]
 vols = list(iter_volumes(bold, session="s", series="run-1"))
@@ -187,7 +187,7 @@ BAD_SENDER = """
 import json, sys, time
 import numpy as np
 from rtdecode import wire
-from rtdecode.nifti import iter_volumes
+from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import VolumeSender
 bold, address = sys.argv[1:3]
 vols = list(iter_volumes(bold, session="s", series="run-1"))[:30]

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from conftest import TARGET_CLASS, small_config
 
-from rtdecode.classifier import LinearClassifier
+from rtdecode.apps.live import Decoder
 from rtdecode.config import FeedbackConfig, load_config
 from rtdecode.errors import BundleError, ConfigError
-from rtdecode.feedback import PercentSignalChange
-from rtdecode.identify import CandidateBank
-from rtdecode.nifti import iter_volumes, read_events
-from rtdecode.run import Decoder
+from rtdecode.io.nifti import iter_volumes, read_events
+from rtdecode.models.classifier import LinearClassifier
+from rtdecode.pipeline.feedback import PercentSignalChange
+from rtdecode.pipeline.ranking import CandidateBank
 
 
 class ListSink:

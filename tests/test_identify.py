@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from rtdecode.errors import BundleError
-from rtdecode.identify import (
+from rtdecode.pipeline.ranking import (
     CandidateBank,
     Identifier,
     QuantisedRows,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy.ndimage import map_coordinates, spline_filter
 
-from rtdecode._kernels import grid_points, resample, sample, sample_gradient, spline_coefficients
+from rtdecode.numerics.kernels import grid_points, resample, sample, sample_gradient, spline_coefficients
 
 
 @pytest.mark.parametrize("shape", [(17, 12, 9), (5, 1, 4), (64, 64, 36)])

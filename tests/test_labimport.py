@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from rtdecode.decoders import DecoderBundle
 from rtdecode.errors import BundleError
-from rtdecode.identify import CandidateBank
-from rtdecode.labimport import import_lab_decoders, import_lab_features, read_mat
+from rtdecode.models.labimport import import_lab_decoders, import_lab_features, read_mat
+from rtdecode.models.linear import DecoderBundle
+from rtdecode.pipeline.ranking import CandidateBank
 
 SHAPE = (6, 7, 5)
 

@@ -1,6 +1,6 @@
 import numpy as np
 
-from rtdecode.latency import LatencyTracker, format_table, stage_durations_ms
+from rtdecode.pipeline.latency import LatencyTracker, format_table, stage_durations_ms
 from rtdecode.volume import Stage, new_stamps
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import small_config
 
+from rtdecode.apps.live import Decoder
 from rtdecode.errors import BundleError
-from rtdecode.latents import LatentDecoders, fit_latent_map
-from rtdecode.nifti import iter_volumes, read_events
-from rtdecode.run import Decoder
+from rtdecode.io.nifti import iter_volumes, read_events
+from rtdecode.models.latents import LatentDecoders, fit_latent_map
 from rtdecode.sim.latents import IMAGE_SHAPE, TEXT_SHAPE
 
 

@@ -11,9 +11,9 @@ import zmq as zmq
 from conftest import collect, free_address, small_config
 
 from rtdecode import wire
+from rtdecode.apps.live import build_pipeline
 from rtdecode.config import to_dict
-from rtdecode.nifti import iter_volumes
-from rtdecode.run import build_pipeline
+from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import Subscriber, VolumeSender
 
 

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from conftest import collect, free_address, small_config
 
-from rtdecode.blocks import ScanClock, parse_marker
 from rtdecode.config import FeedbackConfig, to_dict
 from rtdecode.errors import ProtocolError, ReceiveTimeout
-from rtdecode.identify import CandidateBank
-from rtdecode.nifti import read_events
+from rtdecode.io.nifti import read_events
+from rtdecode.pipeline.blocks import ScanClock, parse_marker
+from rtdecode.pipeline.ranking import CandidateBank
 from rtdecode.transport.lsl import VolumeInlet, pylsl
 from rtdecode.transport.zmq import Subscriber
 from rtdecode.volume import SeriesEnd

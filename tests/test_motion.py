@@ -11,8 +11,8 @@ from scipy.ndimage import map_coordinates
 from scipy.optimize import least_squares
 
 from rtdecode.errors import NotFittedError, VolumeError
-from rtdecode.motion import MotionCorrector
-from rtdecode.rigid import framewise_displacement, rigid_matrix
+from rtdecode.numerics.rigid import framewise_displacement, rigid_matrix
+from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.sim.phantom import make_phantom
 from rtdecode.sim.session import SimParams, apply_motion, simulate_session
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rtdecode.preprocess import Preprocessor
+from rtdecode.pipeline.preprocess import Preprocessor
 
 
 def test_baseline_then_zscore_against_baseline_statistics():

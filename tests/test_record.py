@@ -11,10 +11,10 @@ import yaml
 from conftest import free_address, small_config
 
 from rtdecode.config import to_dict
-from rtdecode.evaluate import evaluate_session
-from rtdecode.identify import CandidateBank
-from rtdecode.nifti import iter_volumes
-from rtdecode.record import CONFOUND_COLUMNS, Recorder
+from rtdecode.io.nifti import iter_volumes
+from rtdecode.io.recording import CONFOUND_COLUMNS, Recorder
+from rtdecode.offline.evaluate import evaluate_session
+from rtdecode.pipeline.ranking import CandidateBank
 
 
 def test_recorder_layout_and_confounds(tmp_path):
@@ -269,8 +269,8 @@ def test_golden_folder_path_equals_offline(experiment, tmp_path):
 
 def test_replay_of_a_recording_sends_its_input_volumes(experiment, tmp_path):
     from rtdecode import wire
-    from rtdecode.replay import recording_volumes
-    from rtdecode.run import run_offline
+    from rtdecode.apps.live import run_offline
+    from rtdecode.apps.replay import recording_volumes
     from rtdecode.transport.zmq import Receiver
 
     cfg = small_config().run

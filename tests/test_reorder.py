@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from rtdecode.reorder import ReorderBuffer
+from rtdecode.pipeline.reorder import ReorderBuffer
 from rtdecode.volume import Volume
 
 

@@ -12,11 +12,11 @@ import pytest
 import yaml
 from conftest import small_config
 
+from rtdecode.apps.report import Recording, build_report, truth_from_events
 from rtdecode.config import to_dict
 from rtdecode.errors import RecordingError
-from rtdecode.identify import CandidateBank
-from rtdecode.nifti import read_events
-from rtdecode.report import Recording, build_report, truth_from_events
+from rtdecode.io.nifti import read_events
+from rtdecode.pipeline.ranking import CandidateBank
 
 RTDECODE = [sys.executable, "-m", "rtdecode"]
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rtdecode.rigid import (
+from rtdecode.numerics.rigid import (
     framewise_displacement,
     grid_centre_mm,
     params_from_matrix,

@@ -12,8 +12,8 @@ import pytest
 from conftest import free_address
 
 from rtdecode import wire
+from rtdecode.apps.replay import replay_folder
 from rtdecode.errors import ReceiveTimeout, VolumeError
-from rtdecode.replay import replay_folder
 from rtdecode.scanner.assemble import Assembler, read_folder, to_nifti
 from rtdecode.scanner.readers import NotAnImage
 from rtdecode.transport.zmq import Receiver

@@ -24,8 +24,8 @@ def _replay(bold, address, env, n):
     # The first n volumes of the series, sent by a separate process with its own key (or none).
     code = (
         "import itertools, sys\n"
-        "from rtdecode.nifti import iter_volumes\n"
-        "from rtdecode.replay import send_volumes\n"
+        "from rtdecode.io.nifti import iter_volumes\n"
+        "from rtdecode.apps.replay import send_volumes\n"
         f"vols = itertools.islice(iter_volumes({str(bold)!r}, 's', 'r'), {n})\n"
         f"print(send_volumes(vols, {address!r}, 200.0))\n"
     )

@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import small_config
 
-from rtdecode.decoders import load_bundle
+from rtdecode.apps.live import run_offline
 from rtdecode.errors import BundleError
-from rtdecode.evaluate import evaluate_session
-from rtdecode.identify import CandidateBank
-from rtdecode.run import run_offline
-from rtdecode.torch_decoders import MLPBundle
+from rtdecode.models.linear import load_bundle
+from rtdecode.models.mlp import MLPBundle
+from rtdecode.offline.evaluate import evaluate_session
+from rtdecode.pipeline.ranking import CandidateBank
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from rtdecode.errors import ConfigError
-from rtdecode.train import block_average, fit_bundle, fit_selected_ridge, roi_positions
+from rtdecode.offline.train import block_average, fit_bundle, fit_selected_ridge, roi_positions
 
 
 def _ridge(x, y, alpha):

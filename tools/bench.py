@@ -47,16 +47,16 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
+from rtdecode.apps.demo import free_tcp_address  # noqa: E402
+from rtdecode.apps.live import build_pipeline  # noqa: E402
+from rtdecode.apps.replay import send_volumes  # noqa: E402
 from rtdecode.config import Config, RunConfig, SocketConfig, to_dict  # noqa: E402
-from rtdecode.decoders import DecoderBundle, mask_checksum  # noqa: E402
-from rtdecode.demo import free_tcp_address  # noqa: E402
 from rtdecode.errors import ReceiveTimeout  # noqa: E402
-from rtdecode.identify import CandidateBank, QuantisedRows, normalise_rows, top_k  # noqa: E402
-from rtdecode.latency import LatencyTracker, format_table  # noqa: E402
-from rtdecode.latents import LatentDecoders, LatentMap  # noqa: E402
-from rtdecode.nifti import iter_volumes  # noqa: E402
-from rtdecode.replay import send_volumes  # noqa: E402
-from rtdecode.run import build_pipeline  # noqa: E402
+from rtdecode.io.nifti import iter_volumes  # noqa: E402
+from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
+from rtdecode.models.linear import DecoderBundle, mask_checksum  # noqa: E402
+from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
+from rtdecode.pipeline.ranking import CandidateBank, QuantisedRows, normalise_rows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
 from rtdecode.sim.session import SimParams, simulate_session, write_session  # noqa: E402
 from rtdecode.transport.zmq import Subscriber  # noqa: E402
@@ -429,7 +429,7 @@ def naive(d: Path, bold: Path, n: int, baseline_volumes: int) -> dict:
     from bench_motion import _RAS_TO_LPS, sitk_image, sitk_rigid
     from sklearn.linear_model import Ridge
 
-    from rtdecode.rigid import grid_centre_mm
+    from rtdecode.numerics.rigid import grid_centre_mm
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
     bundle = DecoderBundle.load(d / "decoder")
@@ -569,9 +569,9 @@ def _median_ms(fn, repeats: int) -> float:
 
 def scaling(repeats: int = 15) -> dict:
     """Each stage alone, one thread, over the sizes that set its cost."""
-    from rtdecode._kernels import grid_points, warm_up
-    from rtdecode.identify import Identifier
-    from rtdecode.motion import MotionCorrector
+    from rtdecode.numerics.kernels import grid_points, warm_up
+    from rtdecode.pipeline.motion import MotionCorrector
+    from rtdecode.pipeline.ranking import Identifier
     from rtdecode.sim.phantom import make_phantom
     from rtdecode.sim.session import apply_motion
 

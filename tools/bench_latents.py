@@ -20,7 +20,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from rtdecode.latents import fit_latent_map  # noqa: E402
+from rtdecode.models.latents import fit_latent_map  # noqa: E402
 
 
 def _time(m, xs: np.ndarray) -> tuple[float, float]:

@@ -23,9 +23,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from rtdecode._kernels import warm_up  # noqa: E402
-from rtdecode.motion import MotionCorrector  # noqa: E402
-from rtdecode.rigid import framewise_displacement, grid_centre_mm, params_from_matrix  # noqa: E402
+from rtdecode.numerics.kernels import warm_up  # noqa: E402
+from rtdecode.numerics.rigid import framewise_displacement, grid_centre_mm, params_from_matrix  # noqa: E402
+from rtdecode.pipeline.motion import MotionCorrector  # noqa: E402
 from rtdecode.sim.phantom import make_phantom  # noqa: E402
 from rtdecode.sim.session import apply_motion  # noqa: E402
 

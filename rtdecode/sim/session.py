@@ -15,9 +15,9 @@ import nibabel as nib
 import numpy as np
 from scipy.stats import gamma
 
-from rtdecode._kernels import grid_points, resample
+from rtdecode.numerics.kernels import grid_points, resample
+from rtdecode.numerics.rigid import rigid_matrix
 from rtdecode.progress import progress
-from rtdecode.rigid import rigid_matrix
 from rtdecode.sim.features import FeatureBank, load_feature_bank, make_feature_bank
 from rtdecode.sim.latents import latent_targets
 from rtdecode.sim.phantom import ROIS, Phantom, make_phantom

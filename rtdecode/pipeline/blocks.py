@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from rtdecode.errors import ProtocolError
-from rtdecode.identify import Identifier, correlations
-from rtdecode.pipeline import Result
+from rtdecode.pipeline.chain import Result
+from rtdecode.pipeline.ranking import Identifier, correlations
 from rtdecode.volume import NOT_REACHED, Stage, Volume
 
 log = logging.getLogger(__name__)

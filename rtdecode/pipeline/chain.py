@@ -12,11 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode.decoders import DecoderBundle
 from rtdecode.errors import VolumeError
-from rtdecode.identify import Identifier
-from rtdecode.motion import MotionCorrector, MotionEstimate
-from rtdecode.preprocess import Preprocessor
+from rtdecode.models.linear import DecoderBundle
+from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
+from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.pipeline.ranking import Identifier
 from rtdecode.volume import Stage, Volume, stamp
 
 log = logging.getLogger(__name__)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.decoders import file_sha256, has_checksum
 from rtdecode.errors import BundleError
-from rtdecode.stats import mean_column_correlation, zscore
+from rtdecode.models.linear import file_sha256, has_checksum
+from rtdecode.numerics.stats import mean_column_correlation, zscore
 
 LATENTS_FORMAT = "rtdecode-latents"
 LATENTS_VERSION = 1

@@ -20,22 +20,22 @@ from typing import Any, Protocol
 import numpy as np
 
 from rtdecode import wire
-from rtdecode._kernels import warm_up
-from rtdecode.blocks import BlockDecoder, BlockResult, parse_marker
-from rtdecode.checkpoint import Checkpoint
 from rtdecode.config import RunConfig
-from rtdecode.decoders import load_bundle, mask_checksum
 from rtdecode.errors import ConfigError, PeerDisconnected, ProtocolError, ReceiveTimeout, VolumeError
-from rtdecode.feedback import Feedback, Score
-from rtdecode.identify import CandidateBank, Identifier
-from rtdecode.latency import LatencyTracker, format_table, stage_durations_ms
-from rtdecode.latents import LatentDecoders
-from rtdecode.motion import MotionCorrector
-from rtdecode.nifti import load_volume
-from rtdecode.pipeline import Pipeline, Result
-from rtdecode.preprocess import Preprocessor
+from rtdecode.io.checkpoint import Checkpoint
+from rtdecode.io.nifti import load_volume
+from rtdecode.models.latents import LatentDecoders
+from rtdecode.models.linear import load_bundle, mask_checksum
+from rtdecode.numerics.kernels import warm_up
+from rtdecode.pipeline.blocks import BlockDecoder, BlockResult, parse_marker
+from rtdecode.pipeline.chain import Pipeline, Result
+from rtdecode.pipeline.feedback import Feedback, Score
+from rtdecode.pipeline.latency import LatencyTracker, format_table, stage_durations_ms
+from rtdecode.pipeline.motion import MotionCorrector
+from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.pipeline.ranking import CandidateBank, Identifier
+from rtdecode.pipeline.reorder import ReorderBuffer
 from rtdecode.progress import progress
-from rtdecode.reorder import ReorderBuffer
 from rtdecode.transport.zmq import CurveServer, Publisher, Receiver
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp, stamps_to_dict
 
@@ -509,8 +509,8 @@ def run_offline(cfg: RunConfig, bold: str | Path, out: str | Path, record_input:
     """
     import nibabel as nib
 
-    from rtdecode.nifti import iter_volumes
-    from rtdecode.record import Recorder
+    from rtdecode.io.nifti import iter_volumes
+    from rtdecode.io.recording import Recorder
 
     meta = {"mode": "offline", "bold": str(bold), "bundle": cfg.bundle}
     with Recorder(out, record_input, meta) as rec:

@@ -23,9 +23,9 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-from rtdecode.decoders import DecoderBundle
 from rtdecode.errors import BundleError
-from rtdecode.identify import CandidateBank
+from rtdecode.models.linear import DecoderBundle
+from rtdecode.pipeline.ranking import CandidateBank
 
 MODEL_FILES = ("x_mean", "x_norm", "y_mean", "y_norm", "W", "b")
 

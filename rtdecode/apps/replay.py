@@ -21,7 +21,7 @@ import nibabel as nib
 import numpy as np
 
 from rtdecode.errors import VolumeError
-from rtdecode.nifti import iter_volumes
+from rtdecode.io.nifti import iter_volumes
 from rtdecode.progress import progress
 from rtdecode.scanner.readers import is_mosaic, read_dicom, volume_index_of_slice
 from rtdecode.transport.zmq import VolumeSender

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.decoders import file_sha256, has_checksum
 from rtdecode.errors import BundleError, VolumeError
+from rtdecode.models.linear import file_sha256, has_checksum
 
 CLASSIFIER_FORMAT = "rtdecode-classifier"
 CLASSIFIER_VERSION = 1

@@ -14,16 +14,16 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from rtdecode.apps.report import write_report
+from rtdecode.apps.simulate import stream_session
 from rtdecode.config import Config, to_dict
 from rtdecode.errors import ConfigError
-from rtdecode.evaluate import block_top_k, identification_table
-from rtdecode.identify import CandidateBank
-from rtdecode.latency import format_table
-from rtdecode.nifti import read_events
-from rtdecode.report import write_report
-from rtdecode.sim.scanner import stream_session
+from rtdecode.io.nifti import read_events
+from rtdecode.offline.evaluate import block_top_k, identification_table
+from rtdecode.offline.train import train_session
+from rtdecode.pipeline.latency import format_table
+from rtdecode.pipeline.ranking import CandidateBank
 from rtdecode.sim.session import SimParams, simulate_session, write_session
-from rtdecode.train import train_session
 
 
 def free_tcp_address() -> str:

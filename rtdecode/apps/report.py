@@ -20,10 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from rtdecode.errors import RecordingError, VolumeError
-from rtdecode.evaluate import block_truth, identification_table
-from rtdecode.identify import CandidateBank, correlations
-from rtdecode.latency import LatencyTracker
-from rtdecode.record import RECORDING_FORMAT
+from rtdecode.io.recording import RECORDING_FORMAT
+from rtdecode.offline.evaluate import block_truth, identification_table
+from rtdecode.pipeline.latency import LatencyTracker
+from rtdecode.pipeline.ranking import CandidateBank, correlations
 from rtdecode.volume import NOT_REACHED
 
 _MOTION = ("tx", "ty", "tz", "rx", "ry", "rz")

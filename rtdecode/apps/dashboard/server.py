@@ -21,9 +21,9 @@ from pathlib import Path
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
-from rtdecode.dashboard.view import TOPICS, SessionView
+from rtdecode.apps.dashboard.view import TOPICS, SessionView
+from rtdecode.apps.subscribe import messages
 from rtdecode.errors import ConfigError
-from rtdecode.subscribe import messages
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ _PAGES = {
 
 
 def _static(name: str) -> bytes:
-    return files("rtdecode.dashboard").joinpath("static", name).read_bytes()
+    return files("rtdecode.apps.dashboard").joinpath("static", name).read_bytes()
 
 
 def _encode(update: dict) -> str | None:

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode._kernels import int8_scores
 from rtdecode.errors import BundleError
+from rtdecode.numerics.kernels import int8_scores
 
 BANK_FORMAT = "rtdecode-candidates"
 BANK_VERSION = 1

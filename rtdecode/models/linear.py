@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode._kernels import sparse_matvec
 from rtdecode.errors import BundleError, VolumeError
+from rtdecode.numerics.kernels import sparse_matvec
 
 BUNDLE_FORMAT = "rtdecode-decoder"
 BUNDLE_VERSION = 1
@@ -238,7 +238,7 @@ def load_bundle(directory: str | Path) -> DecoderBundle:
         fmt = None  # DecoderBundle.load reports it
     if fmt == "rtdecode-mlp":
         try:
-            from rtdecode.torch_decoders import MLPBundle
+            from rtdecode.models.mlp import MLPBundle
         except ImportError:
             raise BundleError(f"{directory}: an MLP bundle needs torch (pip install torch==2.13.0)") from None
         return MLPBundle.load(directory)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.wire import Message
+from rtdecode.wire.frames import Message
 
 # Topics the dashboard needs; the per-unit features and latents are not shown.
 TOPICS = ("motion", "ranking", "feedback", "latency", "block", "status")

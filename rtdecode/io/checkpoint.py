@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.errors import BundleError
-from rtdecode.pipeline import Pipeline
+from rtdecode.pipeline.chain import Pipeline
 
 FORMAT = "rtdecode-checkpoint"
 VERSION = 1

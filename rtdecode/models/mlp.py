@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtdecode.decoders import file_sha256, has_checksum, mask_checksum
 from rtdecode.errors import BundleError, VolumeError
-from rtdecode.stats import zscore
+from rtdecode.models.linear import file_sha256, has_checksum, mask_checksum
+from rtdecode.numerics.stats import zscore
 
 MLP_FORMAT = "rtdecode-mlp"
 MLP_VERSION = 1

@@ -14,7 +14,7 @@ import numpy as np
 
 from rtdecode.errors import ProtocolError, ReceiveTimeout, RecordingError
 from rtdecode.transport.zmq import Subscriber
-from rtdecode.wire import Message
+from rtdecode.wire.frames import Message
 
 log = logging.getLogger(__name__)
 
@@ -226,7 +226,7 @@ def record_live(
         The file could not be written (a full disk): the recorder stops and says how far it got;
         the decoder, a separate process, is not affected.
     """
-    from rtdecode.record import Recorder
+    from rtdecode.io.recording import Recorder
 
     rec = Recorder(out, record_input=True, meta={"mode": "live", "address": address})
     for msg in messages(address, ready_file, until_end, timeout_s):

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode._kernels import grid_points, inside_grid, sample, sample_gradient, spline_coefficients
 from rtdecode.errors import NotFittedError, VolumeError
-from rtdecode.rigid import framewise_displacement, grid_centre_mm, params_from_matrix, rigid_matrix
+from rtdecode.numerics.kernels import grid_points, inside_grid, sample, sample_gradient, spline_coefficients
+from rtdecode.numerics.rigid import framewise_displacement, grid_centre_mm, params_from_matrix, rigid_matrix
 
 # Generators of rotations about x, y, z (derivative of R at 0, per radian).
 _GENERATORS = np.array(

@@ -19,18 +19,18 @@ import nibabel as nib
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
-from rtdecode.classifier import LinearClassifier, fit_classifier
 from rtdecode.config import Config
-from rtdecode.decoders import DecoderBundle, mask_checksum
 from rtdecode.errors import ConfigError
-from rtdecode.identify import CandidateBank
-from rtdecode.latents import LatentDecoders, fit_latent_map
-from rtdecode.motion import MotionCorrector
-from rtdecode.nifti import iter_volumes, load_mask, read_events
-from rtdecode.pipeline import Pipeline
-from rtdecode.preprocess import Preprocessor
+from rtdecode.io.nifti import iter_volumes, load_mask, read_events
+from rtdecode.models.classifier import LinearClassifier, fit_classifier
+from rtdecode.models.latents import LatentDecoders, fit_latent_map
+from rtdecode.models.linear import DecoderBundle, mask_checksum
+from rtdecode.numerics.stats import mean_column_correlation, zscore
+from rtdecode.pipeline.chain import Pipeline
+from rtdecode.pipeline.motion import MotionCorrector
+from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.pipeline.ranking import CandidateBank
 from rtdecode.progress import progress
-from rtdecode.stats import mean_column_correlation, zscore
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ def train_session(
     n_select = {r: tc.n_voxels_composite if r in tc.composites else tc.n_voxels for r in tc.rois}
     alpha = [float(a) for a in tc.alphas] if tc.alphas else tc.alpha
     if model == "mlp":
-        from rtdecode.torch_decoders import fit_mlp_bundle
+        from rtdecode.models.mlp import fit_mlp_bundle
 
         bundle = fit_mlp_bundle(x_blocks, y_blocks, mask, affine, rois, meta=meta)
     elif model == "ridge":

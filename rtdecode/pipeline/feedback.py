@@ -28,13 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.blocks import BlockResult
-from rtdecode.classifier import LinearClassifier
 from rtdecode.config import FeedbackConfig
-from rtdecode.decoders import DecoderBundle, mask_checksum
 from rtdecode.errors import ConfigError
-from rtdecode.identify import CandidateBank, correlations
-from rtdecode.pipeline import Result
+from rtdecode.models.classifier import LinearClassifier
+from rtdecode.models.linear import DecoderBundle, mask_checksum
+from rtdecode.pipeline.blocks import BlockResult
+from rtdecode.pipeline.chain import Result
+from rtdecode.pipeline.ranking import CandidateBank, correlations
 
 
 class PercentSignalChange:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import nibabel as nib
 
-from rtdecode.nifti import iter_volumes, read_events
-from rtdecode.replay import events_to_markers, send_volumes
+from rtdecode.apps.replay import events_to_markers, send_volumes
+from rtdecode.io.nifti import iter_volumes, read_events
 
 log = logging.getLogger(__name__)
 

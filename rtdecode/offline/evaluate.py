@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 
 from rtdecode.errors import VolumeError
-from rtdecode.identify import CandidateBank, correlations, pairwise_identification, top_k
-from rtdecode.nifti import read_events
-from rtdecode.stats import mean_column_correlation
-from rtdecode.train import block_average
+from rtdecode.io.nifti import read_events
+from rtdecode.numerics.stats import mean_column_correlation
+from rtdecode.offline.train import block_average
+from rtdecode.pipeline.ranking import CandidateBank, correlations, pairwise_identification, top_k
 
 
 def block_scores(

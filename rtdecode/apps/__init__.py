@@ -1,0 +1,1 @@
+"""The processes: live decoder session, subscriber, recorder, replay, report, demo, dashboard."""

@@ -1,0 +1,1 @@
+"""Files of a session: NIfTI series and masks, the HDF5 recording, checkpoints."""

@@ -1,0 +1,1 @@
+"""Training, cross-validation and evaluation over recorded sessions."""

@@ -1,0 +1,1 @@
+"""The stage chain and its stages: arrays in, arrays out; no sockets, no files."""
