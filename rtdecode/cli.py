@@ -56,14 +56,14 @@ def _import_lab(args: argparse.Namespace) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> None:
+    from rtdecode.models.bank import CandidateBank
     from rtdecode.offline.evaluate import evaluate_session, format_measure
-    from rtdecode.pipeline.ranking import CandidateBank
 
     if args.candidates:
         bank = CandidateBank.load(args.candidates)
     else:
         bank = CandidateBank.from_features(Path(args.session) / "features.npz")
-    out = evaluate_session(args.results, args.session, bank, args.shift_s)
+    out = evaluate_session(args.results, args.session, bank, args.hrf_shift_s)
     out["n_candidates"] = len(bank.labels)
     print(
         format_measure(
@@ -124,18 +124,18 @@ def _dashboard(args: argparse.Namespace) -> None:
 def _report(args: argparse.Namespace) -> None:
     from rtdecode.apps.report import write_report
 
-    out = write_report(args.recording, args.out, args.events, args.candidates, args.shift_s)
+    out = write_report(args.recording, args.out, args.events, args.candidates, args.hrf_shift_s)
     print(f"wrote {out}")
 
 
 def _offline(args: argparse.Namespace) -> None:
-    from rtdecode.apps.live import run_offline
+    from rtdecode.apps.batch import decode_series
 
     cfg = load_config(args.config).run
     if args.bundle:
         cfg.bundle = args.bundle
     check_run_files(cfg, args.config or "the default configuration")
-    summary = run_offline(cfg, args.bold, args.out, args.record_input)
+    summary = decode_series(cfg, args.bold, args.out, args.record_input)
     print(f"{summary['processed']} volumes processed, {summary['skipped']} skipped; wrote {args.out}")
 
 
@@ -189,6 +189,7 @@ def _replay(args: argparse.Namespace) -> None:
 
     from rtdecode.apps import replay
     from rtdecode.io.nifti import iter_volumes, read_events
+    from rtdecode.io.recording import input_volumes
 
     src = Path(args.source)
     markers = replay.events_to_markers(read_events(args.markers)) if args.markers else ()
@@ -201,7 +202,7 @@ def _replay(args: argparse.Namespace) -> None:
     elif src.suffix in (".h5", ".hdf5"):
         if args.to is None:
             raise ConfigError("a recording replays over ZeroMQ: use --to")
-        n = replay.send_volumes(replay.recording_volumes(src), args.to, args.speed, markers=markers)
+        n = replay.send_volumes(input_volumes(src), args.to, args.speed, markers=markers)
     elif args.folder is not None:
         n = replay.replay_nifti_to_folder(src, args.folder, args.speed)
     else:
@@ -272,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="a recording (.h5, rtdecode record/offline) or subscriber file (.npz)")
     p.add_argument("--session", required=True, help="session directory (events.tsv, session.json, truth)")
     p.add_argument("--candidates", help="candidate bank (default: the session's features.npz)")
-    p.add_argument("--shift-s", type=float, default=6.0, help="hemodynamic delay")
+    p.add_argument("--hrf-shift-s", type=float, default=6.0, help="hemodynamic delay")
     p.add_argument("--json", help="write the tables as JSON here")
     p.set_defaults(func=_evaluate)
 
@@ -311,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="HTML file to write (default: beside the recording)")
     p.add_argument("--events", help="BIDS events.tsv with category_label: the categories shown, per block")
     p.add_argument("--candidates", help="candidate bank (default: the one the decoder used)")
-    p.add_argument("--shift-s", type=float, default=6.0, help="hemodynamic delay for --events blocks")
+    p.add_argument("--hrf-shift-s", type=float, default=6.0, help="hemodynamic delay for --events blocks")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("offline", help="run the pipeline as a batch over a recorded series")

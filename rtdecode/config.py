@@ -333,11 +333,11 @@ def load_config(path: str | Path | None) -> Config:
     try:
         text = path.read_text()
     except OSError as err:
-        raise ConfigError(f"cannot read config {str(path)!r}: {err.strerror}") from None
+        raise ConfigError(f"cannot read config {str(path)!r}: {err.strerror}") from err
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
     cfg = _convert(Config, data or {}, str(path))
     _validate(cfg, str(path))
     return cfg

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtdecode.pipeline.ranking import CandidateBank
+from rtdecode.models.bank import CandidateBank
 from rtdecode.sim.session import SimParams, make_subject, simulate_session
 
 TOOL = Path(__file__).parents[1] / "tools" / "extract_features.py"

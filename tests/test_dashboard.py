@@ -19,7 +19,7 @@ from rtdecode.transport.zmq import Subscriber
 
 
 def _msg(topic, header, arrays=None):
-    return wire.decode(wire.encode(topic, header, arrays))
+    return wire.parse(wire.decode(wire.encode(topic, header, arrays)))
 
 
 def _volume(seq, status="ok", e2e=20.0, fd=0.1, tr_s=2.0, score=0.25):

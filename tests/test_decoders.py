@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from rtdecode.errors import BundleError, VolumeError
-from rtdecode.models.linear import DecoderBundle
+from rtdecode.errors import ModelFileError, VolumeError
+from rtdecode.models.linear import LinearBundle
 
 
 def _bundle(rng):
@@ -13,14 +13,14 @@ def _bundle(rng):
     rois = {"A": np.arange(40), "B": np.arange(0, 40, 2)}
     w = {r: rng.standard_normal((p.size, 9)).astype(np.float32) for r, p in rois.items()}
     b = {r: rng.standard_normal(9).astype(np.float32) for r in rois}
-    return DecoderBundle(mask, np.diag([3, 3, 3, 1.0]), rois, ["l1", "l2"], [4, 5], w, b, {"note": "x"})
+    return LinearBundle(mask, np.diag([3, 3, 3, 1.0]), rois, ["l1", "l2"], [4, 5], w, b, {"note": "x"})
 
 
 def test_save_load_roundtrip_predicts_identically(tmp_path):
     rng = np.random.default_rng(0)
     b = _bundle(rng)
     b.save(tmp_path / "dec")
-    loaded = DecoderBundle.load(tmp_path / "dec")
+    loaded = LinearBundle.load(tmp_path / "dec")
     x = rng.standard_normal(40).astype(np.float32)
     np.testing.assert_array_equal(loaded.predict(x), b.predict(x))
     np.testing.assert_allclose(b.predict(x)[1], x[::2] @ b.weights["B"] + b.intercepts["B"], rtol=1e-5)
@@ -30,18 +30,18 @@ def test_save_load_roundtrip_predicts_identically(tmp_path):
 def test_tampered_or_missing_files_are_refused(tmp_path):
     b = _bundle(np.random.default_rng(1))
     d = b.save(tmp_path / "dec")
-    with pytest.raises(BundleError, match="decoder.json is missing"):
-        DecoderBundle.load(tmp_path / "nothing")
+    with pytest.raises(ModelFileError, match="decoder.json is missing"):
+        LinearBundle.load(tmp_path / "nothing")
     raw = bytearray((d / "decoder.npz").read_bytes())
     raw[-30] ^= 0xFF
     (d / "decoder.npz").write_bytes(bytes(raw))
-    with pytest.raises(BundleError, match="checksum differs"):
-        DecoderBundle.load(d)
+    with pytest.raises(ModelFileError, match="checksum differs"):
+        LinearBundle.load(d)
     meta = json.loads((d / "decoder.json").read_text())
     meta["version"] = 99
     (d / "decoder.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="version 99"):
-        DecoderBundle.load(d)
+    with pytest.raises(ModelFileError, match="version 99"):
+        LinearBundle.load(d)
 
 
 def test_shape_checks():
@@ -49,8 +49,8 @@ def test_shape_checks():
     b = _bundle(rng)
     with pytest.raises(VolumeError, match="expected 40 analysis voxels"):
         b.predict(np.zeros(39, np.float32))
-    with pytest.raises(BundleError, match="do not match"):
-        DecoderBundle(b.mask, b.affine, b.rois, ["l1"], [4], b.weights, b.intercepts)
+    with pytest.raises(ModelFileError, match="do not match"):
+        LinearBundle(b.mask, b.affine, b.rois, ["l1"], [4], b.weights, b.intercepts)
 
 
 def test_units_on_few_voxels_are_applied_sparsely_with_the_dense_result():
@@ -62,7 +62,7 @@ def test_units_on_few_voxels_are_applied_sparsely_with_the_dense_result():
             w[rng.choice(1000, 50, replace=False), u] = rng.standard_normal(50)
     dense_w = rng.standard_normal((1000, 60)).astype(np.float32)
     b = rng.standard_normal(60).astype(np.float32)
-    bundle = DecoderBundle(
+    bundle = LinearBundle(
         mask,
         np.eye(4),
         {"S": np.arange(1000), "D": np.arange(1000)},

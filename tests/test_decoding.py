@@ -6,11 +6,13 @@ import numpy as np
 from conftest import small_config
 from scipy import stats
 
-from rtdecode.apps.live import build_pipeline
+from rtdecode.apps.setup import build_pipeline
 from rtdecode.io.nifti import iter_volumes, read_events
+from rtdecode.models.bank import CandidateBank
+from rtdecode.numerics.stats import correlations
 from rtdecode.offline.evaluate import identification_table
 from rtdecode.offline.train import block_average
-from rtdecode.pipeline.ranking import CandidateBank, correlations, pairwise_identification
+from rtdecode.pipeline.ranking import pairwise_identification
 
 
 def decode_offline(root, motion=True, reference=""):
@@ -21,7 +23,7 @@ def decode_offline(root, motion=True, reference=""):
         motion=dataclasses.replace(cfg.motion, enabled=motion, reference=reference),
     )
     pipe = build_pipeline(cfg)
-    results = list(pipe.run_offline(iter_volumes(root / "test" / "bold.nii")))
+    results = list(pipe.process_series(iter_volumes(root / "test" / "bold.nii")))
     dec = pipe.decoder
     feats = {}
     for i, roi in enumerate(dec.roi_names):

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import collect, free_address, is_end, small_config
 
-from rtdecode.apps.live import build_pipeline
+from rtdecode.apps.setup import build_pipeline
 from rtdecode.config import to_dict
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import Subscriber
@@ -67,7 +67,7 @@ def _offline_features(run_cfg, bold, seqs):
     pipe = build_pipeline(run_cfg)
     vols = [v for v in iter_volumes(bold, session="s", series="run-1") if v.seq in seqs]
     roi, sl = pipe.decoder.roi_names.index("VC"), pipe.decoder.layer_slices["cnn8"]
-    return {r.volume.seq: r.predictions[roi, sl] for r in pipe.run_offline(vols) if r.status == "ok"}
+    return {r.volume.seq: r.predictions[roi, sl] for r in pipe.process_series(vols) if r.status == "ok"}
 
 
 def test_a_killed_decoder_resumes_from_its_checkpoint_and_reports_the_gap(run_cfg, experiment, tmp_path):

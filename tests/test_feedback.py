@@ -8,21 +8,21 @@ import numpy as np
 import pytest
 from conftest import TARGET_CLASS, small_config
 
-from rtdecode.apps.live import Decoder
+from rtdecode.apps.session import LiveSession
 from rtdecode.config import FeedbackConfig, load_config
-from rtdecode.errors import BundleError, ConfigError
+from rtdecode.errors import ConfigError, ModelFileError
 from rtdecode.io.nifti import iter_volumes, read_events
+from rtdecode.models.bank import CandidateBank
 from rtdecode.models.classifier import LinearClassifier
 from rtdecode.pipeline.feedback import PercentSignalChange
-from rtdecode.pipeline.ranking import CandidateBank
 
 
 class ListSink:
     def __init__(self):
         self.messages = []
 
-    def publish(self, topic, header, arrays=None):
-        self.messages.append((topic, dict(header), dict(arrays or {})))
+    def publish(self, msg):
+        self.messages.append((msg.topic, msg.header(), msg.arrays()))
 
     def of_kind(self, kind):
         return [(h, a) for _, h, a in self.messages if h.get("kind") == kind]
@@ -60,7 +60,7 @@ def _decoder(experiment, feedback, blocks=False):
     cfg.run.feedback = feedback
     cfg.run.blocks.enabled = blocks
     sink = ListSink()
-    return Decoder(cfg.run, sink), sink
+    return LiveSession(cfg.run, sink), sink
 
 
 def test_decoded_content_scores_match_an_independent_computation(experiment):
@@ -151,7 +151,7 @@ def test_classifier_files_round_trip_and_refuse_tampering(experiment, tmp_path):
     assert again.probability(x) == clf.probability(x)
     npz = tmp_path / "c.npz"
     npz.write_bytes(npz.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(BundleError, match="checksum"):
+    with pytest.raises(ModelFileError, match="checksum"):
         LinearClassifier.load(path)
 
 

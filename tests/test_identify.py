@@ -1,16 +1,10 @@
 import numpy as np
 import pytest
 
-from rtdecode.errors import BundleError
-from rtdecode.pipeline.ranking import (
-    CandidateBank,
-    Identifier,
-    QuantisedRows,
-    correlations,
-    normalise_rows,
-    pairwise_identification,
-    top_k,
-)
+from rtdecode.errors import ModelFileError
+from rtdecode.models.bank import CandidateBank
+from rtdecode.numerics.stats import correlations, normalise_rows
+from rtdecode.pipeline.ranking import Identifier, QuantisedRows, pairwise_identification, top_k
 
 
 def test_correlations_equal_numpy_corrcoef():
@@ -57,17 +51,17 @@ def test_bank_roundtrip_and_identifier(tmp_path):
 
 def test_identifier_refuses_a_bank_that_does_not_match():
     bank = CandidateBank(["x", "y"], {"a": np.ones((2, 3))})
-    with pytest.raises(BundleError, match="no layer 'b'"):
+    with pytest.raises(ModelFileError, match="no layer 'b'"):
         Identifier(bank, {"b": slice(0, 3)})
-    with pytest.raises(BundleError, match="decoder predicts 4 units, candidates have 3"):
+    with pytest.raises(ModelFileError, match="decoder predicts 4 units, candidates have 3"):
         Identifier(bank, {"a": slice(0, 4)})
-    with pytest.raises(BundleError, match="do not match 3 labels"):
+    with pytest.raises(ModelFileError, match="do not match 3 labels"):
         CandidateBank(["x", "y", "z"], {"a": np.ones((2, 3))})
 
 
 def test_loading_a_corrupt_bank_is_a_clear_error(tmp_path):
     (tmp_path / "bad.npz").write_bytes(b"not an npz")
-    with pytest.raises(BundleError, match="cannot read candidate bank"):
+    with pytest.raises(ModelFileError, match="cannot read candidate bank"):
         CandidateBank.load(tmp_path / "bad.npz")
 
 
@@ -93,7 +87,7 @@ def test_quantised_dot_products_stay_within_their_bound():
 def test_int8_ranking_equals_float32_ranking():
     fb, bank = _structured_bank()
     slices = {ly: slice(i * 300, (i + 1) * 300) for i, ly in enumerate(fb.layers)}
-    f32 = Identifier(bank, slices, k=10)
+    f32 = Identifier(bank, slices, k=10, precision="float32")
     i8 = Identifier(bank, slices, k=10, precision="int8")
     i8_two = Identifier(bank, slices, k=10, precision="int8", threads=2)
     rng = np.random.default_rng(4)
@@ -116,7 +110,7 @@ def test_int8_ranking_rescores_near_ties_instead_of_guessing():
     feats = np.vstack([base + rng.normal(0, 2e-3, (40, 200)), rng.standard_normal((400, 200))])
     bank = CandidateBank([f"c{i}" for i in range(440)], {"l": feats})
     pred = (base + rng.normal(0, 0.05, 200))[None].astype(np.float32)
-    a = Identifier(bank, {"l": slice(0, 200)}, k=10).rank(pred)
+    a = Identifier(bank, {"l": slice(0, 200)}, k=10, precision="float32").rank(pred)
     b = Identifier(bank, {"l": slice(0, 200)}, k=10, precision="int8").rank(pred)
     np.testing.assert_array_equal(a[0], b[0])
     assert (a[0] < 40).all()

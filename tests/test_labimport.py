@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from rtdecode.errors import BundleError
+from rtdecode.errors import ModelFileError
+from rtdecode.models.bank import CandidateBank
 from rtdecode.models.labimport import import_lab_decoders, import_lab_features, read_mat
-from rtdecode.models.linear import DecoderBundle
-from rtdecode.pipeline.ranking import CandidateBank
+from rtdecode.models.linear import LinearBundle
 
 SHAPE = (6, 7, 5)
 
@@ -143,7 +143,7 @@ def test_imported_bundle_round_trips_and_serves(lab, tmp_path):
     cmd += ["--roi", f"V1={paths['V1']}", "--roi", f"LOC={paths['LOC']}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    again = DecoderBundle.load(out)
+    again = LinearBundle.load(out)
     direct = import_lab_decoders(root / "models", "sub-01", list(units), paths, "F")
     for roi in direct.roi_names:
         np.testing.assert_array_equal(again.weights[roi], direct.weights[roi])
@@ -163,11 +163,11 @@ def test_lab_features_match_the_files(lab):
 def test_mismatched_or_missing_lab_files_are_named(lab):
     root, masks, paths, _, units = lab
     (root / "models" / "fc8" / "sub-01" / "LOC" / "model" / "b.mat").unlink()
-    with pytest.raises(BundleError, match="b.mat: missing"):
+    with pytest.raises(ModelFileError, match="b.mat: missing"):
         import_lab_decoders(root / "models", "sub-01", list(units), paths, "F")
     bigger = root / "big.nii.gz"
     m = masks["V1"].copy()
     m[5, 6, 4] = True
     nib.save(nib.Nifti1Image(m.astype(np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), bigger)
-    with pytest.raises(BundleError, match="voxels, the V1 mask has"):
+    with pytest.raises(ModelFileError, match="voxels, the V1 mask has"):
         import_lab_decoders(root / "models", "sub-01", ["conv1"], {"V1": bigger}, "F")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import small_config
 
-from rtdecode.apps.live import Decoder
-from rtdecode.errors import BundleError
+from rtdecode.apps.session import LiveSession
+from rtdecode.errors import ModelFileError
 from rtdecode.io.nifti import iter_volumes, read_events
 from rtdecode.models.latents import LatentDecoders, fit_latent_map
 from rtdecode.sim.latents import IMAGE_SHAPE, TEXT_SHAPE
@@ -17,9 +17,9 @@ class ListSink:
     def __init__(self):
         self.latent = {}
 
-    def publish(self, topic, header, arrays=None):
-        if header.get("kind") == "latent":
-            self.latent[header["seq"]] = {k: v.copy() for k, v in arrays.items()}
+    def publish(self, msg):
+        if msg.kind == "latent":
+            self.latent[msg.seq] = {k: v.copy() for k, v in msg.targets.items()}
 
 
 def test_latents_of_categories_never_trained_on_are_decoded_per_volume(experiment):
@@ -27,7 +27,7 @@ def test_latents_of_categories_never_trained_on_are_decoded_per_volume(experimen
     cfg.run.bundle = str(experiment / "decoder")
     cfg.run.latents = str(experiment / "decoder" / "latents")
     sink = ListSink()
-    dec = Decoder(cfg.run, sink)
+    dec = LiveSession(cfg.run, sink)
     for vol in iter_volumes(experiment / "test" / "bold.nii"):
         dec.step(vol)
     assert sink.latent and all(v["image"].shape == IMAGE_SHAPE for v in sink.latent.values())
@@ -79,5 +79,5 @@ def test_latent_files_round_trip_and_refuse_tampering(experiment, tmp_path):
     assert set(meta["maps"]) == {"image", "text"} and meta["maps"]["text"]["shape"] == list(TEXT_SHAPE)
     npz = tmp_path / "l" / "latents.npz"
     npz.write_bytes(npz.read_bytes()[:-4] + b"abcd")
-    with pytest.raises(BundleError, match="checksum"):
+    with pytest.raises(ModelFileError, match="checksum"):
         LatentDecoders.load(tmp_path / "l")

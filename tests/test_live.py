@@ -11,7 +11,7 @@ import zmq as zmq
 from conftest import collect, free_address, small_config
 
 from rtdecode import wire
-from rtdecode.apps.live import build_pipeline
+from rtdecode.apps.setup import build_pipeline
 from rtdecode.config import to_dict
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import Subscriber, VolumeSender
@@ -81,7 +81,7 @@ def test_one_ranking_per_volume_in_order_from_a_sender_process(decoder, experime
 
     # Streaming equals offline: the same volumes through the offline driver give the same features.
     pipe = build_pipeline(run_cfg)
-    offline = {r.volume.seq: r for r in pipe.run_offline(iter_volumes(experiment / "test" / "bold.nii"))}
+    offline = {r.volume.seq: r for r in pipe.process_series(iter_volumes(experiment / "test" / "bold.nii"))}
     roi_i = pipe.decoder.roi_names.index("VC")
     sl = pipe.decoder.layer_slices["cnn8"]
     live = {m.header["seq"]: m.arrays["features"] for m in msgs if m.topic == "features.VC.cnn8"}

@@ -15,11 +15,12 @@ from conftest import collect, free_address, small_config
 from rtdecode.config import FeedbackConfig, to_dict
 from rtdecode.errors import ProtocolError, ReceiveTimeout
 from rtdecode.io.nifti import read_events
-from rtdecode.pipeline.blocks import ScanClock, parse_marker
-from rtdecode.pipeline.ranking import CandidateBank
+from rtdecode.models.bank import CandidateBank
+from rtdecode.pipeline.blocks import ScanClock
 from rtdecode.transport.lsl import VolumeInlet, pylsl
 from rtdecode.transport.zmq import Subscriber
 from rtdecode.volume import SeriesEnd
+from rtdecode.wire.markers import parse_marker
 
 TOOLS = Path(__file__).parents[1] / "tools"
 OUTPUT_TYPES = [
@@ -261,12 +262,12 @@ def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client
 
 def test_a_volume_stream_in_matlab_order_is_read_into_the_same_volume():
     """A third-party sender (MATLAB) streams volumes flattened in F order and says so."""
-    from rtdecode.transport.lsl import describe, monotonic_ns_to_lsl
+    from rtdecode.transport.lsl import describe_stream, monotonic_ns_to_lsl
 
     shape = (5, 4, 3)
     info = pylsl.StreamInfo("matlab-scanner", "fMRI", 60, 0.5, "float32", "matlab-1")
     start = monotonic_ns_to_lsl(time.monotonic_ns())
-    describe(
+    describe_stream(
         info,
         {"shape": list(shape), "order": "F", "affine": np.eye(4).tolist(), "tr_s": 2.0, "series_start": start}
         | {"n_volumes": 2, "session": "s", "series": "r"},

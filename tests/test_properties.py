@@ -18,6 +18,7 @@ from rtdecode import wire
 from rtdecode.config import Config, load_config
 from rtdecode.errors import ConfigError, ProtocolError
 from rtdecode.volume import Volume
+from rtdecode.wire.messages import VolumeMessage
 
 json_scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
 json_values = st.recursive(
@@ -72,7 +73,7 @@ def test_decode_of_arbitrary_bytes_returns_a_message_or_a_protocol_error(frames)
 
 
 def _volume_header():
-    return wire.volume_header(Volume(np.zeros((2, 2, 2), np.int16), np.eye(4), 3, 2.0, 1.0, "s", "r"))
+    return VolumeMessage.of(Volume(np.zeros((2, 2, 2), np.int16), np.eye(4), 3, 2.0, 1.0, "s", "r")).header()
 
 
 @settings(max_examples=400, deadline=None)

@@ -13,47 +13,40 @@ from conftest import free_address, small_config
 from rtdecode.config import to_dict
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.io.recording import CONFOUND_COLUMNS, Recorder
+from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import evaluate_session
-from rtdecode.pipeline.ranking import CandidateBank
+from rtdecode.wire import messages as m
 
 
 def test_recorder_layout_and_confounds(tmp_path):
     path = tmp_path / "rec.h5"
     with Recorder(path, meta={"x": 1}) as rec:
         for seq in range(3):
-            base = {"seq": seq, "session": "s", "series": "r", "status": "ok"}
+            base = {"seq": seq, "session": "s", "series": "r", "status": "ok", "acq_time_s": 1e9, "tr_s": 2.0}
             rec.publish(
-                "motion",
-                {
+                m.Motion(
                     **base,
-                    "kind": "motion",
-                    "params": [seq, 0, 0, 0, 0, 90.0 * seq],
-                    "fd_mm": 1.0 * seq,
-                    "censored": seq == 2,
-                },
+                    params=[seq, 0, 0, 0, 0, 90.0 * seq],
+                    fd_mm=1.0 * seq,
+                    censored=seq == 2,
+                    fd_threshold_mm=1.5,
+                    iterations=3,
+                )
             )
+            rec.publish(m.Features(**base, roi="VC", layer="cnn1", features=np.full(4, seq, np.float32)))
             rec.publish(
-                "features.VC.cnn1",
-                {**base, "kind": "features", "roi": "VC", "layer": "cnn1"},
-                {"features": np.full(4, seq, np.float32)},
-            )
-            rec.publish(
-                "ranking",
-                {
+                m.Ranking(
                     **base,
-                    "kind": "ranking",
-                    "censored": seq == 2,
-                    "rois": ["VC"],
-                    "layers": ["cnn1"],
-                    "labels": [[["a", "b"]]],
-                },
-                {"indices": np.array([[[seq, 9]]], np.int32), "scores": np.ones((1, 1, 2), np.float32)},
+                    censored=seq == 2,
+                    rois=["VC"],
+                    layers=["cnn1"],
+                    labels=[[["a", "b"]]],
+                    indices=np.array([[[seq, 9]]], np.int32),
+                    scores=np.ones((1, 1, 2), np.float32),
+                )
             )
-            rec.publish(
-                "latency",
-                {**base, "kind": "latency", "stamps": {"received": 10 + seq, "published": 20}, "ms": {}},
-            )
-        rec.publish("status", {"kind": "status", "event": "end", "processed": 3})
+            rec.publish(m.Latency(**base, stamps={"received": 10 + seq, "published": 20}, ms={}))
+        rec.publish(m.Status(event="end", processed=3))
     with h5py.File(path) as f:
         assert f.attrs["format"] == "rtdecode-recording" and f.attrs["version"] == 1
         np.testing.assert_array_equal(f["volumes/seq"][:], [0, 1, 2])
@@ -269,16 +262,16 @@ def test_golden_folder_path_equals_offline(experiment, tmp_path):
 
 def test_replay_of_a_recording_sends_its_input_volumes(experiment, tmp_path):
     from rtdecode import wire
-    from rtdecode.apps.live import run_offline
-    from rtdecode.apps.replay import recording_volumes
+    from rtdecode.apps.batch import decode_series
+    from rtdecode.io.recording import input_volumes
     from rtdecode.transport.zmq import Receiver
 
     cfg = small_config().run
     cfg.bundle = str(experiment / "decoder")
     bold = experiment / "test" / "bold.nii"
-    run_offline(cfg, bold, tmp_path / "rec.h5", record_input=True)
+    decode_series(cfg, bold, tmp_path / "rec.h5", record_input=True)
     originals = list(iter_volumes(bold))
-    replayed = list(recording_volumes(tmp_path / "rec.h5"))
+    replayed = list(input_volumes(tmp_path / "rec.h5"))
     assert len(replayed) == len(originals)
     np.testing.assert_array_equal(replayed[5].data, originals[5].data)
     address = free_address()

@@ -16,7 +16,7 @@ from rtdecode.apps.report import Recording, build_report, truth_from_events
 from rtdecode.config import to_dict
 from rtdecode.errors import RecordingError
 from rtdecode.io.nifti import read_events
-from rtdecode.pipeline.ranking import CandidateBank
+from rtdecode.models.bank import CandidateBank
 
 RTDECODE = [sys.executable, "-m", "rtdecode"]
 

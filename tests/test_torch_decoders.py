@@ -11,12 +11,12 @@ import pytest
 import torch
 from conftest import small_config
 
-from rtdecode.apps.live import run_offline
-from rtdecode.errors import BundleError
-from rtdecode.models.linear import load_bundle
+from rtdecode.apps.batch import decode_series
+from rtdecode.errors import ModelFileError
+from rtdecode.models.bank import CandidateBank
+from rtdecode.models.bundle import load_bundle
 from rtdecode.models.mlp import MLPBundle
 from rtdecode.offline.evaluate import evaluate_session
-from rtdecode.pipeline.ranking import CandidateBank
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +46,7 @@ def test_mlp_decoders_identify_unseen_categories(experiment, mlp_bundle, tmp_pat
     assert isinstance(bundle, MLPBundle) and bundle.roi_names == ["V1", "LOC", "LVC", "HVC", "VC"]
     cfg = small_config()
     cfg.run.bundle = str(mlp_bundle)
-    run_offline(cfg.run, experiment / "test" / "bold.nii", tmp_path / "mlp.h5")
+    decode_series(cfg.run, experiment / "test" / "bold.nii", tmp_path / "mlp.h5")
     bank = CandidateBank.from_features(experiment / "test" / "features.npz")
     out = evaluate_session(tmp_path / "mlp.h5", experiment / "test", bank, 6.0)
     vc = np.mean(list(out["identification"]["VC"].values()))
@@ -74,5 +74,5 @@ def test_a_weights_file_holding_objects_is_refused(mlp_bundle, tmp_path):
     meta = json.loads((d / "decoder.json").read_text())
     meta["pt_sha256"] = hashlib.sha256((d / "mlp.pt").read_bytes()).hexdigest()
     (d / "decoder.json").write_text(json.dumps(meta))
-    with pytest.raises(BundleError, match="not a plain state dict"):
+    with pytest.raises(ModelFileError, match="not a plain state dict"):
         MLPBundle.load(d)

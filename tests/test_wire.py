@@ -126,8 +126,10 @@ def test_malformed_messages_are_refused_with_the_reason(frames, match):
 
 
 def test_volume_message_missing_fields_are_named():
-    frames = wire.encode("volume", {"kind": "volume", "seq": 0}, {"data": np.zeros((2, 2, 2), np.float32)})
-    with pytest.raises(ProtocolError, match="lacks field 'affine'"):
+    frames = wire.encode(
+        "volume", {"kind": "volume", "seq": 0, "session": "s", "series": "r"}, {"data": np.zeros((2, 2, 2))}
+    )
+    with pytest.raises(ProtocolError, match="lacks header field 'affine'"):
         wire.decode_volume(wire.decode(frames))
     header = {
         "kind": "volume",

@@ -48,15 +48,18 @@ import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
 from rtdecode.apps.demo import free_tcp_address  # noqa: E402
-from rtdecode.apps.live import build_pipeline  # noqa: E402
 from rtdecode.apps.replay import send_volumes  # noqa: E402
+from rtdecode.apps.setup import build_pipeline  # noqa: E402
 from rtdecode.config import Config, RunConfig, SocketConfig, to_dict  # noqa: E402
 from rtdecode.errors import ReceiveTimeout  # noqa: E402
 from rtdecode.io.nifti import iter_volumes  # noqa: E402
+from rtdecode.models.bank import CandidateBank  # noqa: E402
+from rtdecode.models.files import mask_checksum  # noqa: E402
 from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
-from rtdecode.models.linear import DecoderBundle, mask_checksum  # noqa: E402
+from rtdecode.models.linear import LinearBundle  # noqa: E402
+from rtdecode.numerics.stats import normalise_rows  # noqa: E402
 from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
-from rtdecode.pipeline.ranking import CandidateBank, QuantisedRows, normalise_rows, top_k  # noqa: E402
+from rtdecode.pipeline.ranking import QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
 from rtdecode.sim.session import SimParams, simulate_session, write_session  # noqa: E402
 from rtdecode.transport.zmq import Subscriber  # noqa: E402
@@ -84,7 +87,7 @@ def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:
 # --- workload -----------------------------------------------------------------------------------
 
 
-def synthetic_bundle(mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> DecoderBundle:
+def synthetic_bundle(mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> LinearBundle:
     """One ROI over all analysis voxels; each unit reads ``PER_UNIT`` random voxels."""
     n_vox, n_out = int(mask.sum()), LAYERS * UNITS
     w = np.zeros((n_vox, n_out), dtype=np.float32)
@@ -92,7 +95,7 @@ def synthetic_bundle(mask: np.ndarray, affine: np.ndarray, rng: np.random.Genera
     for u in range(n_out):
         w[rng.choice(n_vox, per_unit, replace=False), u] = rng.standard_normal(per_unit) / np.sqrt(per_unit)
     layers = [f"layer{i + 1}" for i in range(LAYERS)]
-    return DecoderBundle(
+    return LinearBundle(
         mask, affine, {"VC": np.arange(n_vox)}, layers, [UNITS] * LAYERS, {"VC": w},
         {"VC": np.zeros(n_out, np.float32)}, {"synthetic": "bench workload"},
     )  # fmt: skip
@@ -432,7 +435,7 @@ def naive(d: Path, bold: Path, n: int, baseline_volumes: int) -> dict:
     from rtdecode.numerics.rigid import grid_centre_mm
 
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
-    bundle = DecoderBundle.load(d / "decoder")
+    bundle = LinearBundle.load(d / "decoder")
     bank = CandidateBank.load(d / "decoder" / "candidates.npz")
     model = Ridge()
     n_vox, n_out = bundle.n_voxels, sum(bundle.n_units)
@@ -477,7 +480,7 @@ def naive(d: Path, bold: Path, n: int, baseline_volumes: int) -> dict:
 
 def bytes_per_volume(d: Path, cfg: RunConfig, rescored_rows: float = 0.0) -> dict[str, int]:
     """Bytes each stage reads per volume (arrays it must stream; caches ignored)."""
-    bundle = DecoderBundle.load(cfg.bundle)
+    bundle = LinearBundle.load(cfg.bundle)
     shape = bundle.mask.shape
     vol = int(np.prod(shape))
     w, idx = bundle.sparse.get("VC", (bundle.weights["VC"], np.zeros(0, np.int32)))

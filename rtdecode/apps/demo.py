@@ -19,10 +19,10 @@ from rtdecode.apps.simulate import stream_session
 from rtdecode.config import Config, to_dict
 from rtdecode.errors import ConfigError
 from rtdecode.io.nifti import read_events
+from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import block_top_k, identification_table
 from rtdecode.offline.train import train_session
 from rtdecode.pipeline.latency import format_table
-from rtdecode.pipeline.ranking import CandidateBank
 from rtdecode.sim.session import SimParams, simulate_session, write_session
 
 
@@ -51,13 +51,13 @@ def sim_params(cfg: Config, **overrides: object) -> SimParams:
 def _wait(proc: subprocess.Popen, timeout_s: float, name: str) -> int:
     try:
         return proc.wait(timeout_s)
-    except subprocess.TimeoutExpired:
+    except subprocess.TimeoutExpired as err:
         proc.terminate()
         try:
             proc.wait(5)
         except subprocess.TimeoutExpired:
             proc.kill()
-        raise TimeoutError(f"{name} did not finish within {timeout_s} s") from None
+        raise TimeoutError(f"{name} did not finish within {timeout_s} s") from err
 
 
 def run_demo(

@@ -16,11 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import h5py
 import nibabel as nib
-import numpy as np
 
-from rtdecode.errors import VolumeError
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.progress import progress
 from rtdecode.scanner.readers import is_mosaic, read_dicom, volume_index_of_slice
@@ -146,17 +143,6 @@ def _send_marker(stim: MarkerOutlet, t0: int, speed: float, at_s: float, text: s
     at = t0 + int(at_s / speed * 1e9)
     _sleep_until(at)
     stim.send(text, monotonic_ns_to_lsl(at))
-
-
-def recording_volumes(path: str | Path, session: str = "replay", series: str = "run-01") -> Iterator[Volume]:
-    """The input volumes stored in an rtdecode recording (``input/*``)."""
-    with h5py.File(path, "r") as f:
-        if "input/data" not in f:
-            raise VolumeError(f"{path}: the recording holds no input volumes (record with --record-input)")
-        data, affine, acq = f["input/data"], f["input/affine"], f["input/acq_time_s"]
-        tr = float(np.median(np.diff(acq[:]))) if len(acq) > 1 else 1.0
-        for k in range(data.shape[0]):
-            yield Volume(data[k], affine[k], k, tr, float(acq[k]), session, series)
 
 
 def volume_file_groups(folder: str | Path) -> list[list[Path]]:

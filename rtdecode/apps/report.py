@@ -12,92 +12,21 @@ from __future__ import annotations
 import html
 import io
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 from matplotlib.figure import Figure
 
-from rtdecode.errors import RecordingError, VolumeError
-from rtdecode.io.recording import RECORDING_FORMAT
+from rtdecode.errors import VolumeError
+from rtdecode.io.recording import Recording
+from rtdecode.models.bank import CandidateBank
+from rtdecode.numerics.stats import correlations
 from rtdecode.offline.evaluate import block_truth, identification_table
 from rtdecode.pipeline.latency import LatencyTracker
-from rtdecode.pipeline.ranking import CandidateBank, correlations
 from rtdecode.volume import NOT_REACHED
 
 _MOTION = ("tx", "ty", "tz", "rx", "ry", "rz")
-
-
-@dataclass
-class Recording:
-    """The parts of an HDF5 recording that the report shows (see ``docs/formats.md``)."""
-
-    path: Path
-    meta: dict
-    seq: np.ndarray
-    status: np.ndarray
-    censored: np.ndarray
-    tr_s: float | None
-    stamps: np.ndarray
-    motion: np.ndarray | None
-    fd_mm: np.ndarray | None
-    features: dict[tuple[str, str], np.ndarray]
-    events: list[dict]
-    blocks: list[dict]
-    settings: dict = field(default_factory=dict)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Recording:
-        """Read a recording; say clearly what is wrong with a file that is not one."""
-        path = Path(path)
-        if not path.exists():
-            raise RecordingError(f"{path}: no such recording")
-        try:
-            f = h5py.File(path, "r")
-        except OSError as err:
-            raise RecordingError(f"{path}: not an HDF5 file ({err})") from None
-        with f:
-            if f.attrs.get("format") != RECORDING_FORMAT:
-                raise RecordingError(f"{path}: not an rtdecode recording (format {f.attrs.get('format')!r})")
-            if "volumes/seq" not in f:
-                raise RecordingError(f"{path}: the recording holds no volume")
-
-            def get(name: str) -> np.ndarray | None:
-                return f[name][:] if name in f else None
-
-            n = f["volumes/seq"].shape[0]
-            events = [json.loads(e) for e in f["status/events"].asstr()[:]] if "status/events" in f else []
-            blocks = [json.loads(b) for b in f["blocks/headers"].asstr()[:]] if "blocks/headers" in f else []
-            tr = get("volumes/tr_s")
-            features = {
-                (roi, layer): f["features"][roi][layer][:]
-                for roi in f.get("features", {})
-                for layer in f["features"][roi]
-            }
-            settings = next((e["settings"] for e in reversed(events) if "settings" in e), {})
-            status = f["volumes/status"].asstr()[:] if "volumes/status" in f else np.full(n, "?")
-            censored = get("volumes/censored")
-            return cls(
-                path=path,
-                meta=json.loads(f.attrs.get("meta", "{}")),
-                seq=f["volumes/seq"][:],
-                status=np.asarray(status[:n]),
-                censored=np.zeros(n, bool) if censored is None else censored[:n].astype(bool),
-                tr_s=float(np.nanmedian(tr)) if tr is not None and np.isfinite(tr).any() else None,
-                stamps=get("volumes/stamps") if "volumes/stamps" in f else np.zeros((0, 8), np.int64),
-                motion=get("motion/params"),
-                fd_mm=get("motion/fd_mm"),
-                features=features,
-                events=events,
-                blocks=blocks,
-                settings=settings,
-            )
-
-    @property
-    def times_s(self) -> np.ndarray:
-        """Scan time of each volume (index × TR; the index when the TR is unknown)."""
-        return self.seq * (self.tr_s or 1.0)
 
 
 def _svg(fig: Figure) -> str:
@@ -226,7 +155,9 @@ def truth_from_blocks(rec: Recording) -> Truth | None:
     )
 
 
-def truth_from_events(rec: Recording, events_tsv: str | Path, bank: CandidateBank, shift_s: float) -> Truth:
+def truth_from_events(
+    rec: Recording, events_tsv: str | Path, bank: CandidateBank, hrf_shift_s: float
+) -> Truth:
     """Identification from the recorded predictions and an events table, against ``bank``.
 
     Block accuracy per ROI × layer as GOD computes it, and for one ROI the rank of the shown
@@ -237,13 +168,13 @@ def truth_from_events(rec: Recording, events_tsv: str | Path, bank: CandidateBan
     onsets, duration, truth = block_truth(events_tsv, bank)
     feats = {k: np.where(rec.censored[: len(f), None], np.nan, f) for k, f in rec.features.items()}
     times = rec.times_s
-    accuracy = identification_table(feats, times, onsets, duration, shift_s, truth, bank)
+    accuracy = identification_table(feats, times, onsets, duration, hrf_shift_s, truth, bank)
     rois = sorted({r for r, _ in feats})
     roi = "VC" if "VC" in rois else rois[-1]
     layers = [lay for r, lay in feats if r == roi]
     block_of = np.full(times.size, -1)
     for b, onset in enumerate(onsets):
-        block_of[(times >= onset + shift_s) & (times < onset + duration + shift_s)] = b
+        block_of[(times >= onset + hrf_shift_s) & (times < onset + duration + hrf_shift_s)] = b
     valid = (block_of >= 0) & np.isfinite(feats[(roi, layers[0])][:, 0])
     scores = sum(correlations(feats[(roi, lay)][valid], bank.features[lay]) for lay in layers) / len(layers)
     true_scores = scores[np.arange(scores.shape[0]), truth[block_of[valid]]]
@@ -348,7 +279,7 @@ def build_report(
     recording: str | Path,
     events_tsv: str | Path | None = None,
     candidates: str | Path | None = None,
-    shift_s: float = 6.0,
+    hrf_shift_s: float = 6.0,
 ) -> str:
     """The report as one HTML string.
 
@@ -362,7 +293,7 @@ def build_report(
         markers) are used when the recording has them.
     candidates : str or Path, optional
         Candidate bank for ``events_tsv``; default the one named in the recorded settings.
-    shift_s : float
+    hrf_shift_s : float
         Hemodynamic delay for ``events_tsv`` blocks.
     """
     rec = Recording.load(recording)
@@ -375,7 +306,7 @@ def build_report(
             candidates = s.get("candidates") or Path(s["bundle"]) / "candidates.npz"
         if not Path(candidates).exists():
             raise VolumeError(f"candidate bank {str(candidates)!r} does not exist; name it with --candidates")
-        truth = truth_from_events(rec, events_tsv, CandidateBank.load(candidates), shift_s)
+        truth = truth_from_events(rec, events_tsv, CandidateBank.load(candidates), hrf_shift_s)
     else:
         truth = truth_from_blocks(rec)
     sections = [
@@ -408,9 +339,9 @@ def write_report(
     out: str | Path | None = None,
     events_tsv: str | Path | None = None,
     candidates: str | Path | None = None,
-    shift_s: float = 6.0,
+    hrf_shift_s: float = 6.0,
 ) -> Path:
     """Write :func:`build_report` to ``out`` (default: the recording's name with ``.html``)."""
     out = Path(out) if out else Path(recording).with_suffix(".html")
-    out.write_text(build_report(recording, events_tsv, candidates, shift_s), encoding="utf-8")
+    out.write_text(build_report(recording, events_tsv, candidates, hrf_shift_s), encoding="utf-8")
     return out

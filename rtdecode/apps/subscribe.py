@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import ProtocolError, ReceiveTimeout, RecordingError
-from rtdecode.transport.zmq import Subscriber
-from rtdecode.wire.frames import Message
+from rtdecode.errors import RecordingError
+from rtdecode.transport.subscription import messages
+from rtdecode.wire import messages as m
 
 log = logging.getLogger(__name__)
 
@@ -24,36 +21,34 @@ class ResultLog:
 
     def __init__(self) -> None:
         self.features: dict[tuple[str, str], dict[int, np.ndarray]] = {}
-        self.rankings: dict[int, Message] = {}
+        self.rankings: dict[int, m.Ranking] = {}
         self.latency: dict[int, dict] = {}
-        self.motion: dict[int, dict] = {}
+        self.motion: dict[int, m.Motion] = {}
         self.feedback: dict[int, dict] = {}
         self.blocks: list[dict] = []
         self.status: dict[int, str] = {}
         self.end: dict | None = None
         self.skipped: list[str] = []
 
-    def add(self, msg: Message) -> None:
+    def add(self, msg: m.WireMessage) -> None:
         """File one message under its volume."""
-        h = msg.header
-        kind = h.get("kind")
-        if kind == "features":
-            self.features.setdefault((h["roi"], h["layer"]), {})[h["seq"]] = msg.arrays["features"].copy()
-        elif kind == "ranking":
-            self.rankings[h["seq"]] = msg
-            self.status[h["seq"]] = h["status"]
-        elif kind == "latency":
-            self.latency[h["seq"]] = h["ms"]
-        elif kind == "motion":
-            self.motion[h["seq"]] = h
-        elif kind == "feedback":
-            self.feedback[h["seq"]] = h["scores"]
-        elif kind == "block":
-            self.blocks.append(dict(h))
-        elif kind == "status" and h.get("event") == "end":
-            self.end = h
-        elif kind == "status" and h.get("event") == "skipped":
-            self.skipped.append(h["reason"])
+        if isinstance(msg, m.Features):
+            self.features.setdefault((msg.roi, msg.layer), {})[msg.seq] = msg.features.copy()
+        elif isinstance(msg, m.Ranking):
+            self.rankings[msg.seq] = msg
+            self.status[msg.seq] = msg.status
+        elif isinstance(msg, m.Latency):
+            self.latency[msg.seq] = msg.ms
+        elif isinstance(msg, m.Motion):
+            self.motion[msg.seq] = msg
+        elif isinstance(msg, m.Feedback):
+            self.feedback[msg.seq] = msg.scores
+        elif isinstance(msg, m.Block):
+            self.blocks.append(msg.header())
+        elif isinstance(msg, m.Status) and msg.event == "end":
+            self.end = msg.header()
+        elif isinstance(msg, m.Status) and msg.event == "skipped":
+            self.skipped.append(msg.reason)
 
     def save(self, path: str | Path) -> None:
         """Write everything received as NPZ.
@@ -73,24 +68,19 @@ class ResultLog:
                 if s in pos:
                     a[pos[s]] = v
             arrays[f"features/{roi}/{layer}"] = a
-        ok = [m for m in self.rankings.values() if "indices" in m.arrays]
+        ok = [r for r in self.rankings.values() if r.indices is not None]
         if ok:
-            shape = ok[0].arrays["indices"].shape
-            top = np.full((seqs.size, *shape), -1, dtype=np.int32)
-            for s, m in self.rankings.items():
-                if "indices" in m.arrays:
-                    top[pos[s]] = m.arrays["indices"]
+            top = np.full((seqs.size, *ok[0].indices.shape), -1, dtype=np.int32)
+            for s, r in self.rankings.items():
+                if r.indices is not None:
+                    top[pos[s]] = r.indices
             arrays["top_indices"] = top
-            arrays["rois"], arrays["layers"] = (
-                np.array(ok[0].header["rois"]),
-                np.array(ok[0].header["layers"]),
-            )
+            arrays["rois"], arrays["layers"] = np.array(ok[0].rois), np.array(ok[0].layers)
         arrays["e2e_ms"] = np.array([self.latency.get(s, {}).get("end_to_end", np.nan) for s in seqs])
-        arrays["motion"] = np.array(
-            [self.motion[s]["params"] if s in self.motion else [np.nan] * 6 for s in seqs]
-        )
-        arrays["fd_mm"] = np.array([self.motion.get(s, {}).get("fd_mm", np.nan) for s in seqs])
-        arrays["censored"] = np.array([bool(self.motion.get(s, {}).get("censored", False)) for s in seqs])
+        motion = [self.motion.get(s) for s in seqs]
+        arrays["motion"] = np.array([mo.params if mo else [np.nan] * 6 for mo in motion])
+        arrays["fd_mm"] = np.array([mo.fd_mm if mo else np.nan for mo in motion])
+        arrays["censored"] = np.array([bool(mo and mo.censored) for mo in motion])
         names = sorted({n for scores in self.feedback.values() for n in scores})
         for name in names:
             for key, field in (("feedback", "value"), ("feedback_raw", "raw")):
@@ -101,69 +91,28 @@ class ResultLog:
         np.savez(path, **arrays)
 
 
-def describe(results: ResultLog, seq: int, roi: str, layer: str) -> str:
+def volume_line(results: ResultLog, seq: int, roi: str, layer: str) -> str:
     """One line for a volume: status, top labels of ``roi``/``layer``, motion and latency."""
     ranking = results.rankings.get(seq)
     text = f"vol {seq:4d}"
-    if ranking is None or "indices" not in ranking.arrays:
+    if ranking is None or ranking.indices is None:
         text += f"  {results.status.get(seq, '?'):<8}"
     else:
-        h = ranking.header
         try:
-            labels = h["labels"][h["rois"].index(roi)][h["layers"].index(layer)]
-            scores = ranking.arrays["scores"][h["rois"].index(roi), h["layers"].index(layer)]
-            text += f"  {roi}/{layer}: " + " ".join(f"{lb}({sc:.2f})" for lb, sc in zip(labels, scores))
+            i, j = ranking.rois.index(roi), ranking.layers.index(layer)
+            pairs = zip(ranking.labels[i][j], ranking.scores[i, j])
+            text += f"  {roi}/{layer}: " + " ".join(f"{lb}({sc:.2f})" for lb, sc in pairs)
         except ValueError:
             text += f"  ({roi}/{layer} not decoded)"
-        if h.get("censored"):
+        if ranking.censored:
             text += "  [censored]"
-    m = results.motion.get(seq)
-    if m is not None:
-        text += f"  fd {m['fd_mm']:.2f} mm"
+    motion = results.motion.get(seq)
+    if motion is not None:
+        text += f"  fd {motion.fd_mm:.2f} mm"
     e2e = results.latency.get(seq, {}).get("end_to_end")
     if e2e is not None:
         text += f"  e2e {e2e:.1f} ms"
     return text
-
-
-def messages(
-    address: str,
-    ready_file: str | Path | None = None,
-    until_end: bool = False,
-    timeout_s: float = 0.0,
-    topics: Sequence[str] = (),
-    stop: threading.Event | None = None,
-) -> Iterator[Message]:
-    """Everything a decoder publishes (or the ``topics`` prefixes), decoded, until a stop condition.
-
-    Stops when ``stop`` is set (by default on SIGTERM), after the end-of-series status (which is
-    yielded) when ``until_end``, or after ``timeout_s`` without any message (0 waits for ever).
-    ``ready_file`` is created when the first message arrives, i.e. once the subscription is live.
-    Malformed messages are logged and dropped.
-    """
-    if stop is None:
-        stop = threading.Event()
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Subscriber(address, topics) as sub:
-        last = time.monotonic()
-        while not stop.is_set():
-            try:
-                msg = sub.recv(0.5)
-            except ReceiveTimeout:
-                if timeout_s and time.monotonic() - last > timeout_s:
-                    log.warning("no message for %s s; stopping", timeout_s)
-                    return
-                continue
-            except ProtocolError as err:
-                log.warning("malformed message ignored: %s", err)
-                continue
-            last = time.monotonic()
-            if ready_file is not None and not Path(ready_file).exists():
-                Path(ready_file).write_text("ready\n")
-            yield msg
-            if until_end and msg.header.get("event") == "end":
-                return
 
 
 def follow(
@@ -194,11 +143,10 @@ def follow(
     results = ResultLog()
     for msg in messages(address, ready_file, until_end, timeout_s):
         results.add(msg)
-        h = msg.header
-        if h.get("kind") == "latency":
-            echo(describe(results, h["seq"], roi, layer))
-        elif h.get("kind") == "status" and h.get("event") == "skipped":
-            echo(f"decoder skipped a message: {h['reason']}")
+        if isinstance(msg, m.Latency):
+            echo(volume_line(results, msg.seq, roi, layer))
+        elif isinstance(msg, m.Status) and msg.event == "skipped":
+            echo(f"decoder skipped a message: {msg.reason}")
     if save is not None:
         results.save(save)
     return results
@@ -230,15 +178,15 @@ def record_live(
 
     rec = Recorder(out, record_input=True, meta={"mode": "live", "address": address})
     for msg in messages(address, ready_file, until_end, timeout_s):
-        if msg.header.get("event") == "heartbeat":
+        if isinstance(msg, m.Status) and msg.event == "heartbeat":
             continue
         try:
-            rec.publish(msg.topic, msg.header, msg.arrays)
+            rec.publish(msg)
         except (OSError, RuntimeError) as err:  # h5py reports failed writes as either
             # The file is left as last flushed: closing HDF5 after a failed write can crash it.
             raise RecordingError(
                 f"cannot write {str(out)!r} ({err}); recording stopped at volume "
-                f"{msg.header.get('seq')!r} after {rec.n_volumes} volumes"
-            ) from None
+                f"{getattr(msg, 'seq', None)!r} after {rec.n_volumes} volumes"
+            ) from err
     rec.close()
     return rec.n_volumes

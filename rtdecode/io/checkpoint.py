@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import BundleError
+from rtdecode.errors import CheckpointError
 from rtdecode.pipeline.chain import Pipeline
 
 FORMAT = "rtdecode-checkpoint"
@@ -80,7 +80,7 @@ class Checkpoint:
 
         Raises
         ------
-        BundleError
+        CheckpointError
             If the files are unreadable, of another format, or do not fit the pipeline.
         """
         d = self.directory
@@ -91,7 +91,7 @@ class Checkpoint:
                 meta = json.loads(str(z["meta"]))
                 state = {k: z[k] for k in z.files}
             if meta.get("format") != FORMAT or meta.get("version") != VERSION:
-                raise BundleError(f"{d / 'state.npz'}: not an {FORMAT} version {VERSION} file")
+                raise CheckpointError(f"{d / 'state.npz'}: not an {FORMAT} version {VERSION} file")
             pipe.preprocessor.set_state({k[4:]: v for k, v in state.items() if k.startswith("pre/")})
             motion = {k[7:]: v for k, v in state.items() if k.startswith("motion/")}
             if pipe.motion is not None and motion:
@@ -101,5 +101,5 @@ class Checkpoint:
                 self._reference = pipe.motion.reference_
             pipe.resume((meta["session"], meta["series"]), int(meta["last_seq"]), state.get("series_affine"))
         except (OSError, KeyError, ValueError) as err:
-            raise BundleError(f"cannot restore the checkpoint in {str(d)!r}: {err}") from None
+            raise CheckpointError(f"cannot restore the checkpoint in {str(d)!r}: {err}") from err
         return {"session": meta["session"], "series": meta["series"], "last_seq": int(meta["last_seq"])}

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.errors import ConfigError, VolumeError
+from rtdecode.errors import FileError, VolumeError
 from rtdecode.volume import Volume
 
 
@@ -43,13 +43,13 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises
     ------
-    ConfigError
+    FileError
         If the file cannot be read as NIfTI.
     """
     try:
         img = nib.load(str(path))
     except (OSError, nib.filebasedimages.ImageFileError) as err:
-        raise ConfigError(f"cannot read image {str(path)!r}: {err}") from None
+        raise FileError(f"cannot read image {str(path)!r}: {err}") from err
     data = np.asarray(img.dataobj[..., 0] if img.ndim == 4 else img.dataobj, dtype=np.float32)
     return data, img.affine
 

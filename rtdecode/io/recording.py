@@ -1,21 +1,25 @@
-"""Recording every output of a session to HDF5, plus a BIDS-style confounds TSV.
+"""The HDF5 recording of a session: one writer (:class:`Recorder`), one reader (:class:`Recording`).
 
-The :class:`Recorder` is a sink with the same ``publish(topic, header, arrays)`` method as the
-ZeroMQ publisher, so the live recorder (fed by a subscriber) and ``rtdecode offline`` (fed by the
-pipeline directly) write the same file. The layout is in ``docs/formats.md``.
+The :class:`Recorder` is a sink with the same ``publish(message)`` method as the ZeroMQ
+publisher, so the live recorder (fed by a subscriber) and ``rtdecode offline`` (fed by the
+session directly) write the same file, plus a BIDS-style confounds TSV beside it. Everything
+that reads a recording back (evaluate, report, replay) goes through :class:`Recording`. The
+layout is in ``docs/formats.md``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
-from rtdecode.volume import Stage, stamps_from_dict
+from rtdecode.errors import RecordingError
+from rtdecode.volume import Stage, Volume, stamps_from_dict
+from rtdecode.wire import messages as m
 
 RECORDING_FORMAT = "rtdecode-recording"
 RECORDING_VERSION = 1
@@ -49,51 +53,49 @@ class Recorder:
         self.closed = False
 
     # The sink interface shared with rtdecode.transport.zmq.Publisher.
-    def publish(
-        self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
-    ) -> None:
-        """File one message (``topic`` is implied by ``header['kind']``)."""
-        arrays = arrays or {}
-        kind = header.get("kind")
-        if kind == "status":
-            self._events.append(json.dumps(dict(header)))
+    def publish(self, msg: m.WireMessage) -> None:
+        """File one declared message under its volume (status events and blocks as JSON)."""
+        if isinstance(msg, m.Status):
+            self._events.append(json.dumps(msg.header()))
             return
-        if kind == "block":  # headers only: the block's ranking and label ranks, not its predictions
-            self._blocks.append(json.dumps(dict(header)))
+        if isinstance(msg, m.Block):  # headers only: the block's ranking and label ranks, not its predictions
+            self._blocks.append(json.dumps(msg.header()))
             return
-        seq = header.get("seq")
-        if not isinstance(seq, int):
+        if isinstance(msg, m.VolumeMessage):
+            if self.record_input:
+                row = self._row(msg.seq)
+                self._put("input/data", row, msg.data)
+                self._put("input/affine", row, np.asarray(msg.affine, dtype=np.float64))
+                self._put("input/acq_time_s", row, np.array(msg.acq_time_s, dtype=np.float64))
+                self._put("input/tr_s", row, np.array(msg.tr_s, dtype=np.float64))
             return
-        row = self._row(seq)
-        if kind == "features":
-            self._put(f"features/{header['roi']}/{header['layer']}", row, arrays["features"])
-        elif kind == "ranking":
-            self._put_str("volumes/status", row, header["status"])
-            if "indices" in arrays:
-                self._put("ranking/indices", row, arrays["indices"], fill=-1)
-                self._put("ranking/scores", row, arrays["scores"])
+        if not isinstance(msg, m.Features | m.Ranking | m.Motion | m.Latency):
+            return  # feedback and latents are not recorded
+        row = self._row(msg.seq)
+        if isinstance(msg, m.Features):
+            self._put(f"features/{msg.roi}/{msg.layer}", row, msg.features)
+        elif isinstance(msg, m.Ranking):
+            self._put_str("volumes/status", row, msg.status)
+            if msg.indices is not None:
+                self._put("ranking/indices", row, msg.indices, fill=-1)
+                self._put("ranking/scores", row, msg.scores)
                 g = self._f["ranking"]
                 if "rois" not in g.attrs:
-                    g.attrs["rois"], g.attrs["layers"] = header["rois"], header["layers"]
-                self._put_str("ranking/top_labels", row, json.dumps(header["labels"]))
-            self._put("volumes/censored", row, np.array(bool(header.get("censored", False))))
-            self._put("volumes/tr_s", row, np.array(header.get("tr_s", np.nan), dtype=np.float64))
-            self._put("volumes/acq_time_s", row, np.array(header.get("acq_time_s", np.nan), dtype=np.float64))
-        elif kind == "motion":
-            self._put("motion/params", row, np.asarray(header["params"], dtype=np.float64))
-            self._put("motion/fd_mm", row, np.array(header["fd_mm"], dtype=np.float64))
-            self._motion[seq] = (header["params"], header["fd_mm"])
-        elif kind == "latency":
-            stamps = stamps_from_dict(header["stamps"])
-            self._put("volumes/stamps", row, stamps, fill=-1)
+                    g.attrs["rois"], g.attrs["layers"] = msg.rois, msg.layers
+                self._put_str("ranking/top_labels", row, json.dumps(msg.labels))
+            self._put("volumes/censored", row, np.array(msg.censored))
+            self._put("volumes/tr_s", row, np.array(msg.tr_s, dtype=np.float64))
+            self._put("volumes/acq_time_s", row, np.array(msg.acq_time_s, dtype=np.float64))
+        elif isinstance(msg, m.Motion):
+            self._put("motion/params", row, np.asarray(msg.params, dtype=np.float64))
+            self._put("motion/fd_mm", row, np.array(msg.fd_mm, dtype=np.float64))
+            self._motion[msg.seq] = (msg.params, msg.fd_mm)
+        else:
+            self._put("volumes/stamps", row, stamps_from_dict(msg.stamps), fill=-1)
             # The last message of a volume: write it out now, so that a full disk shows here (HDF5
             # would otherwise fail later, inside its cache, where the error cannot be caught) and
             # a recorder that is killed keeps every volume but the last.
             self._f.flush()
-        elif kind == "volume" and self.record_input:
-            self._put("input/data", row, arrays["data"])
-            self._put("input/affine", row, np.asarray(header["affine"], dtype=np.float64))
-            self._put("input/acq_time_s", row, np.array(header["acq_time_s"], dtype=np.float64))
 
     def _row(self, seq: int) -> int:
         row = self._rows.get(seq)
@@ -181,3 +183,121 @@ def write_confounds(path: str | Path, motion: Mapping[int, tuple[list[float], fl
         cells = [f"{v:.6f}" for v in values] + ["n/a" if i == 0 else f"{fd:.6f}"]
         lines.append("\t".join(cells))
     Path(path).write_text("\n".join(lines) + "\n")
+
+
+@dataclass
+class Recording:
+    """A recording read back (see ``docs/formats.md``); arrays are in volume order.
+
+    Attributes
+    ----------
+    seq : numpy.ndarray
+        Volume indices, shape (n,).
+    status : numpy.ndarray
+        ``ok`` / ``baseline`` per volume.
+    censored : numpy.ndarray
+        bool, shape (n,).
+    stamps : numpy.ndarray
+        int64 (n, len(Stage)), -1 where a stage was not reached.
+    motion, fd_mm : numpy.ndarray or None
+        (n, 6) and (n,), when motion correction ran.
+    features : dict of (roi, layer) to numpy.ndarray
+        (n, n_units) predictions, NaN rows where a volume was not decoded.
+    events, blocks : list of dict
+        The ``status`` events and ``block`` results, as published.
+    settings : dict
+        The decoder's settings from its last ``started``/``end`` event.
+    """
+
+    path: Path
+    meta: dict
+    seq: np.ndarray
+    status: np.ndarray
+    censored: np.ndarray
+    tr_s: float | None
+    stamps: np.ndarray
+    motion: np.ndarray | None
+    fd_mm: np.ndarray | None
+    features: dict[tuple[str, str], np.ndarray]
+    events: list[dict]
+    blocks: list[dict]
+    settings: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Recording:
+        """Read a recording.
+
+        Raises
+        ------
+        RecordingError
+            The file is missing, not HDF5, not an rtdecode recording, or holds no volume.
+        """
+        path = Path(path)
+        if not path.exists():
+            raise RecordingError(f"{path}: no such recording")
+        try:
+            f = h5py.File(path, "r")
+        except OSError as err:
+            raise RecordingError(f"{path}: not an HDF5 file ({err})") from err
+        with f:
+            if f.attrs.get("format") != RECORDING_FORMAT:
+                raise RecordingError(f"{path}: not an rtdecode recording (format {f.attrs.get('format')!r})")
+            if "volumes/seq" not in f:
+                raise RecordingError(f"{path}: the recording holds no volume")
+
+            def get(name: str) -> np.ndarray | None:
+                return f[name][:] if name in f else None
+
+            n = f["volumes/seq"].shape[0]
+            events = [json.loads(e) for e in f["status/events"].asstr()[:]] if "status/events" in f else []
+            blocks = [json.loads(b) for b in f["blocks/headers"].asstr()[:]] if "blocks/headers" in f else []
+            tr = get("volumes/tr_s")
+            features = {
+                (roi, layer): f["features"][roi][layer][:]
+                for roi in f.get("features", {})
+                for layer in f["features"][roi]
+            }
+            settings = next((e["settings"] for e in reversed(events) if "settings" in e), {})
+            status = f["volumes/status"].asstr()[:] if "volumes/status" in f else np.full(n, "?")
+            censored = get("volumes/censored")
+            stamps = get("volumes/stamps")
+            return cls(
+                path=path,
+                meta=json.loads(f.attrs.get("meta", "{}")),
+                seq=f["volumes/seq"][:],
+                status=np.asarray(status[:n]),
+                censored=np.zeros(n, bool) if censored is None else censored[:n].astype(bool),
+                tr_s=float(np.nanmedian(tr)) if tr is not None and np.isfinite(tr).any() else None,
+                stamps=np.zeros((0, len(Stage)), np.int64) if stamps is None else stamps,
+                motion=get("motion/params"),
+                fd_mm=get("motion/fd_mm"),
+                features=features,
+                events=events,
+                blocks=blocks,
+                settings=settings,
+            )
+
+    @property
+    def times_s(self) -> np.ndarray:
+        """Scan time of each volume (index × TR; the index when the TR is unknown)."""
+        return self.seq * (self.tr_s or 1.0)
+
+
+def input_volumes(path: str | Path, session: str = "replay", series: str = "run-01") -> Iterator[Volume]:
+    """The input volumes stored in a recording (``input/*``), read one at a time.
+
+    Raises
+    ------
+    RecordingError
+        The recording holds no input volumes.
+    """
+    with h5py.File(path, "r") as f:
+        if "input/data" not in f:
+            raise RecordingError(f"{path}: the recording holds no input volumes (record with --record-input)")
+        data, affine, acq = f["input/data"], f["input/affine"], f["input/acq_time_s"]
+        if "input/tr_s" in f:
+            tr = float(np.median(f["input/tr_s"][:]))
+        else:  # recordings written before input/tr_s
+            tr = float(np.median(np.diff(acq[:]))) if len(acq) > 1 else 1.0
+        for k in range(data.shape[0]):
+            yield Volume(data[k], affine[k], k, tr, float(acq[k]), session, series)

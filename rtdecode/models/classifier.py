@@ -8,14 +8,13 @@ pickled.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import BundleError, VolumeError
-from rtdecode.models.linear import file_sha256, has_checksum
+from rtdecode.errors import VolumeError
+from rtdecode.models.files import read_model, write_model
 
 CLASSIFIER_FORMAT = "rtdecode-classifier"
 CLASSIFIER_VERSION = 1
@@ -59,20 +58,15 @@ class LinearClassifier:
 
     def save(self, path: str | Path) -> Path:
         """Write ``<path>.npz`` and ``<path>.json``; return the JSON path."""
-        base = Path(path).with_suffix("")
-        np.savez(base.with_suffix(".npz"), positions=self.positions, weights=self.weights)
         meta = {
-            "format": CLASSIFIER_FORMAT,
-            "version": CLASSIFIER_VERSION,
             "roi": self.roi,
             "bias": float(self.bias),
             "target": self.target,
             "mask_sha256": self.mask_sha256,
-            "npz_sha256": file_sha256(base.with_suffix(".npz")),
             "meta": self.meta,
         }
-        base.with_suffix(".json").write_text(json.dumps(meta, indent=1))
-        return base.with_suffix(".json")
+        arrays = {"positions": self.positions, "weights": self.weights}
+        return write_model(Path(path).with_suffix(""), CLASSIFIER_FORMAT, CLASSIFIER_VERSION, arrays, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> LinearClassifier:
@@ -80,24 +74,14 @@ class LinearClassifier:
 
         Raises
         ------
-        BundleError
+        ModelFileError
             If a file is missing or corrupt, or the format is unknown.
         """
-        base = Path(path).with_suffix("")
-        try:
-            meta = json.loads(base.with_suffix(".json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise BundleError(f"cannot read classifier {str(base.with_suffix('.json'))!r}: {err}") from None
-        if meta.get("format") != CLASSIFIER_FORMAT or meta.get("version") != CLASSIFIER_VERSION:
-            raise BundleError(f"{base}.json: not an {CLASSIFIER_FORMAT} version {CLASSIFIER_VERSION} file")
-        npz = base.with_suffix(".npz")
-        if not has_checksum(npz, meta["npz_sha256"]):
-            raise BundleError(f"{npz}: missing, or its checksum differs from {base}.json")
-        with np.load(npz, allow_pickle=False) as z:
-            positions, weights = z["positions"], z["weights"]
+        meta, z = read_model(Path(path).with_suffix(""), CLASSIFIER_FORMAT, CLASSIFIER_VERSION)
         return cls(
-            meta["roi"], positions, weights, meta["bias"], meta["target"], meta["mask_sha256"], meta["meta"]
-        )
+            meta["roi"], z["positions"], z["weights"], meta["bias"], meta["target"], meta["mask_sha256"],
+            meta["meta"],
+        )  # fmt: skip
 
 
 def fit_classifier(

@@ -23,9 +23,9 @@ import h5py
 import nibabel as nib
 import numpy as np
 
-from rtdecode.errors import BundleError
-from rtdecode.models.linear import DecoderBundle
-from rtdecode.pipeline.ranking import CandidateBank
+from rtdecode.errors import ModelFileError
+from rtdecode.models.bank import CandidateBank
+from rtdecode.models.linear import LinearBundle
 
 MODEL_FILES = ("x_mean", "x_norm", "y_mean", "y_norm", "W", "b")
 
@@ -64,7 +64,7 @@ def read_mat(path: str | Path, key: str) -> np.ndarray:
 
     Raises
     ------
-    BundleError
+    ModelFileError
         If the file cannot be read or has no such key.
     """
     path = Path(path)
@@ -72,20 +72,22 @@ def read_mat(path: str | Path, key: str) -> np.ndarray:
         if h5py.is_hdf5(path):
             with h5py.File(path, "r") as f:
                 if key not in f:
-                    raise BundleError(f"{path}: no variable {key!r} (has {sorted(f)})")
+                    raise ModelFileError(f"{path}: no variable {key!r} (has {sorted(f)})")
                 obj = f[key]
                 if isinstance(obj, h5py.Group):
                     if "__bdpy_sparse_arrray" not in obj:
-                        raise BundleError(f"{path}: {key!r} is a struct, not an array or bdpy sparse array")
+                        raise ModelFileError(
+                            f"{path}: {key!r} is a struct, not an array or bdpy sparse array"
+                        )
                     return _sparse(f, obj)
                 return _matlab_dataset(f, obj).astype(np.float64)
         from scipy.io import loadmat
 
         d = loadmat(path)
     except OSError as err:
-        raise BundleError(f"cannot read {path}: {err}") from None
+        raise ModelFileError(f"cannot read {path}: {err}") from err
     if key not in d:
-        raise BundleError(f"{path}: no variable {key!r}")
+        raise ModelFileError(f"{path}: no variable {key!r}")
     return np.asarray(d[key], dtype=np.float64)
 
 
@@ -94,7 +96,7 @@ def load_lab_model(model_dir: str | Path) -> dict[str, np.ndarray]:
 
     Raises
     ------
-    BundleError
+    ModelFileError
         If a file is missing or the shapes do not fit together.
     """
     d = Path(model_dir)
@@ -102,7 +104,7 @@ def load_lab_model(model_dir: str | Path) -> dict[str, np.ndarray]:
     for name in MODEL_FILES:
         path = d / f"{name}.mat"
         if not path.exists():
-            raise BundleError(
+            raise ModelFileError(
                 f"{path}: missing (a lab model needs {', '.join(n + '.mat' for n in MODEL_FILES)})"
             )
         a = read_mat(path, name)
@@ -116,7 +118,9 @@ def load_lab_model(model_dir: str | Path) -> dict[str, np.ndarray]:
         ("b", n_units),
     ):
         if m[name].size != n:
-            raise BundleError(f"{d}: {name} has {m[name].size} values, W is {n_vox} voxels x {n_units} units")
+            raise ModelFileError(
+                f"{d}: {name} has {m[name].size} values, W is {n_vox} voxels x {n_units} units"
+            )
     return m
 
 
@@ -134,8 +138,8 @@ def import_lab_decoders(
     layers: list[str],
     roi_masks: dict[str, str | Path],
     voxel_order: str,
-) -> DecoderBundle:
-    """Build a :class:`DecoderBundle` from ``<model_root>/<layer>/<subject>/<roi>/model/``.
+) -> LinearBundle:
+    """Build a :class:`LinearBundle` from ``<model_root>/<layer>/<subject>/<roi>/model/``.
 
     Parameters
     ----------
@@ -150,7 +154,7 @@ def import_lab_decoders(
 
     Raises
     ------
-    BundleError
+    ModelFileError
         If a model is missing, or its voxel count differs from its mask's.
     """
     if voxel_order not in ("F", "C"):
@@ -162,7 +166,7 @@ def import_lab_decoders(
         if affine is None:
             affine, shape = img.affine, masks[roi].shape
         elif masks[roi].shape != shape or not np.allclose(img.affine, affine, atol=1e-4):
-            raise BundleError(f"ROI mask {str(path)!r} is not on the grid of the first mask")
+            raise ModelFileError(f"ROI mask {str(path)!r} is not on the grid of the first mask")
     union = np.logical_or.reduce(list(masks.values()))
     position = np.full(union.size, -1, dtype=np.int64)
     position[np.flatnonzero(union)] = np.arange(int(union.sum()))
@@ -177,18 +181,22 @@ def import_lab_decoders(
             model_dir = Path(model_root) / layer / subject / roi / "model"
             m = load_lab_model(model_dir)
             if m["W"].shape[0] != c_idx.size:
-                raise BundleError(f"{model_dir}: {m['W'].shape[0]} voxels, the {roi} mask has {c_idx.size}")
+                raise ModelFileError(
+                    f"{model_dir}: {m['W'].shape[0]} voxels, the {roi} mask has {c_idx.size}"
+                )
             w, b = fold(m)
             if len(n_units) <= li:
                 n_units.append(w.shape[1])
             elif n_units[li] != w.shape[1]:
-                raise BundleError(f"{model_dir}: {w.shape[1]} units, other ROIs' {layer} have {n_units[li]}")
+                raise ModelFileError(
+                    f"{model_dir}: {w.shape[1]} units, other ROIs' {layer} have {n_units[li]}"
+                )
             ws.append(w)
             bs.append(b)
         weights[roi] = np.hstack(ws).astype(np.float32)
         intercepts[roi] = np.concatenate(bs).astype(np.float32)
     meta = {"imported_from": str(model_root), "subject": subject, "voxel_order": voxel_order}
-    return DecoderBundle(union, affine, rois, list(layers), n_units, weights, intercepts, meta)
+    return LinearBundle(union, affine, rois, list(layers), n_units, weights, intercepts, meta)
 
 
 def import_lab_features(feature_root: str | Path, layers: list[str]) -> CandidateBank:
@@ -196,20 +204,20 @@ def import_lab_features(feature_root: str | Path, layers: list[str]) -> Candidat
 
     Raises
     ------
-    BundleError
+    ModelFileError
         If a layer lacks a label the first layer has, or has none.
     """
     root = Path(feature_root)
     labels = sorted(p.stem for p in (root / layers[0]).glob("*.mat"))
     if not labels:
-        raise BundleError(f"no feature files {root / layers[0]}/*.mat")
+        raise ModelFileError(f"no feature files {root / layers[0]}/*.mat")
     feats = {}
     for layer in layers:
         rows = []
         for label in labels:
             path = root / layer / f"{label}.mat"
             if not path.exists():
-                raise BundleError(f"{path}: missing (layer {layers[0]} has label {label!r})")
+                raise ModelFileError(f"{path}: missing (layer {layers[0]} has label {label!r})")
             rows.append(read_mat(path, "feat").ravel())
         feats[layer] = np.stack(rows).astype(np.float32)
     return CandidateBank(labels, feats)

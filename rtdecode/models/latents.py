@@ -15,14 +15,12 @@ eigendecomposition per fold.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import BundleError
-from rtdecode.models.linear import file_sha256, has_checksum
+from rtdecode.models.files import read_model, write_model
 from rtdecode.numerics.stats import mean_column_correlation, zscore
 
 LATENTS_FORMAT = "rtdecode-latents"
@@ -153,8 +151,6 @@ class LatentDecoders:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``latents.npz`` and ``latents.json`` into ``directory``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         arrays = {}
         for n, m in self.maps.items():
             arrays |= {
@@ -163,16 +159,12 @@ class LatentDecoders:
                 f"{n}/right": m.right,
                 f"{n}/bias": m.bias,
             }
-        np.savez(d / "latents.npz", **arrays)
         meta = {
-            "format": LATENTS_FORMAT,
-            "version": LATENTS_VERSION,
             "mask_sha256": self.mask_sha256,
             "maps": {n: {"shape": list(m.shape), "meta": m.meta} for n, m in self.maps.items()},
-            "npz_sha256": file_sha256(d / "latents.npz"),
         }
-        (d / "latents.json").write_text(json.dumps(meta, indent=1))
-        return d
+        write_model(Path(directory) / "latents", LATENTS_FORMAT, LATENTS_VERSION, arrays, meta)
+        return Path(directory)
 
     @classmethod
     def load(cls, directory: str | Path) -> LatentDecoders:
@@ -180,29 +172,20 @@ class LatentDecoders:
 
         Raises
         ------
-        BundleError
+        ModelFileError
             If a file is missing or corrupt or the format is unknown.
         """
-        d = Path(directory)
-        try:
-            meta = json.loads((d / "latents.json").read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise BundleError(f"cannot read {d / 'latents.json'}: {err}") from None
-        if meta.get("format") != LATENTS_FORMAT or meta.get("version") != LATENTS_VERSION:
-            raise BundleError(f"{d / 'latents.json'}: not an {LATENTS_FORMAT} version {LATENTS_VERSION} file")
-        npz = d / "latents.npz"
-        if not has_checksum(npz, meta["npz_sha256"]):
-            raise BundleError(f"{npz}: missing, or its checksum differs from latents.json")
-        maps = {}
-        with np.load(npz, allow_pickle=False) as z:
-            for n, info in meta["maps"].items():
-                maps[n] = LatentMap(
-                    n,
-                    tuple(info["shape"]),
-                    z[f"{n}/positions"],
-                    z[f"{n}/left"],
-                    z[f"{n}/right"],
-                    z[f"{n}/bias"],
-                    info["meta"],
-                )
+        meta, z = read_model(Path(directory) / "latents", LATENTS_FORMAT, LATENTS_VERSION)
+        maps = {
+            n: LatentMap(
+                n,
+                tuple(info["shape"]),
+                z[f"{n}/positions"],
+                z[f"{n}/left"],
+                z[f"{n}/right"],
+                z[f"{n}/bias"],
+                info["meta"],
+            )
+            for n, info in meta["maps"].items()
+        }
         return cls(maps, meta["mask_sha256"])

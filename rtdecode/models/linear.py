@@ -12,14 +12,13 @@ SHA-256 checksums); see ``docs/formats.md``.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import BundleError, VolumeError
+from rtdecode.errors import ModelFileError, VolumeError
+from rtdecode.models.files import mask_checksum, read_model, write_model
 from rtdecode.numerics.kernels import sparse_matvec
 
 BUNDLE_FORMAT = "rtdecode-decoder"
@@ -27,26 +26,8 @@ BUNDLE_VERSION = 1
 SPARSE_BELOW = 0.25  # apply a ROI's map in sparse form when no unit uses more than this share of voxels
 
 
-def mask_checksum(mask: np.ndarray) -> str:
-    """SHA-256 of a boolean mask's shape and C-order bits, as hex."""
-    mask = np.asarray(mask, dtype=bool)
-    h = hashlib.sha256(json.dumps(list(mask.shape)).encode())
-    h.update(np.packbits(mask.ravel()).tobytes())
-    return h.hexdigest()
-
-
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, as hex (the checksums model files carry in their JSON)."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def has_checksum(path: str | Path, expected: str) -> bool:
-    """Whether ``path`` exists and its SHA-256 is ``expected``."""
-    return Path(path).exists() and file_sha256(path) == expected
-
-
 @dataclass
-class DecoderBundle:
+class LinearBundle:
     """Trained decoders for several ROIs and layers.
 
     Parameters
@@ -88,11 +69,11 @@ class DecoderBundle:
         for roi, pos in self.rois.items():
             w, b = self.weights.get(roi), self.intercepts.get(roi)
             if w is None or b is None:
-                raise BundleError(f"ROI {roi!r} has no weights or intercept")
+                raise ModelFileError(f"ROI {roi!r} has no weights or intercept")
             if pos.size and (pos.min() < 0 or pos.max() >= n_vox):
-                raise BundleError(f"ROI {roi!r}: voxel positions outside the {n_vox}-voxel mask")
+                raise ModelFileError(f"ROI {roi!r}: voxel positions outside the {n_vox}-voxel mask")
             if w.shape != (pos.size, n_out) or b.shape != (n_out,):
-                raise BundleError(
+                raise ModelFileError(
                     f"ROI {roi!r}: weights {w.shape} / intercept {b.shape} do not match "
                     f"{pos.size} voxels x {n_out} units"
                 )
@@ -137,63 +118,40 @@ class DecoderBundle:
 
     def save(self, directory: str | Path) -> Path:
         """Write ``decoder.npz`` and ``decoder.json`` into ``directory``."""
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
         arrays = {"mask": self.mask, "affine": self.affine}
         for roi in self.roi_names:
             arrays[f"roi/{roi}"] = self.rois[roi]
             arrays[f"weights/{roi}"] = self.weights[roi].astype(np.float32)
             arrays[f"intercept/{roi}"] = self.intercepts[roi].astype(np.float32)
-        np.savez(d / "decoder.npz", **arrays)
         meta = {
-            "format": BUNDLE_FORMAT,
-            "version": BUNDLE_VERSION,
             "rois": self.roi_names,
             "layers": self.layers,
             "n_units": [int(n) for n in self.n_units],
             "mask_shape": list(self.mask.shape),
             "mask_sha256": mask_checksum(self.mask),
-            "npz_sha256": file_sha256(d / "decoder.npz"),
             "meta": self.meta,
         }
-        (d / "decoder.json").write_text(json.dumps(meta, indent=1))
-        return d
+        write_model(Path(directory) / "decoder", BUNDLE_FORMAT, BUNDLE_VERSION, arrays, meta)
+        return Path(directory)
 
     @classmethod
-    def load(cls, directory: str | Path) -> DecoderBundle:
+    def load(cls, directory: str | Path) -> LinearBundle:
         """Load and verify a bundle written by :meth:`save`.
 
         Raises
         ------
-        BundleError
+        ModelFileError
             If a file is missing, the format or version is unknown, or a checksum differs.
         """
-        d = Path(directory)
-        try:
-            meta = json.loads((d / "decoder.json").read_text())
-        except FileNotFoundError:
-            raise BundleError(f"no decoder bundle at {str(d)!r}: decoder.json is missing") from None
-        except json.JSONDecodeError as err:
-            raise BundleError(f"{d / 'decoder.json'}: not valid JSON ({err})") from None
-        if meta.get("format") != BUNDLE_FORMAT or meta.get("version") != BUNDLE_VERSION:
-            raise BundleError(
-                f"{d / 'decoder.json'}: expected format {BUNDLE_FORMAT!r} version {BUNDLE_VERSION}, "
-                f"got {meta.get('format')!r} version {meta.get('version')!r}"
-            )
-        npz = d / "decoder.npz"
-        if not npz.exists():
-            raise BundleError(f"{npz}: missing")
-        if file_sha256(npz) != meta["npz_sha256"]:
-            raise BundleError(f"{npz}: checksum differs from decoder.json (file changed or corrupt)")
-        with np.load(npz, allow_pickle=False) as z:
-            mask = z["mask"]
-            if mask_checksum(mask) != meta["mask_sha256"]:
-                raise BundleError(f"{npz}: mask checksum differs from decoder.json")
-            rois = {r: z[f"roi/{r}"] for r in meta["rois"]}
-            weights = {r: z[f"weights/{r}"] for r in meta["rois"]}
-            intercepts = {r: z[f"intercept/{r}"] for r in meta["rois"]}
-            affine = z["affine"]
-        return cls(mask, affine, rois, meta["layers"], meta["n_units"], weights, intercepts, meta["meta"])
+        meta, z = read_model(Path(directory) / "decoder", BUNDLE_FORMAT, BUNDLE_VERSION)
+        mask = z["mask"]
+        if mask_checksum(mask) != meta["mask_sha256"]:
+            raise ModelFileError(f"{directory}/decoder.npz: mask checksum differs from decoder.json")
+        rois = {r: z[f"roi/{r}"] for r in meta["rois"]}
+        weights = {r: z[f"weights/{r}"] for r in meta["rois"]}
+        intercepts = {r: z[f"intercept/{r}"] for r in meta["rois"]}
+        layers, n_units = meta["layers"], meta["n_units"]
+        return cls(mask, z["affine"], rois, layers, n_units, weights, intercepts, meta["meta"])
 
 
 def sparse_columns(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -222,24 +180,3 @@ def sparse_columns(weights: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     w[unit, slot] = weights[voxel, unit]
     rows[unit, slot] = voxel
     return w, rows
-
-
-def load_bundle(directory: str | Path) -> DecoderBundle:
-    """The bundle in ``directory``: ridge, or an MLP bundle (:mod:`rtdecode.torch_decoders`).
-
-    Raises
-    ------
-    BundleError
-        As :meth:`DecoderBundle.load`, or if an MLP bundle is found and torch is not installed.
-    """
-    try:
-        fmt = json.loads((Path(directory) / "decoder.json").read_text()).get("format")
-    except (OSError, json.JSONDecodeError):
-        fmt = None  # DecoderBundle.load reports it
-    if fmt == "rtdecode-mlp":
-        try:
-            from rtdecode.models.mlp import MLPBundle
-        except ImportError:
-            raise BundleError(f"{directory}: an MLP bundle needs torch (pip install torch==2.13.0)") from None
-        return MLPBundle.load(directory)
-    return DecoderBundle.load(directory)

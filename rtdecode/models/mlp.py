@@ -9,7 +9,6 @@ state dict read with ``torch.load(weights_only=True)``. torch is an optional ext
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,8 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from rtdecode.errors import BundleError, VolumeError
-from rtdecode.models.linear import file_sha256, has_checksum, mask_checksum
+from rtdecode.errors import ModelFileError, VolumeError
+from rtdecode.models.files import mask_checksum, read_model, write_model
 from rtdecode.numerics.stats import zscore
 
 MLP_FORMAT = "rtdecode-mlp"
@@ -80,25 +79,20 @@ class MLPBundle:
         for roi in self.roi_names:
             arrays[f"roi/{roi}"] = self.rois[roi]
             arrays |= {f"{k}/{roi}": v.astype(np.float32) for k, v in self.norms[roi].items()}
-        np.savez(d / "decoder.npz", **arrays)
         torch.save(
             {f"{roi}.{k}": v for roi, net in self.nets.items() for k, v in net.state_dict().items()},
             d / "mlp.pt",
         )
         meta = {
-            "format": MLP_FORMAT,
-            "version": MLP_VERSION,
             "rois": self.roi_names,
             "layers": self.layers,
             "n_units": [int(n) for n in self.n_units],
             "hidden": self.hidden,
             "dropout": self.dropout,
             "mask_sha256": mask_checksum(self.mask),
-            "npz_sha256": file_sha256(d / "decoder.npz"),
-            "pt_sha256": file_sha256(d / "mlp.pt"),
             "meta": self.meta,
         }
-        (d / "decoder.json").write_text(json.dumps(meta, indent=1))
+        write_model(d / "decoder", MLP_FORMAT, MLP_VERSION, arrays, meta, companions=["mlp.pt"])
         return d
 
     @classmethod
@@ -107,35 +101,26 @@ class MLPBundle:
 
         Raises
         ------
-        BundleError
+        ModelFileError
             If a file is missing or corrupt, or ``mlp.pt`` holds anything but tensors.
         """
         d = Path(directory)
-        meta = json.loads((d / "decoder.json").read_text())
-        if meta.get("format") != MLP_FORMAT or meta.get("version") != MLP_VERSION:
-            raise BundleError(f"{d / 'decoder.json'}: not an {MLP_FORMAT} version {MLP_VERSION} bundle")
-        for name, key in (("decoder.npz", "npz_sha256"), ("mlp.pt", "pt_sha256")):
-            path = d / name
-            if not has_checksum(path, meta[key]):
-                raise BundleError(f"{path}: missing, or its checksum differs from decoder.json")
+        meta, z = read_model(d / "decoder", MLP_FORMAT, MLP_VERSION, companions=["mlp.pt"])
         try:
             state = torch.load(d / "mlp.pt", map_location="cpu", weights_only=True)
         except Exception as err:  # torch raises UnpicklingError and others for unsafe content
-            raise BundleError(f"{d / 'mlp.pt'}: not a plain state dict ({type(err).__name__})") from None
+            raise ModelFileError(f"{d / 'mlp.pt'}: not a plain state dict ({type(err).__name__})") from err
         n_out = sum(meta["n_units"])
         rois, norms, nets = {}, {}, {}
-        with np.load(d / "decoder.npz", allow_pickle=False) as z:
-            mask, affine = z["mask"], z["affine"]
-            for roi in meta["rois"]:
-                rois[roi] = z[f"roi/{roi}"]
-                norms[roi] = {k: z[f"{k}/{roi}"] for k in ("x_mean", "x_sd", "y_mean", "y_sd")}
-                net = _mlp(rois[roi].size, meta["hidden"], n_out, meta["dropout"])
-                net.load_state_dict(
-                    {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{roi}.")}
-                )
-                nets[roi] = net
+        mask, affine = z["mask"], z["affine"]
+        for roi in meta["rois"]:
+            rois[roi] = z[f"roi/{roi}"]
+            norms[roi] = {k: z[f"{k}/{roi}"] for k in ("x_mean", "x_sd", "y_mean", "y_sd")}
+            net = _mlp(rois[roi].size, meta["hidden"], n_out, meta["dropout"])
+            net.load_state_dict({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{roi}.")})
+            nets[roi] = net
         if mask_checksum(mask) != meta["mask_sha256"]:
-            raise BundleError(f"{d / 'decoder.npz'}: mask checksum differs from decoder.json")
+            raise ModelFileError(f"{d / 'decoder.npz'}: mask checksum differs from decoder.json")
         return cls(
             mask,
             affine,

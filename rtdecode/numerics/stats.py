@@ -1,7 +1,7 @@
-"""Statistics shared by training and evaluation.
+"""Statistics shared by ranking, training and evaluation.
 
-Z-scoring with sample statistics and the mean per-column correlation (GOD's feature-prediction
-accuracy).
+Z-scoring with sample statistics, row normalisation and Pearson correlation of predictions with
+candidates, and the mean per-column correlation (GOD's feature-prediction accuracy).
 """
 
 from __future__ import annotations
@@ -32,3 +32,32 @@ def mean_column_correlation(pred: np.ndarray, true: np.ndarray) -> float:
     denom = np.sqrt((p * p).sum(0) * (t * t).sum(0))
     ok = denom > 0
     return float(((p * t).sum(0)[ok] / denom[ok]).mean()) if ok.any() else float("nan")
+
+
+def normalise_rows(a: np.ndarray) -> np.ndarray:
+    """Centre each row and scale it to unit L2 norm, so a dot product is a Pearson correlation.
+
+    Rows with no variation become zeros (correlation 0 with anything).
+    """
+    a = np.asarray(a, dtype=np.float64)
+    c = a - a.mean(axis=-1, keepdims=True)
+    n = np.linalg.norm(c, axis=-1, keepdims=True)
+    return np.divide(c, n, out=np.zeros_like(c), where=n > 0)
+
+
+def correlations(pred: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+    """Pearson correlation of each prediction with each candidate.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        Shape (n, n_units) raw predicted features.
+    candidates : numpy.ndarray
+        Shape (n_candidates, n_units), centred and normalised rows.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (n, n_candidates), float32.
+    """
+    return (normalise_rows(pred).astype(np.float32) @ candidates.T).astype(np.float32)

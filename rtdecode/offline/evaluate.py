@@ -5,14 +5,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
 import numpy as np
 
-from rtdecode.errors import VolumeError
+from rtdecode.errors import EventsError
 from rtdecode.io.nifti import read_events
-from rtdecode.numerics.stats import mean_column_correlation
+from rtdecode.io.recording import Recording
+from rtdecode.models.bank import CandidateBank
+from rtdecode.numerics.stats import correlations, mean_column_correlation
 from rtdecode.offline.train import block_average
-from rtdecode.pipeline.ranking import CandidateBank, correlations, pairwise_identification, top_k
+from rtdecode.pipeline.ranking import pairwise_identification, top_k
 
 
 def block_scores(
@@ -20,7 +21,7 @@ def block_scores(
     times_s: np.ndarray,
     onsets_s: np.ndarray,
     duration_s: float,
-    shift_s: float,
+    hrf_shift_s: float,
     candidates: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Average per-volume predictions over each block and correlate with every candidate.
@@ -32,7 +33,7 @@ def block_scores(
     ----------
     features : numpy.ndarray
         Shape (n_volumes, n_units), NaN rows for volumes without a prediction.
-    times_s, onsets_s, duration_s, shift_s
+    times_s, onsets_s, duration_s, hrf_shift_s
         As in :func:`rtdecode.train.block_average`.
     candidates : numpy.ndarray
         Shape (n_candidates, n_units), normalised.
@@ -44,7 +45,7 @@ def block_scores(
     kept : numpy.ndarray
         Indices of blocks that had predictions.
     """
-    avg, kept = block_average(features, times_s, onsets_s, duration_s, shift_s)
+    avg, kept = block_average(features, times_s, onsets_s, duration_s, hrf_shift_s)
     if not kept.size:
         return np.zeros((0, candidates.shape[0])), kept
     return correlations(avg, candidates), kept
@@ -55,7 +56,7 @@ def identification_table(
     times_s: np.ndarray,
     onsets_s: np.ndarray,
     duration_s: float,
-    shift_s: float,
+    hrf_shift_s: float,
     true_index: np.ndarray,
     bank: CandidateBank,
 ) -> dict[str, dict[str, float]]:
@@ -68,7 +69,7 @@ def identification_table(
     """
     out: dict[str, dict[str, float]] = {}
     for (roi, layer), f in features.items():
-        scores, kept = block_scores(f, times_s, onsets_s, duration_s, shift_s, bank.features[layer])
+        scores, kept = block_scores(f, times_s, onsets_s, duration_s, hrf_shift_s, bank.features[layer])
         acc = pairwise_identification(scores, true_index[kept]).mean() if kept.size else float("nan")
         out.setdefault(roi, {})[layer] = float(acc)
     return out
@@ -79,7 +80,7 @@ def block_top_k(
     times_s: np.ndarray,
     onsets_s: np.ndarray,
     duration_s: float,
-    shift_s: float,
+    hrf_shift_s: float,
     bank: CandidateBank,
     k: int = 5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,7 +99,7 @@ def block_top_k(
     """
     total, kept = None, None
     for layer, f in features.items():
-        s, kept = block_scores(f, times_s, onsets_s, duration_s, shift_s, bank.features[layer])
+        s, kept = block_scores(f, times_s, onsets_s, duration_s, hrf_shift_s, bank.features[layer])
         total = s if total is None else total + s
     total = total / len(features)
     idx, val = top_k(total, k)
@@ -119,19 +120,19 @@ def block_truth(events_tsv: str | Path, bank: CandidateBank) -> tuple[np.ndarray
 
     Raises
     ------
-    VolumeError
+    EventsError
         The table lacks ``category_label``, its blocks differ in duration, or a category is not a
         candidate.
     """
     events = read_events(events_tsv)
     if not events or "category_label" not in events[0]:
-        raise VolumeError(f"{events_tsv}: needs onset, duration and category_label columns")
+        raise EventsError(f"{events_tsv}: needs onset, duration and category_label columns")
     durations = {float(e["duration"]) for e in events}
     if len(durations) != 1:
-        raise VolumeError(f"{events_tsv}: blocks of different durations {sorted(durations)}")
+        raise EventsError(f"{events_tsv}: blocks of different durations {sorted(durations)}")
     missing = sorted({e["category_label"] for e in events} - set(bank.labels))
     if missing:
-        raise VolumeError(f"{events_tsv}: categories {missing[:5]} are not among the candidates")
+        raise EventsError(f"{events_tsv}: categories {missing[:5]} are not among the candidates")
     onsets = np.array([float(e["onset"]) for e in events])
     truth = np.array([bank.labels.index(e["category_label"]) for e in events])
     return onsets, durations.pop(), truth
@@ -151,19 +152,15 @@ def read_results(path: str | Path) -> tuple[np.ndarray, dict[tuple[str, str], np
     if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             return z["seq"], {tuple(k.split("/")[1:]): z[k] for k in z.files if k.startswith("features/")}
-    with h5py.File(path, "r") as f:
-        feats: dict[tuple[str, str], np.ndarray] = {}
-        for roi in f.get("features", {}):
-            for layer in f["features"][roi]:
-                feats[(roi, layer)] = f["features"][roi][layer][:]
-        return f["volumes/seq"][:], feats
+    rec = Recording.load(path)
+    return rec.seq, rec.features
 
 
 def evaluate_session(
     results: str | Path,
     session_dir: str | Path,
     bank: CandidateBank,
-    shift_s: float,
+    hrf_shift_s: float,
     censored: np.ndarray | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """GOD's measures of a decoded series against its session's truth, per ROI and layer.
@@ -178,7 +175,7 @@ def evaluate_session(
         per block, the features of the images actually shown).
     bank : CandidateBank
         The candidate set for identification; every block's category must be in it.
-    shift_s : float
+    hrf_shift_s : float
         Hemodynamic delay.
 
     Returns
@@ -198,11 +195,11 @@ def evaluate_session(
     times = seq * tr
     if censored is not None:
         feats = {k: np.where(censored[:, None], np.nan, f) for k, f in feats.items()}
-    ident = identification_table(feats, times, onsets, duration, shift_s, truth, bank)
+    ident = identification_table(feats, times, onsets, duration, hrf_shift_s, truth, bank)
     corr: dict[str, dict[str, float]] = {}
     for (roi, layer), f in feats.items():
         if layer in true_feats:
-            avg, kept = block_average(f, times, onsets, duration, shift_s)
+            avg, kept = block_average(f, times, onsets, duration, hrf_shift_s)
             if kept.size:
                 corr.setdefault(roi, {})[layer] = mean_column_correlation(avg, true_feats[layer][kept])
     return {"identification": ident, "feature_correlation": corr}

@@ -20,23 +20,24 @@ import numpy as np
 from scipy.linalg import cho_factor, cho_solve
 
 from rtdecode.config import Config
-from rtdecode.errors import ConfigError
+from rtdecode.errors import ConfigError, DataError, EventsError
 from rtdecode.io.nifti import iter_volumes, load_mask, read_events
+from rtdecode.models.bank import CandidateBank
 from rtdecode.models.classifier import LinearClassifier, fit_classifier
+from rtdecode.models.files import mask_checksum
 from rtdecode.models.latents import LatentDecoders, fit_latent_map
-from rtdecode.models.linear import DecoderBundle, mask_checksum
+from rtdecode.models.linear import LinearBundle
 from rtdecode.numerics.stats import mean_column_correlation, zscore
 from rtdecode.pipeline.chain import Pipeline
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
-from rtdecode.pipeline.ranking import CandidateBank
 from rtdecode.progress import progress
 
 log = logging.getLogger(__name__)
 
 
 def block_average(
-    x: np.ndarray, times_s: np.ndarray, onsets_s: np.ndarray, duration_s: float, shift_s: float
+    x: np.ndarray, times_s: np.ndarray, onsets_s: np.ndarray, duration_s: float, hrf_shift_s: float
 ) -> tuple[np.ndarray, np.ndarray]:
     """Average the samples of each block after shifting by the hemodynamic delay.
 
@@ -50,7 +51,7 @@ def block_average(
         Shape (n_blocks,), block onsets from the start of the series.
     duration_s : float
         Block duration.
-    shift_s : float
+    hrf_shift_s : float
         Hemodynamic delay: a block's volumes are those acquired in
         ``[onset + shift, onset + duration + shift)``.
 
@@ -64,7 +65,7 @@ def block_average(
     valid = np.isfinite(x).all(axis=1)
     rows, kept = [], []
     for b, on in enumerate(onsets_s):
-        sel = valid & (times_s >= on + shift_s - 1e-6) & (times_s < on + duration_s + shift_s - 1e-6)
+        sel = valid & (times_s >= on + hrf_shift_s - 1e-6) & (times_s < on + duration_s + hrf_shift_s - 1e-6)
         if sel.any():
             rows.append(x[sel].mean(axis=0))
             kept.append(b)
@@ -193,8 +194,8 @@ def fit_bundle(
     n_select: int | dict[str, int] = 500,
     alpha: float | list[float] = 100.0,
     meta: dict | None = None,
-) -> DecoderBundle:
-    """Fit one decoder per ROI x layer and fold them into a :class:`DecoderBundle`.
+) -> LinearBundle:
+    """Fit one decoder per ROI x layer and fold them into a :class:`LinearBundle`.
 
     Parameters
     ----------
@@ -217,7 +218,7 @@ def fit_bundle(
         Settings stored in the bundle.
     """
     if x_blocks.shape[0] < 3:
-        raise ConfigError(f"need at least 3 training blocks, got {x_blocks.shape[0]}")
+        raise DataError(f"need at least 3 training blocks, got {x_blocks.shape[0]}")
     layers = list(y_blocks)
     weights, intercepts, chosen = {}, {}, {}
     bar = progress(desc="fitting decoders", total=len(rois) * len(layers), unit="decoder")
@@ -243,7 +244,7 @@ def fit_bundle(
     bar.close()
     n_units = [y_blocks[ly].shape[1] for ly in layers]
     meta = dict(meta or {}, n_select=n_select, alpha=chosen or alpha, n_blocks=int(x_blocks.shape[0]))
-    return DecoderBundle(mask, affine, rois, layers, n_units, weights, intercepts, meta)
+    return LinearBundle(mask, affine, rois, layers, n_units, weights, intercepts, meta)
 
 
 def roi_positions(mask: np.ndarray, roi_masks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -253,7 +254,7 @@ def roi_positions(mask: np.ndarray, roi_masks: dict[str, np.ndarray]) -> dict[st
     out = {}
     for name, m in roi_masks.items():
         if m.shape != mask.shape:
-            raise ConfigError(f"ROI {name!r} has shape {m.shape}, the analysis mask {mask.shape}")
+            raise DataError(f"ROI {name!r} has shape {m.shape}, the analysis mask {mask.shape}")
         out[name] = lookup[np.flatnonzero(m)]
     return out
 
@@ -264,18 +265,18 @@ def load_roi_masks(roi_dir: str | Path, composites: dict[str, list[str]]) -> dic
     for path in sorted(Path(roi_dir).glob("*.nii*")):
         masks[path.name.split(".")[0]] = load_mask(path)[0]
     if not masks:
-        raise ConfigError(f"no ROI masks (*.nii, *.nii.gz) in {str(roi_dir)!r}")
+        raise DataError(f"no ROI masks (*.nii, *.nii.gz) in {str(roi_dir)!r}")
     for name, parts in composites.items():
         missing = [p for p in parts if p not in masks]
         if missing:
-            raise ConfigError(f"composite ROI {name!r} needs {missing}, not found in {str(roi_dir)!r}")
+            raise DataError(f"composite ROI {name!r} needs {missing}, not found in {str(roi_dir)!r}")
         masks[name] = np.logical_or.reduce([masks[p] for p in parts])
     return masks
 
 
 def train_session(
     session_dir: str | Path, out_dir: str | Path, cfg: Config, model: str = "ridge"
-) -> DecoderBundle:
+) -> LinearBundle:
     """Train decoders on a recorded session and write the bundle and candidate bank.
 
     The session directory holds ``bold.nii``, ``events.tsv`` (with ``category_index``),
@@ -292,7 +293,7 @@ def train_session(
 
     Returns
     -------
-    DecoderBundle
+    LinearBundle
     """
     sdir = Path(session_dir)
     tc, rc = cfg.train, cfg.run
@@ -309,7 +310,7 @@ def train_session(
     pipe = Pipeline(mask, Preprocessor(rc.preprocess.baseline_volumes, rc.preprocess.detrend_tau_s), motion)
     rows, times, affine, tr = [], [], None, None
     n_censored = 0
-    for res in pipe.run_offline(iter_volumes(sdir / "bold.nii")):
+    for res in pipe.process_series(iter_volumes(sdir / "bold.nii")):
         censored = tc.scrub_censored and res.motion is not None and res.motion.censored
         n_censored += bool(censored)
         usable = res.x is not None and not censored
@@ -320,7 +321,7 @@ def train_session(
     onsets = np.array([float(e["onset"]) for e in events])
     durations = {float(e["duration"]) for e in events}
     if len(durations) != 1:
-        raise ConfigError(f"{sdir / 'events.tsv'}: blocks of different durations {sorted(durations)}")
+        raise EventsError(f"{sdir / 'events.tsv'}: blocks of different durations {sorted(durations)}")
     x_blocks, kept = block_average(np.array(rows), np.array(times), onsets, durations.pop(), tc.hrf_shift_s)
     with np.load(sdir / "stimulus_features.npz", allow_pickle=False) as z:
         y_blocks = {k.removeprefix("feat_"): z[k][kept] for k in z.files}
@@ -407,4 +408,4 @@ def train_classifier(
     try:
         return fit_classifier(x_blocks, is_target, rois[cc.roi], cc.roi, cc.target, mask_checksum(mask), cc.c)
     except ValueError as err:
-        raise ConfigError(f"train.classifier: {err} (target {cc.target!r})") from None
+        raise ConfigError(f"train.classifier: {err} (target {cc.target!r})") from err

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtdecode.errors import VolumeError
-from rtdecode.models.linear import DecoderBundle
+from rtdecode.models.bundle import Decoder
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.ranking import Identifier
@@ -51,7 +51,7 @@ class Pipeline:
     preprocessor : Preprocessor
     motion : MotionCorrector or None
         None switches motion correction off (the analysis voxels are read as they are).
-    decoder : DecoderBundle or None
+    decoder : Decoder or None
         None stops after preprocessing (as training does).
     identifier : Identifier or None
     """
@@ -61,7 +61,7 @@ class Pipeline:
         mask: np.ndarray,
         preprocessor: Preprocessor,
         motion: MotionCorrector | None = None,
-        decoder: DecoderBundle | None = None,
+        decoder: Decoder | None = None,
         identifier: Identifier | None = None,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
@@ -166,7 +166,7 @@ class Pipeline:
         res.status = "ok"
         return res
 
-    def run_offline(self, volumes: Iterable[Volume]) -> Iterator[Result]:
+    def process_series(self, volumes: Iterable[Volume]) -> Iterator[Result]:
         """Offline driver: process volumes in turn, skipping (and logging) refused ones."""
         for vol in volumes:
             stamp(vol.stamps, Stage.RECEIVED)

@@ -30,11 +30,13 @@ import numpy as np
 
 from rtdecode.config import FeedbackConfig
 from rtdecode.errors import ConfigError
+from rtdecode.models.bank import CandidateBank
+from rtdecode.models.bundle import Decoder
 from rtdecode.models.classifier import LinearClassifier
-from rtdecode.models.linear import DecoderBundle, mask_checksum
+from rtdecode.models.files import mask_checksum
+from rtdecode.numerics.stats import correlations
 from rtdecode.pipeline.blocks import BlockResult
 from rtdecode.pipeline.chain import Result
-from rtdecode.pipeline.ranking import CandidateBank, correlations
 
 
 class PercentSignalChange:
@@ -96,7 +98,7 @@ class Score:
     def __init__(
         self,
         spec: FeedbackConfig,
-        bundle: DecoderBundle,
+        bundle: Decoder,
         bank: CandidateBank,
         bundle_dir: str | Path,
     ) -> None:

@@ -1,4 +1,4 @@
-"""Candidate banks, correlation ranking and pairwise identification accuracy.
+"""Correlation ranking of predicted features against a candidate bank, and pairwise identification.
 
 Ranking reads the whole candidate bank for every volume (8 layers x 15,372 candidates x 1,000 units
 is 490 MB as float32), so its speed is set by memory bandwidth. ``precision="int8"`` reads a copy
@@ -10,113 +10,13 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from rtdecode.errors import BundleError
+from rtdecode.errors import ModelFileError
+from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.kernels import int8_scores
-
-BANK_FORMAT = "rtdecode-candidates"
-BANK_VERSION = 1
-
-
-def normalise_rows(a: np.ndarray) -> np.ndarray:
-    """Centre each row and scale it to unit L2 norm, so a dot product is a Pearson correlation.
-
-    Rows with no variation become zeros (correlation 0 with anything).
-    """
-    a = np.asarray(a, dtype=np.float64)
-    c = a - a.mean(axis=-1, keepdims=True)
-    n = np.linalg.norm(c, axis=-1, keepdims=True)
-    return np.divide(c, n, out=np.zeros_like(c), where=n > 0)
-
-
-class CandidateBank:
-    """Category features to compare predictions with, stored centred and L2-normalised.
-
-    Parameters
-    ----------
-    labels : list of str
-        Category names, shape (n_candidates,).
-    features : dict of str to numpy.ndarray
-        Per layer, array of shape (n_candidates, n_units); normalised here unless
-        ``normalised`` is True.
-    normalised : bool
-        The features are already centred and normalised (as stored on disk).
-    """
-
-    def __init__(self, labels: list[str], features: dict[str, np.ndarray], normalised: bool = False) -> None:
-        self.labels = list(labels)
-        self.features = {}
-        for layer, f in features.items():
-            if f.ndim != 2 or f.shape[0] != len(self.labels):
-                raise BundleError(
-                    f"layer {layer!r}: candidate features of shape {f.shape} do not match "
-                    f"{len(self.labels)} labels"
-                )
-            self.features[layer] = np.ascontiguousarray(
-                f if normalised else normalise_rows(f), dtype=np.float32
-            )
-
-    def save(self, path: str | Path) -> None:
-        """Write the bank as NPZ (``format``, ``version``, ``labels``, ``feat/<layer>``)."""
-        np.savez(
-            path,
-            format=np.array(BANK_FORMAT),
-            version=np.array(BANK_VERSION),
-            labels=np.array(self.labels),
-            **{f"feat/{k}": v for k, v in self.features.items()},
-        )
-
-    @classmethod
-    def from_features(cls, path: str | Path) -> CandidateBank:
-        """A bank from raw category features: a ``features.npz`` with ``labels`` and ``feat_<layer>``.
-
-        That is the layout of a session's bank (:func:`rtdecode.sim.session.write_session`) and of
-        ``tools/extract_features.py``.
-        """
-        with np.load(path, allow_pickle=False) as z:
-            return cls(
-                [str(s) for s in z["labels"]],
-                {k.removeprefix("feat_"): z[k] for k in z.files if k.startswith("feat_")},
-            )
-
-    @classmethod
-    def load(cls, path: str | Path) -> CandidateBank:
-        """Read a bank written by :meth:`save`."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                if str(z["format"]) != BANK_FORMAT or int(z["version"]) != BANK_VERSION:
-                    raise BundleError(
-                        f"{path}: expected {BANK_FORMAT!r} version {BANK_VERSION}, got "
-                        f"{str(z['format'])!r} version {int(z['version'])}"
-                    )
-                feats = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("feat/")}
-                labels = [str(s) for s in z["labels"]]
-        except (OSError, KeyError, ValueError) as err:
-            if isinstance(err, BundleError):
-                raise
-            raise BundleError(f"cannot read candidate bank {str(path)!r}: {err}") from None
-        return cls(labels, feats, normalised=True)
-
-
-def correlations(pred: np.ndarray, candidates: np.ndarray) -> np.ndarray:
-    """Pearson correlation of each prediction with each candidate.
-
-    Parameters
-    ----------
-    pred : numpy.ndarray
-        Shape (n, n_units) raw predicted features.
-    candidates : numpy.ndarray
-        Shape (n_candidates, n_units), centred and normalised rows.
-
-    Returns
-    -------
-    numpy.ndarray
-        Shape (n, n_candidates), float32.
-    """
-    return (normalise_rows(pred).astype(np.float32) @ candidates.T).astype(np.float32)
+from rtdecode.numerics.stats import correlations, normalise_rows
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -263,7 +163,7 @@ class Identifier:
 
     Raises
     ------
-    BundleError
+    ModelFileError
         If the bank lacks a layer of the decoder or its unit count differs.
     """
 
@@ -272,7 +172,7 @@ class Identifier:
         bank: CandidateBank,
         layer_slices: dict[str, slice],
         k: int = 5,
-        precision: str = "float32",
+        precision: str = "int8",
         threads: int = 1,
     ) -> None:
         if k < 1:
@@ -283,10 +183,10 @@ class Identifier:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
         for layer, sl in layer_slices.items():
             if layer not in bank.features:
-                raise BundleError(f"candidate bank has no layer {layer!r}; it has {list(bank.features)}")
+                raise ModelFileError(f"candidate bank has no layer {layer!r}; it has {list(bank.features)}")
             n = sl.stop - sl.start
             if bank.features[layer].shape[1] != n:
-                raise BundleError(
+                raise ModelFileError(
                     f"layer {layer!r}: decoder predicts {n} units, candidates have "
                     f"{bank.features[layer].shape[1]}"
                 )
@@ -307,7 +207,7 @@ class Identifier:
         Parameters
         ----------
         predictions : numpy.ndarray
-            Shape (n_rois, n_units_total) as from :meth:`DecoderBundle.predict`.
+            Shape (n_rois, n_units_total) as from :meth:`~rtdecode.models.bundle.Decoder.predict`.
 
         Returns
         -------
@@ -324,6 +224,18 @@ class Identifier:
         )
         idx, val = zip(*ranked)
         return np.stack(idx, axis=1), np.stack(val, axis=1)
+
+    def close(self) -> None:
+        """Stop the ranking threads; safe to call twice."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def __enter__(self) -> Identifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _rank_layer(self, layer: str, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = min(self.k, len(self.bank.labels))

@@ -89,7 +89,7 @@ def read_dicom(path: str | Path):
     try:
         ds = pydicom.dcmread(str(path))
     except Exception as err:  # pydicom raises many types for a truncated file
-        raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from None
+        raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from err
     if "PixelData" not in ds:
         raise NotAnImage(
             f"{path}: a DICOM file without an image ({ds.get('SOPClassUID', 'unknown SOP class')}); ignored"
@@ -97,7 +97,7 @@ def read_dicom(path: str | Path):
     try:
         ds.pixel_array  # noqa: B018 - forces the pixel data to be read and checked for length
     except Exception as err:
-        raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from None
+        raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from err
     return ds
 
 
@@ -118,7 +118,7 @@ def read_siemens_mosaic(path: str | Path, ds=None) -> ScanVolume:
         data = w.get_data()
         affine = _LPS_TO_RAS @ w.affine
     except Exception as err:
-        raise VolumeError(f"{path}: cannot unpack the mosaic ({type(err).__name__}: {err})") from None
+        raise VolumeError(f"{path}: cannot unpack the mosaic ({type(err).__name__}: {err})") from err
     index = int(ds.get("AcquisitionNumber") or ds.get("InstanceNumber") or 1) - 1
     return ScanVolume(
         data,
@@ -205,7 +205,7 @@ def read_parrec(par_path: str | Path, index: int = 0) -> ScanVolume:
             data = np.asarray(img.dataobj)
             affine, info = img.affine, img.header.general_info
     except Exception as err:
-        raise VolumeError(f"{par}: not a complete PAR/REC pair ({type(err).__name__}: {err})") from None
+        raise VolumeError(f"{par}: not a complete PAR/REC pair ({type(err).__name__}: {err})") from err
     if data.ndim == 4:
         frames = [data[..., k] for k in range(data.shape[3])]
         data = next((f for f in frames if f.min() >= 0), frames[0])
@@ -219,7 +219,7 @@ def read_nifti_volume(path: str | Path, index: int = 0) -> ScanVolume:
         img = nib.load(str(path))
         data = np.asarray(img.dataobj)
     except Exception as err:
-        raise VolumeError(f"{path}: not a complete NIfTI file ({type(err).__name__}: {err})") from None
+        raise VolumeError(f"{path}: not a complete NIfTI file ({type(err).__name__}: {err})") from err
     if data.ndim != 3:
         raise VolumeError(f"{path}: expected a 3-D volume, got shape {data.shape}")
     zooms = img.header.get_zooms()

@@ -55,7 +55,7 @@ def wall_to_lsl(wall_time_s: float) -> float:
     return pylsl.local_clock() - (time.time() - wall_time_s)
 
 
-def describe(info: pylsl.StreamInfo, fields: Mapping[str, Any]) -> None:
+def describe_stream(info: pylsl.StreamInfo, fields: Mapping[str, Any]) -> None:
     """Add an ``rtdecode`` element with ``fields`` (JSON-encoded unless strings) to a stream description."""
     node = info.desc().append_child("rtdecode")
     node.append_child_value("version", str(FORMAT_VERSION))
@@ -116,7 +116,7 @@ class VolumeOutlet:
             fmt,
             f"{self.name}-{vol.session}-{vol.series}-{os.getpid()}",
         )
-        describe(
+        describe_stream(
             info,
             {
                 "session": vol.session,
@@ -226,7 +226,7 @@ class VolumeInlet:
                 self._done.add(info.uid())
                 raise ProtocolError(
                     f"LSL stream {info.name()!r}: unusable description (missing or bad {err})"
-                ) from None
+                ) from err
             if int(np.prod(self._shape)) != info.channel_count() or self._order not in ("C", "F"):
                 self._done.add(info.uid())
                 raise ProtocolError(

@@ -1,6 +1,6 @@
 """Every result of the decoder as Lab Streaming Layer streams, beside the ZeroMQ topics.
 
-:class:`LslPublisher` has the publisher's ``publish(topic, header, arrays)`` method, so the live
+:class:`LslPublisher` has the publisher's ``publish(message)`` method, so the live
 loop sends each message to ZeroMQ and LSL alike. All streams exist from start-up (clients can
 resolve them before the first volume); each sample is time-stamped with the acquisition time of
 its volume on this machine's LSL clock. Names, types, channels and units are in
@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.transport.lsl import describe, pylsl, wall_to_lsl
+from rtdecode.transport.lsl import describe_stream, pylsl, wall_to_lsl
 from rtdecode.volume import Stage, stamps_from_dict
+from rtdecode.wire import messages as m
 
 MOTION_CHANNELS = (
     ("trans_x", "mm"),
@@ -45,7 +46,7 @@ def _outlet(
         ch.append_child_value("label", label)
         ch.append_child_value("unit", unit)
         ch.append_child_value("type", kind.rsplit(".", 1)[-1])
-    describe(info, meta)
+    describe_stream(info, meta)
     return pylsl.StreamOutlet(info)
 
 
@@ -138,27 +139,23 @@ class LslPublisher:
         self.blocks = _outlet(f"{prefix}-blocks", "rtdecode.blocks", ["block"], "json", "string", {})
         self.status = _outlet(f"{prefix}-status", "rtdecode.status", ["status"], "json", "string", {})
 
-    def publish(
-        self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
-    ) -> None:
-        """Push one message's content to its stream (volumes are not re-streamed)."""
-        arrays = arrays or {}
-        kind = header.get("kind")
-        t = wall_to_lsl(header["acq_time_s"]) if "acq_time_s" in header else pylsl.local_clock()
-        if kind == "features":
-            row = self._feature_rows[header["roi"]]
-            layer = header["layer"]
-            row[self._slices[layer]] = arrays["features"]
-            if layer == self.layers[-1]:
-                self.features[header["roi"]].push_chunk(row.reshape(1, -1), t)
-        elif kind == "ranking" and "indices" in arrays:
-            both = np.stack([arrays["indices"].astype(np.float32), arrays["scores"].astype(np.float32)], -1)
+    def publish(self, msg: m.WireMessage) -> None:
+        """Push one message's content to its stream (volumes and latents are not re-streamed)."""
+        acq = getattr(msg, "acq_time_s", None)
+        t = wall_to_lsl(acq) if acq is not None else pylsl.local_clock()
+        if isinstance(msg, m.Features):
+            row = self._feature_rows[msg.roi]
+            row[self._slices[msg.layer]] = msg.features
+            if msg.layer == self.layers[-1]:
+                self.features[msg.roi].push_chunk(row.reshape(1, -1), t)
+        elif isinstance(msg, m.Ranking) and msg.indices is not None:
+            both = np.stack([msg.indices.astype(np.float32), msg.scores.astype(np.float32)], -1)
             self.ranking.push_chunk(both[..., : self.k, :].reshape(1, -1), t)
-        elif kind == "motion":
-            values = [*header["params"], header["fd_mm"], float(header["censored"])]
+        elif isinstance(msg, m.Motion):
+            values = [*msg.params, msg.fd_mm, float(msg.censored)]
             self.motion.push_chunk(np.array(values, np.float32).reshape(1, -1), t)
-        elif kind == "latency":
-            stamps = stamps_from_dict(header["stamps"])
+        elif isinstance(msg, m.Latency):
+            stamps = stamps_from_dict(msg.stamps)
             acq = stamps[Stage.ACQUIRED]
             ms = [
                 (stamps[s] - acq) / 1e6 if acq >= 0 and stamps[s] >= 0 else math.nan
@@ -166,18 +163,17 @@ class LslPublisher:
                 if s != Stage.ACQUIRED
             ]
             self.latency.push_chunk(np.array(ms, np.float32).reshape(1, -1), t)
-        elif kind == "feedback" and self.feedback is not None:
-            scores = header["scores"]
+        elif isinstance(msg, m.Feedback) and self.feedback is not None:
             values = [
-                _nan(scores.get(name, {}).get(field))
+                _nan(msg.scores.get(name, {}).get(field))
                 for name in self.feedback_names
                 for field in ("value", "raw")
             ]
             self.feedback.push_chunk(np.array(values, np.float32).reshape(1, -1), t)
-        elif kind == "block":
-            self.blocks.push_sample([json.dumps(dict(header))], t)
-        elif kind == "status":
-            self.status.push_sample([json.dumps(dict(header))], t)
+        elif isinstance(msg, m.Block):
+            self.blocks.push_sample([json.dumps(msg.header())], t)
+        elif isinstance(msg, m.Status):
+            self.status.push_sample([json.dumps(msg.header())], t)
 
     def close(self) -> None:
         """Destroy every outlet."""

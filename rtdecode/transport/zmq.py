@@ -16,20 +16,28 @@ variables ``RTDECODE_CURVE_SECRET_KEY`` (their own ``.key_secret`` file) and
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils.monitor import recv_monitor_message
 
-from rtdecode import wire
-from rtdecode.errors import ConfigError, PeerDisconnected, ProtocolError, ReceiveTimeout, SendTimeout
+from rtdecode.errors import (
+    BindError,
+    ConfigError,
+    FileError,
+    PeerDisconnected,
+    ProtocolError,
+    ReceiveTimeout,
+    SendTimeout,
+)
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
+from rtdecode.wire.frames import END_TOPIC, VOLUME_TOPIC, Message, decode
+from rtdecode.wire.messages import End, WireMessage, decode_volume, encode_volume
 
 SECRET_KEY_ENV = "RTDECODE_CURVE_SECRET_KEY"
 SERVER_KEY_ENV = "RTDECODE_CURVE_SERVER_KEY"
@@ -47,7 +55,7 @@ def _load_key(path: str, secret: bool) -> tuple[bytes, bytes | None]:
     try:
         public, secret_key = zmq.auth.load_certificate(path)
     except (OSError, ValueError) as err:
-        raise ConfigError(f"cannot read CurveZMQ key {path!r}: {err}") from None
+        raise FileError(f"cannot read CurveZMQ key {path!r}: {err}") from err
     if secret and secret_key is None:
         raise ConfigError(f"{path!r} holds no secret key (give the .key_secret file)")
     return public, secret_key
@@ -89,7 +97,7 @@ def _open(
     except zmq.ZMQError as err:
         sock.close(0)
         verb = "bind to" if bind else "connect to"
-        raise ConfigError(f"cannot {verb} {address!r}: {err}") from None
+        raise BindError(f"cannot {verb} {address!r}: {err}") from err
     return sock
 
 
@@ -176,11 +184,11 @@ class VolumeSender(_Endpoint):
     def _send(self, frames: Sequence[Any]) -> None:
         try:
             super()._send(frames)
-        except zmq.Again:
+        except zmq.Again as err:
             raise SendTimeout(
                 f"no decoder at {self.address} took a volume within "
                 f"{self.socket.getsockopt(zmq.SNDTIMEO) / 1000:g} s (not running, or it refused our key)"
-            ) from None
+            ) from err
 
     def send(self, vol: Volume) -> None:
         """Stamp ``SENT`` and send one volume; do not modify ``vol.data`` afterwards.
@@ -191,7 +199,7 @@ class VolumeSender(_Endpoint):
             The decoder did not take it within ``send_timeout_s``.
         """
         stamp(vol.stamps, Stage.SENT)
-        self._send(wire.encode_volume(vol))
+        self._send(encode_volume(vol))
 
     def send_frames(self, frames: Sequence[Any]) -> None:
         """Send raw frames (tests use this to send malformed messages)."""
@@ -199,11 +207,7 @@ class VolumeSender(_Endpoint):
 
     def send_end(self, session: str, series: str, n_sent: int) -> None:
         """Tell the receiver that a series is complete."""
-        self._send(
-            wire.encode(
-                wire.END_TOPIC, {"kind": "end", "session": session, "series": series, "n_sent": n_sent}
-            )
-        )
+        self._send(End(session=session, series=series, n_sent=n_sent).encode())
 
 
 class Receiver(_Endpoint):
@@ -230,7 +234,7 @@ class Receiver(_Endpoint):
         self._monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
         self._poller.register(self._monitor, zmq.POLLIN)
 
-    def recv(self, timeout_s: float) -> wire.Message:
+    def recv(self, timeout_s: float) -> Message:
         """Receive and decode one message.
 
         Raises
@@ -244,7 +248,7 @@ class Receiver(_Endpoint):
         """
         ready = dict(self._poller.poll(int(timeout_s * 1000)))
         if self.socket in ready:
-            return wire.decode(self.socket.recv_multipart(copy=False))
+            return decode(self.socket.recv_multipart(copy=False))
         if self._monitor in ready:
             event = recv_monitor_message(self._monitor)
             raise PeerDisconnected(
@@ -264,12 +268,12 @@ class Receiver(_Endpoint):
             A malformed message, or one that is neither a volume nor an end (it is consumed).
         """
         msg = self.recv(timeout_s)
-        if msg.topic == wire.END_TOPIC:
-            h = msg.header
-            return SeriesEnd(str(h.get("session", "")), str(h.get("series", "")), h.get("n_sent"))
-        if msg.topic != wire.VOLUME_TOPIC:
+        if msg.topic == END_TOPIC:
+            end = End.from_wire(msg)
+            return SeriesEnd(end.session, end.series, end.n_sent)
+        if msg.topic != VOLUME_TOPIC:
             raise ProtocolError(f"unexpected topic {msg.topic!r} on the volume input")
-        vol = wire.decode_volume(msg)
+        vol = decode_volume(msg)
         stamp(vol.stamps, Stage.RECEIVED)
         return vol
 
@@ -282,11 +286,9 @@ class Publisher(_Endpoint):
     ) -> None:
         self._init(zmq.PUB, address, bind, linger_ms, curve)
 
-    def publish(
-        self, topic: str, header: Mapping[str, Any], arrays: Mapping[str, np.ndarray] | None = None
-    ) -> None:
+    def publish(self, msg: WireMessage) -> None:
         """Encode and send one message (arrays are not copied)."""
-        self._send(wire.encode(topic, header, arrays))
+        self._send(msg.encode())
 
 
 class Subscriber(_Endpoint):
@@ -306,8 +308,8 @@ class Subscriber(_Endpoint):
         self._poller = zmq.Poller()
         self._poller.register(self.socket, zmq.POLLIN)
 
-    def recv(self, timeout_s: float) -> wire.Message:
+    def recv(self, timeout_s: float) -> Message:
         """Receive and decode one message (see :meth:`Receiver.recv`)."""
         if not self._poller.poll(int(timeout_s * 1000)):
             raise ReceiveTimeout(f"no message within {timeout_s} s")
-        return wire.decode(self.socket.recv_multipart(copy=False))
+        return decode(self.socket.recv_multipart(copy=False))

@@ -8,7 +8,8 @@ A message is ``[topic, header, array frame 0, array frame 1, ...]``:
   ``float32``), ``byteorder`` (``little`` or ``big``) and ``shape`` (C order).
 * one raw frame per array, exactly ``prod(shape) * itemsize`` bytes.
 
-The full contract, with the fields of each message kind, is in ``docs/protocol.md``.
+The fields of each message kind are declared in :mod:`rtdecode.wire.messages`; the contract is
+``docs/protocol.md``.
 Encoding never copies array data: frames alias the arrays, so a sender must hand over a fresh
 array for each message and not write to it afterwards.
 """
@@ -25,7 +26,6 @@ from typing import Any
 import numpy as np
 
 from rtdecode.errors import ProtocolError
-from rtdecode.volume import Volume, stamps_from_dict, stamps_to_dict
 
 PROTOCOL = "rtdecode"
 VERSION = 1
@@ -147,14 +147,14 @@ def decode(frames: Sequence[Any]) -> Message:
     try:
         topic = bytes(_buffer(frames[0])).decode()
     except UnicodeDecodeError as err:
-        raise ProtocolError(f"topic is not UTF-8: {err}") from None
+        raise ProtocolError(f"topic is not UTF-8: {err}") from err
     raw_header = _buffer(frames[1])
     if raw_header.nbytes > _MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {raw_header.nbytes} bytes exceeds {_MAX_HEADER_BYTES}")
     try:
         header = json.loads(bytes(raw_header))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ProtocolError(f"header of topic {topic!r} is not valid JSON: {err}") from None
+        raise ProtocolError(f"header of topic {topic!r} is not valid JSON: {err}") from err
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
     if header.get("protocol") != PROTOCOL:
@@ -206,59 +206,3 @@ def _check_spec(spec: Any) -> tuple[str, np.dtype]:
     if dtype.itemsize > 1:
         dtype = dtype.newbyteorder("<" if spec["byteorder"] == "little" else ">")
     return name, dtype
-
-
-def volume_header(vol: Volume) -> dict[str, Any]:
-    """The header fields of a ``volume`` message."""
-    return {
-        "kind": "volume",
-        "session": vol.session,
-        "series": vol.series,
-        "seq": int(vol.seq),
-        "affine": np.asarray(vol.affine, dtype=float).tolist(),
-        "tr_s": float(vol.tr_s),
-        "acq_time_s": float(vol.acq_time_s),
-        "stamps": stamps_to_dict(vol.stamps),
-    }
-
-
-def encode_volume(vol: Volume) -> list[bytes | memoryview]:
-    """Encode a :class:`~rtdecode.volume.Volume` as a ``volume`` message (data not copied)."""
-    return encode(VOLUME_TOPIC, volume_header(vol), {"data": vol.data})
-
-
-def decode_volume(msg: Message) -> Volume:
-    """Build a :class:`~rtdecode.volume.Volume` from a decoded ``volume`` message.
-
-    Raises
-    ------
-    ProtocolError
-        If a required field is missing or has the wrong type or shape.
-    """
-    h = msg.header
-    try:
-        data = msg.arrays["data"]
-        affine = np.asarray(h["affine"], dtype=np.float64)
-        seq = h["seq"]
-        tr_s = float(h["tr_s"])
-        acq = float(h["acq_time_s"])
-        session, series = str(h["session"]), str(h["series"])
-        stamps = h.get("stamps", {})
-        if not isinstance(stamps, dict) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in stamps.values()
-        ):
-            raise ProtocolError(f"volume 'stamps' must map stage names to integer ns, got {stamps!r}")
-        stamps = stamps_from_dict(stamps)
-    except KeyError as err:
-        raise ProtocolError(f"volume message lacks field {err.args[0]!r}") from None
-    except (TypeError, ValueError) as err:
-        raise ProtocolError(f"volume message has a malformed field: {err}") from None
-    if affine.shape != (4, 4):
-        raise ProtocolError(f"volume 'affine' must be 4x4, got shape {affine.shape}")
-    if data.ndim != 3:
-        raise ProtocolError(f"volume data must be 3-D, got shape {data.shape}")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise ProtocolError(f"volume 'seq' must be an integer >= 0, got {seq!r}")
-    if not (math.isfinite(tr_s) and tr_s > 0) or not math.isfinite(acq):
-        raise ProtocolError(f"volume 'tr_s' must be > 0 and 'acq_time_s' finite, got {tr_s!r}, {acq!r}")
-    return Volume(data, affine, seq, tr_s, acq, session, series, stamps)

@@ -22,8 +22,8 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
 from rtdecode.apps.dashboard.view import TOPICS, SessionView
-from rtdecode.apps.subscribe import messages
-from rtdecode.errors import ConfigError
+from rtdecode.errors import BindError
+from rtdecode.transport.subscription import messages
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ async def _run(
     try:
         server = await serve(handler, host, port, process_request=http, compression=None)
     except OSError as err:  # port taken, host not an address of this machine
-        raise ConfigError(f"cannot serve the dashboard on {host}:{port}: {err.strerror or err}") from None
+        raise BindError(f"cannot serve the dashboard on {host}:{port}: {err.strerror or err}") from err
     async with server:
         bound = server.sockets[0].getsockname()
         url = f"http://{bound[0]}:{bound[1]}/"

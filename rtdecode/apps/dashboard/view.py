@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from rtdecode.wire.frames import Message
+from rtdecode.wire import messages as m
 
 # Topics the dashboard needs; the per-unit features and latents are not shown.
 TOPICS = ("motion", "ranking", "feedback", "latency", "block", "status")
 
 
 @dataclass
-class Counts:
+class PageCounts:
     """Running totals shown in the volume counter."""
 
     volumes: int = 0
@@ -57,52 +57,50 @@ class SessionView:
     def __init__(self, history: int = 600) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history!r}")
-        self.counts = Counts()
+        self.counts = PageCounts()
         self.volumes: deque[dict] = deque(maxlen=history)
         self.blocks: deque[dict] = deque(maxlen=history)
         self.settings: dict | None = None
         self.last_event: dict | None = None
         self._pending: dict[int, dict] = {}
 
-    def add(self, msg: Message) -> dict | None:
+    def add(self, msg: m.WireMessage) -> dict | None:
         """Take one message; return the update it completes (a volume, a block, a status) or None."""
-        h = msg.header
-        kind = h.get("kind")
-        if kind == "status":
-            return self._status(h)
-        if kind == "block":
-            return self._block(h, msg)
-        seq = h.get("seq")
-        if not isinstance(seq, int):
+        if isinstance(msg, m.Status):
+            return self._status(msg)
+        if isinstance(msg, m.Block):
+            return self._block(msg)
+        if not isinstance(msg, m.Motion | m.Ranking | m.Feedback | m.Latency):
             return None
+        seq = msg.seq
         if seq not in self._pending and len(self._pending) >= 64:
             # Volumes whose latency message never came (a page started mid-volume, a lost message).
             del self._pending[min(self._pending)]
         part = self._pending.setdefault(seq, {"seq": seq})
-        if kind == "motion":
-            part["motion"] = [_finite(v) for v in h["params"]]
-            part["fd_mm"] = _finite(h["fd_mm"])
-            part["fd_threshold_mm"] = _finite(h.get("fd_threshold_mm"))
-            part["censored"] = bool(h["censored"])
-        elif kind == "ranking":
-            part["status"] = h["status"]
-            if "scores" in msg.arrays:
+        if isinstance(msg, m.Motion):
+            part["motion"] = [_finite(v) for v in msg.params]
+            part["fd_mm"] = _finite(msg.fd_mm)
+            part["fd_threshold_mm"] = _finite(msg.fd_threshold_mm)
+            part["censored"] = msg.censored
+        elif isinstance(msg, m.Ranking):
+            part["status"] = msg.status
+            if msg.scores is not None:
                 part["top"] = {
-                    "rois": h["rois"],
-                    "layers": h["layers"],
-                    "labels": h["labels"],
-                    "scores": _scores(msg.arrays["scores"]),
+                    "rois": msg.rois,
+                    "layers": msg.layers,
+                    "labels": msg.labels,
+                    "scores": _scores(msg.scores),
                 }
-        elif kind == "feedback":
-            part["feedback"] = {n: _finite(s.get("value")) for n, s in h["scores"].items()}
-        elif kind == "latency":
-            return self._volume(self._pending.pop(seq), h)
+        elif isinstance(msg, m.Feedback):
+            part["feedback"] = {n: _finite(s.get("value")) for n, s in msg.scores.items()}
+        else:
+            return self._volume(self._pending.pop(seq), msg)
         return None
 
-    def _volume(self, part: dict, h: dict) -> dict:
+    def _volume(self, part: dict, msg: m.Latency) -> dict:
         c = self.counts
-        tr_ms = 1000.0 * h["tr_s"] if _finite(h.get("tr_s")) else None
-        e2e = _finite(h["ms"].get("end_to_end"))
+        tr_ms = 1000.0 * msg.tr_s if _finite(msg.tr_s) else None
+        e2e = _finite(msg.ms.get("end_to_end"))
         miss = e2e is not None and tr_ms is not None and e2e > tr_ms
         c.volumes += 1
         c.decoded += part.get("status") == "ok"
@@ -113,10 +111,10 @@ class SessionView:
         update = {
             "type": "volume",
             **part,
-            "series": h.get("series"),
-            "acq_time_s": h.get("acq_time_s"),
+            "series": msg.series,
+            "acq_time_s": msg.acq_time_s,
             "tr_ms": tr_ms,
-            "latency_ms": {k: round(v, 3) for k, v in h["ms"].items()},
+            "latency_ms": {k: round(v, 3) for k, v in msg.ms.items()},
             "e2e_ms": e2e,
             "deadline_miss": miss,
             "counts": asdict(c),
@@ -124,24 +122,25 @@ class SessionView:
         self.volumes.append(update)
         return update
 
-    def _block(self, h: dict, msg: Message) -> dict:
+    def _block(self, msg: m.Block) -> dict:
         self.counts.blocks += 1
         update = {
             "type": "block",
-            **{k: h.get(k) for k in ("block", "label", "condition", "status", "onset_s", "offset_s")},
-            "rois": h.get("rois"),
-            "layers": h.get("layers"),
-            "labels": h.get("labels"),
-            "scores": _scores(msg.arrays["scores"]) if "scores" in msg.arrays else None,
-            "label_rank": h.get("label_rank"),
-            "n_volumes": len(h.get("seqs", [])),
+            **{k: getattr(msg, k) for k in ("block", "label", "condition", "status", "onset_s", "offset_s")},
+            "rois": msg.rois,
+            "layers": msg.layers,
+            "labels": msg.labels,
+            "scores": _scores(msg.scores) if msg.scores is not None else None,
+            "label_rank": msg.label_rank,
+            "n_volumes": len(msg.seqs),
             "counts": asdict(self.counts),
         }
         self.blocks.append(update)
         return update
 
-    def _status(self, h: dict) -> dict | None:
-        event = h.get("event")
+    def _status(self, msg: m.Status) -> dict | None:
+        h = msg.header()
+        event = msg.event
         c = self.counts
         if event == "heartbeat":  # the decoder is alive and idle; not worth replacing the last event
             return {"type": "status", "event": "heartbeat", "counts": asdict(c)}
@@ -149,9 +148,9 @@ class SessionView:
             c.skipped += 1
         elif event == "gap":
             c.gaps += 1
-            c.missing += int(h["missing_to"]) - int(h["missing_from"]) + 1
-        if "settings" in h:
-            self.settings = h["settings"]
+            c.missing += msg.missing_to - msg.missing_from + 1
+        if msg.settings is not None:
+            self.settings = msg.settings
         self.last_event = {"type": "status", **{k: v for k, v in h.items() if k != "settings"}}
         return {**self.last_event, "counts": asdict(c), "settings": self.settings}
 

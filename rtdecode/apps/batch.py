@@ -1,0 +1,48 @@
+"""``rtdecode offline``: the live session as a batch over a recorded series, into a recording."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+
+from rtdecode.apps.session import LiveSession
+from rtdecode.config import RunConfig
+from rtdecode.io.nifti import iter_volumes
+from rtdecode.io.recording import Recorder
+from rtdecode.progress import progress
+from rtdecode.volume import Stage, stamp
+
+
+def decode_series(cfg: RunConfig, bold: str | Path, out: str | Path, record_input: bool = False) -> dict:
+    """Decode every volume of a 4-D NIfTI with the live session's step, into an HDF5 recording.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    bold : str or Path
+        4-D NIfTI of the series.
+    out : str or Path
+        HDF5 recording to write (see :mod:`rtdecode.io.recording`).
+    record_input : bool
+        Store the input volumes too.
+
+    Returns
+    -------
+    dict
+        Counts and the latency summary.
+    """
+    meta = {"mode": "offline", "bold": str(Path(bold).resolve()), "bundle": str(Path(cfg.bundle).resolve())}
+    with Recorder(out, record_input, meta) as rec:
+        session = LiveSession(dataclasses.replace(cfg, publish_input=record_input), rec)
+        try:
+            n_volumes = nib.load(str(bold)).shape[-1]
+            for vol in progress(iter_volumes(bold), "decoding offline", total=n_volumes, unit="vol"):
+                stamp(vol.stamps, Stage.RECEIVED)
+                session.step(vol)
+            summary = session.summary()
+            session.status("end", settings=session.settings(), **summary)
+        finally:
+            session.close()
+    return summary

@@ -1,0 +1,284 @@
+"""A live session's per-volume step: pipeline, feedback, blocks, latents, every result published.
+
+:class:`LiveSession` is what both drivers share: the live loop (:mod:`rtdecode.apps.live`) feeds
+it received volumes and markers, the batch (:mod:`rtdecode.apps.batch`) the volumes of a file.
+Bad input never stops it: a refused volume is logged, answered with a ``skipped`` status and
+counted; the next volume is processed as usual.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from rtdecode.apps.setup import build_feedback, build_pipeline, load_latents
+from rtdecode.config import RunConfig
+from rtdecode.errors import ProtocolError, VolumeError
+from rtdecode.io.checkpoint import Checkpoint
+from rtdecode.pipeline.blocks import BlockDecoder, BlockResult
+from rtdecode.pipeline.chain import Pipeline, Result
+from rtdecode.pipeline.latency import LatencyTracker, stage_durations_ms
+from rtdecode.volume import Stage, Volume, stamp, stamps_to_dict
+from rtdecode.wire import messages as m
+from rtdecode.wire.markers import parse_marker
+from rtdecode.wire.ports import Sink
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MessageCounts:
+    """What happened to the incoming messages."""
+
+    received: int = 0
+    processed: int = 0
+    skipped: int = 0
+    dropped: int = 0
+
+    def fields(self) -> dict[str, int]:
+        """As the ``status`` message carries them."""
+        return dataclasses.asdict(self)
+
+
+def _json_number(v: float) -> float | None:
+    # JSON has no NaN: a score that cannot be computed yet travels as null.
+    return None if math.isnan(v) else v
+
+
+def _scores(scores: Mapping[str, tuple[float, float]]) -> dict:
+    return {n: {"raw": _json_number(raw), "value": _json_number(val)} for n, (raw, val) in scores.items()}
+
+
+def _top_labels(labels: list[str], indices: np.ndarray) -> list:
+    return [[[labels[j] for j in row] for row in per_roi] for per_roi in indices]
+
+
+def result_messages(
+    res: Result, pipe: Pipeline, scores: Mapping[str, tuple[float, float]] | None = None
+) -> list[m.WireMessage]:
+    """Motion, features, ranking, feedback and latency of one volume, in publishing order.
+
+    The ``PUBLISHED`` stamp is set here, so the latency message (the last) carries it.
+    """
+    vol = res.volume
+    base = {
+        "session": vol.session,
+        "series": vol.series,
+        "seq": vol.seq,
+        "acq_time_s": vol.acq_time_s,
+        "tr_s": vol.tr_s,
+        "status": res.status,
+    }
+    censored = bool(res.motion.censored) if res.motion is not None else False
+    stamp(vol.stamps, Stage.PUBLISHED)
+    out: list[m.WireMessage] = []
+    if res.motion is not None:
+        out.append(
+            m.Motion(
+                **base,
+                params=res.motion.params.tolist(),
+                fd_mm=res.motion.fd_mm,
+                censored=censored,
+                fd_threshold_mm=pipe.motion.fd_threshold_mm,
+                iterations=res.motion.iterations,
+            )
+        )
+    if res.status == "ok":
+        dec = pipe.decoder
+        for i, roi in enumerate(dec.roi_names):
+            for layer, sl in dec.layer_slices.items():
+                out.append(m.Features(**base, roi=roi, layer=layer, features=res.predictions[i, sl]))
+        out.append(
+            m.Ranking(
+                **base,
+                censored=censored,
+                rois=dec.roi_names,
+                layers=dec.layers,
+                labels=_top_labels(pipe.identifier.bank.labels, res.top_indices),
+                indices=res.top_indices,
+                scores=res.top_scores,
+            )
+        )
+    else:
+        out.append(m.Ranking(**base, censored=censored))
+    if scores:
+        out.append(m.Feedback(**base, scores=_scores(scores)))
+    out.append(m.Latency(**base, stamps=stamps_to_dict(vol.stamps), ms=stage_durations_ms(vol.stamps)))
+    return out
+
+
+def block_message(
+    block: BlockResult, last: Volume, pipe: Pipeline, scores: Mapping[str, tuple[float, float]]
+) -> m.Block:
+    """A completed block: its volumes, ranking and feedback scores."""
+    b, dec = block.block, pipe.decoder
+    msg = m.Block(
+        session=last.session,
+        series=last.series,
+        seq=last.seq,
+        acq_time_s=last.acq_time_s,
+        block=b.index,
+        label=b.label,
+        condition=b.condition,
+        onset_s=b.onset_s,
+        offset_s=b.offset_s,
+        seqs=block.seqs,
+        status=block.status,
+        rois=dec.roi_names,
+        layers=dec.layers,
+        feedback=_scores(scores),
+    )
+    if block.predictions is not None:
+        msg.labels = _top_labels(pipe.identifier.bank.labels, block.top_indices)
+        msg.indices, msg.scores, msg.predictions = block.top_indices, block.top_scores, block.predictions
+        if block.label_rank is not None:
+            msg.label_rank = block.label_rank.tolist()
+            msg.label_correlation = np.round(block.label_correlation.astype(float), 6).tolist()
+    return msg
+
+
+class LiveSession:
+    """The per-volume step both drivers share: pipeline, feedback, block decoding, publishing.
+
+    Parameters
+    ----------
+    cfg : RunConfig
+    sink : Sink
+        Where every message goes.
+    """
+
+    def __init__(self, cfg: RunConfig, sink: Sink) -> None:
+        self.cfg = cfg
+        self.pipe = build_pipeline(cfg)
+        self.sink = sink
+        self.counts = MessageCounts()
+        self.tracker = LatencyTracker()
+        self.feedback = build_feedback(cfg, self.pipe)
+        self.blocks = (
+            BlockDecoder(self.pipe.identifier, cfg.blocks.hrf_shift_s) if cfg.blocks.enabled else None
+        )
+        self.latents = load_latents(cfg, self.pipe)
+        self._series: tuple[str, str] | None = None
+        self._last_arrival: tuple[float, Volume] | None = None  # monotonic s, volume
+        self._paused = False
+        self.checkpoint = Checkpoint(cfg.checkpoint) if cfg.checkpoint else None
+        self.resumed = self.checkpoint.restore(self.pipe) if self.checkpoint is not None else None
+        if self.resumed is not None:
+            self._series = (self.resumed["session"], self.resumed["series"])
+            log.info("resumed series %(session)s/%(series)s after volume %(last_seq)d", self.resumed)
+
+    def status(self, event: str, **fields: object) -> None:
+        """Publish a ``status`` event."""
+        self.sink.publish(m.Status(event=event, **fields))
+
+    def marker(self, text: str, time_ns: int) -> None:
+        """Take one stimulus marker (a malformed one is reported and skipped)."""
+        if self.blocks is None:
+            return
+        try:
+            self.blocks.add_marker(parse_marker(text, time_ns))
+        except ProtocolError as err:
+            log.warning("marker skipped: %s", err)
+            self.status("marker-skipped", reason=str(err))
+
+    def idle(self) -> None:
+        """No volume arrived for a while: announce a scanner pause once it exceeds ``pause_trs``."""
+        if self._last_arrival is None or self._paused:
+            return
+        t, vol = self._last_arrival
+        silent = time.monotonic() - t
+        if silent > self.cfg.pause_trs * vol.tr_s:
+            self._paused = True
+            log.warning("no volume for %.1f s (%.0f TR) after volume %d", silent, silent / vol.tr_s, vol.seq)
+            self.status("paused", series=vol.series, last_seq=vol.seq, silent_s=silent, tr_s=vol.tr_s)
+
+    def step(self, vol: Volume) -> None:
+        """Process and publish one received volume; a refused volume is answered with a skip."""
+        self.counts.received += 1
+        now = time.monotonic()
+        if self._paused:
+            self._paused = False
+            paused_s = now - self._last_arrival[0]
+            log.info("volumes again after %.1f s", paused_s)
+            self.status("pause-ended", series=vol.series, seq=vol.seq, paused_s=paused_s)
+        self._last_arrival = (now, vol)
+        key = (vol.session, vol.series)
+        if key != self._series and self._series is not None:
+            self.feedback.reset()
+            if self.blocks is not None:
+                self.blocks.reset()
+        self._series = key
+        try:
+            res = self.pipe.process(vol)
+        except VolumeError as err:
+            self.skip(str(err))
+            return
+        except Exception as err:  # a bug must cost one volume, not the session
+            log.exception("internal error on a volume")
+            self.skip(f"internal error: {type(err).__name__}: {err}")
+            return
+        self.counts.processed += 1
+        self.counts.dropped += res.dropped_before
+        if res.dropped_before:
+            self.status(
+                "gap",
+                session=vol.session,
+                series=vol.series,
+                missing_from=vol.seq - res.dropped_before,
+                missing_to=vol.seq - 1,
+                after_restart=self.resumed is not None and self.counts.processed == 1,
+            )
+        if self.cfg.publish_input:
+            self.sink.publish(m.VolumeMessage.of(vol))
+        rest = self.blocks.is_rest(vol) if self.blocks is not None else None
+        scores = self.feedback.update(res, rest)
+        for msg in result_messages(res, self.pipe, scores):
+            self.sink.publish(msg)
+        if self.latents is not None and res.x is not None:
+            t0 = time.perf_counter_ns()
+            out = self.latents.predict(res.x)
+            self.sink.publish(
+                m.Latent(
+                    session=vol.session,
+                    series=vol.series,
+                    seq=vol.seq,
+                    acq_time_s=vol.acq_time_s,
+                    shapes={n: list(a.shape) for n, a in out.items()},
+                    ms=(time.perf_counter_ns() - t0) / 1e6,
+                    targets=out,
+                )
+            )
+        self.tracker.add(vol.stamps)
+        if self.checkpoint is not None:
+            self.checkpoint.save(self.pipe)
+        if self.blocks is not None:
+            censored = bool(res.motion.censored) if res.motion is not None else False
+            raw = {name: raw for name, (raw, _) in scores.items()}
+            for block in self.blocks.add(res, censored, raw):
+                self.sink.publish(block_message(block, vol, self.pipe, self.feedback.block(block)))
+
+    def skip(self, reason: str) -> None:
+        """Count and announce a message or volume that could not be used."""
+        self.counts.skipped += 1
+        log.warning("skipped: %s", reason)
+        self.status("skipped", reason=reason, **self.counts.fields())
+
+    def summary(self) -> dict:
+        """Counts and the latency summary so far."""
+        return {**self.counts.fields(), "latency_ms": self.tracker.summary()}
+
+    def settings(self) -> dict:
+        """The run configuration and the candidate count, as the ``started`` and ``end`` events carry them."""
+        n_candidates = len(self.pipe.identifier.bank.labels) if self.pipe.identifier is not None else 0
+        return {**dataclasses.asdict(self.cfg), "n_candidates": n_candidates}
+
+    def close(self) -> None:
+        """Release the ranking threads; safe twice."""
+        if self.pipe.identifier is not None:
+            self.pipe.identifier.close()

@@ -1,0 +1,100 @@
+"""Setting up a live session from its configuration: the pipeline, its extras, its endpoints.
+
+Everything here reads files or opens sockets once, before the first volume; the per-volume step
+(:mod:`rtdecode.apps.session`) only uses what it returns.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from rtdecode.config import RunConfig
+from rtdecode.errors import ConfigError
+from rtdecode.io.nifti import load_volume
+from rtdecode.models.bank import CandidateBank
+from rtdecode.models.bundle import load_bundle
+from rtdecode.models.files import mask_checksum
+from rtdecode.models.latents import LatentDecoders
+from rtdecode.numerics.kernels import warm_up
+from rtdecode.pipeline.chain import Pipeline
+from rtdecode.pipeline.feedback import Feedback, Score
+from rtdecode.pipeline.motion import MotionCorrector
+from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.pipeline.ranking import Identifier
+from rtdecode.transport.zmq import CurveServer, Receiver
+from rtdecode.wire.ports import Sink, VolumeSource
+
+
+def build_pipeline(cfg: RunConfig) -> Pipeline:
+    """Load the bundle and candidates named in ``cfg`` and assemble the stages."""
+    bundle = load_bundle(cfg.bundle)
+    bank = CandidateBank.load(cfg.candidates or Path(cfg.bundle) / "candidates.npz")
+    identifier = Identifier(bank, bundle.layer_slices, cfg.top_k, cfg.rank_precision, cfg.rank_threads)
+    motion = None
+    if cfg.motion.enabled:
+        warm_up()
+        motion = MotionCorrector(
+            np.flatnonzero(bundle.mask), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
+        )
+        if cfg.motion.reference:
+            data, affine = load_volume(cfg.motion.reference)
+            if data.shape != bundle.mask.shape:
+                raise ConfigError(
+                    f"run.motion.reference {cfg.motion.reference!r} has shape {data.shape}, "
+                    f"the decoders expect {bundle.mask.shape}"
+                )
+            motion.set_reference(data, affine)
+    pre = Preprocessor(cfg.preprocess.baseline_volumes, cfg.preprocess.detrend_tau_s)
+    return Pipeline(bundle.mask, pre, motion, bundle, identifier)
+
+
+def load_latents(cfg: RunConfig, pipe: Pipeline) -> LatentDecoders | None:
+    """The latent decoders named by ``cfg.latents``, checked against the bundle's mask."""
+    if not cfg.latents:
+        return None
+    lat = LatentDecoders.load(cfg.latents)
+    if lat.mask_sha256 != mask_checksum(pipe.decoder.mask):
+        raise ConfigError(f"run.latents {cfg.latents!r} was trained on another analysis mask than the bundle")
+    return lat
+
+
+def build_feedback(cfg: RunConfig, pipe: Pipeline) -> Feedback:
+    """The feedback scores configured in ``cfg.feedback``."""
+    return Feedback([Score(spec, pipe.decoder, pipe.identifier.bank, cfg.bundle) for spec in cfg.feedback])
+
+
+def curve_server(cfg: RunConfig) -> CurveServer | None:
+    """The CurveZMQ settings of the decoder's sockets, if enabled."""
+    return CurveServer(cfg.curve.secret_key, cfg.curve.clients) if cfg.curve.enabled else None
+
+
+def open_source(cfg: RunConfig) -> VolumeSource:
+    """The volume input named by ``cfg.transport``."""
+    if cfg.transport == "lsl":
+        from rtdecode.transport.lsl import VolumeInlet
+
+        return VolumeInlet(cfg.lsl.volume_stream)
+    return Receiver(
+        cfg.input.address,
+        cfg.input.bind,
+        curve=curve_server(cfg),
+        max_message_bytes=int(cfg.input.max_message_mb * 2**20),
+    )
+
+
+def open_lsl_outputs(cfg: RunConfig, pipe: Pipeline, feedback: Feedback) -> Sink:
+    """LSL outlets for every result (``cfg.lsl.outputs``)."""
+    from rtdecode.transport.lsl_outlets import LslPublisher
+
+    dec = pipe.decoder
+    return LslPublisher(
+        dec.roi_names,
+        dec.layers,
+        dec.n_units,
+        pipe.identifier.bank.labels,
+        cfg.top_k,
+        feedback.names,
+        cfg.lsl.prefix,
+    )
