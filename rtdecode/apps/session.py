@@ -19,7 +19,7 @@ import numpy as np
 
 from rtdecode.apps.setup import build_feedback, build_pipeline, load_latents
 from rtdecode.config import RunConfig
-from rtdecode.errors import ProtocolError, VolumeError
+from rtdecode.errors import CheckpointError, ProtocolError, VolumeError
 from rtdecode.io.checkpoint import Checkpoint
 from rtdecode.pipeline.blocks import BlockDecoder, BlockResult
 from rtdecode.pipeline.chain import Pipeline, Result
@@ -168,8 +168,14 @@ class LiveSession:
         self._last_arrival: tuple[float, Volume] | None = None  # monotonic s, volume
         self._paused = False
         self.checkpoint = Checkpoint(cfg.checkpoint) if cfg.checkpoint else None
-        self.resumed = self.checkpoint.restore(self.pipe) if self.checkpoint is not None else None
-        if self.resumed is not None:
+        state = self.checkpoint.restore() if self.checkpoint is not None else None
+        self.resumed = None
+        if state is not None:
+            try:
+                self.resumed = self.pipe.set_state(state)
+            except (KeyError, ValueError) as err:
+                msg = f"checkpoint {cfg.checkpoint!r} does not fit the pipeline: {err}"
+                raise CheckpointError(msg) from err
             self._series = (self.resumed["session"], self.resumed["series"])
             log.info("resumed series %(session)s/%(series)s after volume %(last_seq)d", self.resumed)
 
@@ -256,7 +262,7 @@ class LiveSession:
             )
         self.tracker.add(vol.stamps)
         if self.checkpoint is not None:
-            self.checkpoint.save(self.pipe)
+            self.checkpoint.save(self.pipe.get_state())
         if self.blocks is not None:
             censored = bool(res.motion.censored) if res.motion is not None else False
             raw = {name: raw for name, (raw, _) in scores.items()}

@@ -6,6 +6,7 @@ the same :meth:`Pipeline.process`, so streaming and offline results agree by con
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -78,19 +79,44 @@ class Pipeline:
         self._series_affine: np.ndarray | None = None
         self._last_seq = -1
 
-    def series_state(self) -> tuple[tuple[str, str] | None, int]:
-        """The current (session, series), or None before any volume, and the last volume index."""
-        return self._series, self._last_seq
+    def get_state(self) -> dict[str, np.ndarray] | None:
+        """What a restarted pipeline needs to continue the series, as named arrays.
 
-    @property
-    def series_affine(self) -> np.ndarray | None:
-        """The affine every volume of the current series must have."""
-        return self._series_affine
+        Keys: ``series`` (JSON ``[session, series]``), ``last_seq``, ``series_affine``,
+        ``pre/*`` (baseline and drift filter), ``motion/*`` (pose) and ``reference/image``,
+        ``reference/affine`` (the motion reference, unchanged between volumes). None before the
+        first volume.
+        """
+        if self._series is None:
+            return None
+        state = {"series": np.array(json.dumps(list(self._series))), "last_seq": np.array(self._last_seq)}
+        state |= {f"pre/{k}": v for k, v in self.preprocessor.get_state().items()}
+        if self._series_affine is not None:
+            state["series_affine"] = self._series_affine
+        motion = self.motion.get_state() if self.motion is not None else None
+        if motion is not None:
+            state |= {f"motion/{k}": v for k, v in motion.items()}
+            state["reference/image"], state["reference/affine"] = self.motion.reference_, self.motion.affine_
+        return state
 
-    def resume(self, series: tuple[str, str], last_seq: int, affine: np.ndarray | None) -> None:
-        """Continue a series after ``last_seq`` (state restored by :mod:`rtdecode.checkpoint`)."""
-        self._series, self._last_seq = tuple(series), int(last_seq)
+    def set_state(self, state: dict[str, np.ndarray]) -> dict:
+        """Continue from :meth:`get_state`'s arrays; return the ``session``, ``series`` and ``last_seq``.
+
+        Raises
+        ------
+        KeyError, ValueError
+            The arrays are not a pipeline state or do not fit this pipeline.
+        """
+        session, series = json.loads(str(state["series"]))
+        self._series, self._last_seq = (session, series), int(state["last_seq"])
+        affine = state.get("series_affine")
         self._series_affine = None if affine is None else np.asarray(affine, dtype=np.float64)
+        self.preprocessor.set_state({k[4:]: v for k, v in state.items() if k.startswith("pre/")})
+        motion = {k[7:]: v for k, v in state.items() if k.startswith("motion/")}
+        if self.motion is not None and motion:
+            self.motion.set_reference(state["reference/image"], state["reference/affine"])
+            self.motion.set_state(motion)
+        return {"session": session, "series": series, "last_seq": self._last_seq}
 
     def check(self, vol: Volume) -> int:
         """Cheap per-volume checks; return how many volumes were dropped before this one.
