@@ -101,7 +101,7 @@ class WireMessage:
 
 def field_table(cls: type[WireMessage]) -> str:
     """The Markdown table of a message's fields, as ``docs/protocol.md`` shows it."""
-    rows = ["| field | in | type | unit | meaning |", "|---|---|---|---|---|"]
+    rows = ["| field | in | type | unit or shape | meaning |", "|---|---|---|---|---|"]
     rows.append(f"| `kind` | header | string | | `{cls.kind}` |")
     for f in dataclasses.fields(cls):
         m: Mapping[str, Any] = f.metadata
