@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from rtdecode.config import check_run_files, load_config
+from rtdecode.config import HRF_SHIFT_S, check_run_files, load_config
 from rtdecode.errors import ConfigError, RecordingError, RtDecodeError
 
 
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("results", help="a recording (.h5, rtdecode record/offline) or subscriber file (.npz)")
     p.add_argument("--session", required=True, help="session directory (events.tsv, session.json, truth)")
     p.add_argument("--candidates", help="candidate bank (default: the session's features.npz)")
-    p.add_argument("--hrf-shift-s", type=float, default=6.0, help="hemodynamic delay")
+    p.add_argument("--hrf-shift-s", type=float, default=HRF_SHIFT_S, help="hemodynamic delay (s)")
     p.add_argument("--json", help="write the tables as JSON here")
     p.set_defaults(func=_evaluate)
 
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="HTML file to write (default: beside the recording)")
     p.add_argument("--events", help="BIDS events.tsv with category_label: the categories shown, per block")
     p.add_argument("--candidates", help="candidate bank (default: the one the decoder used)")
-    p.add_argument("--hrf-shift-s", type=float, default=6.0, help="hemodynamic delay for --events blocks")
+    p.add_argument("--hrf-shift-s", type=float, default=HRF_SHIFT_S, help="hemodynamic delay of --events (s)")
     p.set_defaults(func=_report)
 
     p = sub.add_parser("offline", help="run the pipeline as a batch over a recorded series")

@@ -17,7 +17,10 @@ import yaml
 
 from rtdecode.errors import ConfigError
 
-FEEDBACK_KINDS = ("correlation", "rank", "softmax", "psc", "classifier")
+# Feedback scores computed from the decoded content (against a target category), then the others.
+CONTENT_FEEDBACK_KINDS = ("correlation", "rank", "softmax")
+FEEDBACK_KINDS = (*CONTENT_FEEDBACK_KINDS, "psc", "classifier")
+HRF_SHIFT_S = 6.0  # the hemodynamic delay blocks are shifted by, seconds (Horikawa & Kamitani 2017)
 
 
 @dataclass
@@ -71,7 +74,7 @@ class BlocksConfig:
     """Block decoding from stimulus markers (see :mod:`rtdecode.blocks`)."""
 
     enabled: bool = False  # listen for LSL markers and decode each marked block
-    hrf_shift_s: float = 6.0
+    hrf_shift_s: float = HRF_SHIFT_S
 
 
 @dataclass
@@ -79,7 +82,7 @@ class FeedbackConfig:
     """One neurofeedback score (see :mod:`rtdecode.feedback`)."""
 
     name: str = "feedback"
-    kind: str = "correlation"  # correlation | rank | softmax | psc | classifier
+    kind: str = "correlation"  # one of FEEDBACK_KINDS
     roi: str = "VC"
     layer: str = "cnn8"  # decoded-content kinds
     target: str = ""  # decoded-content kinds: a candidate label
@@ -152,7 +155,7 @@ class TrainConfig:
     n_voxels_composite: int = 1000  # voxels per unit for the composites (GOD: LVC, HVC, VC)
     alpha: float = 100.0  # ridge penalty when alphas is empty
     alphas: list = field(default_factory=lambda: [10.0, 100.0, 1000.0, 10000.0])  # chosen by CV; [] fixed
-    hrf_shift_s: float = 6.0
+    hrf_shift_s: float = HRF_SHIFT_S
     scrub_censored: bool = True  # leave volumes flagged by motion out of the block averages
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
     latents: LatentsConfig = field(default_factory=LatentsConfig)
@@ -298,7 +301,7 @@ def _validate(cfg: Config, where: str) -> None:
             (f.smoothing_volumes >= 0, f"{key}.smoothing_volumes", "must be >= 0", f.smoothing_volumes),
             (f.temperature > 0, f"{key}.temperature", "must be > 0", f.temperature),
             (
-                f.kind not in ("correlation", "rank", "softmax") or bool(f.target),
+                f.kind not in CONTENT_FEEDBACK_KINDS or bool(f.target),
                 f"{key}.target",
                 "must name a candidate label for this kind",
                 f.target,

@@ -177,3 +177,35 @@ def test_unknown_feedback_target_or_roi_is_refused_at_start(experiment):
         _decoder(experiment, [FeedbackConfig(name="a", kind="rank", target="no-such-category")])
     with pytest.raises(ConfigError, match="ROI 'FFA' is not in the bundle"):
         _decoder(experiment, [FeedbackConfig(name="a", kind="psc", roi="FFA")])
+
+
+def _psc_batch(y, x, rest, baseline):
+    # The nuisance fit redone from scratch over the whole history (what the incremental form keeps).
+    n = len(y)
+    fit = np.array([i < baseline or r for i, r in enumerate(rest)])
+    k = 1 + min(8, max(0, (int(fit.sum()) - baseline) // 4))
+    xs = np.array(x)[:, :k]
+    beta = np.linalg.lstsq(xs[fit], np.array(y)[fit], rcond=None)[0]
+    cleaned = np.array(y) - xs[:, 1:] @ beta[1:]
+    base = cleaned[:baseline].mean()
+    return 100 * (cleaned[n - 1] - base) / base
+
+
+def test_incremental_psc_equals_a_fit_over_the_whole_history():
+    rng = np.random.default_rng(3)
+    n, baseline = 300, 10
+    positions = np.arange(20)
+    psc = PercentSignalChange(positions, baseline)
+    ys, xs, rests = [], [], []
+    for seq in range(n):
+        motion = rng.normal(0, 0.2, 6)
+        rest = bool((seq // 15) % 2 == 0)
+        values = 1000 + 0.01 * seq + 5 * motion[0] + (0 if rest else 8) + rng.normal(0, 2, 40)
+        got = psc.update(values, motion, seq, rest)
+        ys.append(values[positions].mean())
+        xs.append(np.concatenate([[1.0, seq, seq * seq], motion]))
+        rests.append(rest)
+        if seq + 1 < baseline:
+            assert np.isnan(got)
+        elif seq % 7 == 0 or seq == n - 1:
+            np.testing.assert_allclose(got, _psc_batch(ys, xs, rests, baseline), rtol=1e-6, atol=1e-6)

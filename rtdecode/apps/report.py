@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from rtdecode.config import HRF_SHIFT_S
 from rtdecode.errors import VolumeError
 from rtdecode.io.recording import Recording
 from rtdecode.models.bank import CandidateBank
@@ -279,7 +280,7 @@ def build_report(
     recording: str | Path,
     events_tsv: str | Path | None = None,
     candidates: str | Path | None = None,
-    hrf_shift_s: float = 6.0,
+    hrf_shift_s: float = HRF_SHIFT_S,
 ) -> str:
     """The report as one HTML string.
 
@@ -339,7 +340,7 @@ def write_report(
     out: str | Path | None = None,
     events_tsv: str | Path | None = None,
     candidates: str | Path | None = None,
-    hrf_shift_s: float = 6.0,
+    hrf_shift_s: float = HRF_SHIFT_S,
 ) -> Path:
     """Write :func:`build_report` to ``out`` (default: the recording's name with ``.html``)."""
     out = Path(out) if out else Path(recording).with_suffix(".html")

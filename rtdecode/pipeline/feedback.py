@@ -15,7 +15,7 @@ Each configured score (``run.feedback``) has a kind:
     then taken for drift.
 ``classifier``
     Decoded neurofeedback (DecNef): the likelihood of the target class from a linear classifier
-    over an ROI's preprocessed voxel pattern (:mod:`rtdecode.classifier`).
+    over an ROI's preprocessed voxel pattern (:mod:`rtdecode.models.classifier`).
 
 Every score is then optionally z-scored against its own first ``baseline_volumes`` values and
 exponentially smoothed; the raw value travels beside the final one.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rtdecode.config import FeedbackConfig
+from rtdecode.config import CONTENT_FEEDBACK_KINDS, FeedbackConfig
 from rtdecode.errors import ConfigError
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.bundle import Decoder
@@ -37,6 +37,8 @@ from rtdecode.models.files import mask_checksum
 from rtdecode.numerics.stats import correlations
 from rtdecode.pipeline.blocks import BlockResult
 from rtdecode.pipeline.chain import Result
+
+_N_TERMS = 9  # constant, linear and quadratic drift, six motion parameters
 
 
 class PercentSignalChange:
@@ -57,9 +59,12 @@ class PercentSignalChange:
 
     def reset(self) -> None:
         """Forget the series."""
-        self._y: list[float] = []
-        self._x: list[np.ndarray] = []
-        self._rest: list[bool] = []
+        self._n = 0  # volumes so far
+        self._n_fit = 0  # volumes in the nuisance fit
+        self._xtx = np.zeros((_N_TERMS, _N_TERMS))  # sufficient statistics of the fit volumes
+        self._xty = np.zeros(_N_TERMS)
+        self._base_x = np.zeros(_N_TERMS)  # sums over the baseline volumes
+        self._base_y = 0.0
 
     def update(
         self, values: np.ndarray, motion_params: np.ndarray | None, seq: int, rest: bool | None = None
@@ -68,28 +73,35 @@ class PercentSignalChange:
 
         ``rest`` tells whether the volume is outside every task block (from the stimulus
         markers); the nuisance model is then fitted on rest volumes only, so that it cannot
-        absorb the activation. ``None`` (no markers): fitted on every volume.
+        absorb the activation. ``None`` (no markers): fitted on every volume. The fit is kept as
+        its normal equations, so a volume costs the same at the end of a long series as at the
+        start (a 9 × 9 solve).
         """
-        self._y.append(float(values[self.positions].mean()))
-        self._rest.append(len(self._y) <= self.baseline_volumes or rest is None or rest)
+        y = float(values[self.positions].mean())
         t = float(seq)
         motion = np.zeros(6) if motion_params is None else np.asarray(motion_params, dtype=float)
-        self._x.append(np.concatenate([[1.0, t, t * t], motion]))
-        n = len(self._y)
-        if n < self.baseline_volumes:
+        x = np.concatenate([[1.0, t, t * t], motion])
+        self._n += 1
+        if self._n <= self.baseline_volumes:
+            self._base_x += x
+            self._base_y += y
+        if self._n <= self.baseline_volumes or rest is None or rest:
+            self._xtx += np.outer(x, x)
+            self._xty += x * y
+            self._n_fit += 1
+        if self._n < self.baseline_volumes:
             return math.nan
-        y, x = np.array(self._y), np.array(self._x)
-        # Scale the columns so drift and motion terms are comparable; a nuisance term enters only
-        # once there are enough volumes to estimate it next to the baseline level.
-        x[:, 1] /= max(t, 1.0)
-        x[:, 2] /= max(t * t, 1.0)
-        fit = np.array(self._rest)
-        n_terms = 1 + min(8, max(0, (int(fit.sum()) - self.baseline_volumes) // 4))
-        xs = x[:, :n_terms]
-        beta = np.linalg.lstsq(xs[fit], y[fit], rcond=None)[0]
-        cleaned = y - xs[:, 1:] @ beta[1:]
-        base = cleaned[: self.baseline_volumes].mean()
-        return float(100.0 * (cleaned[-1] - base) / base) if base != 0 else math.nan
+        # A nuisance term enters only once there are enough volumes to estimate it next to the
+        # baseline level; drift columns are scaled by the current time so the terms are comparable.
+        k = 1 + min(_N_TERMS - 1, max(0, (self._n_fit - self.baseline_volumes) // 4))
+        scale = np.ones(_N_TERMS)
+        scale[1], scale[2] = 1.0 / max(t, 1.0), 1.0 / max(t * t, 1.0)
+        s = scale[:k]
+        z = np.linalg.lstsq(self._xtx[:k, :k] * np.outer(s, s), self._xty[:k] * s, rcond=None)[0]
+        beta = z * s
+        cleaned = y - x[1:k] @ beta[1:]
+        base = (self._base_y - self._base_x[1:k] @ beta[1:]) / self.baseline_volumes
+        return float(100.0 * (cleaned - base) / base) if base != 0 else math.nan
 
 
 class Score:
@@ -109,7 +121,7 @@ class Score:
             )
         self._roi = bundle.roi_names.index(spec.roi)
         self._psc = self._classifier = None
-        if spec.kind in ("correlation", "rank", "softmax"):
+        if spec.kind in CONTENT_FEEDBACK_KINDS:
             if spec.layer not in bundle.layer_slices:
                 raise ConfigError(f"feedback {spec.name!r}: layer {spec.layer!r} is not in {bundle.layers}")
             if spec.target not in bank.labels:

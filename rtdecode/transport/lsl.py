@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Mapping
@@ -314,8 +316,10 @@ class VolumeInlet:
 class MarkerInlet:
     """Collect string markers from the stimulus software (an LSL stream of type ``Markers``).
 
-    Never blocks: :meth:`poll` returns what has arrived, time-stamped on this machine's
-    monotonic clock (the stimulus computer's clock corrected by LSL's time correction).
+    A worker thread resolves marker streams, connects to them and estimates their clock offsets
+    (LSL calls that can take seconds); :meth:`poll` only takes what the worker has queued, so it
+    never blocks the volume loop. Markers are time-stamped on this machine's monotonic clock (the
+    stimulus computer's clock corrected by LSL's time correction, refreshed every 5 s).
 
     Parameters
     ----------
@@ -325,37 +329,56 @@ class MarkerInlet:
 
     def __init__(self, name: str = "") -> None:
         pred = f"type='{MARKER_TYPE}'" + (f" and name='{name}'" if name else "")
-        self._resolver = pylsl.ContinuousResolver(pred=pred, forget_after=5.0)
-        self._inlets: dict[str, pylsl.StreamInlet] = {}
-        self._corrections: dict[str, tuple[float, float]] = {}
+        self._queue: queue.SimpleQueue[tuple[str, int]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(pred,), name="lsl-markers", daemon=True)
+        self._thread.start()
+
+    def _run(self, pred: str) -> None:
+        resolver = pylsl.ContinuousResolver(pred=pred, forget_after=5.0)
+        inlets: dict[str, pylsl.StreamInlet] = {}
+        corrections: dict[str, tuple[float, float]] = {}
+        while not self._stop.is_set():
+            try:
+                for info in resolver.results():
+                    if info.uid() not in inlets and info.channel_format() == pylsl.cf_string:
+                        inlet = pylsl.StreamInlet(info, max_buflen=360)
+                        inlet.open_stream(2.0)
+                        corrections[info.uid()] = (time.monotonic(), inlet.time_correction(timeout=2.0))
+                        inlets[info.uid()] = inlet
+                        log.info("receiving markers from %r", info.name())
+                for uid, inlet in inlets.items():
+                    samples, ts = inlet.pull_chunk(timeout=0.0)
+                    if not ts:
+                        continue
+                    when, corr = corrections[uid]
+                    if time.monotonic() - when > 5.0:
+                        corr = inlet.time_correction(timeout=2.0)
+                        corrections[uid] = (time.monotonic(), corr)
+                    for s, t in zip(samples, ts):
+                        self._queue.put((s[0], lsl_to_monotonic_ns(t + corr)))
+            except Exception:  # a failing stream must not end marker input for the session
+                log.exception("marker input failed; retrying")
+            self._stop.wait(0.002)
+        for inlet in inlets.values():
+            inlet.close_stream()
 
     def poll(self) -> list[tuple[str, int]]:
         """Markers received since the last call as ``(text, monotonic ns)``, oldest first."""
-        for info in self._resolver.results():
-            if info.uid() not in self._inlets and info.channel_format() == pylsl.cf_string:
-                inlet = pylsl.StreamInlet(info, max_buflen=360)
-                inlet.open_stream(2.0)
-                self._corrections[info.uid()] = (time.monotonic(), inlet.time_correction(timeout=2.0))
-                self._inlets[info.uid()] = inlet
-                log.info("receiving markers from %r", info.name())
         out = []
-        for uid, inlet in self._inlets.items():
-            samples, ts = inlet.pull_chunk(timeout=0.0)
-            if not ts:
-                continue
-            when, corr = self._corrections[uid]
-            if time.monotonic() - when > 5.0:
-                corr = inlet.time_correction(timeout=2.0)
-                self._corrections[uid] = (time.monotonic(), corr)
-            out.extend((s[0], lsl_to_monotonic_ns(t + corr)) for s, t in zip(samples, ts))
+        while True:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
         out.sort(key=lambda m: m[1])
         return out
 
     def close(self) -> None:
-        """Disconnect from every marker stream."""
-        for inlet in self._inlets.values():
-            inlet.close_stream()
-        self._inlets.clear()
+        """Stop the worker and disconnect from every marker stream; safe to call twice."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=10.0)
 
 
 class MarkerOutlet:
