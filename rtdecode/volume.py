@@ -108,6 +108,11 @@ class Volume:
         return self.data.shape
 
 
+def series_key(vol: Volume) -> tuple[str, str]:
+    """What identifies a volume's series, ``(session, series)``: a new key starts a new series."""
+    return (vol.session, vol.series)
+
+
 @dataclass(frozen=True)
 class SeriesEnd:
     """A sender's word that a series is complete (``n_sent`` volumes were sent)."""

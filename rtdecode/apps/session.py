@@ -164,7 +164,9 @@ class LiveSession:
             BlockDecoder(self.pipe.identifier, cfg.blocks.hrf_shift_s) if cfg.blocks.enabled else None
         )
         self.latents = load_latents(cfg, self.pipe)
-        self._series: tuple[str, str] | None = None
+        # The pipeline's series count when feedback and blocks last started (None: no volume yet;
+        # markers may arrive before the first volume and must not be reset away).
+        self._series_index: int | None = None
         self._last_arrival: tuple[float, Volume] | None = None  # monotonic s, volume
         self._paused = False
         self.checkpoint = Checkpoint(cfg.checkpoint) if cfg.checkpoint else None
@@ -176,7 +178,7 @@ class LiveSession:
             except (KeyError, ValueError) as err:
                 msg = f"checkpoint {cfg.checkpoint!r} does not fit the pipeline: {err}"
                 raise CheckpointError(msg) from err
-            self._series = (self.resumed["session"], self.resumed["series"])
+            self._series_index = self.pipe.series_started
             log.info("resumed series %(session)s/%(series)s after volume %(last_seq)d", self.resumed)
 
     def status(self, event: str, **fields: object) -> None:
@@ -214,12 +216,6 @@ class LiveSession:
             log.info("volumes again after %.1f s", paused_s)
             self.status("pause-ended", series=vol.series, seq=vol.seq, paused_s=paused_s)
         self._last_arrival = (now, vol)
-        key = (vol.session, vol.series)
-        if key != self._series and self._series is not None:
-            self.feedback.reset()
-            if self.blocks is not None:
-                self.blocks.reset()
-        self._series = key
         try:
             res = self.pipe.process(vol)
         except VolumeError as err:
@@ -229,6 +225,11 @@ class LiveSession:
             log.exception("internal error on a volume")
             self.skip(f"internal error: {type(err).__name__}: {err}")
             return
+        if self._series_index is not None and res.series_index != self._series_index:
+            self.feedback.reset()  # a new series: per-series state starts over
+            if self.blocks is not None:
+                self.blocks.reset()
+        self._series_index = res.series_index
         self.counts.processed += 1
         self.counts.dropped += res.dropped_before
         if res.dropped_before:

@@ -18,7 +18,7 @@ from rtdecode.models.bundle import Decoder
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.ranking import Identifier
-from rtdecode.volume import Stage, Volume, stamp
+from rtdecode.volume import Stage, Volume, series_key, stamp
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Result:
     top_indices: np.ndarray | None = None  # (n_rois, n_layers, k)
     top_scores: np.ndarray | None = None
     dropped_before: int = 0  # volumes missing between the previous one and this
+    series_index: int = 0  # how many series the pipeline had started when it took this volume
 
 
 class Pipeline:
@@ -78,6 +79,7 @@ class Pipeline:
         self._series: tuple[str, str] | None = None
         self._series_affine: np.ndarray | None = None
         self._last_seq = -1
+        self.series_started = 0  # series begun so far; later stages reset their state when it changes
 
     def get_state(self) -> dict[str, np.ndarray] | None:
         """What a restarted pipeline needs to continue the series, as named arrays.
@@ -135,12 +137,13 @@ class Pipeline:
             raise VolumeError(
                 f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}"
             )
-        key = (vol.session, vol.series)
+        key = series_key(vol)
         if key != self._series:
             if self._series is not None:
                 log.info("new series %s/%s: preprocessing restarts", *key)
                 self.preprocessor.reset()
             self._series, self._last_seq, self._series_affine = key, -1, None
+            self.series_started += 1
         # Motion correction realigns on the series' first grid: a moved grid would be read wrongly.
         if self._series_affine is not None and not np.allclose(vol.affine, self._series_affine, atol=1e-4):
             raise VolumeError(
@@ -173,7 +176,7 @@ class Pipeline:
         dropped = self.check(vol)
         if dropped:
             log.warning("series %r: %d volume(s) missing before volume %d", vol.series, dropped, vol.seq)
-        res = Result(volume=vol, status="baseline", dropped_before=dropped)
+        res = Result(volume=vol, status="baseline", dropped_before=dropped, series_index=self.series_started)
         if self.motion is not None:
             values, res.motion = self.motion.correct(vol.data, vol.affine)
         else:

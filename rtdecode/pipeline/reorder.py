@@ -9,7 +9,7 @@ they do not, the held volumes go on and the gap is real. In-order volumes pass s
 
 from __future__ import annotations
 
-from rtdecode.volume import Volume
+from rtdecode.volume import Volume, series_key
 
 
 class ReorderBuffer:
@@ -31,7 +31,7 @@ class ReorderBuffer:
 
     def push(self, vol: Volume, now: float) -> list[Volume]:
         """Take a received volume (``now``: monotonic s); return the volumes to process, in order."""
-        key = (vol.session, vol.series)
+        key = series_key(vol)
         out = []
         if key != self._series or vol.seq == 0:  # another series, or this one restarted
             out = self.flush()
