@@ -168,7 +168,8 @@ def _bridge(args: argparse.Namespace) -> None:
             include_existing=args.include_existing,
         )
         signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
-        n = bridge.run(args.max_volumes, args.idle_exit)
+        ready = (lambda: Path(args.ready_file).write_text("ready\n")) if args.ready_file else None
+        n = bridge.run(args.max_volumes, args.idle_exit, on_ready=ready)
         print(f"bridge: sent {n} volumes; gave up on {len(bridge.failed)} incomplete file(s)")
         for path in bridge.failed:
             print(f"  incomplete: {path}")
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-volumes", type=int, help="stop after this many volumes")
     p.add_argument("--idle-exit", type=float, help="stop after this many seconds without files")
     p.add_argument("--end-series", action="store_true", help="send an end-of-series when stopping")
+    p.add_argument("--ready-file", help="create this file once the folder is being watched")
     p.set_defaults(func=_bridge)
 
     p = sub.add_parser("convert", help="convert an export folder (DICOM, PAR/REC, NIfTI) to a 4-D NIfTI")

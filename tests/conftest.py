@@ -1,6 +1,4 @@
-import dataclasses
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -9,36 +7,25 @@ import pytest
 # whatever the developer's environment says; set before anything loads liblsl.
 os.environ["LSLAPICFG"] = str(Path(__file__).parents[1] / "rtdecode" / "transport" / "lsl_loopback.cfg")
 
-from rtdecode.apps.demo import free_tcp_address
-from rtdecode.config import ClassifierConfig, Config, LatentsConfig, TrainConfig
-from rtdecode.errors import ReceiveTimeout
+from helpers import CHROMIUM_FLAGS, small_config, small_params, start_decoder, stop
+
 from rtdecode.offline.train import train_session
-from rtdecode.sim.session import SimParams, make_subject, simulate_session, write_session
+from rtdecode.sim.session import make_subject, simulate_session, write_session
 
-# Small but realistic: the default noise, tuning and motion, fewer categories and units.
-SMALL = SimParams(n_train_categories=80, n_test_categories=20, n_units=50)
-ROIS = ["V1", "LOC", "LVC", "HVC", "VC"]
+INTEGRATION = Path(__file__).parent / "integration"
 
 
-free_address = free_tcp_address
-
-
-# The DecNef classifier's target class: the categories of superclasses 0-11 (of 25), about half.
-TARGET_CLASS = "_s(0[0-9]|1[01])$"
-
-
-def small_config() -> Config:
-    train = TrainConfig(
-        rois=ROIS,
-        classifier=ClassifierConfig(roi="HVC", target=TARGET_CLASS),
-        latents=LatentsConfig(enabled=True),
-    )
-    return Config(train=train)
+def pytest_collection_modifyitems(items):
+    # Tests under integration/ start processes, open sockets and LSL streams, drive a browser or
+    # need the simulated experiment; `pytest -m "not integration"` runs the unit tests in seconds.
+    for item in items:
+        if INTEGRATION in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 def _make(root, **overrides):
-    p_train = dataclasses.replace(SMALL, kind="train", seed=1, latents=True, **overrides)
-    p_test = dataclasses.replace(SMALL, kind="test", seed=2, latents=True, **overrides)
+    p_train = small_params("train", 1, **overrides)
+    p_test = small_params("test", 2, **overrides)
     subject = make_subject(p_train)
     write_session(root / "train", p_train, simulate_session(p_train, subject))
     write_session(root / "test", p_test, simulate_session(p_test, subject))
@@ -59,39 +46,6 @@ def experiment(tmp_path_factory):
 def noiseless_experiment(tmp_path_factory):
     """The same subject without noise, drift or motion."""
     return _make(tmp_path_factory.mktemp("noiseless"), noiseless=True, motion=False, drift_pct=0.0)
-
-
-def is_end(msg) -> bool:
-    """The decoder's end-of-series status message."""
-    return msg.header.get("kind") == "status" and msg.header.get("event") == "end"
-
-
-def collect(sub, until=is_end, timeout_s: float = 120):
-    """Messages from a ZeroMQ subscriber until ``until(msg)`` holds (that message included)."""
-    msgs, deadline = [], time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            msg = sub.recv(0.5)
-        except ReceiveTimeout:
-            continue
-        msgs.append(msg)
-        if until(msg):
-            return msgs
-    raise TimeoutError(f"the expected message did not arrive; got {len(msgs)} messages")
-
-
-# Flags for Debian's Chromium in a sandboxed CI machine with no network (see the README).
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--window-size=1800,1100",
-)
-ARTIFACTS = Path(os.environ.get("RTDECODE_ARTIFACTS", Path(__file__).parents[1] / "test-artifacts"))
 
 
 @pytest.fixture(scope="session")
@@ -123,14 +77,15 @@ def browser(tmp_path_factory):
         driver.quit()
 
 
-def open_page(driver, url: str) -> None:
-    """Open ``url`` with a clean console: the previous page (a dashboard whose server has gone,
-    still reconnecting) is left first and its messages are dropped."""
-    driver.get("about:blank")
-    driver.get_log("browser")
-    driver.get(url)
+@pytest.fixture
+def run_decoder(tmp_path):
+    """Start ``rtdecode run`` processes for a test (``run_decoder(cfg, *args, **popen)``); all are
+    stopped when the test ends, whatever happened."""
+    procs = []
 
+    def start(cfg, *args, **popen):
+        procs.append(start_decoder(cfg, tmp_path, *args, **popen))
+        return procs[-1]
 
-def page_errors(driver) -> list[str]:
-    """The browser console's errors since the last call (JavaScript exceptions, failed loads)."""
-    return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    yield start
+    stop(*procs)

@@ -56,7 +56,10 @@ def main() -> None:
     out = {
         "volumes": n,
         "incremental": {"first_100": stats(inc[baseline : baseline + 100]), "last_100": stats(inc[-100:])},
-        "refit_baseline": {"first_100": stats(full[baseline : baseline + 100]), "last_100": stats(full[-100:])},
+        "refit_baseline": {
+            "first_100": stats(full[baseline : baseline + 100]),
+            "last_100": stats(full[-100:]),
+        },
     }
     print(json.dumps(out, indent=1))
     if args.json:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.config import RunConfig
-from rtdecode.errors import ConfigError
+from rtdecode.errors import ConfigError, FileError
 from rtdecode.io.nifti import load_volume
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.bundle import load_bundle
@@ -39,7 +39,10 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
             np.flatnonzero(bundle.mask), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
         )
         if cfg.motion.reference:
-            data, affine = load_volume(cfg.motion.reference)
+            try:
+                data, affine = load_volume(cfg.motion.reference)
+            except FileError as err:  # the configuration names a file that is not an image
+                raise ConfigError(f"run.motion.reference: {err}") from err
             if data.shape != bundle.mask.shape:
                 raise ConfigError(
                     f"run.motion.reference {cfg.motion.reference!r} has shape {data.shape}, "

@@ -100,8 +100,15 @@ class FolderBridge:
         """Ask :meth:`run` to return; safe from another thread or a signal handler."""
         self._stop.set()
 
-    def run(self, max_volumes: int | None = None, idle_exit_s: float | None = None) -> int:
+    def run(
+        self,
+        max_volumes: int | None = None,
+        idle_exit_s: float | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> int:
         """Watch until stopped, ``max_volumes`` were sent, or nothing happened for ``idle_exit_s``.
+
+        ``on_ready`` is called once the watcher is running: files written after it are seen.
 
         Returns
         -------
@@ -111,6 +118,8 @@ class FolderBridge:
         observer = PollingObserver(timeout=0.1) if self.poll else Observer()
         observer.schedule(_Handler(self._queue), str(self.folder), recursive=False)
         observer.start()
+        if on_ready is not None:
+            on_ready()
         if self.include_existing:
             for p in sorted(self.folder.iterdir()):
                 self._queue.put(p)

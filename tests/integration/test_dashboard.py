@@ -8,12 +8,11 @@ import time
 
 import numpy as np
 import pytest
-import yaml
-from conftest import ARTIFACTS, collect, free_address, open_page, page_errors, small_config
+from helpers import ARTIFACTS, collect, free_address, open_page, page_errors, small_config
 
 from rtdecode import wire
 from rtdecode.apps.dashboard.view import SessionView
-from rtdecode.config import FeedbackConfig, to_dict
+from rtdecode.config import FeedbackConfig
 from rtdecode.io.nifti import read_events
 from rtdecode.transport.zmq import Subscriber
 
@@ -99,7 +98,7 @@ def _wait(predicate, timeout_s, what):
     raise TimeoutError(what)
 
 
-def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, browser):
+def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, browser, run_decoder):
     """Decoder, simulated scanner and stimulus markers, dashboard: the page shows what is published."""
     events = read_events(experiment / "test" / "events.tsv")
     cfg = small_config()
@@ -110,13 +109,11 @@ def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, brow
     cfg.run.feedback = [
         FeedbackConfig(name="content", kind="correlation", roi="VC", layer="cnn8", target=target)
     ]
-    cfg_path, ready = tmp_path / "run.yaml", tmp_path / "dashboard.ready"
-    cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
+    ready = tmp_path / "dashboard.ready"
     exe = [sys.executable, "-m", "rtdecode"]
     logs = {name: open(tmp_path / f"{name}.log", "w") for name in ("decoder", "dashboard", "sender")}
     procs = {
-        "decoder": subprocess.Popen([*exe, "run", "-c", str(cfg_path), "--exit-after-series"],
-                                    stdout=logs["decoder"], stderr=subprocess.STDOUT),
+        "decoder": run_decoder(cfg, "--exit-after-series", stdout=logs["decoder"], stderr=subprocess.STDOUT),
         "dashboard": subprocess.Popen([*exe, "dashboard", "--address", cfg.run.output.address, "--port", "0",
                                        "--ready-file", str(ready)], stdout=logs["dashboard"],
                                       stderr=subprocess.STDOUT),

@@ -16,7 +16,7 @@ from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.sim.phantom import make_phantom
 from rtdecode.sim.session import SimParams, apply_motion, simulate_session
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 
 
 @pytest.fixture(scope="module")

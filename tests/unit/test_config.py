@@ -8,7 +8,7 @@ import yaml
 from rtdecode.config import Config, load_config
 from rtdecode.errors import ConfigError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_shipped_configs_load():
@@ -54,6 +54,7 @@ def test_missing_file():
         ({"latents": "no/latents"}, "run.latents"),
     ],
 )
+@pytest.mark.integration
 def test_a_decoder_config_naming_a_missing_file_fails_before_starting(experiment, tmp_path, run, key):
     run = {"bundle": str(experiment / "decoder")} | run
     path = tmp_path / "run.yaml"

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import free_address, small_config
+from helpers import free_address, small_config
 
 from rtdecode.config import to_dict
 from rtdecode.errors import ReceiveTimeout
 from rtdecode.transport.zmq import SECRET_KEY_ENV, SERVER_KEY_ENV, Subscriber
 
-PACKAGE = Path(__file__).parents[1] / "rtdecode"
+PACKAGE = Path(__file__).parents[2] / "rtdecode"
 EXE = [sys.executable, "-m", "rtdecode"]
 
 
@@ -47,7 +46,9 @@ def _status_counts(sub, timeout_s):
     return last
 
 
-def test_curve_admits_listed_clients_and_refuses_strangers_and_plaintext(experiment, tmp_path, monkeypatch):
+def test_curve_admits_listed_clients_and_refuses_strangers_and_plaintext(
+    experiment, tmp_path, monkeypatch, run_decoder
+):
     keys, allowed = tmp_path / "keys", tmp_path / "allowed"
     proc = subprocess.run(
         [*EXE, "keygen", "decoder", "sender", "viewer", "stranger", "--out", str(keys)],
@@ -68,11 +69,7 @@ def test_curve_admits_listed_clients_and_refuses_strangers_and_plaintext(experim
         str(keys / "decoder.key_secret"),
         str(allowed),
     )
-    cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
-    decoder = subprocess.Popen(
-        [*EXE, "run", "-c", str(cfg_path)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-    )
+    decoder = run_decoder(cfg, stderr=subprocess.PIPE, text=True)
     bold = experiment / "test" / "bold.nii"
     base_env = {k: v for k, v in os.environ.items() if k not in (SECRET_KEY_ENV, SERVER_KEY_ENV)}
 

@@ -12,7 +12,7 @@ from rtdecode.errors import ProtocolError
 from rtdecode.wire.messages import INPUTS, RESULTS, Ranking, Status, parse
 from rtdecode.wire.schema import field_table
 
-ROOT = Path(__file__).parents[1]
+ROOT = Path(__file__).parents[2]
 
 
 def _tool():

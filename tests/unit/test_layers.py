@@ -3,7 +3,7 @@
 import ast
 from pathlib import Path
 
-PACKAGE = Path(__file__).parents[1] / "rtdecode"
+PACKAGE = Path(__file__).parents[2] / "rtdecode"
 
 # A folder's rank: a module may import modules of its own folder or of a lower rank, never upward
 # and never sideways into another folder of the same rank (docs/architecture.md).

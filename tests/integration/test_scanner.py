@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import free_address
+from helpers import free_address, wait_for_file
 
 from rtdecode import wire
 from rtdecode.apps.replay import replay_folder
@@ -18,7 +18,7 @@ from rtdecode.scanner.assemble import Assembler, read_folder, to_nifti
 from rtdecode.scanner.readers import NotAnImage
 from rtdecode.transport.zmq import Receiver
 
-DATA = Path(__file__).parent / "data"
+DATA = Path(__file__).parents[1] / "data"
 VENDORS = {"siemens": 1.5, "ge": 1.0, "philips": 2.0}  # TR in seconds, from the data's READMEs
 
 
@@ -116,15 +116,15 @@ def test_bridge_process_sends_volumes_in_order(vendor, tmp_path):
                 "--idle-exit",
                 "3",
                 "--end-series",
+                "--ready-file",
+                str(tmp_path / "bridge.ready"),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         try:
-            import time
-
-            time.sleep(1.0)  # the watcher is up
+            wait_for_file(tmp_path / "bridge.ready", proc=bridge)
             copier = threading.Thread(target=replay_folder, args=(src, watched, VENDORS[vendor], 10.0))
             copier.start()
             if vendor == "siemens":  # a file that starts being written and never completes

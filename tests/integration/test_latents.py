@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import small_config
+from helpers import small_config
 
 from rtdecode.apps.session import LiveSession
 from rtdecode.errors import ModelFileError

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ARTIFACTS, open_page, page_errors
+from helpers import ARTIFACTS, open_page, page_errors
 
 from rtdecode.apps.report import Recording, truth_from_blocks
 

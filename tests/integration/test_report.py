@@ -10,7 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-from conftest import small_config
+from helpers import small_config
 
 from rtdecode.apps.report import Recording, build_report, truth_from_events
 from rtdecode.config import to_dict

@@ -6,41 +6,24 @@ import time
 
 import numpy as np
 import pytest
-import yaml
 import zmq as zmq
-from conftest import collect, free_address, small_config
+from helpers import collect, free_address, small_config
 
 from rtdecode import wire
 from rtdecode.apps.setup import build_pipeline
-from rtdecode.config import to_dict
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import Subscriber, VolumeSender
 
 
 @pytest.fixture
-def decoder(experiment, tmp_path):
+def decoder(experiment, run_decoder):
     cfg = small_config()
     cfg.run.bundle = str(experiment / "decoder")
     cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "rtdecode", "run", "-c", str(path), "--exit-after-series"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    sub = Subscriber(cfg.run.output.address)
-    try:
+    proc = run_decoder(cfg, "--exit-after-series", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with Subscriber(cfg.run.output.address) as sub:
         collect(sub, lambda m: m.topic == "status", 60)  # the subscription is live
         yield cfg.run, sub, proc
-    finally:
-        sub.close()
-        if proc.poll() is None:
-            proc.terminate()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def test_one_ranking_per_volume_in_order_from_a_sender_process(decoder, experiment):

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import TARGET_CLASS, small_config
+from helpers import TARGET_CLASS, small_config
 
 from rtdecode.apps.session import LiveSession
 from rtdecode.config import FeedbackConfig, load_config

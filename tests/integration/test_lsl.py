@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
-from conftest import collect, free_address, small_config
+from helpers import collect, free_address, small_config
 
-from rtdecode.config import FeedbackConfig, to_dict
+from rtdecode.config import FeedbackConfig
 from rtdecode.errors import ProtocolError, ReceiveTimeout
 from rtdecode.io.nifti import read_events
 from rtdecode.models.bank import CandidateBank
@@ -22,7 +21,7 @@ from rtdecode.transport.zmq import Subscriber
 from rtdecode.volume import SeriesEnd
 from rtdecode.wire.markers import parse_marker
 
-TOOLS = Path(__file__).parents[1] / "tools"
+TOOLS = Path(__file__).parents[2] / "tools"
 OUTPUT_TYPES = [
     "rtdecode.features",
     "rtdecode.ranking",
@@ -105,7 +104,9 @@ _MNE_CLIENT = textwrap.dedent(
 )
 
 
-def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client(experiment, tmp_path):
+def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client(
+    experiment, tmp_path, run_decoder
+):
     """Scanner (LSL) + stimulus software (LSL markers) -> decoder -> ZeroMQ, LSL, pylsl, mne-lsl."""
     bank = CandidateBank.load(experiment / "decoder" / "candidates.npz")
     events = read_events(experiment / "test" / "events.tsv")
@@ -121,15 +122,8 @@ def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client
         FeedbackConfig(name="content", kind="correlation", roi="VC", layer="cnn8", target=target),
         FeedbackConfig(name="decnef", kind="classifier", roi="HVC", normalise="zscore", smoothing_volumes=2),
     ]
-    cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
     exe = [sys.executable, "-m", "rtdecode"]
-    decoder = subprocess.Popen(
-        [*exe, "run", "-c", str(cfg_path), "--exit-after-series"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    decoder = run_decoder(cfg, "--exit-after-series", stderr=subprocess.PIPE, text=True)
     procs = [decoder]
     try:
         with Subscriber(cfg.run.output.address) as sub:

@@ -13,11 +13,9 @@ import time
 
 import numpy as np
 import pytest
-import yaml
-from conftest import collect, free_address, is_end, small_config
+from helpers import collect, free_address, is_end, small_config, wait_for_file
 
 from rtdecode.apps.setup import build_pipeline
-from rtdecode.config import to_dict
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import Subscriber
 
@@ -43,15 +41,9 @@ def _send(bold, address, first, last, gap_s=0.05, end=True, tr=0.0):
     return subprocess.Popen([sys.executable, "-c", SENDER, *args])
 
 
-def _start_decoder(cfg, tmp_path):
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
+def _start_decoder(run_decoder, cfg, tmp_path):
     with open(tmp_path / "decoder.log", "a") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "rtdecode", "run", "-c", str(path), "--exit-after-series"],
-            stdout=subprocess.DEVNULL,
-            stderr=log,
-        )
+        return run_decoder(cfg, "--exit-after-series", stderr=log)
 
 
 @pytest.fixture
@@ -70,11 +62,13 @@ def _offline_features(run_cfg, bold, seqs):
     return {r.volume.seq: r.predictions[roi, sl] for r in pipe.process_series(vols) if r.status == "ok"}
 
 
-def test_a_killed_decoder_resumes_from_its_checkpoint_and_reports_the_gap(run_cfg, experiment, tmp_path):
+def test_a_killed_decoder_resumes_from_its_checkpoint_and_reports_the_gap(
+    run_cfg, experiment, tmp_path, run_decoder
+):
     run_cfg.run.checkpoint = str(tmp_path / "checkpoint")
     bold = experiment / "test" / "bold.nii"
     n = len(list(iter_volumes(bold)))
-    first = _start_decoder(run_cfg, tmp_path)
+    first = _start_decoder(run_decoder, run_cfg, tmp_path)
     with Subscriber(run_cfg.run.output.address) as sub:
         collect(sub, lambda m: m.topic == "status", 60)
         sender = _send(bold, run_cfg.run.input.address, 0, n, gap_s=0.1)
@@ -84,7 +78,7 @@ def test_a_killed_decoder_resumes_from_its_checkpoint_and_reports_the_gap(run_cf
         time.sleep(1.0)
         first.kill()
         first.wait(10)
-        second = _start_decoder(run_cfg, tmp_path)
+        second = _start_decoder(run_decoder, run_cfg, tmp_path)
         after = collect(sub, is_end)
         assert sender.wait(60) == 0
         assert second.wait(30) == 0, (tmp_path / "decoder.log").read_text()
@@ -108,10 +102,10 @@ def test_a_killed_decoder_resumes_from_its_checkpoint_and_reports_the_gap(run_cf
         np.testing.assert_allclose(f, offline[seq], rtol=1e-4, atol=1e-4)
 
 
-def test_a_restarted_sender_continues_the_series(run_cfg, experiment, tmp_path):
+def test_a_restarted_sender_continues_the_series(run_cfg, experiment, tmp_path, run_decoder):
     bold = experiment / "test" / "bold.nii"
     n = len(list(iter_volumes(bold)))
-    dec = _start_decoder(run_cfg, tmp_path)
+    dec = _start_decoder(run_decoder, run_cfg, tmp_path)
     with Subscriber(run_cfg.run.output.address) as sub:
         collect(sub, lambda m: m.topic == "status", 60)
         assert _send(bold, run_cfg.run.input.address, 0, 30, gap_s=0.01, end=False).wait(60) == 0
@@ -122,9 +116,9 @@ def test_a_restarted_sender_continues_the_series(run_cfg, experiment, tmp_path):
     assert not [m for m in msgs if m.header.get("event") in ("gap", "skipped")]
 
 
-def test_a_scanner_pause_is_announced_and_decoding_goes_on(run_cfg, experiment, tmp_path):
+def test_a_scanner_pause_is_announced_and_decoding_goes_on(run_cfg, experiment, tmp_path, run_decoder):
     bold = experiment / "test" / "bold.nii"
-    dec = _start_decoder(run_cfg, tmp_path)
+    dec = _start_decoder(run_decoder, run_cfg, tmp_path)
     with Subscriber(run_cfg.run.output.address) as sub:
         collect(sub, lambda m: m.topic == "status", 60)
         # TR 0.1 s: a pause of 10 TR is 1 s; the sender stops for 2.5 s after volume 11.
@@ -150,10 +144,10 @@ with Subscriber(sys.argv[1]) as sub:
 """
 
 
-def test_slow_and_crashed_subscribers_do_not_hold_up_the_decoder(run_cfg, experiment, tmp_path):
+def test_slow_and_crashed_subscribers_do_not_hold_up_the_decoder(run_cfg, experiment, tmp_path, run_decoder):
     bold = experiment / "test" / "bold.nii"
     n = len(list(iter_volumes(bold)))
-    dec = _start_decoder(run_cfg, tmp_path)
+    dec = _start_decoder(run_decoder, run_cfg, tmp_path)
     lazy = [
         subprocess.Popen(
             [sys.executable, "-c", LAZY, run_cfg.run.output.address], stdout=subprocess.PIPE, text=True
@@ -242,10 +236,10 @@ with VolumeSender(address) as tx:
 """
 
 
-def test_bad_input_catalogue_every_volume_ends_in_one_record(run_cfg, experiment, tmp_path):
+def test_bad_input_catalogue_every_volume_ends_in_one_record(run_cfg, experiment, tmp_path, run_decoder):
     run_cfg.run.input.max_message_mb = 2.0  # the complex64 volume (1.2 MB) passes, 2.4 MB does not
     bold = experiment / "test" / "bold.nii"
-    dec = _start_decoder(run_cfg, tmp_path)
+    dec = _start_decoder(run_decoder, run_cfg, tmp_path)
     with Subscriber(run_cfg.run.output.address) as sub:
         collect(sub, lambda m: m.topic == "status", 60)
         sender = subprocess.run(
@@ -304,11 +298,13 @@ def _file_size_limit(limit_bytes):
     return apply
 
 
-def test_a_full_disk_stops_the_recorder_with_a_report_and_not_the_decoder(run_cfg, experiment, tmp_path):
+def test_a_full_disk_stops_the_recorder_with_a_report_and_not_the_decoder(
+    run_cfg, experiment, tmp_path, run_decoder
+):
     run_cfg.run.publish_input = True  # the recorder stores every input volume: it fills up fast
     bold = experiment / "test" / "bold.nii"
     n = len(list(iter_volumes(bold)))
-    dec = _start_decoder(run_cfg, tmp_path)
+    dec = _start_decoder(run_decoder, run_cfg, tmp_path)
     ready = tmp_path / "recorder.ready"
     recorder = subprocess.Popen(
         [sys.executable, "-m", "rtdecode", "record", "--address", run_cfg.run.output.address,
@@ -318,9 +314,7 @@ def test_a_full_disk_stops_the_recorder_with_a_report_and_not_the_decoder(run_cf
     try:
         with Subscriber(run_cfg.run.output.address) as sub:
             collect(sub, lambda m: m.topic == "status", 60)
-            deadline = time.monotonic() + 60
-            while not ready.exists() and time.monotonic() < deadline:
-                time.sleep(0.05)
+            wait_for_file(ready, proc=recorder)
             sender = _send(bold, run_cfg.run.input.address, 0, n, gap_s=0.02)
             msgs = collect(sub, is_end)
             assert sender.wait(60) == 0

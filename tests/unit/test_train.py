@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from rtdecode.errors import ConfigError
+from rtdecode.errors import DataError
 from rtdecode.offline.train import block_average, fit_bundle, fit_selected_ridge, roi_positions
 
 
@@ -60,5 +60,5 @@ def test_roi_positions_index_into_the_analysis_vector():
     roi = np.zeros_like(mask)
     roi.ravel()[[5, 20]] = True
     np.testing.assert_array_equal(roi_positions(mask, {"r": roi})["r"], [1, 3])
-    with pytest.raises(ConfigError, match="shape"):
+    with pytest.raises(DataError, match="shape"):
         roi_positions(mask, {"r": np.zeros((2, 2, 2), bool)})

@@ -3,7 +3,7 @@
 import dataclasses
 
 import numpy as np
-from conftest import small_config
+from helpers import small_config
 from scipy import stats
 
 from rtdecode.apps.setup import build_pipeline

@@ -8,15 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-import torch
-from conftest import small_config
+from helpers import small_config
 
 from rtdecode.apps.batch import decode_series
 from rtdecode.errors import ModelFileError
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.bundle import load_bundle
-from rtdecode.models.mlp import MLPBundle
 from rtdecode.offline.evaluate import evaluate_session
+
+torch = pytest.importorskip("torch", reason="MLP decoders need the torch extra (pip install torch==2.13.0)")
+from rtdecode.models.mlp import MLPBundle  # noqa: E402  (imports torch)
 
 
 @pytest.fixture(scope="module")

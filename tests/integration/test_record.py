@@ -3,14 +3,11 @@
 import json
 import subprocess
 import sys
-import time
 
 import h5py
 import numpy as np
-import yaml
-from conftest import free_address, small_config
+from helpers import free_address, small_config, wait_for_file
 
-from rtdecode.config import to_dict
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.io.recording import CONFOUND_COLUMNS, Recorder
 from rtdecode.models.bank import CandidateBank
@@ -62,14 +59,6 @@ def test_recorder_layout_and_confounds(tmp_path):
     assert float(rows[2][5]) == np.float64(np.pi / 2).round(6)  # rotations in radians, as fMRIPrep
 
 
-def _wait_file(path, proc, timeout_s=60):
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else "process ended"
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
-
-
 def _compare_with_offline(live_path, off_path, n):
     with h5py.File(live_path) as live, h5py.File(off_path) as off:
         np.testing.assert_array_equal(live["volumes/seq"][:], np.arange(n))
@@ -89,21 +78,15 @@ def _compare_with_offline(live_path, off_path, n):
         np.testing.assert_array_equal(live["input/data"][:], off["input/data"][:])
 
 
-def _start_decoder_and_recorder(experiment, tmp_path, transport="zmq"):
+def _start_decoder_and_recorder(experiment, tmp_path, run_decoder, transport="zmq"):
     cfg = small_config()
     cfg.run.bundle = str(experiment / "decoder")
     cfg.run.publish_input = True
     cfg.run.transport = transport
     cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
     cfg_path = tmp_path / "run.yaml"
-    cfg_path.write_text(yaml.safe_dump({"run": to_dict(cfg)["run"]}))
     exe = [sys.executable, "-m", "rtdecode"]
-    decoder = subprocess.Popen(
-        [*exe, "run", "-c", str(cfg_path), "--exit-after-series"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    decoder = run_decoder(cfg, "--exit-after-series", stderr=subprocess.PIPE, text=True)
     ready = tmp_path / "recorder.ready"
     recorder = subprocess.Popen(
         [
@@ -122,7 +105,7 @@ def _start_decoder_and_recorder(experiment, tmp_path, transport="zmq"):
         stderr=subprocess.PIPE,
         text=True,
     )
-    _wait_file(ready, recorder)
+    wait_for_file(ready, proc=recorder)
     return cfg, cfg_path, decoder, recorder
 
 
@@ -154,8 +137,8 @@ def _finish(procs, cfg_path, bold, tmp_path):
     assert offline.returncode == 0, offline.stderr
 
 
-def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
-    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path)
+def test_golden_live_zeromq_equals_offline(experiment, tmp_path, run_decoder):
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, run_decoder)
     bold = experiment / "test" / "bold.nii"
     exe = [sys.executable, "-m", "rtdecode"]
     sender = subprocess.run(
@@ -203,9 +186,9 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path):
     assert np.mean(list(off["feature_correlation"]["VC"].values())) > 0.2
 
 
-def test_golden_live_lsl_equals_offline(experiment, tmp_path):
+def test_golden_live_lsl_equals_offline(experiment, tmp_path, run_decoder):
     """The same series over an LSL stream of type fMRI decodes exactly as offline (and ZeroMQ)."""
-    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, "lsl")
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, run_decoder, "lsl")
     bold = experiment / "test" / "bold.nii"
     sender = subprocess.run(
         [sys.executable, "-m", "rtdecode", "replay", str(bold), "--to", "lsl", "--speed", "50"],
@@ -222,9 +205,9 @@ def test_golden_live_lsl_equals_offline(experiment, tmp_path):
     assert (stamps[:, 2] > stamps[:, 0]).all()
 
 
-def test_golden_folder_path_equals_offline(experiment, tmp_path):
+def test_golden_folder_path_equals_offline(experiment, tmp_path, run_decoder):
     """Scanner files written into a watched folder at TR pace -> bridge -> decoder -> recorder."""
-    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path)
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, run_decoder)
     bold = experiment / "test" / "bold.nii"
     exe = [sys.executable, "-m", "rtdecode"]
     watched = tmp_path / "export"
@@ -242,12 +225,14 @@ def test_golden_folder_path_equals_offline(experiment, tmp_path):
             "--idle-exit",
             "3",
             "--end-series",
+            "--ready-file",
+            str(tmp_path / "bridge.ready"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(1.0)  # the watcher is up
+    wait_for_file(tmp_path / "bridge.ready", proc=bridge)
     replay = subprocess.run(
         [*exe, "replay", str(bold), "--folder", str(watched), "--speed", "30"],
         capture_output=True,
