@@ -43,7 +43,7 @@ class CurveConfig:
 
 @dataclass
 class MotionConfig:
-    """Motion correction stage (see :class:`rtdecode.motion.MotionCorrector`)."""
+    """Motion correction stage (see :class:`rtdecode.pipeline.motion.MotionCorrector`)."""
 
     enabled: bool = True
     reference: str = ""  # a NIfTI volume; empty: the first volume(s) of the series
@@ -53,7 +53,7 @@ class MotionConfig:
 
 @dataclass
 class PreprocessConfig:
-    """Causal preprocessing (see :class:`rtdecode.preprocess.Preprocessor`)."""
+    """Causal preprocessing (see :class:`rtdecode.pipeline.preprocess.Preprocessor`)."""
 
     baseline_volumes: int = 8
     detrend_tau_s: float = 60.0
@@ -71,7 +71,7 @@ class LslConfig:
 
 @dataclass
 class BlocksConfig:
-    """Block decoding from stimulus markers (see :mod:`rtdecode.blocks`)."""
+    """Block decoding from stimulus markers (see :mod:`rtdecode.pipeline.blocks`)."""
 
     enabled: bool = False  # listen for LSL markers and decode each marked block
     hrf_shift_s: float = HRF_SHIFT_S
@@ -79,7 +79,7 @@ class BlocksConfig:
 
 @dataclass
 class FeedbackConfig:
-    """One neurofeedback score (see :mod:`rtdecode.feedback`)."""
+    """One neurofeedback score (see :mod:`rtdecode.pipeline.feedback`)."""
 
     name: str = "feedback"
     kind: str = "correlation"  # one of FEEDBACK_KINDS
@@ -121,7 +121,7 @@ class RunConfig:
 
 @dataclass
 class ClassifierConfig:
-    """A DecNef classifier trained with the decoders (see :mod:`rtdecode.classifier`)."""
+    """A DecNef classifier trained with the decoders (see :mod:`rtdecode.models.classifier`)."""
 
     roi: str = ""  # "" trains none
     target: str = ""  # regular expression on events.tsv category_label marking the target class
@@ -130,7 +130,7 @@ class ClassifierConfig:
 
 @dataclass
 class LatentsConfig:
-    """Diffusion-model targets trained with the decoders (see :mod:`rtdecode.latents`)."""
+    """Diffusion-model targets trained with the decoders (see :mod:`rtdecode.models.latents`)."""
 
     enabled: bool = False  # needs <session>/latents.npz with one target array per block
     sources: dict = field(default_factory=lambda: {"image": "LVC", "text": "HVC"})  # target -> ROI

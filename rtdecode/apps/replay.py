@@ -57,7 +57,7 @@ def events_to_markers(events: Sequence[dict[str, str]]) -> list[tuple[float, str
     """Stimulus markers ``(scan time s, text)`` for the blocks of a BIDS events table.
 
     Each block gives a JSON ``start`` marker with its ``category_label`` (or ``trial_type``) and
-    condition at its onset and an ``end`` marker at onset + duration (see :mod:`rtdecode.blocks`).
+    condition at its onset and an ``end`` marker at onset + duration (see :mod:`rtdecode.pipeline.blocks`).
     """
     out = []
     for e in events:

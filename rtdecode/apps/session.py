@@ -67,14 +67,7 @@ def result_messages(
     The ``PUBLISHED`` stamp is set here, so the latency message (the last) carries it.
     """
     vol = res.volume
-    base = {
-        "session": vol.session,
-        "series": vol.series,
-        "seq": vol.seq,
-        "acq_time_s": vol.acq_time_s,
-        "tr_s": vol.tr_s,
-        "status": res.status,
-    }
+    base = {**m.volume_ref(vol), "tr_s": vol.tr_s, "status": res.status}
     censored = bool(res.motion.censored) if res.motion is not None else False
     stamp(vol.stamps, Stage.PUBLISHED)
     out: list[m.WireMessage] = []
@@ -119,10 +112,7 @@ def block_message(
     """A completed block: its volumes, ranking and feedback scores."""
     b, dec = block.block, pipe.decoder
     msg = m.Block(
-        session=last.session,
-        series=last.series,
-        seq=last.seq,
-        acq_time_s=last.acq_time_s,
+        **m.volume_ref(last),
         block=b.index,
         label=b.label,
         condition=b.condition,
@@ -252,10 +242,7 @@ class LiveSession:
             out = self.latents.predict(res.x)
             self.sink.publish(
                 m.Latent(
-                    session=vol.session,
-                    series=vol.series,
-                    seq=vol.seq,
-                    acq_time_s=vol.acq_time_s,
+                    **m.volume_ref(vol),
                     shapes={n: list(a.shape) for n, a in out.items()},
                     ms=(time.perf_counter_ns() - t0) / 1e6,
                     targets=out,

@@ -36,7 +36,7 @@ class LinearClassifier:
     target : str
         What the target class is (the rule it was trained with).
     mask_sha256 : str
-        Checksum of the analysis mask the positions refer to (:func:`rtdecode.decoders.mask_checksum`).
+        Checksum of the analysis mask the positions refer to (:func:`rtdecode.models.files.mask_checksum`).
     meta : dict
         Training details (accuracy, number of blocks, ...).
     """

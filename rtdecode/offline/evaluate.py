@@ -34,7 +34,7 @@ def block_scores(
     features : numpy.ndarray
         Shape (n_volumes, n_units), NaN rows for volumes without a prediction.
     times_s, onsets_s, duration_s, hrf_shift_s
-        As in :func:`rtdecode.train.block_average`.
+        As in :func:`rtdecode.offline.train.block_average`.
     candidates : numpy.ndarray
         Shape (n_candidates, n_units), normalised.
 

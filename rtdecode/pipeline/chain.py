@@ -1,6 +1,6 @@
 """The stage chain: motion -> preprocess -> decode -> identify, for one volume at a time.
 
-The live loop (:mod:`rtdecode.run`) and the offline batch (training, ``rtdecode offline``) call
+The live loop (:mod:`rtdecode.apps.session`) and the offline batch (training, ``rtdecode offline``) call
 the same :meth:`Pipeline.process`, so streaming and offline results agree by construction.
 """
 

@@ -4,11 +4,11 @@ Inverse-compositional Gauss-Newton on intensity least squares (Baker & Matthews 
 approach of AFNI's 3dvolreg: the Jacobian comes from the analytic gradient of the reference's
 cubic B-spline and is computed once per reference, so an iteration costs one cubic B-spline
 interpolation of the moving volume at the sampling points (numba kernels in
-:mod:`rtdecode._kernels`). Each volume starts from the previous volume's pose and is first
+:mod:`rtdecode.numerics.kernels`). Each volume starts from the previous volume's pose and is first
 aligned on a 2x coarser grid, which catches sudden jumps. The analysis voxels are then resliced
 onto the reference grid with the same cubic B-spline.
 
-Parameter convention: :mod:`rtdecode.rigid`.
+Parameter convention: :mod:`rtdecode.numerics.rigid`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class MotionEstimate:
     Parameters
     ----------
     params : numpy.ndarray
-        Shape (6,): tx, ty, tz (mm), rx, ry, rz (deg), see :mod:`rtdecode.rigid`.
+        Shape (6,): tx, ty, tz (mm), rx, ry, rz (deg), see :mod:`rtdecode.numerics.rigid`.
     fd_mm : float
         Framewise displacement from the previous volume (Power et al. 2012).
     censored : bool

@@ -173,7 +173,7 @@ def motion_trajectory(p: SimParams, n_vols: int, rng: np.random.Generator) -> np
 def apply_motion(
     img: np.ndarray, affine: np.ndarray, params: np.ndarray, grid: np.ndarray | None = None
 ) -> np.ndarray:
-    """Render an image as seen after the head moved by ``params`` (see :mod:`rtdecode.rigid`).
+    """Render an image as seen after the head moved by ``params`` (see :mod:`rtdecode.numerics.rigid`).
 
     ``grid`` is ``grid_points(img.shape)``, passed by callers that move many images.
     """

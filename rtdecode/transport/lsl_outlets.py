@@ -114,7 +114,7 @@ class LslPublisher:
             [c for c, _ in MOTION_CHANNELS],
             [u for _, u in MOTION_CHANNELS],
             "float32",
-            {"convention": "rigid-body parameters of rtdecode.rigid (R = Rz Ry Rx about the grid centre)"},
+            {"convention": "rtdecode.numerics.rigid: R = Rz Ry Rx about the grid centre"},
         )
         self.latency = _outlet(
             f"{prefix}-latency",

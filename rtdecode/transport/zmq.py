@@ -71,36 +71,6 @@ def _client_keys() -> tuple[bytes, bytes, bytes] | None:
     return public, secret, _load_key(server, secret=False)[0]
 
 
-def _open(
-    context: zmq.Context,
-    kind: int,
-    address: str,
-    bind: bool,
-    linger_ms: int,
-    curve: CurveServer | None = None,
-    max_message_bytes: int = 0,
-) -> zmq.Socket:
-    sock = context.socket(kind)
-    sock.setsockopt(zmq.LINGER, linger_ms)
-    if max_message_bytes > 0:  # before bind: the listener hands its options to each connection
-        sock.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
-    if bind and curve is not None:
-        public, secret = _load_key(curve.secret_key_file, secret=True)
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_server = public, secret, True
-    elif not bind and (keys := _client_keys()) is not None:
-        sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = keys
-    try:
-        if bind:
-            sock.bind(address)
-        else:
-            sock.connect(address)
-    except zmq.ZMQError as err:
-        sock.close(0)
-        verb = "bind to" if bind else "connect to"
-        raise BindError(f"cannot {verb} {address!r}: {err}") from err
-    return sock
-
-
 class _Endpoint:
     """Lifecycle shared by all endpoints: context manager, idempotent close."""
 
@@ -127,8 +97,27 @@ class _Endpoint:
                 self._auth = ThreadAuthenticator(self._context)
                 self._auth.start()
                 self._auth.configure_curve(domain="*", location=curve.clients_dir)
-            self.socket = _open(self._context, kind, address, bind, linger_ms, curve, max_message_bytes)
-        except ConfigError:
+            self.socket = self._context.socket(kind)
+            self.socket.setsockopt(zmq.LINGER, linger_ms)
+            if max_message_bytes > 0:  # before bind: the listener hands its options to each connection
+                self.socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
+            if bind and curve is not None:
+                public, secret = _load_key(curve.secret_key_file, secret=True)
+                self.socket.curve_publickey, self.socket.curve_secretkey = public, secret
+                self.socket.curve_server = True
+            elif not bind and (keys := _client_keys()) is not None:
+                self.socket.curve_publickey, self.socket.curve_secretkey, self.socket.curve_serverkey = keys
+            try:
+                if bind:
+                    self.socket.bind(address)
+                else:
+                    self.socket.connect(address)
+            except zmq.ZMQError as err:
+                verb = "bind to" if bind else "connect to"
+                raise BindError(f"cannot {verb} {address!r}: {err}") from err
+        except Exception:  # nothing half-open is left behind: a refused start must not leak threads
+            if getattr(self, "socket", None) is not None:
+                self.socket.close(0)
             if self._auth is not None:
                 self._auth.stop()
             self._context.term()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -24,28 +25,44 @@ from rtdecode.wire.frames import Message, decode
 from rtdecode.wire.schema import TYPES, WireMessage, array, header
 
 
-# Fields that every per-volume result carries, so a consumer can file it under its volume.
-def _volume_fields() -> dict[str, Any]:
+def _volume_ref() -> dict[str, Any]:
+    # Which volume a message is about: a consumer files it under (session, series, seq).
     return {
         "session": header("string", "session id of the volume"),
         "series": header("string", "series (run) id of the volume"),
         "seq": header("integer", "volume index within the series"),
-        "acq_time_s": header("number", "acquisition time, Unix seconds (wall clock)", "s"),
+        "acq_time_s": header("number", "acquisition time of the volume, Unix seconds (wall clock)", "s"),
+    }
+
+
+def _per_volume() -> dict[str, Any]:
+    # What every per-volume result carries besides the reference.
+    return {
+        **_volume_ref(),
         "tr_s": header("number", "repetition time of the series", "s"),
         "status": header("string", "`ok` (decoded) or `baseline` (collecting the baseline)"),
     }
 
 
-def _with_volume_fields(cls: type) -> type:
-    # Dataclass fields come from annotations: add the shared ones in front of the kind's own.
-    shared = _volume_fields()
-    cls.__annotations__ = {**dict.fromkeys(shared, Any), **cls.__annotations__}
-    for name, fld in shared.items():
-        setattr(cls, name, fld)
-    return dataclasses.dataclass(kw_only=True)(cls)
+def _with(shared: Callable[[], dict[str, Any]]) -> Callable[[type], type]:
+    """Make a message dataclass whose fields are ``shared()``'s, then the class's own."""
+
+    def make(cls: type) -> type:
+        fields = shared()
+        cls.__annotations__ = {**dict.fromkeys(fields, Any), **cls.__annotations__}
+        for name, fld in fields.items():
+            setattr(cls, name, fld)
+        return dataclasses.dataclass(kw_only=True)(cls)
+
+    return make
 
 
-@_with_volume_fields
+def volume_ref(vol: Volume) -> dict[str, Any]:
+    """The reference fields of a message about ``vol``."""
+    return {"session": vol.session, "series": vol.series, "seq": vol.seq, "acq_time_s": vol.acq_time_s}
+
+
+@_with(_per_volume)
 class Features(WireMessage):
     """Predicted DNN features of one ROI and layer (topic ``features.<roi>.<layer>``)."""
 
@@ -60,7 +77,7 @@ class Features(WireMessage):
         return f"features.{self.roi}.{self.layer}"
 
 
-@_with_volume_fields
+@_with(_per_volume)
 class Ranking(WireMessage):
     """The top candidates of every ROI and layer for one volume."""
 
@@ -79,7 +96,7 @@ class Ranking(WireMessage):
     )
 
 
-@_with_volume_fields
+@_with(_per_volume)
 class Motion(WireMessage):
     """Rigid-body motion of one volume against the reference."""
 
@@ -91,7 +108,7 @@ class Motion(WireMessage):
     iterations: int = header("integer", "Gauss-Newton iterations the estimate took")
 
 
-@_with_volume_fields
+@_with(_per_volume)
 class Feedback(WireMessage):
     """Neurofeedback scores of one volume."""
 
@@ -101,7 +118,7 @@ class Feedback(WireMessage):
     )
 
 
-@_with_volume_fields
+@_with(_per_volume)
 class Latency(WireMessage):
     """A volume's time stamps and stage durations; the last message of each volume."""
 
@@ -110,15 +127,11 @@ class Latency(WireMessage):
     ms: dict = header("object", "durations between consecutive stages and `end_to_end`", "ms")
 
 
-@dataclasses.dataclass(kw_only=True)
+@_with(_volume_ref)
 class Latent(WireMessage):
     """Decoded diffusion-model targets of one volume (only with ``run.latents``)."""
 
     kind: ClassVar[str] = "latent"
-    session: str = header("string", "session id of the volume")
-    series: str = header("string", "series id of the volume")
-    seq: int = header("integer", "volume index within the series")
-    acq_time_s: float = header("number", "acquisition time, Unix seconds", "s")
     shapes: dict = header("object", "target name → shape of its array")
     ms: float = header("number", "time to compute the targets", "ms")
     targets: dict = dataclasses.field(
@@ -142,15 +155,11 @@ class Latent(WireMessage):
         return lat
 
 
-@dataclasses.dataclass(kw_only=True)
+@_with(_volume_ref)
 class Block(WireMessage):
-    """A completed stimulus block (from markers): its averaged prediction, ranked."""
+    """A completed stimulus block (from markers), published with the volume that completed it."""
 
     kind: ClassVar[str] = "block"
-    session: str = header("string", "session id")
-    series: str = header("string", "series id")
-    seq: int = header("integer", "index of the volume that completed the block")
-    acq_time_s: float = header("number", "acquisition time of that volume, Unix seconds", "s")
     block: int = header("integer", "block index, from 0")
     label: str | None = header("string", "the category shown (from the marker)", optional=True)
     condition: str | None = header("string", "the condition (from the marker)", optional=True)

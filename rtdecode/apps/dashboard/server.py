@@ -2,7 +2,7 @@
 
 One process, one port: HTTP for the page and its assets (shipped in ``static/``, nothing from the
 internet), a WebSocket at ``/ws`` for the updates. A thread reads the decoder's PUB socket; the
-asyncio loop folds each message into the :class:`~rtdecode.dashboard.view.SessionView` and
+asyncio loop folds each message into the :class:`~rtdecode.apps.dashboard.view.SessionView` and
 broadcasts the update it completes. A page that connects late first gets the recent history.
 """
 
