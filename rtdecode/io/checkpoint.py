@@ -23,7 +23,7 @@ import numpy as np
 from rtdecode.errors import CheckpointError
 
 FORMAT = "rtdecode-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: the arrays are the pipeline's own names (Pipeline.get_state)
 _STATIC = "reference/"  # arrays written once per reference, not after every volume
 
 

@@ -48,7 +48,7 @@ def test_the_reference_is_written_only_when_it_changes(tmp_path):
 def test_a_file_of_another_kind_is_refused_by_name(tmp_path):
     np.savez(tmp_path / "state.npz", meta=np.array('{"format": "other", "version": 7}'))
     with pytest.raises(
-        CheckpointError, match="expected rtdecode-checkpoint version 1, got 'other' version 7"
+        CheckpointError, match="expected rtdecode-checkpoint version 2, got 'other' version 7"
     ):
         Checkpoint(tmp_path).restore()
     (tmp_path / "state.npz").write_bytes(b"not a zip")
