@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
+from rtdecode._typecheck import from_mapping, short
 from rtdecode.errors import ConfigError
 
 # Feedback scores computed from the decoded content (against a target category), then the others.
@@ -100,7 +99,7 @@ class RunConfig:
     transport: str = "zmq"  # where volumes come from: zmq (run.input) or lsl (a stream of type fMRI)
     input: SocketConfig = field(default_factory=SocketConfig)
     output: SocketConfig = field(default_factory=lambda: SocketConfig("tcp://127.0.0.1:5556", True))
-    bundle: str = "demo-out/decoder"
+    bundle: str = ""  # the decoder bundle directory (required by rtdecode run and offline)
     candidates: str = ""  # default: <bundle>/candidates.npz
     top_k: int = 5
     rank_precision: str = "int8"  # int8: certified int8 pre-ranking, same result as float32, 1/4 the reads
@@ -117,6 +116,8 @@ class RunConfig:
     latents: str = ""  # a latents directory (train.latents writes <bundle>/latents); "" none
     checkpoint: str = ""  # a directory for the state after each volume, to resume after a crash; "" none
     curve: CurveConfig = field(default_factory=CurveConfig)  # encryption and client allow-list
+    max_gap_volumes: int = 10_000  # a volume further ahead of the last one is refused (a corrupt index)
+    allow_insecure_network: bool = False  # bind beyond loopback without CurveZMQ (warned at every start)
 
 
 @dataclass
@@ -141,7 +142,7 @@ class LatentsConfig:
 class TrainConfig:
     """Decoder training."""
 
-    rois: list = field(
+    rois: list[str] = field(
         default_factory=lambda: ["V1", "V2", "V3", "V4", "LOC", "FFA", "PPA", "LVC", "HVC", "VC"]
     )
     composites: dict = field(
@@ -179,55 +180,48 @@ class Config:
     demo: DemoConfig = field(default_factory=DemoConfig)
 
 
-def _convert(cls: type, data: Any, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
-    if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _check_value(hints[key], value, f"{where}.{key}")
-    return cls(**kwargs)
+def is_loopback(address: str) -> bool:
+    """Whether a ZeroMQ address stays on this machine (``ipc://``, ``inproc://``, ``tcp://`` to loopback)."""
+    if not address.startswith("tcp://"):
+        return True
+    host = address[len("tcp://") :].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _check_value(tp: Any, value: Any, where: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _convert(tp, value, where)
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: must be a number, got {value!r}")
-        return float(value)
-    base = typing.get_origin(tp) or tp
-    args = typing.get_args(tp)
-    if base is list and args and dataclasses.is_dataclass(args[0]):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: must be a list, got {value!r}")
-        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if base is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: must be an integer, got {value!r}")
-    if not isinstance(value, base):
-        raise ConfigError(f"{where}: must be of type {base.__name__}, got {value!r}")
-    return value
+def _tcp_port_ok(address: str) -> bool:
+    if not address.startswith("tcp://"):
+        return True
+    host, sep, port = address[len("tcp://") :].rpartition(":")
+    return bool(sep and host) and (port == "*" or (port.isdigit() and 0 <= int(port) <= 65535))
 
 
 def _validate(cfg: Config, where: str) -> None:
     r = cfg.run
     rules = [
-        (r.top_k >= 1, "run.top_k", "must be >= 1", r.top_k),
         (
             r.rank_precision in ("float32", "int8"),
             "run.rank_precision",
             "must be 'float32' or 'int8'",
             r.rank_precision,
         ),
-        (r.rank_threads >= 1, "run.rank_threads", "must be >= 1", r.rank_threads),
-        (r.heartbeat_s > 0, "run.heartbeat_s", "must be > 0", r.heartbeat_s),
-        (r.pause_trs > 0, "run.pause_trs", "must be > 0", r.pause_trs),
+        (1 <= r.top_k <= 1000, "run.top_k", "must be between 1 and 1000", r.top_k),
+        (1 <= r.rank_threads <= 64, "run.rank_threads", "must be between 1 and 64", r.rank_threads),
+        (0 < r.heartbeat_s <= 60, "run.heartbeat_s", "must be > 0 and <= 60", r.heartbeat_s),
+        (0 < r.pause_trs <= 1e6, "run.pause_trs", "must be > 0 and <= 1e6", r.pause_trs),
         (0 <= r.reorder_ms <= 10_000, "run.reorder_ms", "must be between 0 and 10000", r.reorder_ms),
-        (r.input.max_message_mb > 0, "run.input.max_message_mb", "must be > 0", r.input.max_message_mb),
+        (
+            0 < r.input.max_message_mb <= 4096,
+            "run.input.max_message_mb",
+            "must be > 0 and <= 4096",
+            r.input.max_message_mb,
+        ),
+        (r.max_gap_volumes >= 1, "run.max_gap_volumes", "must be >= 1", r.max_gap_volumes),
+        (
+            r.input.address != r.output.address,
+            "run.output.address",
+            "must differ from run.input.address",
+            r.output.address,
+        ),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),
         (
@@ -308,18 +302,31 @@ def _validate(cfg: Config, where: str) -> None:
             ),
         ]
     for sock in ("input", "output"):
-        addr = getattr(r, sock).address
-        rules.append(
+        s = getattr(r, sock)
+        rules += [
             (
-                addr.startswith(("tcp://", "ipc://", "inproc://")),
+                s.address.startswith(("tcp://", "ipc://", "inproc://")),
                 f"run.{sock}.address",
                 "must start with tcp://, ipc:// or inproc://",
-                addr,
-            )
-        )
+                s.address,
+            ),
+            (
+                _tcp_port_ok(s.address),
+                f"run.{sock}.address",
+                "must be tcp://HOST:PORT, PORT 0-65535 or *",
+                s.address,
+            ),
+            (
+                not s.bind or is_loopback(s.address) or r.curve.enabled or r.allow_insecure_network,
+                f"run.{sock}.address",
+                "binds beyond this machine without encryption: turn on run.curve (see `rtdecode keygen`), "
+                "or set run.allow_insecure_network: true on a network you trust",
+                s.address,
+            ),
+        ]
     for ok, key, rule, value in rules:
         if not ok:
-            raise ConfigError(f"{where}: {key} {rule}, got {value!r}")
+            raise ConfigError(f"{where}: {key}: {rule}, got {short(value)}")
 
 
 def load_config(path: str | Path | None) -> Config:
@@ -340,8 +347,13 @@ def load_config(path: str | Path | None) -> Config:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    cfg = _convert(Config, data or {}, str(path))
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from err
+    except (ValueError, RecursionError) as err:  # YAML that names values Python cannot hold
+        raise ConfigError(f"{path}: not readable YAML: {type(err).__name__}: {short(str(err))}") from err
+    cfg = from_mapping(Config, data if data is not None else {}, str(path))
     _validate(cfg, str(path))
     return cfg
 
@@ -354,6 +366,8 @@ def check_run_files(cfg: RunConfig, where: str) -> None:
     ConfigError
         Naming the config file, the key and the path.
     """
+    if not cfg.bundle:
+        raise ConfigError(f"{where}: run.bundle: must name a decoder bundle directory (rtdecode train --out)")
     bundle = Path(cfg.bundle)
     paths = [
         ("run.bundle", bundle / "decoder.json", True),

@@ -108,9 +108,9 @@ class Volume:
         return self.data.shape
 
 
-def series_key(vol: Volume) -> tuple[str, str]:
-    """What identifies a volume's series, ``(session, series)``: a new key starts a new series."""
-    return (vol.session, vol.series)
+def series_key(vol: Volume) -> str:
+    """What identifies a volume's series: its series id (a session change alone continues it)."""
+    return vol.series
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,10 @@ import signal
 import time
 
 from rtdecode.apps.session import LiveSession
-from rtdecode.apps.setup import curve_server, open_lsl_outputs, open_source
+from rtdecode.apps.setup import open_lsl_outputs, open_publisher, open_source, warn_if_exposed
 from rtdecode.config import RunConfig
 from rtdecode.errors import PeerDisconnected, ProtocolError, ReceiveTimeout
-from rtdecode.pipeline.latency import format_table
 from rtdecode.pipeline.reorder import ReorderBuffer
-from rtdecode.transport.zmq import Publisher
 from rtdecode.volume import SeriesEnd
 from rtdecode.wire.ports import Fanout
 
@@ -40,7 +38,8 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     with contextlib.ExitStack() as stack:
-        pub = stack.enter_context(Publisher(cfg.output.address, cfg.output.bind, curve=curve_server(cfg)))
+        warn_if_exposed(cfg)
+        pub = stack.enter_context(open_publisher(cfg))
         sink = Fanout([pub])
         session = LiveSession(cfg, sink)
         stack.callback(session.close)
@@ -87,17 +86,7 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
             if isinstance(item, SeriesEnd):
                 for vol in order.flush():
                     session.step(vol)
-                summary = session.summary()
-                session.status(
-                    "end", series=item.series, n_sent=item.n_sent, settings=session.settings(), **summary
-                )
-                c = session.counts
-                print(
-                    f"series {item.series!r} ended: {c.processed} processed, {c.skipped} skipped, "
-                    f"{c.dropped} dropped\n{format_table(summary['latency_ms'])}",
-                    flush=True,
-                )
-                if exit_after_series:
+                if session.end_series(item) and exit_after_series:
                     break
                 continue
             now = time.monotonic()

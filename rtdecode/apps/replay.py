@@ -190,7 +190,7 @@ def replay_nifti_to_folder(bold: str | Path, dst: str | Path, speed: float = 1.0
         v = vols[k]
         img = nib.Nifti1Image(v.data, v.affine)
         img.header.set_xyzt_units("mm", "sec")
-        img.header.set_zooms((*img.header.get_zooms()[:3],))
+        img.header["pixdim"][4] = v.tr_s  # the series' TR travels with each 3-D file
         tmp = Path(dst) / f".vol_{k:05d}.nii"
         nib.save(img, tmp)
         tmp.rename(Path(dst) / f"vol_{k:05d}.nii")  # appear whole, as most exporters do

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -23,8 +24,13 @@ from rtdecode.errors import CheckpointError, ProtocolError, VolumeError
 from rtdecode.io.checkpoint import Checkpoint
 from rtdecode.pipeline.blocks import BlockDecoder, BlockResult
 from rtdecode.pipeline.chain import Pipeline, Result
-from rtdecode.pipeline.latency import LatencyTracker, stage_durations_ms
-from rtdecode.volume import Stage, Volume, stamp, stamps_to_dict
+from rtdecode.pipeline.latency import (
+    LatencyTracker,
+    drop_implausible_stamps,
+    format_table,
+    stage_durations_ms,
+)
+from rtdecode.volume import SeriesEnd, Stage, Volume, stamp, stamps_to_dict
 from rtdecode.wire import messages as m
 from rtdecode.wire.markers import parse_marker
 from rtdecode.wire.ports import Sink
@@ -46,6 +52,15 @@ class MessageCounts:
         return dataclasses.asdict(self)
 
 
+@dataclass
+class SeriesTally:
+    """What happened to one series' volumes, for its ``end``."""
+
+    counts: MessageCounts = dataclasses.field(default_factory=MessageCounts)
+    session: str = ""
+    last_seq_seen: int = -1  # the highest index received, processed or not
+
+
 def _json_number(v: float) -> float | None:
     # JSON has no NaN: a score that cannot be computed yet travels as null.
     return None if math.isnan(v) else v
@@ -60,7 +75,10 @@ def _top_labels(labels: list[str], indices: np.ndarray) -> list:
 
 
 def result_messages(
-    res: Result, pipe: Pipeline, scores: Mapping[str, tuple[float, float]] | None = None
+    res: Result,
+    pipe: Pipeline,
+    scores: Mapping[str, tuple[float, float]] | None = None,
+    stamps_dropped: list[str] | None = None,
 ) -> list[m.WireMessage]:
     """Motion, features, ranking, feedback and latency of one volume, in publishing order.
 
@@ -102,7 +120,10 @@ def result_messages(
         out.append(m.Ranking(**base, censored=censored))
     if scores:
         out.append(m.Feedback(**base, scores=_scores(scores)))
-    out.append(m.Latency(**base, stamps=stamps_to_dict(vol.stamps), ms=stage_durations_ms(vol.stamps)))
+    durations = stage_durations_ms(vol.stamps)
+    out.append(
+        m.Latency(**base, stamps=stamps_to_dict(vol.stamps), ms=durations, stamps_dropped=stamps_dropped)
+    )
     return out
 
 
@@ -148,6 +169,7 @@ class LiveSession:
         self.pipe = build_pipeline(cfg)
         self.sink = sink
         self.counts = MessageCounts()
+        self.series: OrderedDict[str, SeriesTally] = OrderedDict()  # the recent series, for their ends
         self.tracker = LatencyTracker()
         self.feedback = build_feedback(cfg, self.pipe)
         self.blocks = (
@@ -196,9 +218,25 @@ class LiveSession:
             log.warning("no volume for %.1f s (%.0f TR) after volume %d", silent, silent / vol.tr_s, vol.seq)
             self.status("paused", series=vol.series, last_seq=vol.seq, silent_s=silent, tr_s=vol.tr_s)
 
+    def _tally(self, vol: Volume) -> SeriesTally:
+        tally = self.series.get(vol.series)
+        if tally is None:
+            tally = self.series[vol.series] = SeriesTally(session=vol.session)
+            if len(self.series) > 256:
+                self.series.popitem(last=False)
+        tally.last_seq_seen = max(tally.last_seq_seen, vol.seq)
+        return tally
+
     def step(self, vol: Volume) -> None:
         """Process and publish one received volume; a refused volume is answered with a skip."""
         self.counts.received += 1
+        tally = self._tally(vol)
+        tally.counts.received += 1
+        stamps_dropped = drop_implausible_stamps(vol.stamps, vol.tr_s)
+        if stamps_dropped:
+            log.warning(
+                "volume %d: sender stamps %s are impossible; left out of latency", vol.seq, stamps_dropped
+            )
         now = time.monotonic()
         if self._paused:
             self._paused = False
@@ -209,19 +247,20 @@ class LiveSession:
         try:
             res = self.pipe.process(vol)
         except VolumeError as err:
-            self.skip(str(err))
+            self.skip(str(err), vol)
             return
         except Exception as err:  # a bug must cost one volume, not the session
             log.exception("internal error on a volume")
-            self.skip(f"internal error: {type(err).__name__}: {err}")
+            self.skip(f"internal error: {type(err).__name__}: {err}", vol)
             return
         if self._series_index is not None and res.series_index != self._series_index:
             self.feedback.reset()  # a new series: per-series state starts over
             if self.blocks is not None:
                 self.blocks.reset()
         self._series_index = res.series_index
-        self.counts.processed += 1
-        self.counts.dropped += res.dropped_before
+        for c in (self.counts, tally.counts):
+            c.processed += 1
+            c.dropped += res.dropped_before
         if res.dropped_before:
             self.status(
                 "gap",
@@ -235,7 +274,7 @@ class LiveSession:
             self.sink.publish(m.VolumeMessage.of(vol))
         rest = self.blocks.is_rest(vol) if self.blocks is not None else None
         scores = self.feedback.update(res, rest)
-        for msg in result_messages(res, self.pipe, scores):
+        for msg in result_messages(res, self.pipe, scores, stamps_dropped or None):
             self.sink.publish(msg)
         if self.latents is not None and res.x is not None:
             t0 = time.perf_counter_ns()
@@ -248,7 +287,8 @@ class LiveSession:
                     targets=out,
                 )
             )
-        self.tracker.add(vol.stamps)
+        if not stamps_dropped:
+            self.tracker.add(vol.stamps)
         if self.checkpoint is not None:
             self.checkpoint.save(self.pipe.get_state())
         if self.blocks is not None:
@@ -257,11 +297,57 @@ class LiveSession:
             for block in self.blocks.add(res, censored, raw):
                 self.sink.publish(block_message(block, vol, self.pipe, self.feedback.block(block)))
 
-    def skip(self, reason: str) -> None:
-        """Count and announce a message or volume that could not be used."""
+    def skip(self, reason: str, vol: Volume | None = None) -> None:
+        """Count and announce a message or volume that could not be used (``vol`` when it was read)."""
         self.counts.skipped += 1
         log.warning("skipped: %s", reason)
-        self.status("skipped", reason=reason, **self.counts.fields())
+        where = {}
+        if vol is not None:
+            self.series[vol.series].counts.skipped += 1
+            where = {"session": vol.session, "series": vol.series, "seq": vol.seq}
+        self.status("skipped", reason=reason, **where, **self.counts.fields())
+
+    def end_series(self, end: SeriesEnd) -> bool:
+        """Close a series the sender says is complete; False for an ``end`` of a series never seen.
+
+        Volumes the sender sent after the last one that arrived (``n_sent``) are announced as a
+        gap at the end; the ``end`` event carries the series' own counts beside the totals.
+        """
+        tally = self.series.get(end.series)
+        if tally is None:
+            self.skip(f"end of series {end.series!r}, from which no volume arrived")
+            return False
+        c = tally.counts
+        if end.n_sent is not None and end.n_sent > tally.last_seq_seen + 1:
+            missing_from, missing_to = tally.last_seq_seen + 1, end.n_sent - 1
+            c.dropped += missing_to - missing_from + 1
+            self.counts.dropped += missing_to - missing_from + 1
+            log.warning("series %r: volumes %d-%d never arrived", end.series, missing_from, missing_to)
+            self.status(
+                "gap",
+                session=end.session,
+                series=end.series,
+                missing_from=missing_from,
+                missing_to=missing_to,
+                after_restart=False,
+                at_end=True,
+            )
+        summary = self.summary()
+        self.status(
+            "end",
+            session=end.session,
+            series=end.series,
+            n_sent=end.n_sent,
+            series_counts=c.fields(),
+            settings=self.settings(),
+            **summary,
+        )
+        print(
+            f"series {end.series!r} ended: {c.processed} processed, {c.skipped} skipped, {c.dropped} missing "
+            f"(all series: {self.counts.processed} processed)\n{format_table(summary['latency_ms'])}",
+            flush=True,
+        )
+        return True
 
     def summary(self) -> dict:
         """Counts and the latency summary so far."""

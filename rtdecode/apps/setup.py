@@ -6,25 +6,29 @@ Everything here reads files or opens sockets once, before the first volume; the 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 
-from rtdecode.config import RunConfig
-from rtdecode.errors import ConfigError, FileError
+from rtdecode.config import RunConfig, is_loopback
+from rtdecode.errors import BindError, ConfigError, FileError, VolumeError
 from rtdecode.io.nifti import load_volume
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.bundle import load_bundle
 from rtdecode.models.files import mask_checksum
 from rtdecode.models.latents import LatentDecoders
+from rtdecode.numerics.grid import match_grid, reorient
 from rtdecode.numerics.kernels import warm_up
 from rtdecode.pipeline.chain import Pipeline
 from rtdecode.pipeline.feedback import Feedback, Score
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.ranking import Identifier
-from rtdecode.transport.zmq import CurveServer, Receiver
+from rtdecode.transport.zmq import CurveServer, Publisher, Receiver
 from rtdecode.wire.ports import Sink, VolumeSource
+
+log = logging.getLogger(__name__)
 
 
 def build_pipeline(cfg: RunConfig) -> Pipeline:
@@ -41,16 +45,14 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         if cfg.motion.reference:
             try:
                 data, affine = load_volume(cfg.motion.reference)
-            except FileError as err:  # the configuration names a file that is not an image
-                raise ConfigError(f"run.motion.reference: {err}") from err
-            if data.shape != bundle.mask.shape:
-                raise ConfigError(
-                    f"run.motion.reference {cfg.motion.reference!r} has shape {data.shape}, "
-                    f"the decoders expect {bundle.mask.shape}"
-                )
+                ornt = match_grid(affine, data.shape, bundle.affine, bundle.mask.shape, "the reference")
+            except (FileError, VolumeError) as err:  # not an image, or not on the decoders' grid
+                raise ConfigError(f"run.motion.reference: {cfg.motion.reference!r}: {err}") from err
+            if ornt is not None:  # the same grid saved in another voxel order (dcm2niix, SPM)
+                data, affine = reorient(data, ornt), bundle.affine
             motion.set_reference(data, affine)
     pre = Preprocessor(cfg.preprocess.baseline_volumes, cfg.preprocess.detrend_tau_s)
-    return Pipeline(bundle.mask, pre, motion, bundle, identifier)
+    return Pipeline(bundle.mask, pre, motion, bundle, identifier, cfg.max_gap_volumes, bundle.affine)
 
 
 def load_latents(cfg: RunConfig, pipe: Pipeline) -> LatentDecoders | None:
@@ -64,8 +66,20 @@ def load_latents(cfg: RunConfig, pipe: Pipeline) -> LatentDecoders | None:
 
 
 def build_feedback(cfg: RunConfig, pipe: Pipeline) -> Feedback:
-    """The feedback scores configured in ``cfg.feedback``."""
-    return Feedback([Score(spec, pipe.decoder, pipe.identifier.bank, cfg.bundle) for spec in cfg.feedback])
+    """The feedback scores configured in ``cfg.feedback``.
+
+    Raises
+    ------
+    ConfigError
+        A score that does not fit the bundle, naming its ``run.feedback[i]`` key.
+    """
+    scores = []
+    for i, spec in enumerate(cfg.feedback):
+        try:
+            scores.append(Score(spec, pipe.decoder, pipe.identifier.bank, cfg.bundle))
+        except ConfigError as err:
+            raise ConfigError(f"run.feedback[{i}]: {err}") from err
+    return Feedback(scores)
 
 
 def curve_server(cfg: RunConfig) -> CurveServer | None:
@@ -79,12 +93,35 @@ def open_source(cfg: RunConfig) -> VolumeSource:
         from rtdecode.transport.lsl import VolumeInlet
 
         return VolumeInlet(cfg.lsl.volume_stream)
-    return Receiver(
-        cfg.input.address,
-        cfg.input.bind,
-        curve=curve_server(cfg),
-        max_message_bytes=int(cfg.input.max_message_mb * 2**20),
-    )
+    try:
+        return Receiver(
+            cfg.input.address,
+            cfg.input.bind,
+            curve=curve_server(cfg),
+            max_message_bytes=int(cfg.input.max_message_mb * 2**20),
+        )
+    except BindError as err:
+        raise BindError(f"run.input.address: {err}") from err
+
+
+def open_publisher(cfg: RunConfig) -> Publisher:
+    """The results' ZeroMQ PUB socket (``cfg.output``)."""
+    try:
+        return Publisher(cfg.output.address, cfg.output.bind, curve=curve_server(cfg))
+    except BindError as err:
+        raise BindError(f"run.output.address: {err}") from err
+
+
+def warn_if_exposed(cfg: RunConfig) -> None:
+    """Log a warning at every start when a socket is bound beyond loopback without encryption."""
+    for key, sock in (("run.input", cfg.input), ("run.output", cfg.output)):
+        if sock.bind and not is_loopback(sock.address) and not cfg.curve.enabled:
+            log.warning(
+                "%s.address %s is reachable from the network without encryption "
+                "(run.allow_insecure_network: true); anyone on it can send volumes or read results",
+                key,
+                sock.address,
+            )
 
 
 def open_lsl_outputs(cfg: RunConfig, pipe: Pipeline, feedback: Feedback) -> Sink:

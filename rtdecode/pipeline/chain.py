@@ -6,8 +6,11 @@ the same :meth:`Pipeline.process`, so streaming and offline results agree by con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
@@ -15,12 +18,15 @@ import numpy as np
 
 from rtdecode.errors import VolumeError
 from rtdecode.models.bundle import Decoder
+from rtdecode.numerics.grid import match_grid, orientation_between, reorient
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.ranking import Identifier
 from rtdecode.volume import Stage, Volume, series_key, stamp
 
 log = logging.getLogger(__name__)
+
+MAX_ABS_VALUE = 1e15  # larger voxel values overflow float32 sums of squares in motion correction
 
 
 @dataclass
@@ -56,6 +62,13 @@ class Pipeline:
     decoder : Decoder or None
         None stops after preprocessing (as training does).
     identifier : Identifier or None
+    max_gap_volumes : int
+        A volume further ahead of the last one than this is refused by name (a corrupt index
+        would otherwise make every later volume of the series look late).
+    affine : numpy.ndarray or None
+        Shape (4, 4): the grid ``mask`` is on (the decoders'). A series on the same grid in another
+        voxel order is reoriented to it, exactly; one on any other grid is refused by name. None
+        takes every series as it comes (training, whose grid is the session's own).
     """
 
     def __init__(
@@ -65,6 +78,8 @@ class Pipeline:
         motion: MotionCorrector | None = None,
         decoder: Decoder | None = None,
         identifier: Identifier | None = None,
+        max_gap_volumes: int = 10_000,
+        affine: np.ndarray | None = None,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
@@ -76,9 +91,15 @@ class Pipeline:
         self.motion = motion
         self.decoder = decoder
         self.identifier = identifier
+        self.max_gap_volumes = max_gap_volumes
+        self.affine = None if affine is None else np.asarray(affine, dtype=np.float64)
+        self._reorient: np.ndarray | None = None  # how this series' volumes are put on the grid
         self._series: tuple[str, str] | None = None
         self._series_affine: np.ndarray | None = None
         self._last_seq = -1
+        self._undo: tuple[int, np.ndarray | None] = (-1, None)  # what a volume that fails mid-way restores
+        # The last volume of every series seen: a series the sender returns to goes on from there.
+        self.last_seq_of: OrderedDict[str, int] = OrderedDict()
         self.series_started = 0  # series begun so far; later stages reset their state when it changes
 
     def get_state(self) -> dict[str, np.ndarray] | None:
@@ -113,6 +134,9 @@ class Pipeline:
         self._series, self._last_seq = (session, series), int(state["last_seq"])
         affine = state.get("series_affine")
         self._series_affine = None if affine is None else np.asarray(affine, dtype=np.float64)
+        self._reorient = None
+        if self.affine is not None and affine is not None and not np.allclose(affine, self.affine, atol=1e-3):
+            self._reorient = orientation_between(self._series_affine, self.affine)  # checked when it began
         self.preprocessor.set_state({k[4:]: v for k, v in state.items() if k.startswith("pre/")})
         motion = {k[7:]: v for k, v in state.items() if k.startswith("motion/")}
         if self.motion is not None and motion:
@@ -133,36 +157,70 @@ class Pipeline:
             raise VolumeError(
                 f"volume {vol.seq}: voxel type {vol.data.dtype} is not supported (real magnitudes)"
             )
-        if vol.data.shape != self.mask.shape:
-            raise VolumeError(
-                f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}"
-            )
-        key = series_key(vol)
-        if key != self._series:
+        if self._series is None or series_key(vol) != self._series[1]:
             if self._series is not None:
-                log.info("new series %s/%s: preprocessing restarts", *key)
+                log.info("new series %s/%s: preprocessing restarts", vol.session, vol.series)
                 self.preprocessor.reset()
-            self._series, self._last_seq, self._series_affine = key, -1, None
+                if self.motion is not None:
+                    self.motion.new_series()
+            self._series, self._series_affine = (vol.session, vol.series), None
+            self._last_seq = self.last_seq_of.get(vol.series, -1)
             self.series_started += 1
+        elif vol.session != self._series[0]:
+            log.warning(
+                "series %r continues under session %r (was %r)", vol.series, vol.session, self._series[0]
+            )
+            self._series = (vol.session, vol.series)
         # Motion correction realigns on the series' first grid: a moved grid would be read wrongly.
         if self._series_affine is not None and not np.allclose(vol.affine, self._series_affine, atol=1e-4):
             raise VolumeError(
                 f"volume {vol.seq}: affine differs from the series' ({np.round(vol.affine, 3).tolist()} vs "
                 f"{np.round(self._series_affine, 3).tolist()}); a new grid needs a new series"
             )
+        if self._series_affine is None and self.affine is not None and vol.data.ndim == 3:
+            # The series' first volume: its grid is matched to the decoders' once.
+            self._reorient = match_grid(
+                vol.affine, vol.data.shape, self.affine, self.mask.shape, f"volume {vol.seq}"
+            )
+        shape = (
+            vol.data.shape
+            if self._reorient is None
+            else tuple(vol.data.shape[int(i)] for i in np.argsort(self._reorient[:, 0]))
+        )
+        if shape != self.mask.shape:
+            raise VolumeError(
+                f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}"
+            )
         if vol.seq <= self._last_seq:
             raise VolumeError(
                 f"volume {vol.seq} repeats or precedes volume {self._last_seq} of series {vol.series!r}"
             )
+        jump = vol.seq - self._last_seq - 1
+        if jump > self.max_gap_volumes:
+            raise VolumeError(
+                f"volume {vol.seq} jumps {jump} volumes ahead of volume {self._last_seq} of series "
+                f"{vol.series!r} (more than run.max_gap_volumes, {self.max_gap_volumes})"
+            )
         # Anywhere, not only in the mask: one NaN would poison the motion estimate and the warm start.
-        if vol.data.dtype.kind == "f" and not np.isfinite(vol.data).all():
-            raise VolumeError(f"volume {vol.seq}: non-finite values (NaN or inf)")
+        if vol.data.dtype.kind == "f":
+            peak = float(np.abs(vol.data).max())  # NaN if any voxel is NaN
+            if not math.isfinite(peak):
+                raise VolumeError(f"volume {vol.seq}: non-finite values (NaN or inf)")
+            if peak > MAX_ABS_VALUE:
+                raise VolumeError(
+                    f"volume {vol.seq}: values up to {peak:.3g} overflow the arithmetic "
+                    f"(|value| > {MAX_ABS_VALUE:g})"
+                )
         if not vol.data.any():
             raise VolumeError(f"volume {vol.seq}: every voxel is zero (a failed reconstruction or transfer)")
+        self._undo = (self._last_seq, self._series_affine)
         if self._series_affine is None:
             self._series_affine = np.array(vol.affine, dtype=np.float64)
         dropped = vol.seq - self._last_seq - 1
-        self._last_seq = vol.seq
+        self._last_seq = self.last_seq_of[vol.series] = vol.seq
+        self.last_seq_of.move_to_end(vol.series)
+        if len(self.last_seq_of) > 256:
+            self.last_seq_of.popitem(last=False)
         return dropped
 
     def process(self, vol: Volume) -> Result:
@@ -176,7 +234,20 @@ class Pipeline:
         dropped = self.check(vol)
         if dropped:
             log.warning("series %r: %d volume(s) missing before volume %d", vol.series, dropped, vol.seq)
-        res = Result(volume=vol, status="baseline", dropped_before=dropped, series_index=self.series_started)
+        try:
+            return self._stages(
+                vol, Result(vol, "baseline", dropped_before=dropped, series_index=self.series_started)
+            )
+        except Exception:
+            # The volume was not processed: the sender may send it again.
+            self._last_seq, self._series_affine = self._undo
+            self.last_seq_of[vol.series] = self._last_seq
+            raise
+
+    def _stages(self, vol: Volume, res: Result) -> Result:
+        if self._reorient is not None:
+            vol = dataclasses.replace(vol, data=reorient(vol.data, self._reorient), affine=self.affine)
+            res.volume = vol
         if self.motion is not None:
             values, res.motion = self.motion.correct(vol.data, vol.affine)
         else:

@@ -36,6 +36,35 @@ def stage_durations_ms(stamps: np.ndarray) -> dict[str, float]:
     return out
 
 
+MAX_STAMP_AGE_S = 86_400.0  # a sender stamp older than a day is a broken clock, not a slow network
+
+
+def drop_implausible_stamps(stamps: np.ndarray, tr_s: float) -> list[str]:
+    """Clear the sender's stamps (``acquired``, ``sent``) that cannot be true; return their names.
+
+    A stamp after reception by more than one TR (a clock ahead, or a wrong unit) or more than a
+    day before it would publish negative or absurd latencies; it is set to ``NOT_REACHED`` so
+    the volume is decoded as usual and its latency is flagged rather than believed.
+
+    Parameters
+    ----------
+    stamps : numpy.ndarray
+        int64, shape (len(Stage),); changed in place.
+    tr_s : float
+        The series' repetition time.
+    """
+    received = stamps[Stage.RECEIVED]
+    if received == NOT_REACHED:
+        return []
+    dropped = []
+    for stage in (Stage.ACQUIRED, Stage.SENT):
+        t = stamps[stage]
+        if t != NOT_REACHED and not received - MAX_STAMP_AGE_S * 1e9 <= t <= received + tr_s * 1e9:
+            stamps[stage] = NOT_REACHED
+            dropped.append(stage.name.lower())
+    return dropped
+
+
 def _interval_order(key: str) -> tuple:
     # Stage order, end_to_end last, whatever order the volumes happened to arrive in.
     if key == "end_to_end":

@@ -254,6 +254,13 @@ class MotionCorrector:
         self.pose_ = np.eye(4)
         return self
 
+    def new_series(self) -> None:
+        """A new series begins: its first volume's displacement is 0, not measured from another run.
+
+        The reference and the pose (a warm start) are kept.
+        """
+        self._prev_params = None
+
     def get_state(self) -> dict[str, np.ndarray] | None:
         """Warm start, last pose and count (for checkpoints); None while there is no final reference.
 

@@ -52,7 +52,8 @@ class Assembler:
             return []
         name = path.name.lower()
         if name.endswith((".nii", ".nii.gz")):
-            vol = read_nifti_volume(path, self._next("nifti"))
+            number = _trailing_number(path)  # vol_00012.nii: the writer's own volume number
+            vol = read_nifti_volume(path, number if number is not None else self._next("nifti"))
         elif name.endswith((".par", ".rec")):
             par = path.with_suffix(".par" if name.endswith(".par") else ".PAR")
             par = par if par.exists() else path.with_suffix(".par")

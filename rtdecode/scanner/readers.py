@@ -223,4 +223,6 @@ def read_nifti_volume(path: str | Path, index: int = 0) -> ScanVolume:
     if data.ndim != 3:
         raise VolumeError(f"{path}: expected a 3-D volume, got shape {data.shape}")
     zooms = img.header.get_zooms()
-    return ScanVolume(data, img.affine, "nifti", index, float(zooms[3]) if len(zooms) > 3 else 0.0, None)
+    # A 3-D file keeps the series' TR in pixdim[4] when its writer put it there (rtdecode replay does).
+    tr = float(zooms[3]) if len(zooms) > 3 else float(img.header["pixdim"][4])
+    return ScanVolume(data, img.affine, "nifti", index, tr if tr > 0 else 0.0, None)

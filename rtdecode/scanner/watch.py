@@ -20,7 +20,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from rtdecode.errors import VolumeError
+from rtdecode.errors import ConfigError, VolumeError
 from rtdecode.scanner.assemble import Assembler
 from rtdecode.scanner.readers import ScanVolume
 from rtdecode.volume import Stage, Volume, wall_to_monotonic_ns
@@ -129,12 +129,18 @@ class FolderBridge:
                 if max_volumes is not None and self.n_sent >= max_volumes:
                     break
                 try:
-                    path = self._queue.get(timeout=self.retry_s)
-                    self._try(path)
+                    batch = [self._queue.get(timeout=self.retry_s)]
+                    # Everything else already seen goes with it: a poll reports a burst of files in
+                    # no particular order, and the volumes must leave in the headers' order.
+                    while True:
+                        try:
+                            batch.append(self._queue.get_nowait())
+                        except queue.Empty:
+                            break
+                    self._send_in_order(batch)
                     last_activity = time.monotonic()
                 except queue.Empty:
-                    for path in list(self._waiting):
-                        self._try(path)
+                    self._send_in_order(list(self._waiting))
                     if (
                         idle_exit_s is not None
                         and not self._waiting
@@ -146,10 +152,15 @@ class FolderBridge:
             observer.join(5)
         return self.n_sent
 
-    def _try(self, path: Path) -> None:
+    def _send_in_order(self, paths: list[Path]) -> None:
+        volumes = [sv for path in dict.fromkeys(paths) for sv in self._try(path)]
+        for sv in sorted(volumes, key=lambda v: (v.series, v.index)):
+            self._emit(sv)
+
+    def _try(self, path: Path) -> list[ScanVolume]:
         if not path.is_file():
             self._waiting.pop(path, None)
-            return
+            return []
         try:
             volumes = self.assembler.add(path)
         except VolumeError as err:
@@ -158,17 +169,20 @@ class FolderBridge:
                 del self._waiting[path]
                 self.failed.append(str(path))
                 log.error("gave up on %s after %.0f s: %s", path, self.give_up_s, err)
-            return
+            return []
         self._waiting.pop(path, None)
-        for sv in volumes:
-            self._emit(sv)
+        return volumes
 
     def _emit(self, sv: ScanVolume) -> None:
         tr = sv.tr_s
         if self.tr_s is not None:
             tr = self.tr_s
-        elif tr < 0.1:
-            log.warning("series %s: header TR %.3g s is implausible; pass --tr-s", sv.series, tr)
+        elif not tr >= 0.1:
+            # Every volume would be refused by the decoder: stop here and say what is missing.
+            raise ConfigError(
+                f"series {sv.series}: the files carry no usable repetition time (TR {tr:.3g} s); "
+                "start the bridge with --tr-s"
+            )
         now = time.time()
         acq = sv.acq_time_s if sv.acq_time_s is not None else now  # no time in the header: arrival
         vol = Volume(

@@ -37,7 +37,7 @@ from rtdecode.errors import (
 )
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
 from rtdecode.wire.frames import END_TOPIC, VOLUME_TOPIC, Message, decode
-from rtdecode.wire.messages import End, WireMessage, decode_volume, encode_volume
+from rtdecode.wire.messages import End, WireMessage, encode_volume, parse
 
 SECRET_KEY_ENV = "RTDECODE_CURVE_SECRET_KEY"
 SERVER_KEY_ENV = "RTDECODE_CURVE_SERVER_KEY"
@@ -257,12 +257,12 @@ class Receiver(_Endpoint):
             A malformed message, or one that is neither a volume nor an end (it is consumed).
         """
         msg = self.recv(timeout_s)
-        if msg.topic == END_TOPIC:
-            end = End.from_wire(msg)
-            return SeriesEnd(end.session, end.series, end.n_sent)
-        if msg.topic != VOLUME_TOPIC:
-            raise ProtocolError(f"unexpected topic {msg.topic!r} on the volume input")
-        vol = decode_volume(msg)
+        if msg.topic not in (END_TOPIC, VOLUME_TOPIC):
+            raise ProtocolError(f"unexpected topic {msg.topic!r} on the volume input (volume or end)")
+        item = parse(msg)  # checks that kind and topic agree
+        if isinstance(item, End):
+            return item.to_series_end()
+        vol = item.to_volume()
         stamp(vol.stamps, Stage.RECEIVED)
         return vol
 

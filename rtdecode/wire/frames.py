@@ -119,6 +119,17 @@ def encode(
     return [topic.encode(), head, *buffers]
 
 
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]!r} overflows a double")
+    return value
+
+
 def _buffer(frame: Any) -> memoryview:
     # zmq.Frame exposes its memory through .buffer; bytes and memoryviews are used as they are.
     return memoryview(getattr(frame, "buffer", frame))
@@ -152,14 +163,16 @@ def decode(frames: Sequence[Any]) -> Message:
     if raw_header.nbytes > _MAX_HEADER_BYTES:
         raise ProtocolError(f"header of {raw_header.nbytes} bytes exceeds {_MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(raw_header))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        header = json.loads(bytes(raw_header), parse_constant=_no_constant, parse_float=_finite_float)
+    except RecursionError as err:
+        raise ProtocolError(f"header of topic {topic!r} is nested too deeply to read") from err
+    except (UnicodeDecodeError, ValueError) as err:  # JSONDecodeError is a ValueError
         raise ProtocolError(f"header of topic {topic!r} is not valid JSON: {err}") from err
     if not isinstance(header, dict):
         raise ProtocolError(f"header must be a JSON object, got {type(header).__name__}")
     if header.get("protocol") != PROTOCOL:
         raise ProtocolError(f"header 'protocol' must be {PROTOCOL!r}, got {header.get('protocol')!r}")
-    if header.get("version") != VERSION:
+    if type(header.get("version")) is not int or header["version"] != VERSION:  # true is not 1
         raise ProtocolError(
             f"unsupported protocol version {header.get('version')!r}; this reader speaks {VERSION}"
         )

@@ -20,9 +20,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from rtdecode.errors import ProtocolError
-from rtdecode.volume import Volume, stamps_from_dict, stamps_to_dict
+from rtdecode.volume import SeriesEnd, Volume, stamps_from_dict, stamps_to_dict
 from rtdecode.wire.frames import Message, decode
 from rtdecode.wire.schema import TYPES, WireMessage, array, header
+
+MAX_SEQ = 2**53 - 1  # the largest integer every JSON reader holds exactly
 
 
 def _volume_ref() -> dict[str, Any]:
@@ -125,6 +127,12 @@ class Latency(WireMessage):
     kind: ClassVar[str] = "latency"
     stamps: dict = header("object", "stage name → `time.monotonic_ns()` value", "ns")
     ms: dict = header("object", "durations between consecutive stages and `end_to_end`", "ms")
+    stamps_dropped: list | None = header(
+        "list",
+        "sender stamps refused as impossible (more than one TR after reception, or a day before it); "
+        "the volume's latency is then left out of the summaries",
+        optional=True,
+    )
 
 
 @_with(_volume_ref)
@@ -197,10 +205,16 @@ class Status(WireMessage):
     reason: str | None = header(
         "string", "why (`skipped`, `marker-skipped`, `sender-disconnected`)", optional=True
     )
-    session: str | None = header("string", "the session concerned", optional=True)
-    series: str | None = header("string", "the series concerned", optional=True)
-    seq: int | None = header("integer", "the volume concerned (`pause-ended`)", optional=True)
-    received: int | None = header("integer", "messages received so far", optional=True)
+    session: str | None = header("string", "the session concerned (`skipped`, `gap`, `end`)", optional=True)
+    series: str | None = header(
+        "string", "the series concerned (`skipped`, `gap`, `end`, `paused`)", optional=True
+    )
+    seq: int | None = header(
+        "integer",
+        "the volume concerned (`skipped`, `pause-ended`); absent when a message could not be read that far",
+        optional=True,
+    )
+    received: int | None = header("integer", "messages received so far (all series)", optional=True)
     processed: int | None = header("integer", "volumes processed so far", optional=True)
     skipped: int | None = header("integer", "messages and volumes skipped so far", optional=True)
     dropped: int | None = header("integer", "volumes missing so far (gaps)", optional=True)
@@ -214,6 +228,17 @@ class Status(WireMessage):
     tr_s: float | None = header("number", "`paused`: the series' TR", "s", optional=True)
     paused_s: float | None = header("number", "`pause-ended`: length of the pause", "s", optional=True)
     n_sent: int | None = header("integer", "`end`: volumes the sender says it sent", optional=True)
+    series_counts: dict | None = header(
+        "object",
+        "`end`: this series' own `received`, `processed`, `skipped`, `dropped` (the plain fields count "
+        "every series since the decoder started)",
+        optional=True,
+    )
+    at_end: bool | None = header(
+        "boolean",
+        "`gap`: the volumes were missing at the end of the series (from `end`'s `n_sent`)",
+        optional=True,
+    )
     latency_ms: dict | None = header(
         "object", "`end`: p50/p95/p99/max/n per stage interval", "ms", optional=True
     )
@@ -269,21 +294,20 @@ class VolumeMessage(WireMessage):
         """
         affine = self.affine
         if len(affine) != 4 or not all(
-            isinstance(row, list) and len(row) == 4 and all(TYPES["number"](v) for v in row)
-            for row in affine
+            isinstance(row, list) and len(row) == 4 and all(TYPES["number"](v) for v in row) for row in affine
         ):
             raise ProtocolError(f"volume 'affine' must be a 4x4 list of numbers, got {affine!r}")
         if self.data.ndim != 3:
             raise ProtocolError(f"volume data must be 3-D, got shape {self.data.shape}")
-        if self.seq < 0:
-            raise ProtocolError(f"volume 'seq' must be an integer >= 0, got {self.seq!r}")
+        if not 0 <= self.seq <= MAX_SEQ:
+            raise ProtocolError(f"volume 'seq' must be an integer from 0 to {MAX_SEQ}, got {self.seq!r}")
         if not (math.isfinite(self.tr_s) and self.tr_s > 0) or not math.isfinite(self.acq_time_s):
             raise ProtocolError(
                 f"volume 'tr_s' must be > 0 and 'acq_time_s' finite, got {self.tr_s!r}, {self.acq_time_s!r}"
             )
         stamps = self.stamps or {}
-        if not all(TYPES["integer"](v) for v in stamps.values()):
-            raise ProtocolError(f"volume 'stamps' must map stage names to integer ns, got {stamps!r}")
+        if not all(TYPES["integer"](v) and 0 <= v < 2**63 for v in stamps.values()):
+            raise ProtocolError(f"volume 'stamps' must map stage names to integer ns >= 0, got {stamps!r}")
         return Volume(
             self.data,
             np.asarray(affine, dtype=np.float64),
@@ -305,6 +329,20 @@ class End(WireMessage):
     series: str = header("string", "the series that ended")
     n_sent: int | None = header("integer", "volumes sent in the series", optional=True)
 
+    def to_series_end(self) -> SeriesEnd:
+        """The :class:`~rtdecode.volume.SeriesEnd` it announces, checked.
+
+        Raises
+        ------
+        ProtocolError
+            ``n_sent`` is negative or beyond the largest index.
+        """
+        if self.n_sent is not None and not 0 <= self.n_sent <= MAX_SEQ + 1:
+            raise ProtocolError(
+                f"end 'n_sent' must be an integer from 0 to {MAX_SEQ + 1}, got {self.n_sent!r}"
+            )
+        return SeriesEnd(self.session, self.series, self.n_sent)
+
 
 RESULTS: tuple[type[WireMessage], ...] = (Features, Ranking, Motion, Feedback, Latency, Latent, Block, Status)
 INPUTS: tuple[type[WireMessage], ...] = (VolumeMessage, End)
@@ -323,9 +361,10 @@ def parse(msg: Message) -> WireMessage:
     cls = _BY_KIND.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"unknown message kind {kind!r}; expected one of {sorted(_BY_KIND)}")
-    if cls in INPUTS and msg.topic != kind:
-        raise ProtocolError(f"a {kind!r} message must have topic {kind!r}, got {msg.topic!r}")
-    return cls.from_wire(msg)
+    out = cls.from_wire(msg)
+    if msg.topic != out.topic:
+        raise ProtocolError(f"a {kind!r} message must have topic {out.topic!r}, got {msg.topic!r}")
+    return out
 
 
 def parse_frames(frames: Any) -> WireMessage:

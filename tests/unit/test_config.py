@@ -20,14 +20,23 @@ def test_shipped_configs_load():
     ("text", "match"),
     [
         ("run: [1, 2", "not valid YAML"),
-        ("run:\n  top_k: 0\n", r"run.top_k must be >= 1, got 0"),
+        ("run:\n  top_k: 0\n", r"broken.yaml: run.top_k: must be between 1 and 1000, got 0"),
         ("run:\n  top_k: five\n", r"run.top_k: must be an integer, got 'five'"),
         (
             "run:\n  motion:\n    enabled: yes\n    fd_threshold: 1\n",
             r"run.motion: unknown key\(s\) \['fd_threshold'\]",
         ),
-        ("run:\n  input:\n    address: 127.0.0.1:5555\n", r"run.input.address must start with tcp://"),
-        ("train:\n  alpha: -1\n", r"train.alpha must be > 0, got -1.0"),
+        ("run:\n  input:\n    address: 127.0.0.1:5555\n", r"run.input.address: must start with tcp://"),
+        ("train:\n  alpha: -1\n", r"train.alpha: must be > 0, got -1.0"),
+        ("run:\n  heartbeat_s: .inf\n", r"run.heartbeat_s: must be a finite number, got inf"),
+        ("run:\n  input: {max_message_mb: 1.0e+30}\n", r"run.input.max_message_mb: must be > 0 and <= 4096"),
+        ("run:\n  input: {max_message_mb: 1e30}\n", r"YAML reads this as text"),
+        ("run:\n  output: {address: 'tcp://127.0.0.1:99999'}\n", r"run.output.address: must be tcp://HOST:PORT"),
+        ("run:\n  output: {address: 'tcp://127.0.0.1:5555'}\n", r"must differ from run.input.address"),
+        ("run:\n  output: {address: 'tcp://0.0.0.0:5556'}\n", r"binds beyond this machine without encryption"),
+        ("run:\n  input: {address: 'tcp://10.0.0.5:5555'}\n", r"turn on run.curve"),
+        ("run: {top_k: !!python/name:os.system }\n", r"not valid YAML at line 1"),
+        ("train:\n  rois: [1]\n", r"train.rois\[0\]: must be a string, got 1"),
         ("colour: blue\n", r"unknown key\(s\) \['colour'\]"),
         ("- a\n- b\n", "must be a mapping"),
     ],
@@ -38,6 +47,12 @@ def test_broken_configs_name_file_key_and_value(tmp_path, text, match):
     with pytest.raises(ConfigError, match=match) as info:
         load_config(path)
     assert str(path) in str(info.value)
+
+
+def test_a_trusted_network_may_be_opened_explicitly(tmp_path):
+    path = tmp_path / "lab.yaml"
+    path.write_text("run:\n  allow_insecure_network: true\n  output: {address: 'tcp://0.0.0.0:5556'}\n")
+    assert load_config(path).run.output.address == "tcp://0.0.0.0:5556"
 
 
 def test_missing_file():

@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).parents[2] / "rtdecode"
 # and never sideways into another folder of the same rank (docs/architecture.md).
 RANKS = {
     "": 0,  # rtdecode/*.py: errors, volume, config, progress
-    "numerics": 0,
+    "numerics": 0.5,  # kernels, statistics, geometry: may raise rtdecode's errors, nothing else
     "wire": 1,
     "transport": 2,
     "scanner": 2,

@@ -140,7 +140,7 @@ def test_volume_message_missing_fields_are_named():
         "session": "s",
         "series": "r",
     }
-    with pytest.raises(ProtocolError, match="'seq' must be an integer >= 0"):
+    with pytest.raises(ProtocolError, match="'seq' must be an integer from 0 to"):
         wire.decode_volume(wire.decode(wire.encode("volume", header, {"data": np.zeros((2, 2, 2))})))
     with pytest.raises(ProtocolError, match="must be 3-D"):
         wire.decode_volume(
