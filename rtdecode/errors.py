@@ -57,7 +57,15 @@ class DataError(RtDecodeError, ValueError):
 
 
 class ProtocolError(DataError):
-    """A wire message does not follow protocol v1; the message names the offending field."""
+    """A wire message does not follow protocol v1; the message names the offending field.
+
+    ``context`` holds the ``session``, ``series`` and ``seq`` of the message when they could be
+    read, so that a refusal can say which volume it concerns.
+    """
+
+    def __init__(self, *args: object, context: dict | None = None) -> None:
+        super().__init__(*args)
+        self.context = dict(context or {})
 
 
 class VolumeError(DataError):

@@ -55,7 +55,7 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
         where = "LSL streams of type fMRI" if cfg.transport == "lsl" else source.last_endpoint
         log.info("decoder listening on %s, publishing on %s", where, pub.last_endpoint)
         session.status("started", resumed=session.resumed, settings=session.settings())
-        order = ReorderBuffer(cfg.reorder_ms / 1000)
+        order = ReorderBuffer(cfg.reorder_ms / 1000, cfg.max_gap_volumes)
         while not stop.requested:
             due = order.next_deadline()
             timeout = (
@@ -73,7 +73,7 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
                 continue
             except ProtocolError as err:
                 session.counts.received += 1
-                session.skip(f"malformed message: {err}")
+                session.skip(f"malformed message: {err}", context=err.context)
                 continue
             except PeerDisconnected as err:
                 log.info("%s", err)

@@ -224,7 +224,8 @@ class LiveSession:
             tally = self.series[vol.series] = SeriesTally(session=vol.session)
             if len(self.series) > 256:
                 self.series.popitem(last=False)
-        tally.last_seq_seen = max(tally.last_seq_seen, vol.seq)
+        if vol.seq - tally.last_seq_seen <= self.cfg.max_gap_volumes + 1:  # not a corrupt index
+            tally.last_seq_seen = max(tally.last_seq_seen, vol.seq)
         return tally
 
     def step(self, vol: Volume) -> None:
@@ -297,14 +298,21 @@ class LiveSession:
             for block in self.blocks.add(res, censored, raw):
                 self.sink.publish(block_message(block, vol, self.pipe, self.feedback.block(block)))
 
-    def skip(self, reason: str, vol: Volume | None = None) -> None:
-        """Count and announce a message or volume that could not be used (``vol`` when it was read)."""
+    def skip(self, reason: str, vol: Volume | None = None, context: dict | None = None) -> None:
+        """Count and announce a message or volume that could not be used.
+
+        ``vol`` (a volume that was read) or ``context`` (what could be read of a malformed
+        message: ``session``, ``series``, ``seq``) say which volume the refusal concerns.
+        """
         self.counts.skipped += 1
         log.warning("skipped: %s", reason)
-        where = {}
+        where = dict(context or {})
         if vol is not None:
-            self.series[vol.series].counts.skipped += 1
             where = {"session": vol.session, "series": vol.series, "seq": vol.seq}
+        tally = self.series.get(where.get("series"))
+        if tally is not None:
+            tally.counts.skipped += 1
+            tally.counts.received += vol is None  # a volume that was read is counted by step
         self.status("skipped", reason=reason, **where, **self.counts.fields())
 
     def end_series(self, end: SeriesEnd) -> bool:

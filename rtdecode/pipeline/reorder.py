@@ -19,12 +19,16 @@ class ReorderBuffer:
     ----------
     wait_s : float
         How long a volume that follows a gap is held; 0 passes every volume on at once.
+    max_ahead : int
+        A volume further ahead than this is passed on at once and changes nothing (the pipeline
+        refuses it by name).
     """
 
-    def __init__(self, wait_s: float) -> None:
+    def __init__(self, wait_s: float, max_ahead: int = 10_000) -> None:
         if not wait_s >= 0:
             raise ValueError(f"wait_s must be >= 0, got {wait_s!r}")
         self.wait_s = wait_s
+        self.max_ahead = max_ahead
         self._series: tuple[str, str] | None = None
         self._next: int | None = None
         self._held: dict[int, tuple[float, Volume]] = {}  # seq -> (arrival, volume)
@@ -36,6 +40,8 @@ class ReorderBuffer:
         if key != self._series or vol.seq == 0:  # another series, or this one restarted
             out = self.flush()
             self._series, self._next = key, None
+        if vol.seq - (self._next or 0) > self.max_ahead:
+            return out + [vol]  # a corrupt index: not worth waiting for, and the pipeline refuses it
         if self._next is None or vol.seq <= self._next or self.wait_s == 0:
             # In order, or a repeat/late volume the pipeline refuses by name: nothing to wait for.
             out.append(vol)

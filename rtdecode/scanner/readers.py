@@ -222,7 +222,8 @@ def read_nifti_volume(path: str | Path, index: int = 0) -> ScanVolume:
         raise VolumeError(f"{path}: not a complete NIfTI file ({type(err).__name__}: {err})") from err
     if data.ndim != 3:
         raise VolumeError(f"{path}: expected a 3-D volume, got shape {data.shape}")
-    zooms = img.header.get_zooms()
-    # A 3-D file keeps the series' TR in pixdim[4] when its writer put it there (rtdecode replay does).
-    tr = float(zooms[3]) if len(zooms) > 3 else float(img.header["pixdim"][4])
+    # The TR is pixdim[4] (a 3-D file keeps it there when its writer put it, as rtdecode replay
+    # does), in the header's time unit; with no unit it is nibabel's default 1, not a TR.
+    scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(img.header.get_xyzt_units()[1], 0.0)
+    tr = float(img.header["pixdim"][4]) * scale
     return ScanVolume(data, img.affine, "nifti", index, tr if tr > 0 else 0.0, None)

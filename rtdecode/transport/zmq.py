@@ -37,7 +37,7 @@ from rtdecode.errors import (
 )
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
 from rtdecode.wire.frames import END_TOPIC, VOLUME_TOPIC, Message, decode
-from rtdecode.wire.messages import End, WireMessage, encode_volume, parse
+from rtdecode.wire.messages import End, WireMessage, encode_volume, parse, volume_context
 
 SECRET_KEY_ENV = "RTDECODE_CURVE_SECRET_KEY"
 SERVER_KEY_ENV = "RTDECODE_CURVE_SERVER_KEY"
@@ -259,10 +259,14 @@ class Receiver(_Endpoint):
         msg = self.recv(timeout_s)
         if msg.topic not in (END_TOPIC, VOLUME_TOPIC):
             raise ProtocolError(f"unexpected topic {msg.topic!r} on the volume input (volume or end)")
-        item = parse(msg)  # checks that kind and topic agree
-        if isinstance(item, End):
-            return item.to_series_end()
-        vol = item.to_volume()
+        try:
+            item = parse(msg)  # checks that kind and topic agree
+            if isinstance(item, End):
+                return item.to_series_end()
+            vol = item.to_volume()
+        except ProtocolError as err:
+            err.context = volume_context(msg.header)
+            raise
         stamp(vol.stamps, Stage.RECEIVED)
         return vol
 

@@ -59,6 +59,14 @@ def _with(shared: Callable[[], dict[str, Any]]) -> Callable[[type], type]:
     return make
 
 
+def volume_context(header: dict[str, Any]) -> dict[str, Any]:
+    """The ``session``, ``series`` and ``seq`` of a header that may break the protocol, where readable."""
+    out = {k: header[k] for k in ("session", "series") if isinstance(header.get(k), str)}
+    if TYPES["integer"](header.get("seq")):
+        out["seq"] = header["seq"]
+    return out
+
+
 def volume_ref(vol: Volume) -> dict[str, Any]:
     """The reference fields of a message about ``vol``."""
     return {"session": vol.session, "series": vol.series, "seq": vol.seq, "acq_time_s": vol.acq_time_s}
@@ -306,8 +314,8 @@ class VolumeMessage(WireMessage):
                 f"volume 'tr_s' must be > 0 and 'acq_time_s' finite, got {self.tr_s!r}, {self.acq_time_s!r}"
             )
         stamps = self.stamps or {}
-        if not all(TYPES["integer"](v) and 0 <= v < 2**63 for v in stamps.values()):
-            raise ProtocolError(f"volume 'stamps' must map stage names to integer ns >= 0, got {stamps!r}")
+        if not all(TYPES["integer"](v) and -(2**63) <= v < 2**63 for v in stamps.values()):
+            raise ProtocolError(f"volume 'stamps' must map stage names to 64-bit integer ns, got {stamps!r}")
         return Volume(
             self.data,
             np.asarray(affine, dtype=np.float64),
