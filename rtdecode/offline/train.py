@@ -25,6 +25,7 @@ from rtdecode.models.classifier import LinearClassifier, fit_classifier
 from rtdecode.models.files import mask_checksum
 from rtdecode.models.latents import LatentDecoders, fit_latent_map
 from rtdecode.models.linear import LinearBundle
+from rtdecode.numerics.grid import match_grid, reorient
 from rtdecode.numerics.stats import zscore
 from rtdecode.offline.ridge import choose_alpha, fit_selected_ridge
 from rtdecode.pipeline.chain import Pipeline
@@ -145,11 +146,22 @@ def roi_positions(mask: np.ndarray, roi_masks: dict[str, np.ndarray]) -> dict[st
     return out
 
 
-def load_roi_masks(roi_dir: str | Path, composites: dict[str, list[str]]) -> dict[str, np.ndarray]:
-    """Load ``<roi_dir>/<ROI>.nii[.gz]`` masks and add the composites (unions of ROIs)."""
+def load_roi_masks(
+    roi_dir: str | Path,
+    composites: dict[str, list[str]],
+    affine: np.ndarray,
+    shape: tuple[int, ...],
+) -> dict[str, np.ndarray]:
+    """Load ``<roi_dir>/<ROI>.nii[.gz]`` masks on the session's grid and add the composites.
+
+    A mask saved in another voxel order of the same grid (as SPM or dcm2niix may write it) is
+    reoriented exactly; a mask on another grid is refused, naming both affines.
+    """
     masks = {}
     for path in sorted(Path(roi_dir).glob("*.nii*")):
-        masks[path.name.split(".")[0]] = load_mask(path)[0]
+        data, mask_affine = load_mask(path)
+        ornt = match_grid(mask_affine, data.shape, affine, shape, f"ROI mask {path.name}")
+        masks[path.name.split(".")[0]] = data if ornt is None else reorient(data, ornt)
     if not masks:
         raise DataError(f"no ROI masks (*.nii, *.nii.gz) in {str(roi_dir)!r}")
     for name, parts in composites.items():
@@ -183,7 +195,10 @@ def train_session(
     """
     sdir = Path(session_dir)
     tc, rc = cfg.train, cfg.run
-    masks = load_roi_masks(sdir / "rois", {k: list(v) for k, v in tc.composites.items()})
+    bold = nib.load(str(sdir / "bold.nii"))
+    masks = load_roi_masks(
+        sdir / "rois", {k: list(v) for k, v in tc.composites.items()}, bold.affine, bold.shape[:3]
+    )
     unknown = [r for r in tc.rois if r not in masks]
     if unknown:
         raise ConfigError(f"train.rois names {unknown}, not among the masks {sorted(masks)}")

@@ -62,3 +62,25 @@ def test_roi_positions_index_into_the_analysis_vector():
     np.testing.assert_array_equal(roi_positions(mask, {"r": roi})["r"], [1, 3])
     with pytest.raises(DataError, match="shape"):
         roi_positions(mask, {"r": np.zeros((2, 2, 2), bool)})
+
+
+def test_roi_masks_in_another_voxel_order_are_reoriented_and_other_grids_refused(tmp_path):
+    import nibabel as nib
+    from nibabel.orientations import apply_orientation, inv_ornt_aff
+
+    from rtdecode.errors import VolumeError
+    from rtdecode.offline.train import load_roi_masks
+
+    affine = np.diag([3.0, 3.0, 3.5, 1.0])
+    mask = np.zeros((6, 5, 4), bool)
+    mask[1:3, 2:4, 1] = True
+    ornt = np.array([[2, -1], [0, 1], [1, -1]])  # an SPM-style reordering of the same grid
+    stored = apply_orientation(mask, ornt).astype(np.uint8)
+    nib.save(nib.Nifti1Image(stored, affine @ inv_ornt_aff(ornt, mask.shape)), tmp_path / "V1.nii.gz")
+    got = load_roi_masks(tmp_path, {}, affine, mask.shape)
+    np.testing.assert_array_equal(got["V1"], mask)
+    shifted = affine.copy()
+    shifted[0, 3] = 1.5
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), shifted), tmp_path / "V1.nii.gz")
+    with pytest.raises(VolumeError, match=r"ROI mask V1.nii.gz is on another grid"):
+        load_roi_masks(tmp_path, {}, affine, mask.shape)
