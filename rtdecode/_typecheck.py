@@ -16,6 +16,23 @@ from rtdecode.errors import ConfigError
 
 
 def from_mapping(cls: type, data: Any, file: str, key: str = "") -> Any:
+    """An instance of dataclass ``cls`` from a parsed mapping, every value checked.
+
+    Parameters
+    ----------
+    cls : type
+        A dataclass whose annotations say what each key holds (nested dataclasses, lists of them,
+        ``float``, ``int``, ``str``, ``bool``, ``dict``, ``list[...]``).
+    data : object
+        What YAML gave for it.
+    file, key : str
+        Where it came from, for the error (the key dotted, e.g. ``run.motion``).
+
+    Raises
+    ------
+    ConfigError
+        ``<file>: <key>: <rule>, got <value>``, one line.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"{file}: {key or 'the file'}: must be a mapping, got {short(data)}")
     hints = typing.get_type_hints(cls)
@@ -32,7 +49,7 @@ def from_mapping(cls: type, data: Any, file: str, key: str = "") -> Any:
 
 
 def short(value: Any) -> str:
-    # A value as it is reported: its repr, cut so that one line stays one line.
+    """A value as an error reports it: its repr, cut to 80 characters so one line stays one line."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
