@@ -131,7 +131,7 @@ def read_folder(folder: str | Path) -> list[ScanVolume]:
         volumes.extend(asm.add(path))
     if asm.pending:
         raise VolumeError(f"{folder}: volumes with missing slices: {asm.pending}")
-    return sorted(volumes, key=lambda v: (v.series, v.index))
+    return sorted(volumes, key=lambda v: (v.series, v.seq))
 
 
 def to_nifti(volumes: Iterable[ScanVolume], out: str | Path) -> nib.Nifti1Image:
@@ -149,7 +149,7 @@ def to_nifti(volumes: Iterable[ScanVolume], out: str | Path) -> nib.Nifti1Image:
     for v in vols[1:]:
         if v.data.shape != first.data.shape or not np.allclose(v.affine, first.affine, atol=1e-3):
             raise VolumeError(
-                f"volume {v.index} of series {v.series!r} differs in shape or geometry from the first"
+                f"volume {v.seq} of series {v.series!r} differs in shape or geometry from the first"
             )
     img = nib.Nifti1Image(np.stack([v.data for v in vols], axis=-1), first.affine)
     img.header.set_xyzt_units("mm", "sec")

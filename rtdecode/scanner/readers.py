@@ -38,8 +38,8 @@ class ScanVolume:
         Shape (4, 4), voxel to RAS+ mm.
     series : str
         Series identifier from the header (series number).
-    index : int
-        Volume index within the series, from 0.
+    seq : int
+        Volume index within the series, from 0 (as a volume's ``seq`` on the wire).
     tr_s : float
         Repetition time, seconds (0 when the header has none).
     acq_time_s : float or None
@@ -49,7 +49,7 @@ class ScanVolume:
     data: np.ndarray
     affine: np.ndarray
     series: str
-    index: int
+    seq: int
     tr_s: float
     acq_time_s: float | None
 
@@ -179,7 +179,7 @@ def read_slice_volume(datasets: list) -> ScanVolume:
     )
 
 
-def read_parrec(par_path: str | Path, index: int = 0) -> ScanVolume:
+def read_parrec(par_path: str | Path, seq: int = 0) -> ScanVolume:
     """Read a Philips PAR/REC pair as one volume.
 
     XTC exports hold two image types per pair (magnitude and phase); the magnitude (the first
@@ -210,10 +210,10 @@ def read_parrec(par_path: str | Path, index: int = 0) -> ScanVolume:
         frames = [data[..., k] for k in range(data.shape[3])]
         data = next((f for f in frames if f.min() >= 0), frames[0])
     tr_ms = np.atleast_1d(info.get("repetition_time", [0.0]))[0]
-    return ScanVolume(data, affine, str(info.get("acq_nr", "")), index, float(tr_ms) / 1000.0, None)
+    return ScanVolume(data, affine, str(info.get("acq_nr", "")), seq, float(tr_ms) / 1000.0, None)
 
 
-def read_nifti_volume(path: str | Path, index: int = 0) -> ScanVolume:
+def read_nifti_volume(path: str | Path, seq: int = 0) -> ScanVolume:
     """Read a 3-D NIfTI file as one volume."""
     try:
         img = nib.load(str(path))
@@ -226,4 +226,4 @@ def read_nifti_volume(path: str | Path, index: int = 0) -> ScanVolume:
     # does), in the header's time unit; with no unit it is nibabel's default 1, not a TR.
     scale = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}.get(img.header.get_xyzt_units()[1], 0.0)
     tr = float(img.header["pixdim"][4]) * scale
-    return ScanVolume(data, img.affine, "nifti", index, tr if tr > 0 else 0.0, None)
+    return ScanVolume(data, img.affine, "nifti", seq, tr if tr > 0 else 0.0, None)

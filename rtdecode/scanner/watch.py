@@ -154,7 +154,7 @@ class FolderBridge:
 
     def _send_in_order(self, paths: list[Path]) -> None:
         volumes = [sv for path in dict.fromkeys(paths) for sv in self._try(path)]
-        for sv in sorted(volumes, key=lambda v: (v.series, v.index)):
+        for sv in sorted(volumes, key=lambda v: (v.series, v.seq)):
             self._emit(sv)
 
     def _try(self, path: Path) -> list[ScanVolume]:
@@ -186,7 +186,7 @@ class FolderBridge:
         now = time.time()
         acq = sv.acq_time_s if sv.acq_time_s is not None else now  # no time in the header: arrival
         vol = Volume(
-            np.ascontiguousarray(sv.data), sv.affine, sv.index, tr, acq, self.session, f"series-{sv.series}"
+            np.ascontiguousarray(sv.data), sv.affine, sv.seq, tr, acq, self.session, f"series-{sv.series}"
         )
         if abs(now - acq) < 60.0:  # a live acquisition; a replayed one carries its historic time
             vol.stamps[Stage.ACQUIRED] = wall_to_monotonic_ns(acq)

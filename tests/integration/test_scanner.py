@@ -43,7 +43,7 @@ def test_volumes_and_affines_equal_dcm2niix(vendor, tmp_path):
     subprocess.run([dcm2niix, "-o", str(out), "-f", "ref", str(src)], check=True, capture_output=True)
     ref = nib.as_closest_canonical(nib.load(out / "ref.nii"))
     vols = read_folder(src)
-    assert [v.index for v in vols] == list(range(10))
+    assert [v.seq for v in vols] == list(range(10))
     ours = nib.as_closest_canonical(to_nifti(vols, tmp_path / "ours.nii"))
     assert ours.shape == ref.shape
     np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(ref.dataobj))
@@ -56,7 +56,7 @@ def test_philips_parrec_volumes(tmp_path):
     # dcm2niix refuses these XTC files ("maxNumberOfMixes > 1", "Unknown type 17"), so the check is
     # against nibabel's own PAR/REC loader and the geometry written in the header.
     vols = read_folder(_export("philips", tmp_path))
-    assert [v.index for v in vols] == list(range(5))
+    assert [v.seq for v in vols] == list(range(5))
     first = np.asarray(nib.load(DATA / "philips" / "Dump-0000.par", strict_sort=True, mmap=False).dataobj)
     np.testing.assert_array_equal(vols[0].data, first[..., 0])  # magnitude; the other frame is phase
     assert first[..., 1].min() < 0
@@ -88,7 +88,7 @@ def test_a_slice_series_waits_for_every_slice(tmp_path):
     for p in files[:17]:
         out += asm.add(p)
     assert out == [] and asm.pending == {("6", 0): 17}
-    assert [v.index for v in asm.add(files[17])] == [0]
+    assert [v.seq for v in asm.add(files[17])] == [0]
 
 
 @pytest.mark.parametrize("vendor", ["siemens", "ge", "philips"])
@@ -180,7 +180,7 @@ def test_a_new_series_number_starts_a_new_series(tmp_path):
         ds.save_as(p.with_name(p.name.replace("000013", "000014")))
         p.unlink()
     vols = read_folder(src)
-    assert [(v.series, v.index) for v in vols] == [("13", i) for i in range(5)] + [
+    assert [(v.series, v.seq) for v in vols] == [("13", i) for i in range(5)] + [
         ("14", i) for i in range(5)
     ]
 
