@@ -49,7 +49,7 @@ def motion_section(rec: Recording) -> str:
         return "<p>No motion was recorded (motion correction off).</p>"
     n = min(len(rec.seq), len(rec.motion))
     t, m, fd = rec.times_s[:n], rec.motion[:n], rec.fd_mm[:n]
-    threshold = rec.settings.get("motion", {}).get("fd_threshold_mm")
+    threshold = rec.fd_threshold_mm
     fig = Figure(figsize=(9, 6.2))
     ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
     for i in range(3):

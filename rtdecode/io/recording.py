@@ -88,6 +88,7 @@ class Recorder:
             self._put("volumes/acq_time_s", row, np.array(msg.acq_time_s, dtype=np.float64))
         elif isinstance(msg, m.Motion):
             self._put("motion/params", row, np.asarray(msg.params, dtype=np.float64))
+            self._f["motion/params"].attrs["fd_threshold_mm"] = msg.fd_threshold_mm
             self._put("motion/fd_mm", row, np.array(msg.fd_mm, dtype=np.float64))
             self._motion[msg.seq] = (msg.params, msg.fd_mm)
         else:
@@ -201,6 +202,8 @@ class Recording:
         int64 (n, len(Stage)), -1 where a stage was not reached.
     motion, fd_mm : numpy.ndarray or None
         (n, 6) and (n,), when motion correction ran.
+    fd_threshold_mm : float or None
+        The censoring threshold the decoder applied.
     features : dict of (roi, layer) to numpy.ndarray
         (n, n_units) predictions, NaN rows where a volume was not decoded.
     events, blocks : list of dict
@@ -218,6 +221,7 @@ class Recording:
     stamps: np.ndarray
     motion: np.ndarray | None
     fd_mm: np.ndarray | None
+    fd_threshold_mm: float | None
     features: dict[tuple[str, str], np.ndarray]
     events: list[dict]
     blocks: list[dict]
@@ -271,6 +275,11 @@ class Recording:
                 stamps=np.zeros((0, len(Stage)), np.int64) if stamps is None else stamps,
                 motion=get("motion/params"),
                 fd_mm=get("motion/fd_mm"),
+                fd_threshold_mm=(
+                    float(f["motion/params"].attrs["fd_threshold_mm"])
+                    if "motion/params" in f and "fd_threshold_mm" in f["motion/params"].attrs
+                    else None
+                ),
                 features=features,
                 events=events,
                 blocks=blocks,
