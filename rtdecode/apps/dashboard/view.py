@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -20,20 +19,18 @@ from rtdecode.wire import messages as m
 TOPICS = ("motion", "ranking", "feedback", "latency", "block", "status")
 
 
-@dataclass
-class PageCounts:
-    """Running totals shown in the volume counter."""
-
-    volumes: int = 0
-    decoded: int = 0
-    baseline: int = 0
-    censored: int = 0
-    skipped: int = 0
-    gaps: int = 0
-    missing: int = 0
-    deadline_misses: int = 0
-    blocks: int = 0
-    last_seq: int | None = None
+# Running totals shown in the volume counter (and ``last_seq``, the last volume's index).
+COUNTERS = (
+    "volumes",
+    "decoded",
+    "baseline",
+    "censored",
+    "skipped",
+    "gaps",
+    "missing",
+    "deadline_misses",
+    "blocks",
+)
 
 
 def _finite(v: Any) -> float | None:
@@ -57,7 +54,7 @@ class SessionView:
     def __init__(self, history: int = 600) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history!r}")
-        self.counts = PageCounts()
+        self.counts: dict = {**dict.fromkeys(COUNTERS, 0), "last_seq": None}
         self.volumes: deque[dict] = deque(maxlen=history)
         self.blocks: deque[dict] = deque(maxlen=history)
         self.settings: dict | None = None
@@ -102,12 +99,12 @@ class SessionView:
         tr_ms = 1000.0 * msg.tr_s if _finite(msg.tr_s) else None
         e2e = _finite(msg.ms.get("end_to_end"))
         miss = e2e is not None and tr_ms is not None and e2e > tr_ms
-        c.volumes += 1
-        c.decoded += part.get("status") == "ok"
-        c.baseline += part.get("status") == "baseline"
-        c.censored += bool(part.get("censored"))
-        c.deadline_misses += miss
-        c.last_seq = part["seq"]
+        c["volumes"] += 1
+        c["decoded"] += part.get("status") == "ok"
+        c["baseline"] += part.get("status") == "baseline"
+        c["censored"] += bool(part.get("censored"))
+        c["deadline_misses"] += miss
+        c["last_seq"] = part["seq"]
         update = {
             "type": "volume",
             **part,
@@ -117,13 +114,13 @@ class SessionView:
             "latency_ms": {k: round(v, 3) for k, v in msg.ms.items()},
             "e2e_ms": e2e,
             "deadline_miss": miss,
-            "counts": asdict(c),
+            "counts": dict(c),
         }
         self.volumes.append(update)
         return update
 
     def _block(self, msg: m.Block) -> dict:
-        self.counts.blocks += 1
+        self.counts["blocks"] += 1
         update = {
             "type": "block",
             **{k: getattr(msg, k) for k in ("block", "label", "condition", "status", "onset_s", "offset_s")},
@@ -133,7 +130,7 @@ class SessionView:
             "scores": _scores(msg.scores) if msg.scores is not None else None,
             "label_rank": msg.label_rank,
             "n_volumes": len(msg.seqs),
-            "counts": asdict(self.counts),
+            "counts": dict(self.counts),
         }
         self.blocks.append(update)
         return update
@@ -143,16 +140,16 @@ class SessionView:
         event = msg.event
         c = self.counts
         if event == "heartbeat":  # the decoder is alive and idle; not worth replacing the last event
-            return {"type": "status", "event": "heartbeat", "counts": asdict(c)}
+            return {"type": "status", "event": "heartbeat", "counts": dict(c)}
         if event == "skipped":
-            c.skipped += 1
+            c["skipped"] += 1
         elif event == "gap":
-            c.gaps += 1
-            c.missing += msg.missing_to - msg.missing_from + 1
+            c["gaps"] += 1
+            c["missing"] += msg.missing_to - msg.missing_from + 1
         if msg.settings is not None:
             self.settings = msg.settings
         self.last_event = {"type": "status", **{k: v for k, v in h.items() if k != "settings"}}
-        return {**self.last_event, "counts": asdict(c), "settings": self.settings}
+        return {**self.last_event, "counts": dict(c), "settings": self.settings}
 
     def snapshot(self) -> dict:
         """Everything a newly connected page needs."""
@@ -160,7 +157,7 @@ class SessionView:
             "type": "snapshot",
             "volumes": list(self.volumes),
             "blocks": list(self.blocks),
-            "counts": asdict(self.counts),
+            "counts": dict(self.counts),
             "settings": self.settings,
             "last_event": self.last_event,
         }
