@@ -177,7 +177,9 @@ def record_live(
     from rtdecode.io.recording import Recorder
 
     rec = Recorder(out, record_input=True, meta={"mode": "live", "address": address})
-    for msg in messages(address, ready_file, until_end, timeout_s):
+    # No limit on the recorder's own queue: a disk that stalls must not cost volumes (the
+    # decoder's side still drops beyond 1,000 messages, so only the recorder's memory grows).
+    for msg in messages(address, ready_file, until_end, timeout_s, queue=0):
         if isinstance(msg, m.Status) and msg.event == "heartbeat":
             continue
         try:

@@ -23,6 +23,7 @@ def messages(
     timeout_s: float = 0.0,
     topics: Sequence[str] = (),
     stop: threading.Event | None = None,
+    queue: int = 1000,
 ) -> Iterator[WireMessage]:
     """Everything a decoder publishes (or the ``topics`` prefixes), decoded, until a stop condition.
 
@@ -30,13 +31,14 @@ def messages(
     yielded) when ``until_end``, or after ``timeout_s`` without any message (0 waits for ever).
     ``ready_file`` is created when the first message arrives, i.e. once the subscription is live.
     Messages are yielded as their declared classes (:mod:`rtdecode.wire.messages`); malformed
-    ones are logged and dropped.
+    ones are logged and dropped. ``queue`` is the subscriber's own buffer (see
+    :class:`~rtdecode.transport.zmq.Subscriber`).
     """
     if stop is None:
         stop = threading.Event()
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with Subscriber(address, topics) as sub:
+    with Subscriber(address, topics, queue=queue) as sub:
         last = time.monotonic()
         while not stop.is_set():
             try:

@@ -87,6 +87,7 @@ class _Endpoint:
         linger_ms: int,
         curve: CurveServer | None = None,
         max_message_bytes: int = 0,
+        rcvhwm: int = 1000,
     ) -> None:
         self._context = zmq.Context(io_threads=1)
         try:
@@ -99,6 +100,7 @@ class _Endpoint:
                 self._auth.configure_curve(domain="*", location=curve.clients_dir)
             self.socket = self._context.socket(kind)
             self.socket.setsockopt(zmq.LINGER, linger_ms)
+            self.socket.setsockopt(zmq.RCVHWM, rcvhwm)
             if max_message_bytes > 0:  # before bind: the listener hands its options to each connection
                 self.socket.setsockopt(zmq.MAXMSGSIZE, int(max_message_bytes))
             if bind and curve is not None:
@@ -292,10 +294,16 @@ class Subscriber(_Endpoint):
     address : str
     topics : sequence of str
         Topic prefixes; empty means everything.
+    queue : int
+        Messages this subscriber may hold unread before the oldest are dropped; 0 for no limit.
+        A recorder that must keep everything while its disk is slow buffers here, in its own
+        memory; the decoder's side of the connection still drops at 1,000.
     """
 
-    def __init__(self, address: str, topics: Sequence[str] = (), bind: bool = False) -> None:
-        self._init(zmq.SUB, address, bind, 0)
+    def __init__(
+        self, address: str, topics: Sequence[str] = (), bind: bool = False, queue: int = 1000
+    ) -> None:
+        self._init(zmq.SUB, address, bind, 0, rcvhwm=queue)
         for t in topics or [""]:
             self.socket.setsockopt(zmq.SUBSCRIBE, t.encode())
         self._poller = zmq.Poller()
