@@ -31,7 +31,10 @@ def test_shipped_configs_load():
         ("run:\n  heartbeat_s: .inf\n", r"run.heartbeat_s: must be a finite number, got inf"),
         ("run:\n  input: {max_message_mb: 1.0e+30}\n", r"run.input.max_message_mb: must be > 0 and <= 4096"),
         ("run:\n  input: {max_message_mb: 1e30}\n", r"YAML reads this as text"),
-        ("run:\n  output: {address: 'tcp://127.0.0.1:99999'}\n", r"run.output.address: must be tcp://HOST:PORT"),
+        (
+            "run:\n  output: {address: 'tcp://127.0.0.1:99999'}\n",
+            r"run.output.address: must be tcp://HOST:PORT",
+        ),
         ("run:\n  output: {address: 'tcp://127.0.0.1:5555'}\n", r"must differ from run.input.address"),
         ("run:\n  output: {address: 'tcp://0.0.0.0:5556'}\n", r"binds beyond this machine"),
         ("run:\n  input: {address: 'tcp://10.0.0.5:5555'}\n", r"turn on run.curve"),
@@ -79,3 +82,49 @@ def test_a_decoder_config_naming_a_missing_file_fails_before_starting(experiment
     )
     assert proc.returncode == 2
     assert f"{path}: {key}: 'no/" in proc.stderr and "does not exist" in proc.stderr, proc.stderr
+
+
+@pytest.mark.integration
+def test_mistakes_found_at_start_name_the_file_and_key_in_one_line(experiment, tmp_path):
+    import socket
+
+    from helpers import free_address
+
+    target = {
+        "bundle": str(experiment / "decoder"),
+        "feedback": [{"name": "nf", "target": "no-such-category"}],
+    }
+    path = tmp_path / "nf.yaml"
+    path.write_text(yaml.safe_dump({"run": target}))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtdecode", "run", "-c", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{path}: run.feedback[0]" in proc.stderr and "not a candidate label" in proc.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = {"bundle": str(experiment / "decoder"), "input": {"address": free_address()},
+               "output": {"address": f"tcp://127.0.0.1:{port}"}}  # fmt: skip
+        path.write_text(yaml.safe_dump({"run": run}))
+        proc = subprocess.run(
+            [sys.executable, "-m", "rtdecode", "run", "-c", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert f"{path}: run.output.address: cannot bind" in proc.stderr
+
+
+@pytest.mark.integration
+def test_a_dashboard_for_the_network_needs_allow_remote():
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtdecode", "dashboard", "--host", "0.0.0.0", "--port", "0"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "--allow-remote" in proc.stderr and "Traceback" not in proc.stderr

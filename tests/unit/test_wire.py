@@ -153,3 +153,18 @@ def test_reserved_header_fields_and_unsupported_dtypes_are_refused_on_encode():
         wire.encode("t", {"version": 3})
     with pytest.raises(ProtocolError, match="not supported"):
         wire.encode("t", {}, {"a": np.array(["x"])})
+
+
+@pytest.mark.parametrize(
+    ("header", "match"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"protocol": "rtdecode", "version": true}', "unsupported protocol version True"),
+        (b'{"protocol": "rtdecode", "version": 1, "tr_s": NaN}', "NaN is not a JSON number"),
+        (b'{"protocol": "rtdecode", "version": 1, "tr_s": -Infinity}', "-Infinity is not a JSON number"),
+        (b'{"protocol": "rtdecode", "version": 1, "tr_s": 1e400}', "overflows a double"),
+    ],
+)
+def test_headers_a_strict_json_reader_refuses(header, match):
+    with pytest.raises(ProtocolError, match=match):
+        wire.decode([b"volume", header])
