@@ -158,10 +158,10 @@ def test_classifier_files_round_trip_and_refuse_tampering(experiment, tmp_path):
 @pytest.mark.parametrize(
     ("entry", "message"),
     [
-        ({"name": "a", "kind": "magic"}, "kind must be one of"),
+        ({"name": "a", "kind": "magic"}, "kind: must be one of"),
         ({"name": "a", "kind": "correlation"}, "must name a candidate label"),
-        ({"name": "a", "kind": "psc", "normalise": "minmax"}, "normalise must be none or zscore"),
-        ({"name": "a", "kind": "psc", "smoothing_volumes": -1}, "smoothing_volumes must be >= 0"),
+        ({"name": "a", "kind": "psc", "normalise": "minmax"}, "normalise: must be none or zscore"),
+        ({"name": "a", "kind": "psc", "smoothing_volumes": -1}, "smoothing_volumes: must be >= 0"),
         ({"name": "a", "kind": "psc", "colour": 1}, "unknown key"),
     ],
 )
