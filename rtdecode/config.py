@@ -353,8 +353,19 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from err
     except (ValueError, RecursionError) as err:  # YAML that names values Python cannot hold
         raise ConfigError(f"{path}: not readable YAML: {type(err).__name__}: {short(str(err))}") from err
-    cfg = from_mapping(Config, data if data is not None else {}, str(path))
-    _validate(cfg, str(path))
+    return config_from_data(data if data is not None else {}, str(path))
+
+
+def config_from_data(data: object, where: str) -> Config:
+    """A validated :class:`Config` from parsed YAML (what :func:`load_config` does after parsing).
+
+    Raises
+    ------
+    ConfigError
+        ``<where>: <key>: <rule>, got <value>``, one line.
+    """
+    cfg = from_mapping(Config, data, where)
+    _validate(cfg, where)
     return cfg
 
 
