@@ -1,8 +1,10 @@
 """Neurofeedback scores: PSC after nuisance regression, decoded content, DecNef classifier."""
 
+import importlib.util
 import json
 import math
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -180,15 +182,14 @@ def test_unknown_feedback_target_or_roi_is_refused_at_start(experiment):
 
 
 def _psc_batch(y, x, rest, baseline):
-    # The nuisance fit redone from scratch over the whole history (what the incremental form keeps).
-    n = len(y)
-    fit = np.array([i < baseline or r for i, r in enumerate(rest)])
-    k = 1 + min(8, max(0, (int(fit.sum()) - baseline) // 4))
-    xs = np.array(x)[:, :k]
-    beta = np.linalg.lstsq(xs[fit], np.array(y)[fit], rcond=None)[0]
-    cleaned = np.array(y) - xs[:, 1:] @ beta[1:]
-    base = cleaned[:baseline].mean()
-    return 100 * (cleaned[n - 1] - base) / base
+    # The nuisance fit redone from scratch over the whole history (what rtdecode did before, and the
+    # baseline of tools/bench_psc.py): an independent computation of what the incremental form keeps.
+    spec = importlib.util.spec_from_file_location(
+        "bench_psc", Path(__file__).parents[2] / "tools" / "bench_psc.py"
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool.refit(y, x, rest, baseline)
 
 
 def test_incremental_psc_equals_a_fit_over_the_whole_history():

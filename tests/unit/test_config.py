@@ -95,21 +95,8 @@ def test_mistakes_found_at_start_name_the_file_and_key_in_one_line(experiment, t
         "feedback": [{"name": "nf", "target": "no-such-category"}],
     }
     path = tmp_path / "nf.yaml"
-    path.write_text(yaml.safe_dump({"run": target}))
-    proc = subprocess.run(
-        [sys.executable, "-m", "rtdecode", "run", "-c", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert f"{path}: run.feedback[0]" in proc.stderr and "not a candidate label" in proc.stderr
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
-        run = {"bundle": str(experiment / "decoder"), "input": {"address": free_address()},
-               "output": {"address": f"tcp://127.0.0.1:{port}"}}  # fmt: skip
+
+    def refused(run: dict) -> str:
         path.write_text(yaml.safe_dump({"run": run}))
         proc = subprocess.run(
             [sys.executable, "-m", "rtdecode", "run", "-c", str(path)],
@@ -117,8 +104,18 @@ def test_mistakes_found_at_start_name_the_file_and_key_in_one_line(experiment, t
             text=True,
             timeout=120,
         )
-    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
-    assert f"{path}: run.output.address: cannot bind" in proc.stderr
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        return proc.stderr
+
+    stderr = refused(target)
+    assert f"{path}: run.feedback[0]" in stderr and "not a candidate label" in stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = {"bundle": str(experiment / "decoder"), "input": {"address": free_address()},
+               "output": {"address": f"tcp://127.0.0.1:{port}"}}  # fmt: skip
+        assert f"{path}: run.output.address: cannot bind" in refused(run)
 
 
 @pytest.mark.integration
