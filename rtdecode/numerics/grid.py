@@ -48,7 +48,7 @@ def match_grid(
     if tuple(shape) == tuple(target_shape) and np.allclose(affine, target_affine, atol=ATOL_MM):
         return None
     ornt = orientation_between(affine, target_affine)
-    new_shape = tuple(int(shape[int(axis)]) for axis in np.argsort(ornt[:, 0]))
+    new_shape = reoriented_shape(shape, ornt)
     new_affine = affine @ inv_ornt_aff(ornt, shape)
     if new_shape == tuple(target_shape) and np.allclose(new_affine, target_affine, atol=ATOL_MM):
         return ornt
@@ -57,6 +57,13 @@ def match_grid(
         f"{np.round(affine, 3).tolist()} against shape {tuple(target_shape)}, affine "
         f"{np.round(target_affine, 3).tolist()} (not the same grid in another voxel order)"
     )
+
+
+def reoriented_shape(shape: tuple[int, ...], ornt: np.ndarray | None) -> tuple[int, ...]:
+    """The shape an image of ``shape`` has after :func:`reorient` by ``ornt`` (None: unchanged)."""
+    if ornt is None:
+        return tuple(shape)
+    return tuple(int(shape[int(axis)]) for axis in np.argsort(ornt[:, 0]))
 
 
 def orientation_between(affine: np.ndarray, target_affine: np.ndarray) -> np.ndarray:

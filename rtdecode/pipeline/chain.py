@@ -18,7 +18,7 @@ import numpy as np
 
 from rtdecode.errors import VolumeError
 from rtdecode.models.bundle import Decoder
-from rtdecode.numerics.grid import match_grid, orientation_between, reorient
+from rtdecode.numerics.grid import match_grid, orientation_between, reorient, reoriented_shape
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.ranking import Identifier
@@ -182,12 +182,7 @@ class Pipeline:
             self._reorient = match_grid(
                 vol.affine, vol.data.shape, self.affine, self.mask.shape, f"volume {vol.seq}"
             )
-        shape = (
-            vol.data.shape
-            if self._reorient is None
-            else tuple(vol.data.shape[int(i)] for i in np.argsort(self._reorient[:, 0]))
-        )
-        if shape != self.mask.shape:
+        if reoriented_shape(vol.data.shape, self._reorient) != self.mask.shape:
             raise VolumeError(
                 f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}"
             )

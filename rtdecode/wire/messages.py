@@ -21,7 +21,7 @@ import numpy as np
 
 from rtdecode.errors import ProtocolError
 from rtdecode.volume import SeriesEnd, Volume, stamps_from_dict, stamps_to_dict
-from rtdecode.wire.frames import Message, decode
+from rtdecode.wire.frames import Message
 from rtdecode.wire.schema import TYPES, WireMessage, array, header
 
 MAX_SEQ = 2**53 - 1  # the largest integer every JSON reader holds exactly
@@ -373,11 +373,6 @@ def parse(msg: Message) -> WireMessage:
     if msg.topic != out.topic:
         raise ProtocolError(f"a {kind!r} message must have topic {out.topic!r}, got {msg.topic!r}")
     return out
-
-
-def parse_frames(frames: Any) -> WireMessage:
-    """:func:`parse` of raw frames (:func:`~rtdecode.wire.frames.decode` first)."""
-    return parse(decode(frames))
 
 
 def encode_volume(vol: Volume) -> list[bytes | memoryview]:
