@@ -13,17 +13,21 @@ class Stage(IntEnum):
     """Named moments in the life of a volume, in pipeline order.
 
     Stamps are ``time.monotonic_ns()`` values, which every process on one machine shares
-    (CLOCK_MONOTONIC), so a sender's and a receiver's stamps can be subtracted.
+    (CLOCK_MONOTONIC), so a sender's and a receiver's stamps can be subtracted. ``ACQUIRED`` is the
+    scanner's acquisition of the volume (its trigger pulse, or its header time on this computer's
+    clock); ``FILE_COMPLETE`` the moment its file, or last slice, was whole at the bridge: the
+    interval between them is the scanner's reconstruction and export, before rtdecode sees it.
     """
 
     ACQUIRED = 0
-    SENT = 1
-    RECEIVED = 2
-    MOTION = 3
-    PREPROCESSED = 4
-    DECODED = 5
-    IDENTIFIED = 6
-    PUBLISHED = 7
+    FILE_COMPLETE = 1
+    SENT = 2
+    RECEIVED = 3
+    MOTION = 4
+    PREPROCESSED = 5
+    DECODED = 6
+    IDENTIFIED = 7
+    PUBLISHED = 8
 
 
 NOT_REACHED = -1
@@ -91,6 +95,12 @@ class Volume:
         Series (run) identifier; a new series restarts ``seq``.
     stamps : numpy.ndarray
         int64 array of shape (len(Stage),), monotonic ns per :class:`Stage`.
+    acquired_from : str
+        What the ``ACQUIRED`` stamp is: ``trigger`` (the scanner's pulse), ``scanner clock`` (the
+        header's time with a clock offset that was set or measured by triggers), ``scanner clock,
+        estimated offset``, ``sender`` (a simulator or replay), or ``""`` (none).
+    clock_offset_s : float or None
+        This computer's clock minus the scanner's, as used for ``acq_time_s``.
     """
 
     data: np.ndarray
@@ -101,6 +111,8 @@ class Volume:
     session: str = "session"
     series: str = "series"
     stamps: np.ndarray = field(default_factory=new_stamps)
+    acquired_from: str = ""
+    clock_offset_s: float | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

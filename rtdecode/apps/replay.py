@@ -13,6 +13,7 @@ import math
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +21,15 @@ import nibabel as nib
 
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.progress import progress
-from rtdecode.scanner.readers import is_mosaic, read_dicom, volume_index_of_slice
+from rtdecode.scanner.dicom import (
+    acquisition_time,
+    creation_time,
+    is_mosaic,
+    is_multiframe,
+    read_dicom,
+    slice_volume_key,
+    slices_per_volume,
+)
 from rtdecode.transport.zmq import VolumeSender
 from rtdecode.volume import Stage, Volume
 
@@ -145,40 +154,95 @@ def _send_marker(stim: MarkerOutlet, t0: int, speed: float, at_s: float, text: s
     stim.send(text, monotonic_ns_to_lsl(at))
 
 
-def volume_file_groups(folder: str | Path) -> list[list[Path]]:
+@dataclass
+class ExportedVolume:
+    """The files of one volume in an export folder, and the scanner's times for it.
+
+    Parameters
+    ----------
+    files : list of Path
+        In the order a scanner writes them (a PAR header after its REC).
+    acquired_s, created_s : float or None
+        Acquisition start and image creation (ContentTime), scanner clock, Unix seconds.
+    """
+
+    files: list[Path]
+    acquired_s: float | None = None
+    created_s: float | None = None
+
+
+def volume_file_groups(folder: str | Path) -> list[ExportedVolume]:
     """The files of an export folder grouped by volume, in acquisition order.
 
-    Siemens mosaics and NIfTI files are one file per volume, Philips PAR/REC two, GE one per slice
-    (grouped by instance number and slices per volume).
+    Siemens mosaics, enhanced multi-frame DICOM and NIfTI files are one file per volume, Philips
+    PAR/REC two, GE and Siemens XA interoperability exports one per slice (plain or gzipped).
     """
-    groups: dict[tuple, list[Path]] = {}
+    groups: dict[tuple, ExportedVolume] = {}
     for p in sorted(Path(folder).iterdir()):
         name = p.name.lower()
         if not p.is_file() or name.startswith(".") or name in ("license", "readme.md"):
             continue
         if name.endswith((".nii", ".nii.gz")):
-            groups[("nifti", p.name)] = [p]
+            groups[("nifti", p.name)] = ExportedVolume([p])
         elif name.endswith((".par", ".rec")):
-            groups.setdefault(("parrec", p.stem), []).append(p)
+            groups.setdefault(("parrec", p.stem), ExportedVolume([])).files.append(p)
         elif name.endswith(".partial"):
             continue
         else:
             ds = read_dicom(p)
-            key = (
-                "dicom",
-                int(ds.get("SeriesNumber") or 0),
-                p.name if is_mosaic(ds) else volume_index_of_slice(ds),
-            )
-            groups.setdefault(key, []).append(p)
-    # A PAR header is copied after its REC, so the pair is complete when the header appears.
-    return [sorted(g, key=lambda p: p.suffix.lower() == ".par") for _, g in sorted(groups.items())]
+            if is_mosaic(ds) or is_multiframe(ds):
+                key = ("dicom", str(ds.get("SeriesNumber", "")), p.name)
+            else:
+                key = ("dicom", *slice_volume_key(ds, slices_per_volume(ds)))
+            group = groups.setdefault(key, ExportedVolume([]))
+            group.files.append(p)
+            # A volume began with its first slice and was whole once its last was created.
+            group.acquired_s = _pick(min, group.acquired_s, acquisition_time(ds))
+            group.created_s = _pick(max, group.created_s, creation_time(ds))
+    for g in groups.values():
+        # A PAR header is copied after its REC, so the pair is complete when the header appears.
+        g.files.sort(key=lambda p: p.suffix.lower() == ".par")
+    return [g for _, g in sorted(groups.items())]
+
+
+def _pick(choose, a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else choose(a, b)
+
+
+MAX_EXPORT_DELAY_S = 60.0  # a longer "delay" between header times is a clock or header error
+
+
+def export_schedule(volumes: Sequence[ExportedVolume], tr_s: float) -> list[float]:
+    """When each volume's files appeared at the scanner's export, in seconds after the first began.
+
+    A volume is due its acquisition start after the first's plus the delay the scanner recorded
+    between acquiring and creating the image (ContentTime - AcquisitionTime): the replayed export
+    delays are the recorded ones. Without times in the headers, volume ``k`` is due at
+    ``k * tr_s``; without a creation time, once its acquisition has ended (one TR).
+    """
+    if not volumes or any(v.acquired_s is None for v in volumes):
+        return [k * tr_s for k in range(len(volumes))]
+    t0 = min(v.acquired_s for v in volumes)
+    out = []
+    for v in volumes:
+        delay = v.created_s - v.acquired_s if v.created_s is not None else tr_s
+        out.append(v.acquired_s - t0 + (delay if 0.0 <= delay <= MAX_EXPORT_DELAY_S else tr_s))
+    return out
 
 
 def replay_folder(src: str | Path, dst: str | Path, tr_s: float, speed: float = 1.0) -> int:
-    """Copy an export folder's files into ``dst`` volume by volume at ``speed`` x TR; return volumes."""
+    """Copy an export folder's files into ``dst`` as the scanner wrote them; return the volumes.
+
+    Each volume's files appear when :func:`export_schedule` says, divided by ``speed``.
+    """
     groups = volume_file_groups(src)
-    for k, _ in paced(groups, tr_s, speed):
-        for p in groups[k]:
+    due = sorted(zip(export_schedule(groups, tr_s), range(len(groups))))
+    t0 = time.monotonic()
+    for at, k in due:
+        wait = t0 + at / speed - time.monotonic()
+        if wait > 0:
+            time.sleep(wait)
+        for p in groups[k].files:
             shutil.copyfile(p, Path(dst) / p.name)
     return len(groups)
 

@@ -122,7 +122,14 @@ def result_messages(
         out.append(m.Feedback(**base, scores=_scores(scores)))
     durations = stage_durations_ms(vol.stamps)
     out.append(
-        m.Latency(**base, stamps=stamps_to_dict(vol.stamps), ms=durations, stamps_dropped=stamps_dropped)
+        m.Latency(
+            **base,
+            stamps=stamps_to_dict(vol.stamps),
+            ms=durations,
+            stamps_dropped=stamps_dropped,
+            export_ms=durations.get("acquired->file_complete"),
+            acquired_from=vol.acquired_from or None,
+        )
     )
     return out
 

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from rtdecode.errors import RecordingError
-from rtdecode.volume import Stage, Volume, stamps_from_dict
+from rtdecode.volume import NOT_REACHED, Stage, Volume, stamps_from_dict
 from rtdecode.wire import messages as m
 
 RECORDING_FORMAT = "rtdecode-recording"
@@ -264,7 +264,7 @@ class Recording:
             settings = next((e["settings"] for e in reversed(events) if "settings" in e), {})
             status = f["volumes/status"].asstr()[:] if "volumes/status" in f else np.full(n, "?")
             censored = get("volumes/censored")
-            stamps = get("volumes/stamps")
+            stamps = _by_stage(get("volumes/stamps"), f.attrs.get("stages"))
             return cls(
                 path=path,
                 meta=json.loads(f.attrs.get("meta", "{}")),
@@ -310,3 +310,15 @@ def input_volumes(path: str | Path, session: str = "replay", series: str = "run-
             tr = float(np.median(np.diff(acq[:]))) if len(acq) > 1 else 1.0
         for k in range(data.shape[0]):
             yield Volume(data[k], affine[k], k, tr, float(acq[k]), session, series)
+
+
+def _by_stage(stamps: np.ndarray | None, names) -> np.ndarray | None:
+    # Columns follow the stages of the writer's version (named in the file): put them in ours.
+    if stamps is None or names is None:
+        return stamps
+    names = [str(n) for n in names]
+    out = np.full((stamps.shape[0], len(Stage)), NOT_REACHED, np.int64)
+    for col, name in enumerate(names[: stamps.shape[1]]):
+        if name.upper() in Stage.__members__:
+            out[:, Stage[name.upper()]] = stamps[:, col]
+    return out

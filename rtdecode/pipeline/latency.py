@@ -14,8 +14,10 @@ _PERCENTILES = {"p50": 50, "p95": 95, "p99": 99}
 def stage_durations_ms(stamps: np.ndarray) -> dict[str, float]:
     """Durations of one volume's stages in ms.
 
-    Each reached stage's duration runs from the previous reached stage; ``end_to_end`` runs from
-    acquisition (or, if unknown, reception) to publication.
+    Each reached stage's duration runs from the previous reached stage (``acquired->file_complete``
+    is the scanner's reconstruction and export); ``rtdecode`` runs from the file being complete (or,
+    without a bridge, reception) to publication, rtdecode's own share; ``end_to_end`` from the
+    earliest of acquisition, file completion and reception to publication.
 
     Parameters
     ----------
@@ -30,17 +32,29 @@ def stage_durations_ms(stamps: np.ndarray) -> dict[str, float]:
         if prev is not None:
             out[f"{prev.name.lower()}->{s.name.lower()}"] = (stamps[s] - stamps[prev]) / 1e6
         prev = s
-    start = stamps[Stage.ACQUIRED] if stamps[Stage.ACQUIRED] != NOT_REACHED else stamps[Stage.RECEIVED]
-    if start != NOT_REACHED and stamps[Stage.PUBLISHED] != NOT_REACHED:
-        out["end_to_end"] = (stamps[Stage.PUBLISHED] - start) / 1e6
+    published = stamps[Stage.PUBLISHED]
+    if published == NOT_REACHED:
+        return out
+    own = _first_reached(stamps, (Stage.FILE_COMPLETE, Stage.RECEIVED))
+    if own != NOT_REACHED:
+        out["rtdecode"] = (published - own) / 1e6
+    start = _first_reached(stamps, (Stage.ACQUIRED, Stage.FILE_COMPLETE, Stage.RECEIVED))
+    if start != NOT_REACHED:
+        out["end_to_end"] = (published - start) / 1e6
     return out
+
+
+def _first_reached(stamps: np.ndarray, stages: tuple[Stage, ...]) -> int:
+    return next((int(stamps[s]) for s in stages if stamps[s] != NOT_REACHED), NOT_REACHED)
 
 
 MAX_STAMP_AGE_S = 86_400.0  # a sender stamp older than a day is a broken clock, not a slow network
 
 
 def drop_implausible_stamps(stamps: np.ndarray, tr_s: float) -> list[str]:
-    """Clear the sender's stamps (``acquired``, ``sent``) that cannot be true; return their names.
+    """Clear the sender's stamps (``acquired``, ``file_complete``, ``sent``) that cannot be true.
+
+    Returns the names of those cleared.
 
     A stamp after reception by more than one TR (a clock ahead, or a wrong unit) or more than a
     day before it would publish negative or absurd latencies; it is set to ``NOT_REACHED`` so
@@ -57,7 +71,7 @@ def drop_implausible_stamps(stamps: np.ndarray, tr_s: float) -> list[str]:
     if received == NOT_REACHED:
         return []
     dropped = []
-    for stage in (Stage.ACQUIRED, Stage.SENT):
+    for stage in (Stage.ACQUIRED, Stage.FILE_COMPLETE, Stage.SENT):
         t = stamps[stage]
         if t != NOT_REACHED and not received - MAX_STAMP_AGE_S * 1e9 <= t <= received + tr_s * 1e9:
             stamps[stage] = NOT_REACHED
@@ -67,8 +81,8 @@ def drop_implausible_stamps(stamps: np.ndarray, tr_s: float) -> list[str]:
 
 def _interval_order(key: str) -> tuple:
     # Stage order, end_to_end last, whatever order the volumes happened to arrive in.
-    if key == "end_to_end":
-        return (len(Stage), 0)
+    if key in ("rtdecode", "end_to_end"):
+        return (len(Stage), key == "end_to_end")
     first, second = key.split("->")
     return (Stage[first.upper()], Stage[second.upper()])
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -10,18 +11,17 @@ import nibabel as nib
 import numpy as np
 
 from rtdecode.errors import VolumeError
-from rtdecode.scanner.readers import (
-    NotAnImage,
-    ScanVolume,
+from rtdecode.scanner.dicom import (
     is_mosaic,
+    is_multiframe,
     read_dicom,
-    read_nifti_volume,
-    read_parrec,
+    read_multiframe,
     read_siemens_mosaic,
     read_slice_volume,
+    slice_volume_key,
     slices_per_volume,
-    volume_index_of_slice,
 )
+from rtdecode.scanner.readers import NotAnImage, ScanVolume, read_nifti_volume, read_parrec
 
 _IGNORED_SUFFIXES = {".partial", ".tmp", ".part", ".json", ".txt", ".log"}
 
@@ -36,11 +36,16 @@ class Assembler:
 
     Files can arrive in any order; per-slice DICOM series are held until all slices of a volume
     are in. :meth:`add` raises :class:`~rtdecode.errors.VolumeError` for a file that is not
-    complete (yet): the caller retries it later and gives up after its own timeout.
+    complete (yet): the caller retries it later and gives up after its own timeout. Datasets
+    received over the network go to :meth:`add_dataset`.
+
+    When no header says how many slices a volume has, a series' first volume is taken as whole
+    once a slice of a later volume arrives, and its slice count holds for the rest of the series.
     """
 
     def __init__(self) -> None:
         self._slices: dict[tuple[str, int], dict[str, object]] = {}
+        self._learnt: dict[str, int] = {}
         self._counts: dict[str, int] = {}
         self._done: set[Path] = set()
         self._manufacturer: str | None = None
@@ -65,27 +70,36 @@ class Assembler:
             self._done.update({par, *rec})
             return [vol]
         else:
-            with open(path, "rb") as f:
-                head = f.read(132)
-            if len(head) < 132:
-                raise VolumeError(f"{path}: only {len(head)} bytes so far")
-            if head[128:132] != b"DICM":
+            if _dicom_head(path) != b"DICM":
                 self._done.add(path)  # not an export: a licence, a note, ...
                 return []
             try:
                 ds = read_dicom(path)
-                self._check_manufacturer(path, ds)
+                out = self.add_dataset(ds, path)
             except NotAnImage:
                 self._done.add(path)  # complete, and never usable: do not retry it
                 raise
-            if is_mosaic(ds):
-                vol = read_siemens_mosaic(path, ds)
-            else:
-                return self._add_slice(path, ds)
+            self._done.add(path)
+            return out
         self._done.add(path)
         return [vol]
 
-    def _check_manufacturer(self, path: Path, ds) -> None:
+    def add_dataset(self, ds, where: object = "dataset") -> list[ScanVolume]:
+        """Take one complete DICOM dataset (from a file or a network push); return what it completes.
+
+        Raises
+        ------
+        NotAnImage
+            If it comes from another scanner than the session's first file.
+        """
+        self._check_manufacturer(where, ds)
+        if is_mosaic(ds):
+            return [read_siemens_mosaic(ds, where)]
+        if is_multiframe(ds):
+            return read_multiframe(ds, where)
+        return self._add_slice(ds, where)
+
+    def _check_manufacturer(self, path: object, ds) -> None:
         # One session comes from one scanner: another vendor's file is a stray copy, not a volume.
         maker = str(ds.get("Manufacturer", "")).strip() or None
         if maker is None:
@@ -101,20 +115,52 @@ class Assembler:
         self._counts[key] = self._counts.get(key, -1) + 1
         return self._counts[key]
 
-    def _add_slice(self, path: Path, ds) -> list[ScanVolume]:
-        key = (str(ds.get("SeriesNumber", "")), volume_index_of_slice(ds))
-        group = self._slices.setdefault(key, {})
-        group[str(ds.get("SOPInstanceUID", path))] = ds
-        self._done.add(path)
-        if len(group) < slices_per_volume(ds):
-            return []
-        del self._slices[key]
-        return [read_slice_volume(list(group.values()))]
+    def _add_slice(self, ds, where: object) -> list[ScanVolume]:
+        n = slices_per_volume(ds)
+        series, seq = slice_volume_key(ds, n)
+        n = n or self._learnt.get(series)
+        self._slices.setdefault((series, seq), {})[str(ds.get("SOPInstanceUID", where))] = ds
+        if n is None:
+            # A volume is whole once the next begins; its slice count then holds for the series.
+            earlier = sorted(k for k in self._slices if k[0] == series and k[1] < seq)
+            if not earlier:
+                return []
+            n = self._learnt[series] = len(self._slices[earlier[0]])
+            return [self._complete(k) for k in earlier] + self._complete_full(series, n)
+        return self._complete_full(series, n)
+
+    def _complete_full(self, series: str, n: int) -> list[ScanVolume]:
+        full = sorted(k for k, group in self._slices.items() if k[0] == series and len(group) >= n)
+        return [self._complete(k) for k in full]
+
+    def _complete(self, key: tuple[str, int]) -> ScanVolume:
+        return read_slice_volume(list(self._slices.pop(key).values()))
+
+    def finish(self) -> list[ScanVolume]:
+        """At the end of an export: the last volume of each series whose slice count no header gave."""
+        unknown = [
+            k
+            for k, group in sorted(self._slices.items())
+            if k[0] not in self._learnt and slices_per_volume(next(iter(group.values()))) is None
+        ]
+        return [self._complete(k) for k in unknown]
 
     @property
     def pending(self) -> dict[tuple[str, int], int]:
         """Volumes still waiting for slices: ``{(series, index): slices so far}``."""
         return {k: len(v) for k, v in self._slices.items()}
+
+
+def _dicom_head(path: Path) -> bytes:
+    """The DICOM magic of a (possibly gzipped) file; raises VolumeError while it is too short."""
+    try:
+        with gzip.open(path, "rb") if path.name.lower().endswith(".gz") else open(path, "rb") as f:
+            head = f.read(132)
+    except (OSError, EOFError) as err:  # a gzip stream cut short, or not gzip at all
+        raise VolumeError(f"{path}: not readable yet ({type(err).__name__}: {err})") from err
+    if len(head) < 132:
+        raise VolumeError(f"{path}: only {len(head)} bytes so far")
+    return head[128:132]
 
 
 def read_folder(folder: str | Path) -> list[ScanVolume]:
@@ -129,6 +175,7 @@ def read_folder(folder: str | Path) -> list[ScanVolume]:
     volumes: list[ScanVolume] = []
     for path in sorted(p for p in Path(folder).iterdir() if p.is_file()):
         volumes.extend(asm.add(path))
+    volumes.extend(asm.finish())
     if asm.pending:
         raise VolumeError(f"{folder}: volumes with missing slices: {asm.pending}")
     return sorted(volumes, key=lambda v: (v.series, v.seq))

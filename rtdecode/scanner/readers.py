@@ -1,19 +1,14 @@
-"""Reading scanner exports into volumes with RAS+ affines, through nibabel and pydicom.
+"""A volume read from scanner files, and the readers of the non-DICOM exports.
 
-* Siemens: one DICOM mosaic per volume (slice count and order from the CSA header, via
-  ``nibabel.nicom``).
-* GE: one DICOM per slice; ``ImagesInAcquisition`` (or GE's "locations in acquisition") slices
-  make a volume, ordered along the slice normal.
 * Philips: one PAR/REC pair per volume (``nibabel.parrec``); the first image type is used.
 * NIfTI: one 3-D file per volume.
 
-DICOM geometry is DICOM's LPS; every affine returned here is RAS+ (NIfTI's, nibabel's).
+DICOM exports (Siemens mosaic and XA, GE, enhanced multi-frame) are read in
+:mod:`rtdecode.scanner.dicom`. Every affine is RAS+ (NIfTI's, nibabel's).
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +16,6 @@ import nibabel as nib
 import numpy as np
 
 from rtdecode.errors import VolumeError
-
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-_GE_LOCATIONS = (0x0021, 0x104F)
 
 
 @dataclass
@@ -43,7 +35,11 @@ class ScanVolume:
     tr_s : float
         Repetition time, seconds (0 when the header has none).
     acq_time_s : float or None
-        Acquisition time, Unix seconds, when the header has one.
+        When the scanner started acquiring the volume, by the scanner's clock (Unix seconds), when
+        the header has it.
+    created_time_s : float or None
+        When the scanner created the image (DICOM ContentTime), by the same clock: its
+        reconstruction finished.
     """
 
     data: np.ndarray
@@ -52,131 +48,11 @@ class ScanVolume:
     seq: int
     tr_s: float
     acq_time_s: float | None
-
-
-def _nicom():
-    # nibabel warns on import that its DICOM readers are experimental; we test ours against dcm2niix.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The DICOM readers are highly experimental")
-        from nibabel.nicom import dicomwrappers
-
-    return dicomwrappers
-
-
-def dicom_time(date: str | None, time_str: str | None) -> float | None:
-    """Unix seconds from DICOM DA (YYYYMMDD) and TM (HHMMSS.frac) strings, local time; None if absent."""
-    if not date or not time_str:
-        return None
-    t = str(time_str).strip()
-    try:
-        day = dt.datetime.strptime(str(date).strip(), "%Y%m%d")
-        seconds = int(t[0:2]) * 3600 + int(t[2:4]) * 60 + float(t[4:] or 0)
-    except ValueError:
-        return None
-    return (day + dt.timedelta(seconds=seconds)).timestamp()
-
-
-def read_dicom(path: str | Path):
-    """Read one DICOM file completely (pixels included).
-
-    Raises
-    ------
-    VolumeError
-        If the file is not (yet) a complete DICOM file.
-    """
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path))
-    except Exception as err:  # pydicom raises many types for a truncated file
-        raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from err
-    if "PixelData" not in ds:
-        raise NotAnImage(
-            f"{path}: a DICOM file without an image ({ds.get('SOPClassUID', 'unknown SOP class')}); ignored"
-        )
-    try:
-        ds.pixel_array  # noqa: B018 - forces the pixel data to be read and checked for length
-    except Exception as err:
-        raise VolumeError(f"{path}: not a complete DICOM file ({type(err).__name__}: {err})") from err
-    return ds
+    created_time_s: float | None = None
 
 
 class NotAnImage(VolumeError):
     """A complete scanner file that holds no usable image (a report, another vendor's file): skip it."""
-
-
-def is_mosaic(ds) -> bool:
-    """True for a Siemens mosaic image."""
-    return "MOSAIC" in [str(v).upper() for v in (ds.get("ImageType") or [])]
-
-
-def read_siemens_mosaic(path: str | Path, ds=None) -> ScanVolume:
-    """Read a Siemens mosaic DICOM file as one volume."""
-    ds = ds if ds is not None else read_dicom(path)
-    w = _nicom().wrapper_from_data(ds)
-    try:
-        data = w.get_data()
-        affine = _LPS_TO_RAS @ w.affine
-    except Exception as err:
-        raise VolumeError(f"{path}: cannot unpack the mosaic ({type(err).__name__}: {err})") from err
-    index = int(ds.get("AcquisitionNumber") or ds.get("InstanceNumber") or 1) - 1
-    return ScanVolume(
-        data,
-        affine,
-        str(ds.get("SeriesNumber", "")),
-        index,
-        _tr(ds),
-        dicom_time(ds.get("AcquisitionDate") or ds.get("ContentDate"), ds.get("AcquisitionTime")),
-    )
-
-
-def _tr(ds) -> float:
-    tr = ds.get("RepetitionTime")
-    return float(tr) / 1000.0 if tr not in (None, "") else 0.0
-
-
-def slices_per_volume(ds) -> int:
-    """Slices per volume of a per-slice DICOM series (GE)."""
-    for value in (
-        ds.get("ImagesInAcquisition"),
-        ds.get(_GE_LOCATIONS).value if _GE_LOCATIONS in ds else None,
-    ):
-        if value not in (None, "") and int(value) > 0:
-            return int(value)
-    raise VolumeError("per-slice DICOM without ImagesInAcquisition: cannot tell the slices per volume")
-
-
-def volume_index_of_slice(ds) -> int:
-    """Volume index (from 0) of a per-slice DICOM image, from its instance number."""
-    return (int(ds.InstanceNumber) - 1) // slices_per_volume(ds)
-
-
-def read_slice_volume(datasets: list) -> ScanVolume:
-    """Assemble one volume from the per-slice DICOM datasets of one volume (any order)."""
-    nicom = _nicom()
-    wrappers = [nicom.wrapper_from_data(ds) for ds in datasets]
-    normal = np.asarray(wrappers[0].slice_normal)
-    positions = np.array(
-        [np.dot(normal, np.asarray(ds.ImagePositionPatient, dtype=float)) for ds in datasets]
-    )
-    order = np.argsort(positions)
-    if np.any(np.diff(positions[order]) <= 1e-3):
-        raise VolumeError("two slices of one volume share a position")
-    data = np.stack([wrappers[i].get_data() for i in order], axis=2)
-    affine = wrappers[order[0]].affine.copy()
-    if len(order) > 1:
-        first = np.asarray(datasets[order[0]].ImagePositionPatient, dtype=float)
-        last = np.asarray(datasets[order[-1]].ImagePositionPatient, dtype=float)
-        affine[:3, 2] = (last - first) / (len(order) - 1)
-    ds = datasets[order[0]]
-    return ScanVolume(
-        data,
-        _LPS_TO_RAS @ affine,
-        str(ds.get("SeriesNumber", "")),
-        volume_index_of_slice(ds),
-        _tr(ds),
-        dicom_time(ds.get("AcquisitionDate") or ds.get("ContentDate"), ds.get("AcquisitionTime")),
-    )
 
 
 def read_parrec(par_path: str | Path, seq: int = 0) -> ScanVolume:

@@ -37,7 +37,8 @@ from rtdecode.errors import (
 )
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
 from rtdecode.wire.frames import END_TOPIC, VOLUME_TOPIC, Message, decode
-from rtdecode.wire.messages import End, WireMessage, encode_volume, parse, volume_context
+from rtdecode.wire.inputs import End, encode_volume
+from rtdecode.wire.messages import WireMessage, parse, volume_context
 
 SECRET_KEY_ENV = "RTDECODE_CURVE_SECRET_KEY"
 SERVER_KEY_ENV = "RTDECODE_CURVE_SERVER_KEY"

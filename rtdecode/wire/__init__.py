@@ -1,13 +1,8 @@
 """The wire protocol: frames encoded and decoded (pure), every message declared once."""
 
 from rtdecode.wire.frames import DTYPES, END_TOPIC, PROTOCOL, VERSION, VOLUME_TOPIC, Message, decode, encode
-from rtdecode.wire.messages import (
-    RESULTS,
-    WireMessage,
-    decode_volume,
-    encode_volume,
-    parse,
-)
+from rtdecode.wire.inputs import decode_volume, encode_volume
+from rtdecode.wire.messages import RESULTS, WireMessage, parse
 
 __all__ = [
     "DTYPES",

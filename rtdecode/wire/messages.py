@@ -1,5 +1,7 @@
 """Every message of protocol v1, declared once: its topic, header fields and arrays.
 
+The inputs (a volume, the end of a series) are declared in :mod:`rtdecode.wire.inputs`.
+
 Each message kind is a dataclass. A field's metadata says where it travels (header or array
 frame), its JSON type, its unit and its meaning; the decoder builds messages from these classes,
 every consumer reads them back with :func:`parse`, and ``docs/protocol.md``'s tables are checked
@@ -13,18 +15,16 @@ some); a missing required field is a :class:`~rtdecode.errors.ProtocolError`.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
 
 from rtdecode.errors import ProtocolError
-from rtdecode.volume import SeriesEnd, Volume, stamps_from_dict, stamps_to_dict
+from rtdecode.volume import Volume
 from rtdecode.wire.frames import Message
+from rtdecode.wire.inputs import End, VolumeMessage
 from rtdecode.wire.schema import TYPES, WireMessage, array, header
-
-MAX_SEQ = 2**53 - 1  # the largest integer every JSON reader holds exactly
 
 
 def _volume_ref() -> dict[str, Any]:
@@ -141,6 +141,13 @@ class Latency(WireMessage):
         "the volume's latency is then left out of the summaries",
         optional=True,
     )
+    export_ms: float | None = header(
+        "number",
+        "the scanner's reconstruction and export: `acquired` → `file_complete` (absent without both)",
+        "ms",
+        optional=True,
+    )
+    acquired_from: str | None = header("string", "what `acquired` is (as on the volume)", optional=True)
 
 
 @_with(_volume_ref)
@@ -260,98 +267,6 @@ class Status(WireMessage):
     )
 
 
-@dataclasses.dataclass(kw_only=True)
-class VolumeMessage(WireMessage):
-    """One fMRI volume, sender → decoder (and republished with ``run.publish_input``)."""
-
-    kind: ClassVar[str] = "volume"
-    session: str = header("string", "session id")
-    series: str = header("string", "series (run) id; a new series restarts preprocessing")
-    seq: int = header("integer", "volume index within the series, from 0, increasing")
-    affine: list = header("list", "4×4 voxel indices → RAS+ millimetres (NIfTI/nibabel convention)", "mm")
-    tr_s: float = header("number", "repetition time", "s")
-    acq_time_s: float = header("number", "acquisition time, Unix seconds (wall clock)", "s")
-    stamps: dict = header(
-        "object", "stage name → `time.monotonic_ns()` value; the sender sets `acquired` and `sent`", "ns",
-        optional=True,
-    )  # fmt: skip
-    data: np.ndarray = array("any real dtype", "[nx, ny, nz]", "voxel values in scanner units, C order")
-
-    @classmethod
-    def of(cls, vol: Volume) -> VolumeMessage:
-        """The message of a :class:`~rtdecode.volume.Volume` (data not copied)."""
-        return cls(
-            session=vol.session,
-            series=vol.series,
-            seq=int(vol.seq),
-            affine=np.asarray(vol.affine, dtype=float).tolist(),
-            tr_s=float(vol.tr_s),
-            acq_time_s=float(vol.acq_time_s),
-            stamps=stamps_to_dict(vol.stamps),
-            data=vol.data,
-        )
-
-    def to_volume(self) -> Volume:
-        """The :class:`~rtdecode.volume.Volume` it carries, checked.
-
-        Raises
-        ------
-        ProtocolError
-            A value out of range: affine not 4×4 numbers, data not 3-D, ``seq`` < 0, ``tr_s`` not
-            finite and > 0, ``acq_time_s`` not finite, stamps not integers.
-        """
-        affine = self.affine
-        if len(affine) != 4 or not all(
-            isinstance(row, list) and len(row) == 4 and all(TYPES["number"](v) for v in row) for row in affine
-        ):
-            raise ProtocolError(f"volume 'affine' must be a 4x4 list of numbers, got {affine!r}")
-        if self.data.ndim != 3:
-            raise ProtocolError(f"volume data must be 3-D, got shape {self.data.shape}")
-        if not 0 <= self.seq <= MAX_SEQ:
-            raise ProtocolError(f"volume 'seq' must be an integer from 0 to {MAX_SEQ}, got {self.seq!r}")
-        if not (math.isfinite(self.tr_s) and self.tr_s > 0) or not math.isfinite(self.acq_time_s):
-            raise ProtocolError(
-                f"volume 'tr_s' must be > 0 and 'acq_time_s' finite, got {self.tr_s!r}, {self.acq_time_s!r}"
-            )
-        stamps = self.stamps or {}
-        if not all(TYPES["integer"](v) and -(2**63) <= v < 2**63 for v in stamps.values()):
-            raise ProtocolError(f"volume 'stamps' must map stage names to 64-bit integer ns, got {stamps!r}")
-        return Volume(
-            self.data,
-            np.asarray(affine, dtype=np.float64),
-            self.seq,
-            float(self.tr_s),
-            float(self.acq_time_s),
-            self.session,
-            self.series,
-            stamps_from_dict(stamps),
-        )
-
-
-@dataclasses.dataclass(kw_only=True)
-class End(WireMessage):
-    """A sender's word that a series is complete."""
-
-    kind: ClassVar[str] = "end"
-    session: str = header("string", "session id")
-    series: str = header("string", "the series that ended")
-    n_sent: int | None = header("integer", "volumes sent in the series", optional=True)
-
-    def to_series_end(self) -> SeriesEnd:
-        """The :class:`~rtdecode.volume.SeriesEnd` it announces, checked.
-
-        Raises
-        ------
-        ProtocolError
-            ``n_sent`` is negative or beyond the largest index.
-        """
-        if self.n_sent is not None and not 0 <= self.n_sent <= MAX_SEQ + 1:
-            raise ProtocolError(
-                f"end 'n_sent' must be an integer from 0 to {MAX_SEQ + 1}, got {self.n_sent!r}"
-            )
-        return SeriesEnd(self.session, self.series, self.n_sent)
-
-
 RESULTS: tuple[type[WireMessage], ...] = (Features, Ranking, Motion, Feedback, Latency, Latent, Block, Status)
 INPUTS: tuple[type[WireMessage], ...] = (VolumeMessage, End)
 _BY_KIND: dict[str, type[WireMessage]] = {cls.kind: cls for cls in RESULTS + INPUTS}
@@ -373,19 +288,3 @@ def parse(msg: Message) -> WireMessage:
     if msg.topic != out.topic:
         raise ProtocolError(f"a {kind!r} message must have topic {out.topic!r}, got {msg.topic!r}")
     return out
-
-
-def encode_volume(vol: Volume) -> list[bytes | memoryview]:
-    """Frames of a ``volume`` message (data not copied)."""
-    return VolumeMessage.of(vol).encode()
-
-
-def decode_volume(msg: Message) -> Volume:
-    """The checked :class:`~rtdecode.volume.Volume` of a decoded ``volume`` message.
-
-    Raises
-    ------
-    ProtocolError
-        A field is missing, of the wrong JSON type, or out of range.
-    """
-    return VolumeMessage.from_wire(msg).to_volume()

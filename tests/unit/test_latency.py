@@ -18,8 +18,17 @@ def test_durations_between_reached_stages_and_end_to_end():
         "sent->received": 2,
         "received->motion": 7,
         "motion->published": 2,
+        "rtdecode": 9,
         "end_to_end": 12,
     }
+
+
+def test_the_export_delay_is_apart_from_rtdecode_own_share():
+    d = stage_durations_ms(_stamps(acquired=0, file_complete=800, sent=801, received=802, published=830))
+    assert d["acquired->file_complete"] == 800  # the scanner's reconstruction and export
+    assert d["rtdecode"] == 30 and d["end_to_end"] == 830
+    no_scanner_time = stage_durations_ms(_stamps(file_complete=800, sent=801, received=802, published=830))
+    assert no_scanner_time["end_to_end"] == no_scanner_time["rtdecode"] == 30
 
 
 def test_summary_percentiles_and_stage_order():

@@ -20,7 +20,7 @@ from rtdecode import wire
 from rtdecode.config import Config, config_from_data, load_config
 from rtdecode.errors import ConfigError, ProtocolError
 from rtdecode.volume import Volume
-from rtdecode.wire.messages import VolumeMessage
+from rtdecode.wire.inputs import VolumeMessage
 
 # Scalars as a hostile client or a careless config writes them: bools where numbers go, huge and
 # non-finite numbers, integers beyond 64 bits, numbers as text.
