@@ -124,8 +124,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="create this file once messages arrive")
     p.set_defaults(func=commands.record)
 
-    p = sub.add_parser("bridge", help="watch a scanner export folder and send volumes as they complete")
-    p.add_argument("--watch", required=True, help="the export folder")
+    p = sub.add_parser(
+        "bridge", help="take a scanner's images (export folder or DICOM push), send volumes as they complete"
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--watch", help="the export folder")
+    src.add_argument("--dicom-port", type=int, help="run a DICOM node (Storage SCP) on this port instead")
+    p.add_argument("--dicom-host", default="127.0.0.1", help="address the DICOM node binds")
+    p.add_argument("--ae-title", default="RTDECODE", help="the DICOM node's AE title")
+    p.add_argument(
+        "--calling-ae", action="append", default=[], help="accept pushes only from this AE title (repeatable)"
+    )
+    p.add_argument("--save-dir", help="also write every pushed image to this folder")
+    p.add_argument(
+        "--scanner-clock-offset-s",
+        type=float,
+        help="this computer's clock minus the scanner's (default: from --trigger, else estimated)",
+    )
+    p.add_argument("--trigger", help="the scanner's pulses: serial:<device> or lsl:<marker stream name>")
+    p.add_argument("--trigger-char", help="a pulse's character (serial, default 5) or marker text (LSL, any)")
+    p.add_argument("--trigger-baud", type=int, default=115200, help="the trigger box's baud rate")
     p.add_argument("--to", default="tcp://127.0.0.1:5555", help="the decoder's volume input")
     p.add_argument("--session", default="session", help="session id put in the headers")
     p.add_argument("--poll", action="store_true", help="poll instead of file-system events (network shares)")

@@ -177,30 +177,44 @@ def record(args: argparse.Namespace) -> None:
 
 
 def bridge(args: argparse.Namespace) -> None:
-    """``rtdecode bridge``: watch an export folder and send each complete volume."""
+    """``rtdecode bridge``: take a scanner's images (folder or DICOM push) and send each complete volume."""
+    import contextlib
     import signal
 
-    from rtdecode.scanner.watch import FolderBridge
+    from rtdecode.scanner.clock import ScannerClock
     from rtdecode.transport.zmq import VolumeSender
 
-    with VolumeSender(args.to) as tx:
-        bridge = FolderBridge(
-            args.watch,
-            tx.send,
-            args.session,
-            args.poll,
-            args.tr_s,
-            args.give_up_s,
-            include_existing=args.include_existing,
-        )
+    with contextlib.ExitStack() as stack:
+        triggers = None
+        if args.trigger:
+            from rtdecode.transport.triggers import open_triggers
+
+            triggers = open_triggers(args.trigger, args.trigger_char, args.trigger_baud)
+            stack.callback(triggers.close)
+        clock = ScannerClock(args.session, args.tr_s, args.scanner_clock_offset_s, triggers)
+        tx = stack.enter_context(VolumeSender(args.to))
+        if args.dicom_port is not None:
+            from rtdecode.scanner.dicomnode import DicomNode
+
+            calling = tuple(args.calling_ae)
+            bridge = DicomNode(
+                tx.send, clock, args.dicom_port, args.dicom_host, args.ae_title, calling, args.save_dir
+            )
+        else:
+            from rtdecode.scanner.watch import FolderBridge
+
+            bridge = FolderBridge(
+                args.watch, tx.send, clock, args.poll, args.give_up_s, include_existing=args.include_existing
+            )
         signal.signal(signal.SIGTERM, lambda *_: bridge.stop())
         ready = (lambda: Path(args.ready_file).write_text("ready\n")) if args.ready_file else None
         n = bridge.run(args.max_volumes, args.idle_exit, on_ready=ready)
-        print(f"bridge: sent {n} volumes; gave up on {len(bridge.failed)} incomplete file(s)")
-        for path in bridge.failed:
-            print(f"  incomplete: {path}")
+        offset = "not known" if clock.offset_s is None else f"{clock.offset_s:+.3f} s ({clock.offset_from})"
+        print(f"bridge: sent {n} volumes; scanner clock offset {offset}; {len(bridge.failed)} inputs failed")
+        for what in bridge.failed:
+            print(f"  incomplete or unreadable: {what}")
         if args.end_series:
-            tx.send_end(args.session, bridge.last_series, n)
+            tx.send_end(args.session, bridge.dispatch.last_series, n)
 
 
 def convert(args: argparse.Namespace) -> None:

@@ -15,15 +15,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.polling import PollingObserver
 
-from rtdecode.errors import ConfigError, VolumeError
+from rtdecode.errors import VolumeError
 from rtdecode.scanner.assemble import Assembler
+from rtdecode.scanner.clock import Dispatch, ScannerClock
 from rtdecode.scanner.readers import ScanVolume
-from rtdecode.volume import Stage, Volume, wall_to_monotonic_ns
+from rtdecode.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,11 @@ class FolderBridge:
         The export folder.
     send : callable
         Called with each :class:`~rtdecode.volume.Volume`, in order of completion.
-    session : str
-        Session id put on the volumes; the series id comes from the header (``series-<number>``).
+    clock : ScannerClock or None
+        Makes the volumes and their time stamps (session, TR, scanner clock offset, triggers);
+        default: session ``session``, the headers' TR, an estimated offset.
     poll : bool
         Poll the folder instead of relying on file-system events (network shares).
-    tr_s : float or None
-        Repetition time to use when the header has none or an implausible one.
     give_up_s : float
         How long a file may stay incomplete before it is reported and dropped.
     retry_s : float
@@ -71,9 +70,8 @@ class FolderBridge:
         self,
         folder: str | Path,
         send: Callable[[Volume], None],
-        session: str = "session",
+        clock: ScannerClock | None = None,
         poll: bool = False,
-        tr_s: float | None = None,
         give_up_s: float = 10.0,
         retry_s: float = 0.05,
         include_existing: bool = False,
@@ -81,16 +79,12 @@ class FolderBridge:
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise VolumeError(f"export folder {str(self.folder)!r} does not exist")
-        self.send = send
-        self.session = session
+        self.dispatch = Dispatch(send, clock)
         self.poll = poll
-        self.tr_s = tr_s
         self.give_up_s = give_up_s
         self.retry_s = retry_s
         self.include_existing = include_existing
         self.assembler = Assembler()
-        self.n_sent = 0
-        self.last_series = ""
         self.failed: list[str] = []
         self._queue: queue.Queue[Path] = queue.Queue()
         self._waiting: dict[Path, float] = {}
@@ -126,7 +120,7 @@ class FolderBridge:
         last_activity = time.monotonic()
         try:
             while not self._stop.is_set():
-                if max_volumes is not None and self.n_sent >= max_volumes:
+                if max_volumes is not None and self.dispatch.n_sent >= max_volumes:
                     break
                 try:
                     batch = [self._queue.get(timeout=self.retry_s)]
@@ -150,19 +144,20 @@ class FolderBridge:
         finally:
             observer.stop()
             observer.join(5)
-        return self.n_sent
+        return self.dispatch.n_sent
 
     def _send_in_order(self, paths: list[Path]) -> None:
         volumes = [sv for path in dict.fromkeys(paths) for sv in self._try(path)]
-        for sv in sorted(volumes, key=lambda v: (v.series, v.seq)):
-            self._emit(sv)
+        for sv, complete_ns in sorted(volumes, key=lambda v: (v[0].series, v[0].seq)):
+            self.dispatch(sv, complete_ns)
 
-    def _try(self, path: Path) -> list[ScanVolume]:
+    def _try(self, path: Path) -> list[tuple[ScanVolume, int]]:
         if not path.is_file():
             self._waiting.pop(path, None)
             return []
         try:
             volumes = self.assembler.add(path)
+            complete_ns = time.monotonic_ns()
         except VolumeError as err:
             first = self._waiting.setdefault(path, time.monotonic())
             if time.monotonic() - first > self.give_up_s:
@@ -171,25 +166,4 @@ class FolderBridge:
                 log.error("gave up on %s after %.0f s: %s", path, self.give_up_s, err)
             return []
         self._waiting.pop(path, None)
-        return volumes
-
-    def _emit(self, sv: ScanVolume) -> None:
-        tr = sv.tr_s
-        if self.tr_s is not None:
-            tr = self.tr_s
-        elif not tr >= 0.1:
-            # Every volume would be refused by the decoder: stop here and say what is missing.
-            raise ConfigError(
-                f"series {sv.series}: the files carry no usable repetition time (TR {tr:.3g} s); "
-                "start the bridge with --tr-s"
-            )
-        now = time.time()
-        acq = sv.acq_time_s if sv.acq_time_s is not None else now  # no time in the header: arrival
-        vol = Volume(
-            np.ascontiguousarray(sv.data), sv.affine, sv.seq, tr, acq, self.session, f"series-{sv.series}"
-        )
-        if abs(now - acq) < 60.0:  # a live acquisition; a replayed one carries its historic time
-            vol.stamps[Stage.ACQUIRED] = wall_to_monotonic_ns(acq)
-        self.send(vol)
-        self.n_sent += 1
-        self.last_series = vol.series
+        return [(sv, complete_ns) for sv in volumes]

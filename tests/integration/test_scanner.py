@@ -17,6 +17,7 @@ from rtdecode.errors import ReceiveTimeout, VolumeError
 from rtdecode.scanner.assemble import Assembler, read_folder, to_nifti
 from rtdecode.scanner.readers import NotAnImage
 from rtdecode.transport.zmq import Receiver
+from rtdecode.volume import Stage
 
 DATA = Path(__file__).parents[1] / "data"
 VENDORS = {"siemens": 1.5, "ge": 1.0, "philips": 2.0}  # TR in seconds, from the data's READMEs
@@ -147,9 +148,14 @@ def test_bridge_process_sends_volumes_in_order(vendor, tmp_path):
         np.testing.assert_array_equal(v.data, e.data)
         np.testing.assert_allclose(v.affine, e.affine)
         assert v.tr_s == VENDORS[vendor]
-    if vendor == "siemens":
-        np.testing.assert_allclose([v.acq_time_s for v in got], [e.acq_time_s for e in expected])
-        assert "incomplete: " in out and "001_000013_000011.dcm" in out
+    if vendor == "siemens":  # the header's times, moved to this computer's clock by one offset
+        offset = got[-1].clock_offset_s
+        np.testing.assert_allclose([v.acq_time_s - offset for v in got[5:]], [e.acq_time_s for e in expected[5:]])
+        assert {v.acquired_from for v in got} == {"scanner clock, estimated offset"}
+        assert "incomplete or unreadable: " in out and "001_000013_000011.dcm" in out
+    else:  # no acquisition times in these headers: the file's completion is the first stamp
+        assert {v.acquired_from for v in got} == {""}
+        assert all(v.stamps[Stage.ACQUIRED] == -1 < v.stamps[Stage.FILE_COMPLETE] for v in got)
     assert bridge.returncode == 0, err
 
 
