@@ -150,7 +150,8 @@ def test_bridge_process_sends_volumes_in_order(vendor, tmp_path):
         assert v.tr_s == VENDORS[vendor]
     if vendor == "siemens":  # the header's times, moved to this computer's clock by one offset
         offset = got[-1].clock_offset_s
-        np.testing.assert_allclose([v.acq_time_s - offset for v in got[5:]], [e.acq_time_s for e in expected[5:]])
+        moved = [v.acq_time_s - offset for v in got[5:]]
+        np.testing.assert_allclose(moved, [e.acq_time_s for e in expected[5:]])
         assert {v.acquired_from for v in got} == {"scanner clock, estimated offset"}
         assert "incomplete or unreadable: " in out and "001_000013_000011.dcm" in out
     else:  # no acquisition times in these headers: the file's completion is the first stamp
