@@ -93,6 +93,8 @@ class Recorder:
             self._motion[msg.seq] = (msg.params, msg.fd_mm)
         else:
             self._put("volumes/stamps", row, stamps_from_dict(msg.stamps), fill=-1)
+            if msg.acquired_from:
+                self._put_str("volumes/acquired_from", row, msg.acquired_from)
             # The last message of a volume: write it out now, so that a full disk shows here (HDF5
             # would otherwise fail later, inside its cache, where the error cannot be caught) and
             # a recorder that is killed keeps every volume but the last.
@@ -200,6 +202,9 @@ class Recording:
         bool, shape (n,).
     stamps : numpy.ndarray
         int64 (n, len(Stage)), -1 where a stage was not reached.
+    acquired_from : numpy.ndarray
+        str, shape (n,): what each ``acquired`` stamp is (``trigger``, ``scanner clock``, ...; ``""``
+        where unknown).
     motion, fd_mm : numpy.ndarray or None
         (n, 6) and (n,), when motion correction ran.
     fd_threshold_mm : float or None
@@ -219,6 +224,7 @@ class Recording:
     censored: np.ndarray
     tr_s: float | None
     stamps: np.ndarray
+    acquired_from: np.ndarray
     motion: np.ndarray | None
     fd_mm: np.ndarray | None
     fd_threshold_mm: float | None
@@ -265,6 +271,7 @@ class Recording:
             status = f["volumes/status"].asstr()[:] if "volumes/status" in f else np.full(n, "?")
             censored = get("volumes/censored")
             stamps = _by_stage(get("volumes/stamps"), f.attrs.get("stages"))
+            sources = f["volumes/acquired_from"].asstr()[:] if "volumes/acquired_from" in f else []
             return cls(
                 path=path,
                 meta=json.loads(f.attrs.get("meta", "{}")),
@@ -273,6 +280,7 @@ class Recording:
                 censored=np.zeros(n, bool) if censored is None else censored[:n].astype(bool),
                 tr_s=float(np.nanmedian(tr)) if tr is not None and np.isfinite(tr).any() else None,
                 stamps=np.zeros((0, len(Stage)), np.int64) if stamps is None else stamps,
+                acquired_from=np.array([*sources, *[""] * (n - len(sources))][:n], dtype=object),
                 motion=get("motion/params"),
                 fd_mm=get("motion/fd_mm"),
                 fd_threshold_mm=(

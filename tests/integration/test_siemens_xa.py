@@ -3,6 +3,7 @@ the DICOM node they are pushed to, and the export delay measured per volume."""
 
 import copy
 import gzip
+import re
 import shutil
 import subprocess
 import sys
@@ -15,7 +16,9 @@ import pytest
 from helpers import EXE, collect, free_address, is_end, small_config, stop, wait_for_file
 
 from rtdecode import wire
+from rtdecode.apps.report import build_report
 from rtdecode.errors import VolumeError
+from rtdecode.io.recording import Recorder, Recording
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.linear import LinearBundle
 from rtdecode.scanner.assemble import Assembler, read_folder, to_nifti
@@ -239,6 +242,18 @@ def test_an_xa_series_streams_through_bridge_and_run_whole_with_its_export_delay
         recorded = np.array([v.created_time_s - v.acq_time_s for v in expected])  # Content - Acquisition
         np.testing.assert_allclose([lt.export_ms / 1000 for lt in latency], recorded, atol=0.25)
         assert all(lt.ms["rtdecode"] < lt.ms["end_to_end"] - 1000 for lt in latency)
+        # What `rtdecode record` keeps of these messages, and the report made from it.
+        with Recorder(tmp_path / "rec.h5") as rec:
+            for msg in msgs:
+                rec.publish(wire.parse(msg))
+        kept = Recording.load(tmp_path / "rec.h5")
+        export = (kept.stamps[:, Stage.FILE_COMPLETE] - kept.stamps[:, Stage.ACQUIRED]) / 1e6
+        np.testing.assert_allclose(export, [lt.export_ms for lt in latency])
+        assert list(kept.acquired_from) == ["scanner clock, estimated offset"] * 10
+        html = build_report(tmp_path / "rec.h5")
+        assert "Before rtdecode: scanner → file complete" in html
+        median = re.search(r"<td>scanner → file complete</td><td>([0-9.]+)</td>", html).group(1)
+        assert float(median) == pytest.approx(np.median(export), abs=0.01)
 
 
 # A scanner's DICOM node settings, as a separate client: pynetdicom's SCU, one association.
@@ -256,3 +271,13 @@ for path in sys.argv[2:]:
     assert assoc.send_c_store(pydicom.dcmread(path)).Status == 0
 assoc.release()
 """
+
+
+@pytest.mark.parametrize("export", [ENHANCED, INTEROP], ids=["enhanced", "interop"])
+def test_convert_from_the_command_line(export, tmp_path):
+    out = tmp_path / "bold.nii.gz"
+    cmd = [*EXE, "convert", str(export), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "(64, 64, 33, 10) (10 volumes)" in proc.stdout
+    np.testing.assert_array_equal(nib.load(out).get_fdata()[..., 3], read_folder(export)[3].data)

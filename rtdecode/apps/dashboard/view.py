@@ -113,6 +113,8 @@ class SessionView:
             "tr_ms": tr_ms,
             "latency_ms": {k: round(v, 3) for k, v in msg.ms.items()},
             "e2e_ms": e2e,
+            "export_ms": _finite(msg.export_ms),
+            "acquired_from": msg.acquired_from or "",
             "deadline_miss": miss,
             "counts": dict(c),
         }

@@ -155,17 +155,21 @@ function showVolumes() {
   setText("motion-last", last.motion ? MOTION_NAMES.map((n, i) => `${n.split(" ")[0]} ${fmt(last.motion[i], 2)}`).join("  ") : "");
   const stages = Object.keys(last.latency_ms);
   const steps = stages.filter((s) => s !== "end_to_end");
+  const stageName = (s) => (s === "acquired->file_complete" ? "scanner → file complete" : s.replace("->", " → "));
   lineChart($("latency-chart"), xs, [...steps, "end_to_end"].map((s) => ({
-    name: s.replace("->", "→"), values: vols.map((v) => v.latency_ms[s] ?? null), color: s === "end_to_end" ? "#1d2430" : undefined,
+    name: stageName(s), values: vols.map((v) => v.latency_ms[s] ?? null), color: s === "end_to_end" ? "#1d2430" : undefined,
   })), { hline: last.tr_ms, yMin: 0, top: 30 });
   setText("e2e-last", fmt(last.e2e_ms, 1));
+  setText("export-last", fmt(last.export_ms, 1));
+  setText("own-last", fmt(last.latency_ms.rtdecode, 1));
+  setText("acquired-from", last.acquired_from || "no scanner time");
   setText("screen-lag", fmt(last.screen_lag_ms, 1));
   setText("screen-lag-median", fmt(median(vols.map((v) => v.screen_lag_ms)), 1));
   $("e2e-last").className = last.deadline_miss ? "bad" : "ok";
   setText("deadline", fmt(last.tr_ms, 0));
   fillTable($("latency-table").tBodies[0], stages.map((s) => {
     const values = vols.map((v) => v.latency_ms[s]).filter((v) => v !== undefined);
-    return [[s.replace("->", " → ")], [fmt(last.latency_ms[s], 2), "num"], [fmt(median(values), 2), "num"], [fmt(Math.max(...values), 2), "num"]];
+    return [[stageName(s)], [fmt(last.latency_ms[s], 2), "num"], [fmt(median(values), 2), "num"], [fmt(Math.max(...values), 2), "num"]];
   }));
   const names = [...new Set(vols.flatMap((v) => Object.keys(v.feedback || {})))];
   if (names.length) {
