@@ -12,6 +12,7 @@ from rtdecode.io.nifti import iter_volumes
 from rtdecode.io.recording import CONFOUND_COLUMNS, Recorder
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import evaluate_session
+from rtdecode.volume import Stage
 from rtdecode.wire import messages as m
 
 
@@ -51,7 +52,7 @@ def test_recorder_layout_and_confounds(tmp_path):
         np.testing.assert_array_equal(f["ranking/indices"][:, 0, 0, 0], [0, 1, 2])
         np.testing.assert_array_equal(f["volumes/censored"][:], [False, False, True])
         assert list(f["ranking"].attrs["rois"]) == ["VC"]
-        assert f["volumes/stamps"][1, 2] == 11  # stage RECEIVED
+        assert f["volumes/stamps"][1, Stage.RECEIVED] == 11
         assert b"end" in f["status/events"][0]
     rows = [line.split("\t") for line in rec.confounds_path.read_text().splitlines()]
     assert tuple(rows[0]) == CONFOUND_COLUMNS
@@ -202,7 +203,7 @@ def test_golden_live_lsl_equals_offline(experiment, tmp_path, run_decoder):
     with h5py.File(tmp_path / "live.h5") as live:
         stamps = live["volumes/stamps"][:]
     # Acquisition stamps came over LSL (its clock, time-corrected): every hop is positive.
-    assert (stamps[:, 2] > stamps[:, 0]).all()
+    assert (stamps[:, Stage.RECEIVED] > stamps[:, Stage.ACQUIRED]).all()
 
 
 def test_golden_folder_path_equals_offline(experiment, tmp_path, run_decoder):
