@@ -126,14 +126,16 @@ def _interleaved(folder):
 
 def _push(port, datasets, calling="SCANNER"):
     from pynetdicom import AE
-    from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage
+    from pynetdicom.sop_class import EnhancedMRImageStorage, MRImageStorage, Verification
 
     ae = AE(ae_title=calling)
     ae.add_requested_context(MRImageStorage)
     ae.add_requested_context(EnhancedMRImageStorage)
+    ae.add_requested_context(Verification)
     assoc = ae.associate("127.0.0.1", port, ae_title="RTDECODE")
     if not assoc.is_established:
         return None
+    assert assoc.send_c_echo().Status == 0  # how a scanner tests a node before sending
     statuses = [assoc.send_c_store(ds).Status for ds in datasets]
     assoc.release()
     return statuses
@@ -150,15 +152,17 @@ def _bridge(tmp_path, address, *args):
     return proc
 
 
-@pytest.mark.parametrize("layout", ["interop", "enhanced"])
+@pytest.mark.parametrize("layout", ["interop", "enhanced", "mosaic"])
 def test_a_pushed_series_equals_the_folder_path_bit_for_bit(layout, tmp_path):
     port = int(free_address().rsplit(":", 1)[1])
     address = free_address()
+    folder = {"interop": INTEROP, "enhanced": ENHANCED, "mosaic": DATA / "siemens"}[layout]
+    expected = read_folder(folder)
     if layout == "interop":
-        datasets, expected = _interleaved(INTEROP), read_folder(INTEROP)
+        datasets = _interleaved(INTEROP)
     else:
-        datasets = [pydicom.dcmread(p) for p in sorted(ENHANCED.glob("*.dcm"))]
-        expected = read_folder(ENHANCED)
+        datasets = [pydicom.dcmread(p) for p in sorted(folder.glob("*.dcm"))]
+    series = {"series-7"} if layout != "mosaic" else {"series-13"}
     with Receiver(address) as rx:
         node = ["--dicom-port", str(port), "--calling-ae", "SCANNER", "--save-dir", str(tmp_path / "got")]
         bridge = _bridge(tmp_path, address, *node)
@@ -172,7 +176,7 @@ def test_a_pushed_series_equals_the_folder_path_bit_for_bit(layout, tmp_path):
         finally:
             stop(bridge)
     assert bridge.returncode == 0, err
-    assert sorted(v.seq for v in got) == list(range(10)) and {v.series for v in got} == {"series-7"}
+    assert sorted(v.seq for v in got) == list(range(10)) and {v.series for v in got} == series
     for v in sorted(got, key=lambda v: v.seq):
         e = expected[v.seq]
         assert v.data.dtype == e.data.dtype
