@@ -40,6 +40,13 @@ def _nicom():
     return dicomwrappers, csareader
 
 
+def _pixels(wrapper) -> np.ndarray:
+    with warnings.catch_warnings():
+        # Philips scale factors matter across series only; a volume is compared within its series.
+        warnings.filterwarnings("ignore", message="Unable to find Philips private scale factor")
+        return wrapper.get_data()
+
+
 def dicom_time(date: str | None, time_str: str | None) -> float | None:
     """Unix seconds from DICOM DA (YYYYMMDD) and TM (HHMMSS.frac) strings, local time; None if absent."""
     if not date or not time_str:
@@ -177,7 +184,7 @@ def read_multiframe(ds, where: object = "multi-frame image") -> list[ScanVolume]
     """
     w = _nicom()[0].wrapper_from_data(ds)
     try:
-        data = w.get_data()
+        data = _pixels(w)
         affine = _LPS_TO_RAS @ w.affine
     except Exception as err:
         raise VolumeError(f"{where}: cannot place the frames ({type(err).__name__}: {err})") from err
@@ -238,8 +245,8 @@ def slices_per_volume(ds) -> int | None:
 def slice_volume_key(ds, n_slices: int | None) -> tuple[str, int]:
     """``(series, seq)`` of the volume a per-slice image belongs to.
 
-    Siemens numbers volumes by AcquisitionNumber; other vendors' images are counted by
-    InstanceNumber in runs of ``n_slices``.
+    Siemens numbers volumes by AcquisitionNumber, Philips by TemporalPositionIdentifier; other
+    vendors' images (GE) are counted by InstanceNumber in runs of ``n_slices``.
 
     Raises
     ------
@@ -249,6 +256,9 @@ def slice_volume_key(ds, n_slices: int | None) -> tuple[str, int]:
     acq = ds.get("AcquisitionNumber")
     if _is_siemens(ds) and acq not in (None, ""):
         return series_of(ds, int(acq)), int(acq) - 1
+    temporal = ds.get("TemporalPositionIdentifier")
+    if temporal not in (None, "") and int(temporal) > 0:
+        return series_of(ds, int(temporal)), int(temporal) - 1
     if n_slices is None:
         raise VolumeError("per-slice DICOM without ImagesInAcquisition: cannot tell the slices per volume")
     return series_of(ds, 0), (int(ds.InstanceNumber) - 1) // n_slices
@@ -265,7 +275,7 @@ def read_slice_volume(datasets: list) -> ScanVolume:
     order = np.argsort(positions)
     if np.any(np.diff(positions[order]) <= 1e-3):
         raise VolumeError("two slices of one volume share a position")
-    data = np.stack([wrappers[i].get_data() for i in order], axis=2)
+    data = np.stack([_pixels(wrappers[i]) for i in order], axis=2)
     affine = wrappers[order[0]].affine.copy()
     if len(order) > 1:
         first = np.asarray(datasets[order[0]].ImagePositionPatient, dtype=float)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from helpers import free_address, wait_for_file
 
@@ -215,3 +216,20 @@ def test_a_file_from_another_vendor_is_refused_and_the_series_goes_on(tmp_path):
         asm.add(ge)
     assert len(asm.add(DATA / "siemens" / "001_000013_000002.dcm")) == 1
     assert asm.pending == {}
+
+
+def test_per_slice_images_numbered_by_temporal_position_need_no_slice_count(tmp_path):
+    # Classic per-slice DICOM as Philips writes it: the volume in TemporalPositionIdentifier and
+    # nothing that says how many slices a volume has (GE's files, rewritten so).
+    files = sorted((DATA / "ge").glob("*MRDC*"), key=lambda p: int(p.name.rsplit(".", 1)[1]))
+    for k, p in enumerate(files):
+        ds = pydicom.dcmread(p)
+        del ds.ImagesInAcquisition
+        del ds.private_block(0x0021, "GEMS_RELA_01")[0x4F]
+        ds.Manufacturer, ds.TemporalPositionIdentifier = "Philips Medical Systems", k // 18 + 1
+        ds.save_as(tmp_path / p.name)
+    got, expected = read_folder(tmp_path), read_folder(DATA / "ge")
+    assert [v.seq for v in got] == list(range(10))
+    for v, e in zip(got, expected):
+        np.testing.assert_array_equal(v.data, e.data)
+        np.testing.assert_array_equal(v.affine, e.affine)
