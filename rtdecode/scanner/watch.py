@@ -155,9 +155,9 @@ class FolderBridge:
         if not path.is_file():
             self._waiting.pop(path, None)
             return []
+        complete_ns = time.monotonic_ns()  # reading and assembling it is rtdecode's time, not the export's
         try:
             volumes = self.assembler.add(path)
-            complete_ns = time.monotonic_ns()
         except VolumeError as err:
             first = self._waiting.setdefault(path, time.monotonic())
             if time.monotonic() - first > self.give_up_s:
