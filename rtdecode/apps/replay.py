@@ -131,7 +131,7 @@ def send_volumes(
                 _send_marker(stim, t0, speed, *pending.pop(0))
             _sleep_until(due)
             vol.acq_time_s = wall0 + offset
-            vol.stamps[Stage.ACQUIRED] = due
+            vol.stamps[Stage.ACQUIRED], vol.acquired_from = due, "sender"
             tx.send(vol)
             n, last = n + 1, vol
         for at_s, text in pending:

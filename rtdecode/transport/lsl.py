@@ -288,6 +288,7 @@ class VolumeInlet:
                 time.time() - (pylsl.local_clock() - (t + correction)),
                 self._session,
                 self._series,
+                acquired_from="sender",  # the LSL sample's time stamp
             )
             vol.stamps[Stage.ACQUIRED] = lsl_to_monotonic_ns(t + correction)
             vol.stamps[Stage.RECEIVED] = received
