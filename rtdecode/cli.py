@@ -64,8 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="GOD's measures of a decoded series against its session's truth")
     p.add_argument("results", help="a recording (.h5, rtdecode record/offline) or subscriber file (.npz)")
     p.add_argument("--session", required=True, help="session directory (events.tsv, session.json, truth)")
-    p.add_argument("--candidates", help="candidate bank (default: the session's features.npz)")
+    p.add_argument(
+        "--candidates", help="candidate bank (default: the session's features.npz but training categories)"
+    )
+    p.add_argument(
+        "--with-training-categories", action="store_true", help="keep the training categories as candidates"
+    )
     p.add_argument("--hrf-shift-s", type=float, default=HRF_SHIFT_S, help="hemodynamic delay (s)")
+    p.add_argument("--trial-type", help="only these rows of events.tsv (default: all but cues)")
+    p.add_argument("--per-block", action="store_true", help="identify blocks, not category averages")
+    p.add_argument(
+        "--time-course", action="store_true", help="accuracy per TR from each trial's onset (-3 to +24 s)"
+    )
+    p.add_argument("--groups", help="label<TAB>group table: semantic neighbours")
     p.add_argument("--json", help="write the tables as JSON here")
     p.set_defaults(func=commands.evaluate)
 

@@ -63,26 +63,41 @@ def import_lab(args: argparse.Namespace) -> None:
 
 def evaluate(args: argparse.Namespace) -> None:
     """``rtdecode evaluate``: GOD's measures per ROI and layer for a recording or subscriber file."""
-    from rtdecode.models.bank import CandidateBank
-    from rtdecode.offline.evaluate import evaluate_session, format_measure
+    import numpy as np
 
+    from rtdecode.models.bank import CandidateBank
+    from rtdecode.offline import evaluate as ev
+
+    session = Path(args.session)
     if args.candidates:
         bank = CandidateBank.load(args.candidates)
     else:
-        bank = CandidateBank.from_features(Path(args.session) / "features.npz")
-    out = evaluate_session(args.results, args.session, bank, args.hrf_shift_s)
-    out["n_candidates"] = len(bank.labels)
-    print(
-        format_measure(
-            out["identification"],
-            f"pairwise identification accuracy ({len(bank.labels)} candidates, chance 0.5)",
-        )
+        bank = CandidateBank.from_features(session / "features.npz")
+    if not args.with_training_categories:
+        bank = bank.without(ev.training_labels(session, bank.labels))
+    groups = ev.read_groups(args.groups, bank) if args.groups else ev.session_groups(session, bank)
+    lags = None
+    if args.time_course:
+        tr = float(json.loads((session / "session.json").read_text())["tr_s"])
+        lags = np.arange(-3.0, 24.0 + 1e-9, tr)
+    out = ev.evaluate_session(
+        args.results, session, bank, args.hrf_shift_s, None, args.trial_type, not args.per_block, groups, lags
     )
-    print(
-        format_measure(
-            out["feature_correlation"], "feature-prediction accuracy (Pearson r per unit, mean over units)"
+    n = len(bank.labels)
+    title = f"pairwise identification accuracy ({n} candidates, chance 0.5)"
+    print(ev.format_measure(out["identification"], title))
+    title = "feature-prediction accuracy (r per unit, mean over units)"
+    print(ev.format_measure(out["feature_correlation"], title))
+    for roi, r in out.get("semantic", {}).items():
+        print(
+            f"semantic neighbours {roi}: top-1 {r['top1_rate']:.3f}, top-5 {r['top5_rate']:.3f} of the other "
+            f"candidates in the true category's group (chance {r['chance']:.3f}, {r['n']} trials)"
         )
-    )
+    if "time_course" in out:
+        for roi, peaks in out["time_course"]["peak_s"].items():
+            print(f"time course {roi}: peak of feature-prediction accuracy (s from onset) " + ", ".join(
+                f"{layer} {t:g}" for layer, t in peaks.items()
+            ))
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

@@ -44,6 +44,14 @@ class CandidateBank:
                 f if normalised else normalise_rows(f), dtype=np.float32
             )
 
+    def without(self, labels: set[str] | list[str]) -> CandidateBank:
+        """The bank without these categories (GOD leaves the training categories out)."""
+        drop = set(labels)
+        keep = [i for i, label in enumerate(self.labels) if label not in drop]
+        return CandidateBank(
+            [self.labels[i] for i in keep], {k: f[keep] for k, f in self.features.items()}, normalised=True
+        )
+
     def save(self, path: str | Path) -> None:
         """Write the bank as NPZ (``format``, ``version``, ``labels``, ``feat/<layer>``)."""
         np.savez(

@@ -1,4 +1,10 @@
-"""Block-level evaluation of decoded features against the truth (GOD's measures)."""
+"""Block-level evaluation of decoded features against the truth (GOD's measures and conventions).
+
+As the Kamitani lab evaluates (bdpy): the candidates are the test categories and unseen ones, not
+the training categories; a category's blocks or trials are averaged before identification; cue
+rows of an imagery run are not trials. When the top candidates miss, :func:`superclass_rates` says
+whether they are at least semantically close.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from rtdecode.io.nifti import read_events
 from rtdecode.io.recording import Recording
 from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.stats import correlations, mean_column_correlation
+from rtdecode.offline.timecourse import peak_times, time_course
 from rtdecode.offline.train import block_average
 from rtdecode.pipeline.ranking import pairwise_identification, top_k
 
@@ -51,6 +58,19 @@ def block_scores(
     return correlations(avg, candidates), kept
 
 
+def per_category(averages: np.ndarray, true_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Average the block predictions of each category (GOD: one prediction per test category).
+
+    Returns
+    -------
+    averages : numpy.ndarray
+        Shape (n_categories, n_units), in order of ``categories``.
+    categories : numpy.ndarray
+    """
+    categories = np.unique(true_index)
+    return np.stack([averages[true_index == c].mean(0) for c in categories]), categories
+
+
 def identification_table(
     features: dict[tuple[str, str], np.ndarray],
     times_s: np.ndarray,
@@ -59,8 +79,9 @@ def identification_table(
     hrf_shift_s: float,
     true_index: np.ndarray,
     bank: CandidateBank,
+    by_category: bool = False,
 ) -> dict[str, dict[str, float]]:
-    """Mean pairwise identification accuracy per ROI and layer over blocks.
+    """Mean pairwise identification accuracy per ROI and layer over blocks (or categories).
 
     Returns
     -------
@@ -69,10 +90,53 @@ def identification_table(
     """
     out: dict[str, dict[str, float]] = {}
     for (roi, layer), f in features.items():
-        scores, kept = block_scores(f, times_s, onsets_s, duration_s, hrf_shift_s, bank.features[layer])
-        acc = pairwise_identification(scores, true_index[kept]).mean() if kept.size else float("nan")
+        avg, kept = block_average(f, times_s, onsets_s, duration_s, hrf_shift_s)
+        acc = float("nan")
+        if kept.size:
+            truth = np.asarray(true_index)[kept]
+            if by_category:
+                avg, truth = per_category(avg, truth)
+            acc = pairwise_identification(correlations(avg, bank.features[layer]), truth).mean()
         out.setdefault(roi, {})[layer] = float(acc)
     return out
+
+
+def superclass_rates(
+    scores: np.ndarray, true_index: np.ndarray, groups: np.ndarray, ks: tuple[int, ...] = (1, 5)
+) -> dict[str, float]:
+    """How often the best *other* candidates share the true category's group, against chance.
+
+    For each sample the true category is set aside; of the ``k`` best remaining candidates, the
+    share in the true category's group (superclass, WordNet parent) is averaged over samples.
+    Chance is the share of the remaining candidates in that group.
+
+    Parameters
+    ----------
+    scores : numpy.ndarray
+        Shape (n_samples, n_candidates).
+    true_index : numpy.ndarray
+        Shape (n_samples,).
+    groups : numpy.ndarray
+        Group of each candidate, shape (n_candidates,).
+
+    Returns
+    -------
+    dict
+        ``top<k>_rate`` per k, ``chance`` and ``n``.
+    """
+    groups = np.asarray(groups)
+    rates = {k: [] for k in ks}
+    chance = []
+    for row, t in zip(np.atleast_2d(scores), np.asarray(true_index)):
+        same = groups == groups[t]
+        same[t] = False
+        others = np.delete(np.arange(row.size), t)
+        order = others[np.argsort(-row[others], kind="stable")]
+        for k in ks:
+            rates[k].append(same[order[:k]].mean())
+        chance.append(same.sum() / (row.size - 1))
+    out = {f"top{k}_rate": float(np.mean(v)) for k, v in rates.items()}
+    return {**out, "chance": float(np.mean(chance)), "n": len(chance)}
 
 
 def block_top_k(
@@ -106,8 +170,12 @@ def block_top_k(
     return idx, val, kept
 
 
-def block_truth(events_tsv: str | Path, bank: CandidateBank) -> tuple[np.ndarray, float, np.ndarray]:
+def block_truth(
+    events_tsv: str | Path, bank: CandidateBank, trial_type: str | None = None
+) -> tuple[np.ndarray, float, np.ndarray]:
     """The blocks of an events table and the index of each block's category among ``bank``'s.
+
+    Rows with ``trial_type`` ``cue`` are not blocks; with ``trial_type`` given, only its rows are.
 
     Returns
     -------
@@ -124,7 +192,11 @@ def block_truth(events_tsv: str | Path, bank: CandidateBank) -> tuple[np.ndarray
         The table lacks ``category_label``, its blocks differ in duration, or a category is not a
         candidate.
     """
-    events = read_events(events_tsv)
+    events = [
+        e
+        for e in read_events(events_tsv)
+        if e.get("trial_type") != "cue" and (trial_type is None or e.get("trial_type") == trial_type)
+    ]
     if not events or "category_label" not in events[0]:
         raise EventsError(f"{events_tsv}: needs onset, duration and category_label columns")
     durations = {float(e["duration"]) for e in events}
@@ -156,13 +228,53 @@ def read_results(path: str | Path) -> tuple[np.ndarray, dict[tuple[str, str], np
     return rec.seq, rec.features
 
 
+def training_labels(session_dir: str | Path, bank_labels: list[str]) -> set[str]:
+    """The labels of the subject's training categories, as a simulated session records them."""
+    meta = json.loads((Path(session_dir) / "session.json").read_text())
+    return {bank_labels[i] for i in meta.get("train_categories", []) if i < len(bank_labels)}
+
+
+def session_groups(session_dir: str | Path, bank: CandidateBank) -> np.ndarray | None:
+    """Each candidate's superclass from a simulated session's ``features.npz``, if it has one."""
+    path = Path(session_dir) / "features.npz"
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        if "superclass" not in z.files:
+            return None
+        of = dict(zip((str(s) for s in z["labels"]), z["superclass"].tolist()))
+    return np.array([of.get(label, -1 - i) for i, label in enumerate(bank.labels)])  # unknown: alone
+
+
+def read_groups(path: str | Path, bank: CandidateBank) -> np.ndarray:
+    """Each candidate's group from a table of ``label<TAB>group`` lines (e.g. WordNet parents).
+
+    Raises
+    ------
+    EventsError
+        If a line is malformed.
+    """
+    of = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if line.strip() and not line.startswith("#"):
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise EventsError(f"{path}:{n}: expected 'label<TAB>group', got {line!r}")
+            of[parts[0].strip()] = parts[1].strip()
+    return np.array([of.get(label, f"\0{label}") for label in bank.labels], dtype=object)
+
+
 def evaluate_session(
     results: str | Path,
     session_dir: str | Path,
     bank: CandidateBank,
     hrf_shift_s: float,
     censored: np.ndarray | None = None,
-) -> dict[str, dict[str, dict[str, float]]]:
+    trial_type: str | None = None,
+    by_category: bool = True,
+    groups: np.ndarray | None = None,
+    lags_s: np.ndarray | None = None,
+) -> dict:
     """GOD's measures of a decoded series against its session's truth, per ROI and layer.
 
     Parameters
@@ -170,23 +282,34 @@ def evaluate_session(
     results : str or Path
         Recording or subscriber file of the series (see :func:`read_results`).
     session_dir : str or Path
-        Holds ``events.tsv`` (``onset``, ``duration``, ``category_label``), ``session.json`` (TR)
-        and, for the feature-prediction accuracy, ``stimulus_features.npz`` (``feat_<layer>``
-        per block, the features of the images actually shown).
+        Holds ``events.tsv`` (``onset``, ``duration``, ``category_label``, ``trial_type``),
+        ``session.json`` (TR) and, for the feature-prediction accuracy,
+        ``stimulus_features.npz`` (``feat_<layer>`` per block or trial).
     bank : CandidateBank
         The candidate set for identification; every block's category must be in it.
     hrf_shift_s : float
         Hemodynamic delay.
+    censored : numpy.ndarray, optional
+        Volumes left out of the averages.
+    trial_type : str, optional
+        Only these rows of the events (default every row but cues).
+    by_category : bool
+        Average a category's blocks before identification (GOD's convention).
+    groups : numpy.ndarray, optional
+        Each candidate's group: adds ``semantic``, per ROI, from the correlation averaged over layers.
+    lags_s : numpy.ndarray, optional
+        Adds ``time_course`` (:func:`rtdecode.offline.timecourse.time_course`) from each trial's
+        first row (its cue, for imagery) and each layer's peak.
 
     Returns
     -------
     dict
-        ``{"identification": {roi: {layer: acc}}, "feature_correlation": {roi: {layer: r}}}``;
-        identification chance is 0.5.
+        ``identification`` and ``feature_correlation`` ``{roi: {layer: value}}`` (identification
+        chance 0.5), and ``semantic``, ``time_course`` as asked.
     """
     sdir = Path(session_dir)
     seq, feats = read_results(results)
-    onsets, duration, truth = block_truth(sdir / "events.tsv", bank)
+    onsets, duration, truth = block_truth(sdir / "events.tsv", bank, trial_type)
     tr = float(json.loads((sdir / "session.json").read_text())["tr_s"])
     true_feats = {}
     if (sdir / "stimulus_features.npz").exists():
@@ -195,14 +318,39 @@ def evaluate_session(
     times = seq * tr
     if censored is not None:
         feats = {k: np.where(censored[:, None], np.nan, f) for k, f in feats.items()}
-    ident = identification_table(feats, times, onsets, duration, hrf_shift_s, truth, bank)
+    ident = identification_table(feats, times, onsets, duration, hrf_shift_s, truth, bank, by_category)
     corr: dict[str, dict[str, float]] = {}
     for (roi, layer), f in feats.items():
-        if layer in true_feats:
+        if layer in true_feats and len(true_feats[layer]) == len(onsets):
             avg, kept = block_average(f, times, onsets, duration, hrf_shift_s)
             if kept.size:
                 corr.setdefault(roi, {})[layer] = mean_column_correlation(avg, true_feats[layer][kept])
-    return {"identification": ident, "feature_correlation": corr}
+    out: dict = {"identification": ident, "feature_correlation": corr, "n_candidates": len(bank.labels)}
+    if groups is not None:
+        out["semantic"] = {}
+        for roi in sorted({r for r, _ in feats}):
+            layers = {layer: f for (r, layer), f in feats.items() if r == roi}
+            total, kept = None, None
+            for layer, f in layers.items():
+                s, kept = block_scores(f, times, onsets, duration, hrf_shift_s, bank.features[layer])
+                total = s if total is None else total + s
+            if kept.size:
+                out["semantic"][roi] = superclass_rates(total / len(layers), truth[kept], groups)
+    if lags_s is not None:
+        first = {}
+        for e in read_events(sdir / "events.tsv"):
+            first.setdefault(e.get("block", e["onset"]), e)  # a trial's first row: its cue
+        starts = [e for e in first.values() if e["category_label"] in bank.labels]
+        on = np.array([float(e["onset"]) for e in starts])
+        idx = np.array([bank.labels.index(e["category_label"]) for e in starts])
+        lags = np.asarray(lags_s, dtype=float)
+        course = time_course(feats, tr, on, idx, bank, lags)
+        out["time_course"] = {
+            "lags_s": lags.tolist(),
+            "rois": course,
+            "peak_s": {r: peak_times(c, lags, "feature_correlation") for r, c in course.items()},
+        }
+    return out
 
 
 def format_measure(table: dict[str, dict[str, float]], title: str) -> str:
