@@ -8,8 +8,12 @@ A lab decoder directory holds ``<layer>/<subject>/<roi>/model/`` with ``x_mean.m
 over the ROI's voxels. Files are MATLAB v7.3 (HDF5, read with h5py; MATLAB stores arrays with
 their axes reversed) or older MAT files (scipy); ``W`` may be bdpy's sparse struct (a group
 with ``__bdpy_sparse_arrray``, ``index``, ``value``, ``shape``, ``background``). Features are
-``<layer>/<label>.mat`` with key ``feat``. The import folds the normalisations into one affine
-map per ROI, so the lab's model runs in rtdecode unchanged.
+``<layer>/<label>.mat`` with key ``feat``. For convolutional layers the lab's training script
+(bdpy's ``ModelTraining`` with ``chunk_axis=1``) writes ``W`` and ``b`` in chunks, one per channel:
+``model/W/00000000.mat``, ``model/W/00000001.mat``, … and ``model/b/…``, each of shape
+``(n_voxels, 1, h, w)`` / ``(1, 1, h, w)``; they are joined along that axis, and every 4-D array
+(``W``, ``b``, ``y_mean``, ``y_norm``, features) is flattened in C order. The import folds the
+normalisations into one affine map per ROI, so the lab's model runs in rtdecode unchanged.
 
 The model's voxels are the ROI's voxels in the order of the lab's data: the caller gives each
 ROI's mask and that order (``F``: first axis fastest, as MATLAB/SPM; ``C``: last axis fastest).
@@ -103,12 +107,17 @@ def load_lab_model(model_dir: str | Path) -> dict[str, np.ndarray]:
     m = {}
     for name in MODEL_FILES:
         path = d / f"{name}.mat"
-        if not path.exists():
+        chunks = sorted((d / name).glob("*.mat")) if name in ("W", "b") and (d / name).is_dir() else []
+        if chunks:  # one file per channel of a convolutional layer's features, in channel order
+            a = np.concatenate([read_mat(c, name) for c in chunks], axis=1)
+        elif path.exists():
+            a = read_mat(path, name)
+        else:
             raise ModelFileError(
-                f"{path}: missing (a lab model needs {', '.join(n + '.mat' for n in MODEL_FILES)})"
+                f"{path}: missing (a lab model needs {', '.join(n + '.mat' for n in MODEL_FILES)}, "
+                "or W/ and b/ folders of chunks)"
             )
-        a = read_mat(path, name)
-        m[name] = a if name == "W" else a.ravel()
+        m[name] = a.reshape(a.shape[0], -1) if name == "W" else a.ravel()
     n_vox, n_units = m["W"].shape
     for name, n in (
         ("x_mean", n_vox),

@@ -171,3 +171,37 @@ def test_mismatched_or_missing_lab_files_are_named(lab):
     nib.save(nib.Nifti1Image(m.astype(np.uint8), np.diag([3.0, 3.0, 3.0, 1.0])), bigger)
     with pytest.raises(ModelFileError, match="voxels, the V1 mask has"):
         import_lab_decoders(root / "models", "sub-01", ["conv1"], {"V1": bigger}, "F")
+
+
+def test_a_chunked_convolutional_model_imports_as_the_lab_predicts(lab):
+    # bdpy's ModelTraining(chunk_axis=1, save_format="bdmodel") writes a convolutional layer's
+    # model one channel per file: W/00000000.mat (sparse), b/00000000.mat, ...; x and y
+    # normalisations whole, y of shape (1, channels, h, w).
+    root, masks, paths, _, _ = lab
+    rng = np.random.default_rng(2)
+    n, feat_shape = int(masks["V1"].sum()), (3, 2, 2)
+    m = {
+        "x_mean": rng.normal(100, 5, n),
+        "x_norm": rng.uniform(1, 3, n),
+        "y_mean": rng.normal(0, 1, (1, *feat_shape)),
+        "y_norm": rng.uniform(0.5, 2, (1, *feat_shape)),
+        "W": rng.standard_normal((n, *feat_shape)) * (rng.random((n, *feat_shape)) < 0.5),
+        "b": rng.normal(0, 1, (1, *feat_shape)),
+    }
+    d = root / "models" / "conv5" / "sub-01" / "V1" / "model"
+    (d / "W").mkdir(parents=True)
+    (d / "b").mkdir()
+    for c in range(feat_shape[0]):
+        write_sparse(d / "W" / f"{c:08d}.mat", "W", m["W"][:, c : c + 1], legacy=False)
+        write_dense(d / "b" / f"{c:08d}.mat", "b", m["b"][:, c : c + 1])
+    for name in ("x_mean", "x_norm", "y_mean", "y_norm"):
+        write_dense(d / f"{name}.mat", name, m[name])
+    bundle = import_lab_decoders(root / "models", "sub-01", ["conv5"], {"V1": paths["V1"]}, "F")
+    assert bundle.n_units == [12]
+    volume = rng.normal(100, 10, SHAPE)
+    x_lab = volume.ravel(order="F")[np.flatnonzero(masks["V1"].ravel(order="F"))]
+    # The lab's prediction, channel by channel as its ModelTest joins chunks, flattened in C order.
+    z = ((x_lab - m["x_mean"]) / m["x_norm"]) @ m["W"].reshape(n, -1) + m["b"].ravel()
+    y = z * m["y_norm"].ravel() + m["y_mean"].ravel()
+    pred = bundle.predict(volume.ravel()[np.flatnonzero(bundle.mask)].astype(np.float32))
+    np.testing.assert_allclose(pred[0], y, rtol=2e-4, atol=2e-3)
