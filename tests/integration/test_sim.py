@@ -3,6 +3,7 @@ import json
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from rtdecode.sim.features import make_feature_bank
 from rtdecode.sim.phantom import COMPOSITES, ROIS, make_phantom
@@ -95,3 +96,31 @@ def test_written_session_layout(experiment):
     with np.load(d / "features.npz") as z:
         assert z["labels"].shape == (1000,) and z["feat_cnn1"].shape == (1000, 50)
     assert sorted(p.name for p in (d / "rois").iterdir()) == sorted(f"{r}.nii.gz" for r in ROIS)
+
+
+def _rise_s(curve, tr):
+    # Scan time at which a curve first reaches half its maximum (linear between volumes).
+    half = curve.max() / 2
+    k = int(np.argmax(curve >= half))
+    return (k - 1 + (half - curve[k - 1]) / (curve[k] - curve[k - 1])) * tr
+
+
+def test_imagery_trials_are_gods_and_the_signal_is_weaker_and_top_down():
+    p = dataclasses.replace(TINY, noiseless=True, motion=False, kind="imagery", seed=5)
+    subject = make_subject(p)
+    sim = simulate_session(p, subject)
+    ev = sim["events"]
+    assert [e["trial_type"] for e in ev[:4]] == ["cue", "imagery", "cue", "imagery"]
+    assert [e["duration"] for e in ev[:2]] == [3.0, 15.0] and ev[1]["onset"] == ev[0]["onset"] + 3.0
+    assert ev[2]["onset"] - ev[0]["onset"] == 24.0  # cue, imagery, evaluation, rest
+    assert {e["category_index"] for e in ev} == set(subject.test_categories.tolist())
+    assert sim["bold"].shape[-1] == p.baseline_volumes + 5 * 8 + p.tail_volumes
+    tuned = dataclasses.replace(p, visual_on_pct=0.0)  # the category-specific part only
+    perception = simulate_session(dataclasses.replace(tuned, kind="test"), subject)["signal_pct"]
+    imagery = simulate_session(tuned, subject)["signal_pct"]
+    assert np.abs(imagery).mean() < 0.4 * np.abs(perception).mean()
+    # Within a trial the highest layer's voxels respond first, the lowest layer's
+    # imagery_layer_delay_s later.
+    trial = np.abs(imagery[p.baseline_volumes : p.baseline_volumes + 9])
+    hi, lo = trial[:, subject.voxel_layer == 7].mean(1), trial[:, subject.voxel_layer == 0].mean(1)
+    assert _rise_s(lo, p.tr_s) - _rise_s(hi, p.tr_s) == pytest.approx(p.imagery_layer_delay_s, abs=p.tr_s / 2)
