@@ -12,7 +12,8 @@ import os
 import sys
 from pathlib import Path
 
-from rtdecode.config import check_run_files, is_loopback, load_config
+from rtdecode.config import is_loopback
+from rtdecode.configfile import check_run_files, load_config
 from rtdecode.errors import BindError, ConfigError, RecordingError
 
 

@@ -137,7 +137,7 @@ def result_messages(
 def block_message(
     block: BlockResult, last: Volume, pipe: Pipeline, scores: Mapping[str, tuple[float, float]]
 ) -> m.Block:
-    """A completed block: its volumes, ranking and feedback scores."""
+    """A block's volumes, ranking and feedback scores (so far, while it runs)."""
     b, dec = block.block, pipe.decoder
     msg = m.Block(
         **m.volume_ref(last),
@@ -146,6 +146,7 @@ def block_message(
         condition=b.condition,
         onset_s=b.onset_s,
         offset_s=b.offset_s,
+        running=True if block.running else None,
         seqs=block.seqs,
         status=block.status,
         rois=dec.roi_names,
@@ -180,7 +181,14 @@ class LiveSession:
         self.tracker = LatencyTracker()
         self.feedback = build_feedback(cfg, self.pipe)
         self.blocks = (
-            BlockDecoder(self.pipe.identifier, cfg.blocks.hrf_shift_s) if cfg.blocks.enabled else None
+            BlockDecoder(
+                self.pipe.identifier,
+                cfg.blocks.hrf_shift_s,
+                windows={c: (float(a), float(b)) for c, (a, b) in cfg.blocks.windows.items()},
+                running=cfg.blocks.running,
+            )
+            if cfg.blocks.enabled
+            else None
         )
         self.latents = load_latents(cfg, self.pipe)
         # The pipeline's series count when feedback and blocks last started (None: no volume yet;
@@ -303,7 +311,8 @@ class LiveSession:
             censored = bool(res.motion.censored) if res.motion is not None else False
             raw = {name: raw for name, (raw, _) in scores.items()}
             for block in self.blocks.add(res, censored, raw):
-                self.sink.publish(block_message(block, vol, self.pipe, self.feedback.block(block)))
+                scores = {} if block.running else self.feedback.block(block)
+                self.sink.publish(block_message(block, vol, self.pipe, scores))
 
     def skip(self, reason: str, vol: Volume | None = None, context: dict | None = None) -> None:
         """Count and announce a message or volume that could not be used.

@@ -43,7 +43,7 @@ class ResultLog:
             self.motion[msg.seq] = msg
         elif isinstance(msg, m.Feedback):
             self.feedback[msg.seq] = msg.scores
-        elif isinstance(msg, m.Block):
+        elif isinstance(msg, m.Block) and not msg.running:  # the final result of each block
             self.blocks.append(msg.header())
         elif isinstance(msg, m.Status) and msg.event == "end":
             self.end = msg.header()

@@ -59,7 +59,8 @@ class Recorder:
             self._events.append(json.dumps(msg.header()))
             return
         if isinstance(msg, m.Block):  # headers only: the block's ranking and label ranks, not its predictions
-            self._blocks.append(json.dumps(msg.header()))
+            if not msg.running:  # a running block's result is superseded by its final one
+                self._blocks.append(json.dumps(msg.header()))
             return
         if isinstance(msg, m.VolumeMessage):
             if self.record_input:

@@ -3,7 +3,13 @@
 The stimulus software marks when a block starts and ends (and what it showed). A block's volumes
 are those acquired from ``onset + shift`` to ``offset + shift`` (``shift``: the hemodynamic
 delay); the decoders are linear, so the average of their per-volume predictions is the
-prediction for the averaged volumes. The block is ranked as soon as its last volume is in.
+prediction for the averaged volumes. The block is ranked as soon as its last volume is in, and,
+while it runs, after each of its volumes (a *running* result: the volumes so far), so that an
+experimenter sees the imagined category's rank rise during an imagery trial.
+
+A condition may have its own window: ``windows={"imagery": (3.0, 18.0)}`` takes an imagery
+block's volumes from its start marker + 3 s to + 18 s (then shifted), whatever its end marker
+says, for stimulus programs that mark a whole trial (cue, imagery, rating) as one block.
 
 Marker times are on the decoder's monotonic clock; they are placed on the scan's time line
 (seconds since volume 0) with the acquisition stamps of the volumes, so replays at any speed
@@ -81,6 +87,16 @@ class Block:
     onset_s: float
     offset_s: float | None = None
 
+    def window(
+        self, shift_s: float, tol_s: float, windows: dict[str, tuple[float, float]]
+    ) -> tuple[float, float]:
+        """Scan-time span of the block's volumes: ``[start, end)``, end infinite while it runs."""
+        if self.condition in windows:
+            start, end = windows[self.condition]
+            return self.onset_s + start + shift_s - tol_s, self.onset_s + end + shift_s - tol_s
+        end = self.offset_s if self.offset_s is not None else math.inf
+        return self.onset_s + shift_s - tol_s, end + shift_s - tol_s
+
 
 @dataclass
 class BlockResult:
@@ -95,6 +111,7 @@ class BlockResult:
     top_scores: np.ndarray | None = None
     label_rank: np.ndarray | None = None  # (n_rois, n_layers), 1 = best; None if label unknown
     label_correlation: np.ndarray | None = None
+    running: bool = False  # the block is still in progress: its volumes so far
 
     @property
     def status(self) -> str:
@@ -112,12 +129,25 @@ class BlockDecoder:
         Hemodynamic delay: a block's volumes are those acquired from onset + shift to offset + shift.
     keep_volumes : int
         How many recent volumes' predictions are kept (bounds the longest block).
+    windows : dict of str to (float, float), optional
+        Per condition, the span of its volumes from the start marker (s), instead of start to end.
+    running : bool
+        Also rank a block after each of its volumes while it runs.
     """
 
-    def __init__(self, identifier: Identifier, hrf_shift_s: float, keep_volumes: int = 600) -> None:
+    def __init__(
+        self,
+        identifier: Identifier,
+        hrf_shift_s: float,
+        keep_volumes: int = 600,
+        windows: dict[str, tuple[float, float]] | None = None,
+        running: bool = True,
+    ) -> None:
         self.identifier = identifier
         self.shift = hrf_shift_s
         self.keep = keep_volumes
+        self.windows = dict(windows or {})
+        self.running = running
         self.reset()
 
     def reset(self) -> None:
@@ -171,34 +201,39 @@ class BlockDecoder:
         self._tick(vol)
         t, tol = vol.seq * vol.tr_s, _tolerance(vol.tr_s)
         blocks = [*self._closed, *([self._open] if self._open is not None else [])]
-        for b in blocks:
-            end = b.offset_s if b.offset_s is not None else math.inf
-            if b.onset_s + self.shift - tol <= t < end + self.shift - tol:
-                return False
-        return True
+        return not any(lo <= t < hi for lo, hi in (b.window(self.shift, tol, self.windows) for b in blocks))
 
     def add(self, res: Result, censored: bool, scores: dict[str, float] | None = None) -> list[BlockResult]:
-        """Take one processed volume; return the blocks it completes.
+        """Take one processed volume; return the blocks it completes, then the running ones it adds to.
 
         ``res`` of a refused volume is not passed; volumes that were not decoded (baseline) or
         censored for motion count for timing but not in the averages.
         """
         vol = res.volume
         self._tick(vol)
-        if res.status == "ok" and not censored:
+        used = res.status == "ok" and not censored
+        if used:
             self._volumes[vol.seq] = (res.predictions, res.x, scores or {})
             for old in [s for s in self._volumes if s <= vol.seq - self.keep]:
                 del self._volumes[old]
         tol = _tolerance(vol.tr_s)
-        done = [b for b in self._closed if (vol.seq + 1) * vol.tr_s >= b.offset_s + self.shift - tol]
+        t_next = (vol.seq + 1) * vol.tr_s
+        done = [
+            b for b in self._closed if t_next >= b.window(self.shift, tol, self.windows)[1]
+        ]
         self._closed = [b for b in self._closed if b not in done]
-        return [self._result(b, vol.tr_s) for b in done]
+        out = [self._result(b, vol.tr_s) for b in done]
+        if self.running and used:
+            for b in [*self._closed, *([self._open] if self._open is not None else [])]:
+                lo, hi = b.window(self.shift, tol, self.windows)
+                if lo <= vol.seq * vol.tr_s < hi:
+                    out.append(self._result(b, vol.tr_s, running=True))
+        return out
 
-    def _result(self, b: Block, tr_s: float) -> BlockResult:
-        tol = _tolerance(tr_s)
-        lo, hi = b.onset_s + self.shift - tol, b.offset_s + self.shift - tol
+    def _result(self, b: Block, tr_s: float, running: bool = False) -> BlockResult:
+        lo, hi = b.window(self.shift, _tolerance(tr_s), self.windows)
         seqs = sorted(s for s in self._volumes if lo <= s * tr_s < hi)
-        out = BlockResult(b, seqs)
+        out = BlockResult(b, seqs, running=running)
         if not seqs:
             log.warning("block %d (%s): no decoded volume in its window", b.index, b.label)
             return out

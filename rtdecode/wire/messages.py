@@ -180,14 +180,23 @@ class Latent(WireMessage):
 
 @_with(_volume_ref)
 class Block(WireMessage):
-    """A completed stimulus block (from markers), published with the volume that completed it."""
+    """A stimulus block (from markers), published with the volume that completed it.
+
+    While a block runs, each of its volumes also publishes a *running* block message (``running``
+    true): the ranking of its volumes so far.
+    """
 
     kind: ClassVar[str] = "block"
     block: int = header("integer", "block index, from 0")
     label: str | None = header("string", "the category shown (from the marker)", optional=True)
     condition: str | None = header("string", "the condition (from the marker)", optional=True)
     onset_s: float = header("number", "block onset, scan seconds since volume 0", "s")
-    offset_s: float = header("number", "block offset, scan seconds since volume 0", "s")
+    offset_s: float | None = header(
+        "number", "block offset, scan seconds since volume 0 (absent while running)", "s", optional=True
+    )
+    running: bool | None = header(
+        "boolean", "`true`: the block is in progress; the ranking of its volumes so far", optional=True
+    )
     seqs: list = header("list", "the volumes averaged")
     status: str = header("string", "`ok`, or `empty` when no volume of the block could be used")
     rois: list = header("list", "ROI names")

@@ -11,7 +11,8 @@ import pytest
 from helpers import TARGET_CLASS, small_config
 
 from rtdecode.apps.session import LiveSession
-from rtdecode.config import FeedbackConfig, load_config
+from rtdecode.config import FeedbackConfig
+from rtdecode.configfile import load_config
 from rtdecode.errors import ConfigError, ModelFileError
 from rtdecode.io.nifti import iter_volumes, read_events
 from rtdecode.models.bank import CandidateBank

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rtdecode.config import Config, load_config
+from rtdecode.config import Config
+from rtdecode.configfile import load_config
 from rtdecode.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

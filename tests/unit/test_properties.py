@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rtdecode import wire
-from rtdecode.config import Config, config_from_data, load_config
+from rtdecode.config import Config
+from rtdecode.configfile import config_from_data, load_config
 from rtdecode.errors import ConfigError, ProtocolError
 from rtdecode.volume import Volume
 from rtdecode.wire.inputs import VolumeMessage

@@ -66,7 +66,7 @@ class SessionView:
         if isinstance(msg, m.Status):
             return self._status(msg)
         if isinstance(msg, m.Block):
-            return self._block(msg)
+            return None if msg.running else self._block(msg)
         if not isinstance(msg, m.Motion | m.Ranking | m.Feedback | m.Latency):
             return None
         seq = msg.seq
