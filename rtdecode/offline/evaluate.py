@@ -348,7 +348,7 @@ def evaluate_session(
         out["time_course"] = {
             "lags_s": lags.tolist(),
             "rois": course,
-            "peak_s": {r: peak_times(c, lags, "feature_correlation") for r, c in course.items()},
+            "peak_s": {r: peak_times(c, lags) for r, c in course.items()},
         }
     return out
 

@@ -57,8 +57,11 @@ def test_time_course_equals_a_direct_computation():
         assert out["n"][j] == len(rs)
         assert out["feature_correlation"][j] == pytest.approx(np.mean(rs), abs=1e-6)  # float32 bank
         assert out["identification"][j] == pytest.approx(np.mean(ids))
-    peak = peak_times({"fc": out}, lags, "identification")["fc"]
-    assert peak == lags[int(np.argmax(out["identification"]))]
+    above = np.clip(np.array(out["identification"]) - 0.5, 0, None)
+    assert peak_times({"fc": out}, lags)["fc"] == pytest.approx((lags * above).sum() / above.sum())
+    flat = {"fc": {"identification": [0.5, 0.6, 0.9, 0.9, 0.6, 0.4]}}  # a plateau: its centre
+    centre = (3 * 0.1 + 6 * 0.4 + 9 * 0.4 + 12 * 0.1) / 1.0
+    assert peak_times(flat, np.arange(6.0) * 3)["fc"] == pytest.approx(centre)
 
 
 def test_a_categorys_blocks_are_averaged_before_identification():
