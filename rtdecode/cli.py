@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PORT",
         help="serve the live dashboard (default port 8765) while streaming, and after until Ctrl-C",
     )
+    p.add_argument("--imagery", action="store_true", help="also decode and score an imagery run (GOD)")
     p.set_defaults(func=commands.demo)
     return ap
 

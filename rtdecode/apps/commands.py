@@ -276,4 +276,4 @@ def demo(args: argparse.Namespace) -> None:
     """``rtdecode demo``: everything on simulated data."""
     from rtdecode.apps.demo import run_demo
 
-    run_demo(load_config(args.config), args.out, args.summary, args.transport, args.dashboard)
+    run_demo(load_config(args.config), args.out, args.summary, args.transport, args.dashboard, args.imagery)

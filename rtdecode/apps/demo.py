@@ -20,7 +20,7 @@ from rtdecode.config import Config, to_dict
 from rtdecode.errors import ConfigError
 from rtdecode.io.nifti import read_events
 from rtdecode.models.bank import CandidateBank
-from rtdecode.offline.evaluate import block_top_k, identification_table
+from rtdecode.offline.evaluate import block_top_k, identification_table, training_labels
 from rtdecode.offline.train import train_session
 from rtdecode.pipeline.latency import format_table
 from rtdecode.sim.session import SimParams, simulate_session, write_session
@@ -66,13 +66,16 @@ def run_demo(
     summary_path: str | Path | None = None,
     transport: str = "zmq",
     dashboard_port: int | None = None,
+    imagery: bool = False,
 ) -> dict:
     """Run the whole demo and return its summary (also written to ``summary_path``).
 
     With ``transport="lsl"`` the simulated scanner streams over LSL, the simulated stimulus
     software sends block markers over LSL, and the decoder publishes on LSL too and decodes each
     marked block live. With ``dashboard_port``, the dashboard is served on that port while the
-    session streams (after a 10 s pause to open it) and until Ctrl-C once the demo is done.
+    session streams (after a 10 s pause to open it) and until Ctrl-C once the demo is done. With
+    ``imagery``, an imagery run of the test categories is decoded and scored too
+    (:mod:`rtdecode.apps.demo_imagery`).
     """
     if transport not in ("zmq", "lsl"):
         raise ConfigError(f"demo transport must be zmq or lsl, got {transport!r}")
@@ -95,6 +98,7 @@ def run_demo(
     step(f"simulating the test session ({p_test.n_test_categories} categories never trained on)")
     write_session(out / "test", p_test, simulate_session(p_test, sim_train["subject"]))
     timings["simulate_s"] = time.monotonic() - t
+    subject = sim_train["subject"]
     del sim_train
 
     step("training decoders (motion correction, causal preprocessing, per-unit voxel selection, ridge)")
@@ -198,6 +202,13 @@ def run_demo(
             cfg.train.hrf_shift_s,
         )
         summary = evaluate_demo(out, results, p_test, cfg, n_sent)
+        if imagery:
+            from rtdecode.apps.demo_imagery import run_imagery
+
+            step("simulating an imagery run of the test categories and decoding it with the same pipeline")
+            t = time.monotonic()
+            summary["imagery"] = run_imagery(cfg, run_cfg, out, p_test, subject, recording)
+            timings["imagery_s"] = time.monotonic() - t
         summary["transport"] = transport
         summary["recording"], summary["report"] = str(recording), str(report)
         summary["timings_s"] = {**timings, "total_s": time.monotonic() - t_start}
@@ -227,13 +238,15 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
     if cfg.train.scrub_censored:  # as in training: flagged volumes stay out of the block averages
         for f in feats.values():
             f[censored] = np.nan
-    bank = CandidateBank.load(out / "decoder" / "candidates.npz")
+    full = CandidateBank.load(out / "decoder" / "candidates.npz")
+    # GOD's convention: the test categories against the other test and unseen ones, not the trained.
+    bank = full.without(training_labels(out / "test", full.labels))
     events = read_events(out / "test" / "events.tsv")
     onsets = np.array([float(e["onset"]) for e in events])
-    truth = np.array([int(e["category_index"]) for e in events])
     duration = float(events[0]["duration"])
     times = seqs * p.tr_s
     shift = cfg.train.hrf_shift_s
+    truth = np.array([bank.labels.index(e["category_label"]) for e in events])
     table = identification_table(feats, times, onsets, duration, shift, truth, bank)
     roi = "VC" if "VC" in table else sorted(table)[0]
     per_layer = table[roi]
@@ -250,7 +263,7 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
         for b, row, srow in zip(kept, idx, val)
     ]
     lat = end.get("latency_ms", {}) if end else {}
-    live_blocks = _live_blocks(live, roi, events, len(bank.labels))
+    live_blocks = _live_blocks(live, roi, events, len(full.labels))
     return {
         "live_blocks": live_blocks,
         "identification_accuracy": {
@@ -365,4 +378,8 @@ def print_summary(s: dict) -> None:
         hop = "acquired->received is the LSL hop; " if s.get("transport") == "lsl" else ""
         print(f"\nlatency per stage and end to end (acquisition -> published; {hop}ms):")
         print(format_table(s["latency_ms"]))
+    if "imagery" in s:
+        from rtdecode.apps.demo_imagery import print_imagery
+
+        print_imagery(s["imagery"], s["identification_accuracy"]["mean"])
     print(f"\nrecording: {s['recording']}\nreport: {s['report']} (open it in a browser)")
