@@ -75,7 +75,7 @@ def evaluate(args: argparse.Namespace) -> None:
     else:
         bank = CandidateBank.from_features(session / "features.npz")
     if not args.with_training_categories:
-        bank = bank.without(ev.training_labels(session, bank.labels))
+        bank = bank.without(ev.training_labels(session))
     groups = ev.read_groups(args.groups, bank) if args.groups else ev.session_groups(session, bank)
     lags = None
     if args.time_course:

@@ -240,7 +240,7 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
             f[censored] = np.nan
     full = CandidateBank.load(out / "decoder" / "candidates.npz")
     # GOD's convention: the test categories against the other test and unseen ones, not the trained.
-    bank = full.without(training_labels(out / "test", full.labels))
+    bank = full.without(training_labels(out / "test"))
     events = read_events(out / "test" / "events.tsv")
     onsets = np.array([float(e["onset"]) for e in events])
     duration = float(events[0]["duration"])

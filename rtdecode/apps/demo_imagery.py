@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from rtdecode.apps.batch import decode_series
+from rtdecode.apps.report import write_report
 from rtdecode.config import Config, RunConfig
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline import evaluate as ev
@@ -56,9 +57,11 @@ def run_imagery(
     for name, params in (("imagery", p_img), ("imagery-noiseless", p_ref)):
         write_session(out / name, params, simulate_session(params, subject))
         decode_series(offline, out / name / "bold.nii", out / f"{name}.h5")
-        bank = bank.without(ev.training_labels(out / name, bank.labels))
+        bank = bank.without(ev.training_labels(out / name))
         results[name] = ev.evaluate_session(out / f"{name}.h5", out / name, bank, shift, lags_s=lags)
     res, recording = results["imagery"], out / "imagery.h5"
+    report = write_report(recording, out / "imagery-report.html", out / "imagery" / "events.tsv",
+                          out / "decoder" / "candidates.npz", shift)  # fmt: skip
     per_layer = res["identification"]["VC"]
     peaks = res["time_course"]["peak_s"]["VC"]
     reference = results["imagery-noiseless"]["time_course"]["peak_s"]["VC"]
@@ -67,6 +70,7 @@ def run_imagery(
     imagined = semantic(out, "imagery", recording, bank, shift)
     rois = res["time_course"]["peak_s"]  # per ROI: when higher and lower areas peak
     return {
+        "report": str(report),
         "n_trials": len(ev.block_truth(out / "imagery" / "events.tsv", bank)[2]),
         "n_candidates": len(bank.labels),
         "identification_accuracy": {

@@ -20,10 +20,11 @@ from matplotlib.figure import Figure
 
 from rtdecode.config import HRF_SHIFT_S
 from rtdecode.errors import VolumeError
+from rtdecode.io.nifti import read_events
 from rtdecode.io.recording import Recording
 from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.stats import correlations
-from rtdecode.offline.evaluate import block_truth, identification_table
+from rtdecode.offline.evaluate import block_truth, identification_table, training_labels, trial_time_course
 from rtdecode.pipeline.latency import LatencyTracker
 from rtdecode.volume import NOT_REACHED
 
@@ -246,6 +247,23 @@ def identification_section(truth: Truth | None) -> str:
     )
 
 
+def time_course_section(course: dict, roi: str = "VC") -> str:
+    """Identification per TR from each trial's cue, one line per layer, peaks marked (imagery)."""
+    lags, layers = np.asarray(course["lags_s"]), course["rois"][roi]
+    fig = Figure(figsize=(9, 3.2))
+    ax = fig.subplots()
+    for layer, v in layers.items():
+        line = ax.plot(lags, v["identification"], "o-", ms=3, lw=1, label=layer)[0]
+        ax.axvline(course["peak_s"][roi][layer], color=line.get_color(), lw=0.6, ls=":")
+    ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
+    ax.set_xlabel("time from the trial's cue (s)")
+    ax.set_ylabel(f"pairwise identification ({roi})")
+    ax.legend(fontsize=7, ncol=5, loc="upper left")
+    ax.grid(alpha=0.3)
+    peaks = ", ".join(f"{ly} {t:.1f} s" for ly, t in course["peak_s"][roi].items())
+    return f"<p>Each layer's peak (dotted; centre of its above-chance accuracy): {peaks}.</p>" + _svg(fig)
+
+
 def counts_section(rec: Recording) -> str:
     """Volumes, skips, gaps and how the session ended."""
     ev = [e.get("event") for e in rec.events]
@@ -316,7 +334,7 @@ def build_report(
         Hemodynamic delay for ``events_tsv`` blocks.
     """
     rec = Recording.load(recording)
-    truth = None
+    truth, course = None, None
     if events_tsv is not None:
         if candidates is None:
             s = rec.settings
@@ -325,7 +343,14 @@ def build_report(
             candidates = s.get("candidates") or Path(s["bundle"]) / "candidates.npz"
         if not Path(candidates).exists():
             raise VolumeError(f"candidate bank {str(candidates)!r} does not exist; name it with --candidates")
-        truth = truth_from_events(rec, events_tsv, CandidateBank.load(candidates), hrf_shift_s)
+        bank = CandidateBank.load(candidates)
+        session = Path(events_tsv).parent
+        if (session / "session.json").exists():  # GOD: trained categories are not candidates
+            bank = bank.without(training_labels(session))
+        truth = truth_from_events(rec, events_tsv, bank, hrf_shift_s)
+        if rec.tr_s and any(e.get("trial_type") == "imagery" for e in read_events(events_tsv)):
+            lags = np.arange(-3.0, 24.0 + 1e-9, rec.tr_s)
+            course = trial_time_course(rec.features, rec.tr_s, events_tsv, bank, lags)
     else:
         truth = truth_from_blocks(rec)
     sections = [
@@ -333,6 +358,7 @@ def build_report(
         ("Motion", motion_section(rec)),
         ("Latency", latency_section(rec)),
         ("Identification", identification_section(truth)),
+        *([("Time course", time_course_section(course))] if course else []),
         (
             "Settings",
             "<pre>"
@@ -343,7 +369,8 @@ def build_report(
         ),
     ]
     body = "".join(
-        f'<section id="{title.lower()}"><h2>{title}</h2>{content}</section>' for title, content in sections
+        f'<section id="{title.lower().replace(" ", "-")}"><h2>{title}</h2>{content}</section>'
+        for title, content in sections
     )
     title = f"rtdecode report: {html.escape(rec.path.name)}"
     return (

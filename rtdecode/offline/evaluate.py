@@ -228,10 +228,19 @@ def read_results(path: str | Path) -> tuple[np.ndarray, dict[tuple[str, str], np
     return rec.seq, rec.features
 
 
-def training_labels(session_dir: str | Path, bank_labels: list[str]) -> set[str]:
-    """The labels of the subject's training categories, as a simulated session records them."""
-    meta = json.loads((Path(session_dir) / "session.json").read_text())
-    return {bank_labels[i] for i in meta.get("train_categories", []) if i < len(bank_labels)}
+def training_labels(session_dir: str | Path) -> set[str]:
+    """The labels of the subject's training categories, as a simulated session records them.
+
+    ``session.json`` lists them by index into the session's bank (``features.npz``); empty when
+    either is missing (a real session: name the candidates with ``--candidates``).
+    """
+    sdir = Path(session_dir)
+    if not (sdir / "session.json").exists() or not (sdir / "features.npz").exists():
+        return set()
+    with np.load(sdir / "features.npz", allow_pickle=False) as z:
+        labels = [str(v) for v in z["labels"]]
+    meta = json.loads((sdir / "session.json").read_text())
+    return {labels[i] for i in meta.get("train_categories", []) if 0 <= i < len(labels)}
 
 
 def session_groups(session_dir: str | Path, bank: CandidateBank) -> np.ndarray | None:
@@ -262,6 +271,32 @@ def read_groups(path: str | Path, bank: CandidateBank) -> np.ndarray:
                 raise EventsError(f"{path}:{n}: expected 'label<TAB>group', got {line!r}")
             of[parts[0].strip()] = parts[1].strip()
     return np.array([of.get(label, f"\0{label}") for label in bank.labels], dtype=object)
+
+
+def trial_time_course(
+    features: dict[tuple[str, str], np.ndarray],
+    tr_s: float,
+    events_tsv: str | Path,
+    bank: CandidateBank,
+    lags_s: np.ndarray,
+) -> dict:
+    """:func:`~rtdecode.offline.timecourse.time_course` from each trial's first row (its cue).
+
+    Returns
+    -------
+    dict
+        ``lags_s``, ``rois`` (the time course per ROI and layer) and ``peak_s`` per ROI and layer.
+    """
+    first: dict[str, dict[str, str]] = {}
+    for e in read_events(events_tsv):
+        first.setdefault(e.get("block", e["onset"]), e)  # a trial's rows share its block number
+    starts = [e for e in first.values() if e.get("category_label") in bank.labels]
+    onsets = np.array([float(e["onset"]) for e in starts])
+    truth = np.array([bank.labels.index(e["category_label"]) for e in starts])
+    lags = np.asarray(lags_s, dtype=float)
+    course = time_course(features, tr_s, onsets, truth, bank, lags)
+    peaks = {r: peak_times(c, lags) for r, c in course.items()}
+    return {"lags_s": lags.tolist(), "rois": course, "peak_s": peaks}
 
 
 def evaluate_session(
@@ -337,19 +372,7 @@ def evaluate_session(
             if kept.size:
                 out["semantic"][roi] = superclass_rates(total / len(layers), truth[kept], groups)
     if lags_s is not None:
-        first = {}
-        for e in read_events(sdir / "events.tsv"):
-            first.setdefault(e.get("block", e["onset"]), e)  # a trial's first row: its cue
-        starts = [e for e in first.values() if e["category_label"] in bank.labels]
-        on = np.array([float(e["onset"]) for e in starts])
-        idx = np.array([bank.labels.index(e["category_label"]) for e in starts])
-        lags = np.asarray(lags_s, dtype=float)
-        course = time_course(feats, tr, on, idx, bank, lags)
-        out["time_course"] = {
-            "lags_s": lags.tolist(),
-            "rois": course,
-            "peak_s": {r: peak_times(c, lags) for r, c in course.items()},
-        }
+        out["time_course"] = trial_time_course(feats, tr, sdir / "events.tsv", bank, lags_s)
     return out
 
 

@@ -13,12 +13,13 @@ from rtdecode.apps.report import Recording, truth_from_blocks
 
 @pytest.fixture(scope="module", params=["zmq", "lsl"])
 def demo(request, tmp_path_factory):
-    """Run ``rtdecode demo`` once per transport; its process result, summary and output folder."""
+    """Run ``rtdecode demo`` once per transport (with the imagery run over ZeroMQ); its process
+    result, summary and output folder."""
     transport, tmp = request.param, tmp_path_factory.mktemp(f"demo-{request.param}")
     summary = tmp / "summary.json"
     proc = subprocess.run(
         [sys.executable, "-m", "rtdecode", "demo", "--out", str(tmp / "out"), "--summary", str(summary),
-         "--transport", transport],
+         "--transport", transport, *(["--imagery"] if transport == "zmq" else [])],
         capture_output=True,
         text=True,
         timeout=600,
@@ -43,6 +44,25 @@ def test_demo_decodes_unseen_categories_and_reports_latency(demo):
         assert abs(lb["pairwise_identification"] - s["identification_accuracy"]["mean"]) < 0.02
         assert "acquired->received is the LSL hop" in proc.stdout
         assert s["latency_ms"]["acquired->received"]["p50"] > 0
+
+
+def test_the_demo_identifies_imagined_categories_below_seen_ones(demo):
+    transport, proc, s = demo
+    if transport != "zmq":
+        pytest.skip("the imagery run is part of the ZeroMQ demo")
+    im = s["imagery"]
+    ia = im["identification_accuracy"]
+    assert set(ia["per_layer"]) == {f"cnn{i}" for i in range(1, 9)} and im["n_trials"] == 50
+    for roi in ("HVC", "VC"):  # imagined categories are identified from the top layers' features
+        assert all(ia["per_roi"][roi][layer] > 0.55 for layer in ("cnn6", "cnn7")), ia["per_roi"][roi]
+    assert 0.55 < ia["mean"] < s["identification_accuracy"]["mean"]
+    tc = im["time_course"]
+    assert set(tc["peak_s"]) == set(tc["simulated_peak_s"]) == set(ia["per_layer"])
+    assert tc["within_one_tr"], (tc["peak_s"], tc["simulated_peak_s"])
+    sem = im["semantic"]
+    assert sem["top5_superclass_rate"] > sem["chance"] and sem["perception"]["top5_rate"] > sem["chance"]
+    assert "imagery: 50 trials" in proc.stdout
+    assert 'id="time-course"' in Path(im["report"]).read_text()
 
 
 def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, browser):
