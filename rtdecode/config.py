@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 # Feedback scores computed from the decoded content (against a target category), then the others.
 CONTENT_FEEDBACK_KINDS = ("correlation", "rank", "softmax")
 FEEDBACK_KINDS = (*CONTENT_FEEDBACK_KINDS, "psc", "classifier")
+NORMALISATIONS = ("baseline-detrend", "baseline", "training")  # run.preprocess.normalise
 HRF_SHIFT_S = 6.0  # the hemodynamic delay blocks are shifted by, seconds (Horikawa & Kamitani 2017)
 
 
@@ -49,6 +50,8 @@ class PreprocessConfig:
 
     baseline_volumes: int = 8
     detrend_tau_s: float = 60.0
+    # "baseline-detrend"; "baseline": the lab's per-run z-score; "training": an imported model's own
+    normalise: str = "baseline-detrend"
 
 
 @dataclass

@@ -12,7 +12,14 @@ from pathlib import Path
 import yaml
 
 from rtdecode._typecheck import from_mapping, short
-from rtdecode.config import CONTENT_FEEDBACK_KINDS, FEEDBACK_KINDS, Config, RunConfig, is_loopback
+from rtdecode.config import (
+    CONTENT_FEEDBACK_KINDS,
+    FEEDBACK_KINDS,
+    NORMALISATIONS,
+    Config,
+    RunConfig,
+    is_loopback,
+)
 from rtdecode.errors import ConfigError
 
 
@@ -57,6 +64,12 @@ def _validate(cfg: Config, where: str) -> None:
             "run.preprocess.baseline_volumes",
             "must be >= 2",
             r.preprocess.baseline_volumes,
+        ),
+        (
+            r.preprocess.normalise in NORMALISATIONS,
+            "run.preprocess.normalise",
+            f"must be one of {', '.join(NORMALISATIONS)}",
+            r.preprocess.normalise,
         ),
         (
             r.preprocess.detrend_tau_s > 0,

@@ -51,7 +51,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
             if ornt is not None:  # the same grid saved in another voxel order (dcm2niix, SPM)
                 data, affine = reorient(data, ornt), bundle.affine
             motion.set_reference(data, affine)
-    pre = Preprocessor(cfg.preprocess.baseline_volumes, cfg.preprocess.detrend_tau_s)
+    pre = Preprocessor.from_config(cfg.preprocess)
     return Pipeline(bundle.mask, pre, motion, bundle, identifier, cfg.max_gap_volumes, bundle.affine)
 
 

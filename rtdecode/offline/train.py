@@ -208,7 +208,7 @@ def train_session(
         if rc.motion.enabled
         else None
     )
-    pipe = Pipeline(mask, Preprocessor(rc.preprocess.baseline_volumes, rc.preprocess.detrend_tau_s), motion)
+    pipe = Pipeline(mask, Preprocessor.from_config(rc.preprocess), motion)
     rows, times, affine, tr = [], [], None, None
     n_censored = 0
     for res in pipe.process_series(iter_volumes(sdir / "bold.nii")):

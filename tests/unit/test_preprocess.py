@@ -45,3 +45,18 @@ def test_output_is_causal():
 def test_parameters_are_validated(kwargs, match):
     with pytest.raises(ValueError, match=match):
         Preprocessor(**kwargs)
+
+
+def test_the_labs_per_run_zscore_and_training_statistics_modes():
+    rng = np.random.default_rng(4)
+    x = rng.normal(100, 5, (20, 30)) + np.linspace(0, 10, 20)[:, None]  # a drifting run
+    per_run = Preprocessor(6, normalise="baseline")
+    out = [per_run.update(v, 2.0) for v in x]
+    assert all(o is None for o in out[:6])
+    mean, sd = x[:6].mean(0), x[:6].std(0, ddof=1)
+    np.testing.assert_allclose(np.array(out[6:]), (x[6:] - mean) / sd, rtol=1e-5)  # no detrending
+    as_trained = Preprocessor(6, normalise="training")
+    assert as_trained.ready
+    np.testing.assert_array_equal(as_trained.update(x[0], 2.0), x[0].astype(np.float32))
+    with pytest.raises(ValueError, match="normalise must be one of"):
+        Preprocessor(6, normalise="zscore")
