@@ -87,15 +87,17 @@ def choose_alpha(
     n_select: int,
     alphas: list[float],
     folds: int = 4,
-    n_units: int = 24,
+    n_units: int = 100,
     seed: int = 0,
 ) -> tuple[float, dict[float, float]]:
     """Choose the ridge penalty by K-fold cross-validation over blocks.
 
     Each fold z-scores with its training blocks' statistics, selects voxels on them and fits every
     penalty; the score is the Pearson r between held-out predictions (pooled over folds) and the
-    truth, averaged over a seeded sample of ``n_units`` units (enough to rank penalties, at a
-    fraction of the cost of all units).
+    truth, averaged over a seeded sample of ``n_units`` units. A sample of 24 picked a penalty
+    that lost 0.1 of identification accuracy in one ROI × layer against the lab's fixed one, and
+    on the demo's data changed its choice in 20 of 80 ROI × layers against all 200 units; 100
+    units cost about half of all of them.
 
     Parameters
     ----------
