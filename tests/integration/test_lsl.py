@@ -192,14 +192,14 @@ def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client
                 p.kill()
             p.communicate()
 
-    feats, fb, blocks = {}, {}, []
+    feats, fb, blocks, running = {}, {}, [], []
     for h, a in msgs:
         if h["kind"] == "features":
             feats[(h["roi"], h["layer"], h["seq"])] = a["features"]
         elif h["kind"] == "feedback":
             fb[h["seq"]] = h["scores"]
         elif h["kind"] == "block":
-            blocks.append((h, a))
+            (running if h.get("running") else blocks).append((h, a))
     end = msgs[-1][0]
     assert end["processed"] == 92 and end["skipped"] == 0
 
@@ -219,6 +219,15 @@ def test_lsl_session_with_markers_blocks_feedback_and_outputs_for_any_lsl_client
         np.testing.assert_allclose(a["predictions"][vc], mean_vc, rtol=1e-5, atol=1e-6)
         pairwise.append(1 - (np.array(h["label_rank"][vc]) - 1) / (len(bank.labels) - 1))
     assert np.mean(pairwise) > 0.75  # categories never trained on, identified from their blocks
+    # While a block ran, each of its volumes published the ranking of its volumes so far (until
+    # its end marker arrives, the block may seem to go on for a volume).
+    for h, _ in blocks:
+        so_far = [r["seqs"] for r, _ in running if r["block"] == h["block"]]
+        assert len(so_far) >= len(h["seqs"]) - 1
+        assert [len(s) for s in so_far] == list(range(1, len(so_far) + 1))
+        assert all(s[: len(h["seqs"])] == h["seqs"][: len(s)] for s in so_far), (h["seqs"], so_far)
+        mine = [r for r, _ in running if r["block"] == h["block"]]
+        assert all(r["label"] == h["label"] and len(r["label_rank"]) == len(rois) for r in mine)
 
     # Feedback: every decoded volume has its scores; the content score is the correlation.
     target_feats = bank.features["cnn8"][bank.labels.index(target)]
