@@ -45,8 +45,8 @@ def _exports(tmp: Path) -> dict[str, Path]:
 
 
 def _read(path: Path) -> None:
-    f = gzip.open(path) if path.name.endswith(".gz") else path
-    pydicom.dcmread(f).pixel_array  # noqa: B018
+    with gzip.open(path) if path.name.endswith(".gz") else open(path, "rb") as f:
+        pydicom.dcmread(f).pixel_array  # noqa: B018
 
 
 def stats(ms: list[float]) -> dict[str, float]:

@@ -28,13 +28,6 @@ from rtdecode.sim.imagery import layer_delays_s
 from rtdecode.sim.session import SimParams, Subject, simulate_session, write_session
 
 
-def semantic(out: Path, session: str, recording: Path, bank: CandidateBank, shift_s: float) -> dict:
-    """Superclass rates of one decoded session (VC, correlation averaged over layers)."""
-    groups = ev.session_groups(out / session, bank)
-    res = ev.evaluate_session(recording, out / session, bank, shift_s, groups=groups)
-    return res["semantic"].get("VC", {})
-
-
 def run_imagery(
     cfg: Config, run_cfg: RunConfig, out: Path, p: SimParams, subject: Subject, perception_recording: Path
 ) -> dict:
@@ -51,14 +44,16 @@ def run_imagery(
     p_ref = dataclasses.replace(p_img, noiseless=True, motion=False, drift_pct=0.0)  # the same trials
     offline = dataclasses.replace(run_cfg, blocks=dataclasses.replace(run_cfg.blocks, enabled=False))
     bank = CandidateBank.load(out / "decoder" / "candidates.npz")
+    bank = bank.without(ev.training_labels(out / "test"))  # the subject's, as in every session
+    groups = ev.session_groups(out / "test", bank)
     shift = cfg.train.hrf_shift_s
     lags = np.arange(-3.0, 24.0 + 1e-9, p.tr_s)
     results = {}
     for name, params in (("imagery", p_img), ("imagery-noiseless", p_ref)):
         write_session(out / name, params, simulate_session(params, subject))
         decode_series(offline, out / name / "bold.nii", out / f"{name}.h5")
-        bank = bank.without(ev.training_labels(out / name))
-        results[name] = ev.evaluate_session(out / f"{name}.h5", out / name, bank, shift, lags_s=lags)
+        rec = out / f"{name}.h5"
+        results[name] = ev.evaluate_session(rec, out / name, bank, shift, groups=groups, lags_s=lags)
     res, recording = results["imagery"], out / "imagery.h5"
     report = write_report(recording, out / "imagery-report.html", out / "imagery" / "events.tsv",
                           out / "decoder" / "candidates.npz", shift)  # fmt: skip
@@ -67,7 +62,8 @@ def run_imagery(
     reference = results["imagery-noiseless"]["time_course"]["peak_s"]["VC"]
     layers = list(per_layer)
     off = {ly: abs(peaks[ly] - reference[ly]) for ly in layers}
-    imagined = semantic(out, "imagery", recording, bank, shift)
+    imagined = res["semantic"].get("VC", {})
+    seen = ev.evaluate_session(perception_recording, out / "test", bank, shift, groups=groups)["semantic"]
     rois = res["time_course"]["peak_s"]  # per ROI: when higher and lower areas peak
     return {
         "report": str(report),
@@ -95,7 +91,7 @@ def run_imagery(
             "top1_superclass_rate": imagined.get("top1_rate"),
             "top5_superclass_rate": imagined.get("top5_rate"),
             "chance": imagined.get("chance"),
-            "perception": semantic(out, "test", perception_recording, bank, shift),
+            "perception": seen.get("VC", {}),
         },
     }
 

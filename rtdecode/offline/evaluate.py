@@ -161,13 +161,37 @@ def block_top_k(
         Shape (n_kept, k).
     kept : numpy.ndarray
     """
+    total, kept = roi_block_scores(features, times_s, onsets_s, duration_s, hrf_shift_s, bank)
+    idx, val = top_k(total, k)
+    return idx, val, kept
+
+
+def roi_block_scores(
+    features: dict[str, np.ndarray],
+    times_s: np.ndarray,
+    onsets_s: np.ndarray,
+    duration_s: float,
+    hrf_shift_s: float,
+    bank: CandidateBank,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One ROI's block scores (:func:`block_scores`) averaged over its layers.
+
+    Parameters
+    ----------
+    features : dict of str to numpy.ndarray
+        Per layer, shape (n_volumes, n_units).
+
+    Returns
+    -------
+    scores : numpy.ndarray
+        Shape (n_kept, n_candidates).
+    kept : numpy.ndarray
+    """
     total, kept = None, None
     for layer, f in features.items():
         s, kept = block_scores(f, times_s, onsets_s, duration_s, hrf_shift_s, bank.features[layer])
         total = s if total is None else total + s
-    total = total / len(features)
-    idx, val = top_k(total, k)
-    return idx, val, kept
+    return total / len(features), kept
 
 
 def block_truth(
@@ -365,12 +389,9 @@ def evaluate_session(
         out["semantic"] = {}
         for roi in sorted({r for r, _ in feats}):
             layers = {layer: f for (r, layer), f in feats.items() if r == roi}
-            total, kept = None, None
-            for layer, f in layers.items():
-                s, kept = block_scores(f, times, onsets, duration, hrf_shift_s, bank.features[layer])
-                total = s if total is None else total + s
+            scores, kept = roi_block_scores(layers, times, onsets, duration, hrf_shift_s, bank)
             if kept.size:
-                out["semantic"][roi] = superclass_rates(total / len(layers), truth[kept], groups)
+                out["semantic"][roi] = superclass_rates(scores, truth[kept], groups)
     if lags_s is not None:
         out["time_course"] = trial_time_course(feats, tr, sdir / "events.tsv", bank, lags_s)
     return out
