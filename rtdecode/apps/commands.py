@@ -68,6 +68,7 @@ def evaluate(args: argparse.Namespace) -> None:
 
     from rtdecode.models.bank import CandidateBank
     from rtdecode.offline import evaluate as ev
+    from rtdecode.offline.semantic import read_groups, session_groups
 
     session = Path(args.session)
     if args.candidates:
@@ -76,7 +77,7 @@ def evaluate(args: argparse.Namespace) -> None:
         bank = CandidateBank.from_features(session / "features.npz")
     if not args.with_training_categories:
         bank = bank.without(ev.training_labels(session))
-    groups = ev.read_groups(args.groups, bank) if args.groups else ev.session_groups(session, bank)
+    groups = read_groups(args.groups, bank) if args.groups else session_groups(session, bank)
     lags = None
     if args.time_course:
         tr = float(json.loads((session / "session.json").read_text())["tr_s"])

@@ -24,6 +24,7 @@ from rtdecode.apps.report import write_report
 from rtdecode.config import Config, RunConfig
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline import evaluate as ev
+from rtdecode.offline.semantic import session_groups
 from rtdecode.sim.imagery import layer_delays_s
 from rtdecode.sim.session import SimParams, Subject, simulate_session, write_session
 
@@ -45,7 +46,7 @@ def run_imagery(
     offline = dataclasses.replace(run_cfg, blocks=dataclasses.replace(run_cfg.blocks, enabled=False))
     bank = CandidateBank.load(out / "decoder" / "candidates.npz")
     bank = bank.without(ev.training_labels(out / "test"))  # the subject's, as in every session
-    groups = ev.session_groups(out / "test", bank)
+    groups = session_groups(out / "test", bank)
     shift = cfg.train.hrf_shift_s
     lags = np.arange(-3.0, 24.0 + 1e-9, p.tr_s)
     results = {}

@@ -2,8 +2,8 @@
 
 As the Kamitani lab evaluates (bdpy): the candidates are the test categories and unseen ones, not
 the training categories; a category's blocks or trials are averaged before identification; cue
-rows of an imagery run are not trials. When the top candidates miss, :func:`superclass_rates` says
-whether they are at least semantically close.
+rows of an imagery run are not trials. When the top candidates miss,
+:func:`rtdecode.offline.semantic.superclass_rates` says whether they are at least semantically close.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from rtdecode.io.nifti import read_events
 from rtdecode.io.recording import Recording
 from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.stats import correlations, mean_column_correlation
+from rtdecode.offline.semantic import superclass_rates
 from rtdecode.offline.timecourse import peak_times, time_course
 from rtdecode.offline.train import block_average
 from rtdecode.pipeline.ranking import pairwise_identification, top_k
@@ -99,44 +100,6 @@ def identification_table(
             acc = pairwise_identification(correlations(avg, bank.features[layer]), truth).mean()
         out.setdefault(roi, {})[layer] = float(acc)
     return out
-
-
-def superclass_rates(
-    scores: np.ndarray, true_index: np.ndarray, groups: np.ndarray, ks: tuple[int, ...] = (1, 5)
-) -> dict[str, float]:
-    """How often the best *other* candidates share the true category's group, against chance.
-
-    For each sample the true category is set aside; of the ``k`` best remaining candidates, the
-    share in the true category's group (superclass, WordNet parent) is averaged over samples.
-    Chance is the share of the remaining candidates in that group.
-
-    Parameters
-    ----------
-    scores : numpy.ndarray
-        Shape (n_samples, n_candidates).
-    true_index : numpy.ndarray
-        Shape (n_samples,).
-    groups : numpy.ndarray
-        Group of each candidate, shape (n_candidates,).
-
-    Returns
-    -------
-    dict
-        ``top<k>_rate`` per k, ``chance`` and ``n``.
-    """
-    groups = np.asarray(groups)
-    rates = {k: [] for k in ks}
-    chance = []
-    for row, t in zip(np.atleast_2d(scores), np.asarray(true_index)):
-        same = groups == groups[t]
-        same[t] = False
-        others = np.delete(np.arange(row.size), t)
-        order = others[np.argsort(-row[others], kind="stable")]
-        for k in ks:
-            rates[k].append(same[order[:k]].mean())
-        chance.append(same.sum() / (row.size - 1))
-    out = {f"top{k}_rate": float(np.mean(v)) for k, v in rates.items()}
-    return {**out, "chance": float(np.mean(chance)), "n": len(chance)}
 
 
 def block_top_k(
@@ -265,36 +228,6 @@ def training_labels(session_dir: str | Path) -> set[str]:
         labels = [str(v) for v in z["labels"]]
     meta = json.loads((sdir / "session.json").read_text())
     return {labels[i] for i in meta.get("train_categories", []) if 0 <= i < len(labels)}
-
-
-def session_groups(session_dir: str | Path, bank: CandidateBank) -> np.ndarray | None:
-    """Each candidate's superclass from a simulated session's ``features.npz``, if it has one."""
-    path = Path(session_dir) / "features.npz"
-    if not path.exists():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        if "superclass" not in z.files:
-            return None
-        of = dict(zip((str(s) for s in z["labels"]), z["superclass"].tolist()))
-    return np.array([of.get(label, -1 - i) for i, label in enumerate(bank.labels)])  # unknown: alone
-
-
-def read_groups(path: str | Path, bank: CandidateBank) -> np.ndarray:
-    """Each candidate's group from a table of ``label<TAB>group`` lines (e.g. WordNet parents).
-
-    Raises
-    ------
-    EventsError
-        If a line is malformed.
-    """
-    of = {}
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
-        if line.strip() and not line.startswith("#"):
-            parts = line.split("\t")
-            if len(parts) != 2:
-                raise EventsError(f"{path}:{n}: expected 'label<TAB>group', got {line!r}")
-            of[parts[0].strip()] = parts[1].strip()
-    return np.array([of.get(label, f"\0{label}") for label in bank.labels], dtype=object)
 
 
 def trial_time_course(

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from rtdecode.models.bank import CandidateBank
-from rtdecode.offline.evaluate import block_truth, identification_table, per_category, superclass_rates
+from rtdecode.offline.evaluate import block_truth, identification_table, per_category
+from rtdecode.offline.semantic import superclass_rates
 from rtdecode.offline.timecourse import peak_times, time_course
 
 
