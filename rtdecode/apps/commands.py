@@ -157,14 +157,41 @@ def dashboard(args: argparse.Namespace) -> None:
             f"--host {args.host}: the page would be served to the network without authentication; "
             "add --allow-remote to do so on a network you trust"
         )
-    serve_dashboard(args.address, args.host, args.port, args.ready_file, args.history)
+    serve_dashboard(args.address, args.host, args.port, args.ready_file, args.history, args.reconstructions)
+
+
+def reconstruct(args: argparse.Namespace) -> None:
+    """``rtdecode reconstruct``: an image per decoded block, published and saved."""
+    from rtdecode.apps.reconstruct import features_method, ldm_method, run_reconstructor
+
+    if not is_loopback(args.publish) and not args.allow_remote:
+        raise ConfigError(f"--publish {args.publish}: beyond loopback needs --allow-remote")
+    if args.method == "features":
+        from rtdecode.models.inversion import InversionParams
+
+        if not args.bank:
+            raise ConfigError("--method features needs --bank (the folder of features.npz and features.json)")
+        params = InversionParams(steps=args.steps, time_limit_s=args.time_limit_s, seed=args.seed)
+        make = features_method(args.bank, args.roi, params, args.generator)
+    else:
+        if not args.ldm:
+            raise ConfigError("--method ldm needs --ldm (a Stable Diffusion v1.x folder)")
+        make = ldm_method(args.ldm, args.strength, args.ldm_steps, args.guidance, args.seed, args.device)
+    n = run_reconstructor(
+        args.address, make, args.method, args.publish, args.out, args.until_end, args.timeout,
+        args.ready_file, args.seed,
+    )  # fmt: skip
+    print(f"reconstructed {n} blocks")
 
 
 def report(args: argparse.Namespace) -> None:
     """``rtdecode report``: one HTML report of a recording."""
     from rtdecode.apps.report import write_report
 
-    out = write_report(args.recording, args.out, args.events, args.candidates, args.hrf_shift_s)
+    out = write_report(
+        args.recording, args.out, args.events, args.candidates, args.hrf_shift_s, args.reconstructions,
+        args.stimuli,
+    )  # fmt: skip
     print(f"wrote {out}")
 
 
@@ -277,4 +304,7 @@ def demo(args: argparse.Namespace) -> None:
     """``rtdecode demo``: everything on simulated data."""
     from rtdecode.apps.demo import run_demo
 
-    run_demo(load_config(args.config), args.out, args.summary, args.transport, args.dashboard, args.imagery)
+    run_demo(
+        load_config(args.config), args.out, args.summary, args.transport, args.dashboard, args.imagery,
+        args.reconstruct,
+    )  # fmt: skip

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from rtdecode.apps.demo_summary import live_block_summary, print_summary
 from rtdecode.apps.report import write_report
 from rtdecode.apps.simulate import stream_session
 from rtdecode.config import Config, to_dict
@@ -22,7 +23,6 @@ from rtdecode.io.nifti import read_events
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import block_top_k, identification_table, training_labels
 from rtdecode.offline.train import train_session
-from rtdecode.pipeline.latency import format_table
 from rtdecode.sim.session import SimParams, simulate_session, write_session
 
 
@@ -42,7 +42,7 @@ def sim_params(cfg: Config, **overrides: object) -> SimParams:
     values = {**cfg.simulate, **overrides}
     if "shape" in values:
         values["shape"] = tuple(values["shape"])
-    for key in ("tuned_change_pct", "weak_change_pct"):
+    for key in ("tuned_change_pct", "weak_change_pct", "test_labels"):
         if key in values:
             values[key] = tuple(values[key])
     return SimParams(**values)
@@ -67,6 +67,7 @@ def run_demo(
     transport: str = "zmq",
     dashboard_port: int | None = None,
     imagery: bool = False,
+    reconstruct: bool = False,
 ) -> dict:
     """Run the whole demo and return its summary (also written to ``summary_path``).
 
@@ -75,7 +76,9 @@ def run_demo(
     marked block live. With ``dashboard_port``, the dashboard is served on that port while the
     session streams (after a 10 s pause to open it) and until Ctrl-C once the demo is done. With
     ``imagery``, an imagery run of the test categories is decoded and scored too
-    (:mod:`rtdecode.apps.demo_imagery`).
+    (:mod:`rtdecode.apps.demo_imagery`). With ``reconstruct``, the subject sees real photographs,
+    blocks are decoded live from LSL markers, and ``rtdecode reconstruct`` turns each into an image
+    (:mod:`rtdecode.apps.demo_photos`); the report shows them beside the photographs.
     """
     if transport not in ("zmq", "lsl"):
         raise ConfigError(f"demo transport must be zmq or lsl, got {transport!r}")
@@ -87,7 +90,15 @@ def run_demo(
     def step(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f} s] {msg}", flush=True)
 
-    p_train, p_test = sim_params(cfg, kind="train", seed=1), sim_params(cfg, kind="test", seed=2)
+    overrides: dict = {}
+    if reconstruct:
+        from rtdecode.apps.demo_photos import prepare_photo_demo
+
+        step("EfficientNet-lite0 features of scikit-image's photographs and of crops of other ones")
+        cfg, overrides = prepare_photo_demo(cfg, out)
+        transport = "lsl"  # the blocks to reconstruct are decoded live from stimulus markers
+    p_train = sim_params(cfg, kind="train", seed=1, **overrides)
+    p_test = sim_params(cfg, kind="test", seed=2, **overrides)
     step(
         f"simulating the training session ({p_train.n_train_categories} categories x "
         f"{p_train.train_blocks_per_category} blocks of {p_train.block_volumes * p_train.tr_s:g} s)"
@@ -135,6 +146,7 @@ def run_demo(
             "--until-end",
             "--timeout",
             str(cfg.demo.timeout_s),
+            *(["--layer", "fc"] if reconstruct else []),  # EfficientNet's logits
         ]
     )
     recorder = subprocess.Popen(
@@ -152,8 +164,17 @@ def run_demo(
         ]
     )
     procs = [decoder, subscriber, recorder]
-    dash_ready = out / "dashboard.ready"
-    dash_ready.unlink(missing_ok=True)
+    dash_ready, recon_ready = out / "dashboard.ready", out / "reconstructor.ready"
+    waiting = [ready, rec_ready]
+    recon_pub = free_tcp_address()
+    for path in (dash_ready, recon_ready):
+        path.unlink(missing_ok=True)
+    if reconstruct:
+        from rtdecode.apps.demo_photos import reconstructor_command
+
+        waiting.append(recon_ready)
+        cmd = reconstructor_command(exe, run_cfg.output.address, recon_pub, out, recon_ready, 600)
+        procs.append(subprocess.Popen(cmd))
     if dashboard_port is not None:
         procs.append(
             subprocess.Popen(
@@ -166,12 +187,14 @@ def run_demo(
                     str(dashboard_port),
                     "--ready-file",
                     str(dash_ready),
+                    *(["--reconstructions", recon_pub] if reconstruct else []),
                 ]
             )  # fmt: skip
         )
+        waiting.append(dash_ready)
     try:
         deadline = time.monotonic() + 60
-        while not (ready.exists() and rec_ready.exists() and (dashboard_port is None or dash_ready.exists())):
+        while not all(path.exists() for path in waiting):
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise RuntimeError("a demo process did not come up (see its messages above)")
             time.sleep(0.05)
@@ -193,6 +216,10 @@ def run_demo(
         _wait(recorder, 30, "recorder")
         _wait(decoder, 30, "decoder")
         timings["stream_s"] = time.monotonic() - t
+        if reconstruct:
+            step("waiting for the last reconstructions (one image per block, in block order)")
+            _wait(procs[3], 1200, "reconstructor")
+            timings["reconstruct_s"] = time.monotonic() - t
         step("writing the session report")
         report = write_report(
             recording,
@@ -200,8 +227,14 @@ def run_demo(
             out / "test" / "events.tsv",
             out / "decoder" / "candidates.npz",
             cfg.train.hrf_shift_s,
+            reconstructions=out / "reconstructions" if reconstruct else None,
+            stimuli=out / "stimuli" if reconstruct else None,
         )
         summary = evaluate_demo(out, results, p_test, cfg, n_sent)
+        if reconstruct:
+            from rtdecode.apps.demo_photos import score_reconstructions
+
+            summary["reconstruction"] = score_reconstructions(out)
         if imagery:
             from rtdecode.apps.demo_imagery import run_imagery
 
@@ -263,7 +296,7 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
         for b, row, srow in zip(kept, idx, val)
     ]
     lat = end.get("latency_ms", {}) if end else {}
-    live_blocks = _live_blocks(live, roi, events, len(full.labels))
+    live_blocks = live_block_summary(live, roi, events, len(full.labels))
     return {
         "live_blocks": live_blocks,
         "identification_accuracy": {
@@ -302,84 +335,3 @@ def evaluate_demo(out: Path, results: Path, p: SimParams, cfg: Config, n_sent: i
             "n_units_per_layer": p.n_units,
         },
     }
-
-
-def _live_blocks(blocks: list[dict], roi: str, events: list[dict[str, str]], n_candidates: int) -> dict:
-    # The decoder's own block results (from LSL markers), checked against the events table.
-    if not blocks:
-        return {}
-    ranks = np.array(
-        [b["label_rank"][b["rois"].index(roi)] for b in blocks if b.get("label_rank") is not None]
-    )
-    truth = [e["category_label"] for e in events]
-    return {
-        "n_blocks": len(blocks),
-        "n_events": len(events),
-        "labels_match_events": [b["label"] for b in blocks] == truth[: len(blocks)],
-        "roi": roi,
-        "mean_label_rank": float(ranks.mean()) if ranks.size else None,
-        "pairwise_identification": float(np.mean(1 - (ranks - 1) / (n_candidates - 1)))
-        if ranks.size
-        else None,
-    }
-
-
-def print_summary(s: dict) -> None:
-    """Print the demo's results the way a user wants to read them."""
-    sim = s["simulation"]
-    print("\n=== rtdecode demo ===")
-    print(
-        f"simulated: {sim['shape']} voxels of {sim['voxel_size_mm']} mm, TR {sim['tr_s']} s, "
-        f"tSNR {sim['tsnr']:g}, "
-        f"{sim['tuned_fraction']:.0%} of visual voxels tuned at {sim['tuned_change_pct'][0]:g}-"
-        f"{sim['tuned_change_pct'][1]:g} % signal change (the rest {sim['weak_change_pct'][0]:g}-"
-        f"{sim['weak_change_pct'][1]:g} %), head motion up to {sim['max_translation_mm']:g} mm / "
-        f"{sim['max_rotation_deg']:g} deg"
-    )
-    ia = s["identification_accuracy"]
-    print(
-        f"\ntop-5 categories per test block ({ia['roi']}, correlation averaged over layers), first 10 blocks:"
-    )
-    for b in s["blocks"][:10]:
-        mark = "HIT " if b["truth_in_top5"] else "    "
-        print(f"  {mark}block {b['block']:3d} truth {b['truth']}: " + ", ".join(b["top5"]))
-    print(
-        f"  truth in top 5 of {ia['n_candidates']}: {s['top5_hit_rate']:.0%} of {ia['n_blocks']} blocks "
-        f"(chance {5 / ia['n_candidates']:.1%})"
-    )
-    print(
-        f"\npairwise identification accuracy, {ia['n_blocks']} test blocks of categories never trained on, "
-        f"{ia['n_candidates']} candidates (chance 0.5):"
-    )
-    layers = list(ia["per_layer"])
-    print(f"  {'ROI':<5}" + "".join(f"{ly:>7}" for ly in layers) + f"{'mean':>7}")
-    for roi, accs in ia["per_roi"].items():
-        print(
-            f"  {roi:<5}"
-            + "".join(f"{accs[ly]:>7.2f}" for ly in layers)
-            + f"{np.mean(list(accs.values())):>7.2f}"
-        )
-    print(f"  mean over layers ({ia['roi']}): {ia['mean']:.3f}")
-    v = s["volumes"]
-    print(
-        f"\nvolumes: {v['sent']} sent, {v['processed']} processed, {v['skipped']} skipped, "
-        f"{v['received_by_subscriber']} results received, {v['censored']} censored for motion"
-    )
-    lb = s.get("live_blocks")
-    if lb:
-        print(
-            f"\nlive block decoding from LSL markers: {lb['n_blocks']} block results for "
-            f"{lb['n_events']} blocks (labels match the events: {lb['labels_match_events']}); "
-            f"{lb['roi']} pairwise identification {lb['pairwise_identification']:.3f} (mean over layers; "
-            f"the evaluation above: {s['identification_accuracy']['mean']:.3f}), mean rank of the truth "
-            f"{lb['mean_label_rank']:.1f} of {s['identification_accuracy']['n_candidates']}"
-        )
-    if s["latency_ms"]:
-        hop = "acquired->received is the LSL hop; " if s.get("transport") == "lsl" else ""
-        print(f"\nlatency per stage and end to end (acquisition -> published; {hop}ms):")
-        print(format_table(s["latency_ms"]))
-    if "imagery" in s:
-        from rtdecode.apps.demo_imagery import print_imagery
-
-        print_imagery(s["imagery"], s["identification_accuracy"]["mean"])
-    print(f"\nrecording: {s['recording']}\nreport: {s['report']} (open it in a browser)")

@@ -317,6 +317,7 @@ def build_report(
     events_tsv: str | Path | None = None,
     candidates: str | Path | None = None,
     hrf_shift_s: float = HRF_SHIFT_S,
+    extra: list[tuple[str, str]] = (),
 ) -> str:
     """The report as one HTML string.
 
@@ -332,6 +333,8 @@ def build_report(
         Candidate bank for ``events_tsv``; default the one named in the recorded settings.
     hrf_shift_s : float
         Hemodynamic delay for ``events_tsv`` blocks.
+    extra : list of (str, str)
+        Further sections (title, HTML) before the settings.
     """
     rec = Recording.load(recording)
     truth, course = None, None
@@ -353,20 +356,16 @@ def build_report(
             course = trial_time_course(rec.features, rec.tr_s, events_tsv, bank, lags)
     else:
         truth = truth_from_blocks(rec)
+    settings = html.escape(json.dumps({"recording": rec.meta, "run": rec.settings}, indent=1))
+    settings = f"<pre>{settings}</pre>" if rec.settings or rec.meta else "<p>No settings were recorded.</p>"
     sections = [
         ("Session", counts_section(rec)),
         ("Motion", motion_section(rec)),
         ("Latency", latency_section(rec)),
         ("Identification", identification_section(truth)),
         *([("Time course", time_course_section(course))] if course else []),
-        (
-            "Settings",
-            "<pre>"
-            + html.escape(json.dumps({"recording": rec.meta, "run": rec.settings}, indent=1))
-            + "</pre>"
-            if rec.settings or rec.meta
-            else "<p>No settings were recorded.</p>",
-        ),
+        *extra,
+        ("Settings", settings),
     ]
     body = "".join(
         f'<section id="{title.lower().replace(" ", "-")}"><h2>{title}</h2>{content}</section>'
@@ -386,8 +385,13 @@ def write_report(
     events_tsv: str | Path | None = None,
     candidates: str | Path | None = None,
     hrf_shift_s: float = HRF_SHIFT_S,
+    reconstructions: str | Path | None = None,
+    stimuli: str | Path | None = None,
 ) -> Path:
-    """Write :func:`build_report` to ``out`` (default: the recording's name with ``.html``)."""
+    """Write :func:`build_report` to ``out`` (default: beside the recording), with a gallery."""
+    from rtdecode.apps.report_gallery import gallery_section
+
+    extra = [("Reconstructions", gallery_section(reconstructions, stimuli))] if reconstructions else []
     out = Path(out) if out else Path(recording).with_suffix(".html")
-    out.write_text(build_report(recording, events_tsv, candidates, hrf_shift_s), encoding="utf-8")
+    out.write_text(build_report(recording, events_tsv, candidates, hrf_shift_s, extra), encoding="utf-8")
     return out

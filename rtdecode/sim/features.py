@@ -36,6 +36,9 @@ class FeatureBank:
         Array of shape (n_layers,): image-specific variation in latent units per layer.
     unit_noise_sd : float
         Independent per-unit variation of an image's features, in latent units.
+    unit_scale : dict of str to (numpy.ndarray, numpy.ndarray), optional
+        A real bank's per-unit mean and sd over its categories: the simulator works on z-scored
+        units, sessions are written back in the network's own units (:meth:`to_raw`).
     """
 
     labels: list[str]
@@ -45,6 +48,14 @@ class FeatureBank:
     mixing: dict[str, np.ndarray]
     image_sd: np.ndarray
     unit_noise_sd: float
+    unit_scale: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+
+    def to_raw(self, layer: str, features: np.ndarray) -> np.ndarray:
+        """Features of ``layer`` in the network's units (unchanged for a synthetic bank)."""
+        if self.unit_scale is None:
+            return features
+        mean, sd = self.unit_scale[layer]
+        return (features * sd + mean).astype(np.float32)
 
     @property
     def n_categories(self) -> int:
@@ -137,8 +148,10 @@ def load_feature_bank(path: str | Path) -> FeatureBank:
     """A bank of real DNN features (``features.npz`` of ``tools/extract_features.py``) for the simulator.
 
     Each layer's units are z-scored over the categories, so that the simulator's noise levels mean
-    the same for every network. Images of a category vary only by independent unit noise (the
-    real bank has no latent model); superclasses are unknown (all 0).
+    the same for every network; sessions are written in the network's units again
+    (:meth:`FeatureBank.to_raw`), so decoders predict what the network computes. Images of a
+    category vary only by independent unit noise (the real bank has no latent model);
+    superclasses are unknown (all 0).
 
     Raises
     ------
@@ -158,10 +171,10 @@ def load_feature_bank(path: str | Path) -> FeatureBank:
             f"{path}: the simulator needs {len(LAYERS)} layers with equal unit counts, got "
             f"{ {ly: f.shape[1] for ly, f in feats.items()} }"
         )
-    category_features = {}
+    category_features, scale = {}, {}
     for ly, f in feats.items():
-        sd = f.std(0)
-        category_features[ly] = ((f - f.mean(0)) / np.where(sd > 0, sd, 1.0)).astype(np.float32)
+        scale[ly] = (f.mean(0), np.where(f.std(0) > 0, f.std(0), 1.0))
+        category_features[ly] = ((f - scale[ly][0]) / scale[ly][1]).astype(np.float32)
     n = n_units.pop()
     return FeatureBank(
         labels=labels,
@@ -171,4 +184,5 @@ def load_feature_bank(path: str | Path) -> FeatureBank:
         mixing={ly: np.zeros((n, 1)) for ly in layers},
         image_sd=np.zeros(len(layers)),
         unit_noise_sd=0.3,
+        unit_scale=scale,
     )

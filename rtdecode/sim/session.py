@@ -196,9 +196,10 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
         out / "features.npz",
         labels=np.array(bank.labels),
         superclass=bank.superclass,
-        **{f"feat_{k}": v for k, v in bank.category_features.items()},
+        **{f"feat_{k}": bank.to_raw(k, v) for k, v in bank.category_features.items()},
     )
-    np.savez(out / "stimulus_features.npz", **{f"feat_{k}": v for k, v in sim["stimulus_features"].items()})
+    shown = sim["stimulus_features"]
+    np.savez(out / "stimulus_features.npz", **{f"feat_{k}": bank.to_raw(k, v) for k, v in shown.items()})
     if "latents" in sim:
         np.savez(out / "latents.npz", **sim["latents"])
     np.savez(

@@ -34,6 +34,7 @@ class SimParams:
     feature_bank: str = ""  # a features.npz of real DNN features (tools/extract_features.py); "" synthetic
     n_train_categories: int = 150
     n_test_categories: int = 50
+    test_labels: tuple[str, ...] = ()  # these categories are the test set (default: drawn at random)
     train_blocks_per_category: int = 1
     test_blocks_per_category: int = 1
     block_volumes: int = 3  # 9 s blocks at TR 3 s
@@ -115,9 +116,17 @@ def make_subject(p: SimParams) -> Subject:
         raw = bank.category_features[layer] @ weights[sel].T
         norm[0, sel], norm[1, sel] = raw.mean(0), raw.std(0)
     order = np.random.default_rng(p.subject_seed + 2000).permutation(p.n_categories)
-    n_tr, n_te = p.n_train_categories, p.n_test_categories
+    is_test = np.zeros(order.size, dtype=bool)
+    if p.test_labels:
+        if missing := sorted(set(p.test_labels) - set(bank.labels)):
+            raise ValueError(f"test_labels {missing} are not categories of the bank")
+        is_test = np.isin(np.array(bank.labels)[order], list(p.test_labels))
+    n_tr = p.n_train_categories
+    n_te = int(is_test.sum()) or p.n_test_categories
     if n_tr + n_te > p.n_categories:
         raise ValueError(f"{n_tr} training + {n_te} test categories exceed the bank's {p.n_categories}")
+    train = order[~is_test][:n_tr]
+    test = order[is_test] if is_test.any() else order[n_tr : n_tr + n_te]
     return Subject(
         phantom,
         bank,
@@ -126,8 +135,8 @@ def make_subject(p: SimParams) -> Subject:
         weights,
         gain,
         norm,
-        np.sort(order[:n_tr]),
-        np.sort(order[n_tr : n_tr + n_te]),
+        np.sort(train),
+        np.sort(test),
     )
 
 

@@ -276,7 +276,34 @@ class Status(WireMessage):
     )
 
 
-RESULTS: tuple[type[WireMessage], ...] = (Features, Ranking, Motion, Feedback, Latency, Latent, Block, Status)
+@dataclasses.dataclass(kw_only=True)
+class Reconstruction(WireMessage):
+    """An image reconstructed from a block's decoded features (``rtdecode reconstruct``, its own port)."""
+
+    kind: ClassVar[str] = "reconstruction"
+    session: str = header("string", "session id of the block")
+    series: str = header("string", "series id of the block")
+    block: int = header("integer", "block index, as in `block`")
+    label: str | None = header("string", "the category shown (from the marker)", optional=True)
+    condition: str | None = header("string", "the condition (from the marker)", optional=True)
+    seqs: list = header("list", "the volumes the block averaged")
+    method: str = header("string", "`features` (feature inversion) or `ldm` (latent diffusion img2img)")
+    roi: str | None = header("string", "`features`: the ROI whose predictions were inverted", optional=True)
+    steps: int = header("integer", "optimisation steps (`features`) or denoising steps run (`ldm`)")
+    seconds: float = header("number", "time the reconstruction took", "s")
+    lag_s: float = header("number", "from the block result's arrival to this message", "s")
+    loss: float | None = header(
+        "number", "`features`: final weighted mean over layers of 1 − r with the decoded features",
+        optional=True,
+    )  # fmt: skip
+    seed: int = header("integer", "seed of the reconstruction (same inputs and seed, same image)")
+    path: str | None = header("string", "the PNG file written (with `--out`)", optional=True)
+    png: np.ndarray = array("uint8", "[n_bytes]", "the image as a PNG file")
+
+
+RESULTS: tuple[type[WireMessage], ...] = (
+    Features, Ranking, Motion, Feedback, Latency, Latent, Block, Status, Reconstruction
+)  # fmt: skip
 INPUTS: tuple[type[WireMessage], ...] = (VolumeMessage, End)
 _BY_KIND: dict[str, type[WireMessage]] = {cls.kind: cls for cls in RESULTS + INPUTS}
 

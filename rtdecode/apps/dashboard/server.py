@@ -49,16 +49,17 @@ def _encode(update: dict) -> str | None:
 
 
 async def _run(
-    address: str, host: str, port: int, ready_file: str | Path | None, history: int, until: asyncio.Future
-) -> None:
+    address: str, host: str, port: int, ready_file: str | Path | None, history: int, until: asyncio.Future,
+    reconstructions: str | None = None,
+) -> None:  # fmt: skip
     view = SessionView(history)
     clients: set[ServerConnection] = set()
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
 
-    def pump() -> None:
-        for msg in messages(address, topics=TOPICS, stop=stop):
+    def pump(address: str, topics: tuple[str, ...]) -> None:
+        for msg in messages(address, topics=topics, stop=stop):
             loop.call_soon_threadsafe(inbox.put_nowait, msg)
 
     async def fold() -> None:
@@ -100,7 +101,13 @@ async def _run(
         finally:
             clients.discard(conn)
 
-    reader = threading.Thread(target=pump, name="dashboard-subscriber", daemon=True)
+    readers = [
+        threading.Thread(target=pump, args=(address, TOPICS), name="dashboard-subscriber", daemon=True)
+    ]
+    if reconstructions:  # rtdecode reconstruct publishes on its own address
+        readers.append(
+            threading.Thread(target=pump, args=(reconstructions, ("reconstruction",)), daemon=True)
+        )
     try:
         server = await serve(handler, host, port, process_request=http, compression=None)
     except OSError as err:  # port taken, host not an address of this machine
@@ -108,7 +115,8 @@ async def _run(
     async with server:
         bound = server.sockets[0].getsockname()
         url = f"http://{bound[0]}:{bound[1]}/"
-        reader.start()
+        for reader in readers:
+            reader.start()
         folder = asyncio.create_task(fold())
         print(f"dashboard on {url} (results from {address})", flush=True)
         if ready_file is not None:
@@ -118,7 +126,8 @@ async def _run(
         finally:
             stop.set()
             folder.cancel()
-    reader.join(2.0)
+    for reader in readers:
+        reader.join(2.0)
 
 
 def serve_dashboard(
@@ -127,6 +136,7 @@ def serve_dashboard(
     port: int = 8765,
     ready_file: str | Path | None = None,
     history: int = 600,
+    reconstructions: str | None = None,
 ) -> None:
     """Serve the dashboard until SIGTERM or Ctrl-C.
 
@@ -141,12 +151,14 @@ def serve_dashboard(
         Gets the page's URL once the server listens.
     history : int
         Volumes and blocks a late page starts with.
+    reconstructions : str, optional
+        The PUB address of ``rtdecode reconstruct``: its images are shown too.
     """
 
     async def main() -> None:
         until = asyncio.get_running_loop().create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, lambda: until.done() or until.set_result(None))
-        await _run(address, host, port, ready_file, history, until)
+        await _run(address, host, port, ready_file, history, until, reconstructions)
 
     asyncio.run(main())

@@ -7,6 +7,7 @@ the middle of a session starts with it.
 
 from __future__ import annotations
 
+import base64
 import math
 from collections import deque
 from typing import Any
@@ -17,6 +18,8 @@ from rtdecode.wire import messages as m
 
 # Topics the dashboard needs; the per-unit features and latents are not shown.
 TOPICS = ("motion", "ranking", "feedback", "latency", "block", "status")
+# Reconstructions a page that connects late still sees (each carries its PNG).
+RECONSTRUCTIONS_KEPT = 12
 
 
 # Running totals shown in the volume counter (and ``last_seq``, the last volume's index).
@@ -59,6 +62,7 @@ class SessionView:
         self.blocks: deque[dict] = deque(maxlen=history)
         self.settings: dict | None = None
         self.last_event: dict | None = None
+        self.reconstructions: deque[dict] = deque(maxlen=RECONSTRUCTIONS_KEPT)
         self._pending: dict[int, dict] = {}
 
     def add(self, msg: m.WireMessage) -> dict | None:
@@ -67,6 +71,8 @@ class SessionView:
             return self._status(msg)
         if isinstance(msg, m.Block):
             return None if msg.running else self._block(msg)
+        if isinstance(msg, m.Reconstruction):
+            return self._reconstruction(msg)
         if not isinstance(msg, m.Motion | m.Ranking | m.Feedback | m.Latency):
             return None
         seq = msg.seq
@@ -137,6 +143,20 @@ class SessionView:
         self.blocks.append(update)
         return update
 
+    def _reconstruction(self, msg: m.Reconstruction) -> dict:
+        keys = ("series", "block", "label", "method", "steps", "seconds", "lag_s", "loss")
+        update = {
+            "type": "reconstruction",
+            **{
+                k: _finite(v) if isinstance(v, float) else v
+                for k in keys
+                if (v := getattr(msg, k)) is not None
+            },
+            "png": base64.b64encode(msg.png.tobytes()).decode(),
+        }
+        self.reconstructions.append(update)
+        return update
+
     def _status(self, msg: m.Status) -> dict | None:
         h = msg.header()
         event = msg.event
@@ -162,4 +182,5 @@ class SessionView:
             "counts": dict(self.counts),
             "settings": self.settings,
             "last_event": self.last_event,
+            "reconstructions": list(self.reconstructions),
         }

@@ -212,6 +212,23 @@ function scheduleRedraw() {
   requestAnimationFrame(() => { redraw = false; showVolumes(); showTop(); showBlocks(); });
 }
 
+function onReconstruction(r) {
+  const box = $("reconstructions");
+  if (box.querySelector("p.muted")) box.textContent = "";
+  const fig = document.createElement("figure");
+  fig.className = "reconstruction";
+  const img = document.createElement("img");
+  img.src = `data:image/png;base64,${r.png}`;
+  img.alt = `block ${r.block}`;
+  const cap = document.createElement("figcaption");
+  const loss = r.loss == null ? "" : `, loss ${r.loss.toFixed(2)}`;
+  cap.textContent = `block ${r.block} ${r.label || ""}: ${r.method}, ${r.seconds.toFixed(1)} s${loss}; ` +
+    `${r.lag_s.toFixed(1)} s after the block`;
+  fig.append(img, cap);
+  box.prepend(fig);
+  while (box.children.length > 12) box.lastChild.remove();
+}
+
 function handle(update) {
   if (update.type === "snapshot") {
     state.volumes = [];
@@ -219,6 +236,9 @@ function handle(update) {
     state.blocks = update.blocks;
     if (update.settings) onStatus({ event: "connected", settings: update.settings });
     if (update.last_event) onStatus(update.last_event);
+    (update.reconstructions || []).forEach(onReconstruction);
+  } else if (update.type === "reconstruction") {
+    onReconstruction(update);
   } else if (update.type === "volume") {
     onVolume(update);
   } else if (update.type === "block") {
