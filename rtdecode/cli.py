@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", choices=["features", "ldm"], default="features")
     p.add_argument("--bank", help="features: the bank folder the decoders' features came from")
     p.add_argument("--roi", default="VC", help="features: whose decoded features to invert")
-    p.add_argument("--steps", type=int, default=150, help="features: optimisation steps")
+    p.add_argument("--steps", type=int, default=100, help="features: optimisation steps")
     p.add_argument("--time-limit-s", type=float, default=14.0, help="features: stop an image after this")
     p.add_argument("--generator", default="", help="features: MODULE:FACTORY of an image-prior generator")
     p.add_argument("--ldm", help="ldm: a Stable Diffusion v1.x folder (diffusers layout, safetensors)")

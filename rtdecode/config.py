@@ -168,6 +168,7 @@ class DemoConfig:
 
     speed: float = 20.0
     timeout_s: float = 120.0
+    reconstruct_steps: int = 100  # demo --reconstruct: feature-inversion steps per block
 
 
 @dataclass

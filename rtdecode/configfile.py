@@ -31,7 +31,7 @@ def _tcp_port_ok(address: str) -> bool:
 
 
 def _validate(cfg: Config, where: str) -> None:
-    r = cfg.run
+    r, d = cfg.run, cfg.demo
     rules = [
         (
             r.rank_precision in ("float32", "int8"),
@@ -93,6 +93,7 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.train.alpha > 0, "train.alpha", "must be > 0", cfg.train.alpha),
         (cfg.train.classifier.c >= 0, "train.classifier.c", "must be >= 0", cfg.train.classifier.c),
         (cfg.demo.speed > 0, "demo.speed", "must be > 0", cfg.demo.speed),
+        (d.reconstruct_steps >= 1, "demo.reconstruct_steps", "must be >= 1", d.reconstruct_steps),
         (r.transport in ("zmq", "lsl"), "run.transport", "must be zmq or lsl", r.transport),
         (r.blocks.hrf_shift_s >= 0, "run.blocks.hrf_shift_s", "must be >= 0", r.blocks.hrf_shift_s),
         (

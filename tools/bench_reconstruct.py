@@ -11,12 +11,13 @@ them and of training crops of the photographs that are not test images (as ``rtd
 2. *Decoded features*: the demo's simulated subject sees the training crops, decoders (VC) are
    trained, the test session with one block per test photograph is decoded by the same pipeline
    as live, and each block's averaged prediction is reconstructed.
-3. *Baseline*, in the same process: the test photographs from their true features with plain
-   pixels (no pyramid, no jitter, no total variation, no pixel penalty): what the priors buy.
+3. *Baseline*, in the same process: the test photographs from their true and from their decoded
+   features with plain pixels (no pyramid, no jitter, no total variation, no pixel penalty): what
+   the priors buy.
 
 Each reconstruction is identified among the set (pairwise, chance 0.5) by pixel correlation at
 64 x 64 and by the network's pooled final-convolution features (1,280 values, a layer the
-optimisation never sees), also after 25, 50 and 100 steps: how quality grows with time. Seconds
+optimisation never sees), also after 25, 50 and 75 steps: how quality grows with time. Seconds
 per image are wall clock on one thread.
 """
 
@@ -60,7 +61,7 @@ from rtdecode.offline.image_quality import identification, pixel_vectors, read_p
 from rtdecode.offline.train import train_session
 from rtdecode.sim.session import simulate_session, write_session
 
-CHECKPOINTS = (25, 50, 100)
+CHECKPOINTS = (25, 50, 75)
 
 
 def read_images(folder: str | Path) -> dict[str, np.ndarray]:
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", required=True, help="write the results here")
     ap.add_argument("--images", help="a folder of photographs (default: scikit-image's)")
-    ap.add_argument("--steps", type=int, default=150, help="optimisation steps per image")
+    ap.add_argument("--steps", type=int, default=InversionParams.steps, help="optimisation steps per image")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -159,13 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         inverter = FeatureInverter(spec, params, net)
         own = true_features(spec, photos, net)
         true_images, true_s, true_snaps = reconstruct_all(inverter, own, "true")
-        plain = dataclasses.replace(params, pyramid=(224,), jitter_px=0, tv_weight=0.0, l2_weight=0.0)
-        base_images, base_s, _ = reconstruct_all(
-            FeatureInverter(spec, plain, net), {n: own[n] for n in test}, "plain"
+        plain = FeatureInverter(
+            spec, dataclasses.replace(params, pyramid=(224,), jitter_px=0, tv_weight=0.0, l2_weight=0.0), net
         )
+        base_images, base_s, _ = reconstruct_all(plain, {n: own[n] for n in test}, "plain, true")
         print("decoded features: simulate, train, decode", flush=True)
         decoded = decoded_targets(work, work / "bank" / "features.npz", len(train), test)
         dec_images, dec_s, dec_snaps = reconstruct_all(inverter, decoded, "decoded")
+        base_dec_images, _, _ = reconstruct_all(plain, decoded, "plain, decoded")
         r_layers = {
             ly: float(np.mean([np.corrcoef(decoded[n][ly], own[n][ly])[0, 1] for n in decoded]))
             for ly in spec.layers
@@ -188,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
             "by_steps": {k: score(net, dec_snaps[k][0], tests) for k in CHECKPOINTS},
             "decoded_vs_true_r": r_layers,
         },
-        "baseline_plain_pixels": {**score(net, base_images, tests), "seconds_p50": float(np.median(base_s))},
+        "baseline_plain_pixels": {
+            "true_features": score(net, base_images, tests),
+            "decoded_features": score(net, base_dec_images, tests),
+            "seconds_p50": float(np.median(base_s)),
+        },
         "seconds_per_image": {
             "p50": float(np.median(seconds)),
             "p99": float(np.percentile(seconds, 99)),

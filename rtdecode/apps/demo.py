@@ -173,7 +173,8 @@ def run_demo(
         from rtdecode.apps.demo_photos import reconstructor_command
 
         waiting.append(recon_ready)
-        cmd = reconstructor_command(exe, run_cfg.output.address, recon_pub, out, recon_ready, 600)
+        steps = cfg.demo.reconstruct_steps
+        cmd = reconstructor_command(exe, run_cfg.output.address, recon_pub, out, recon_ready, 600, steps)
         procs.append(subprocess.Popen(cmd))
     if dashboard_port is not None:
         procs.append(

@@ -118,13 +118,13 @@ def prepare_photo_demo(cfg: Config, out: Path) -> tuple[Config, dict]:
 
 
 def reconstructor_command(
-    exe: list[str], address: str, publish: str, out: Path, ready: Path, timeout_s: float
+    exe: list[str], address: str, publish: str, out: Path, ready: Path, timeout_s: float, steps: int
 ) -> list[str]:
     """``rtdecode reconstruct`` for the demo: VC's features inverted, images in ``out/reconstructions``."""
     return [
         *exe, "reconstruct", "--address", address, "--publish", publish, "--bank", str(out / "bank"),
         "--out", str(out / "reconstructions"), "--until-end", "--ready-file", str(ready),
-        "--timeout", str(timeout_s),
+        "--timeout", str(timeout_s), "--steps", str(steps),
     ]  # fmt: skip
 
 
@@ -147,5 +147,5 @@ def score_reconstructions(out: Path) -> dict:
         "n_photographs": len(names),
         "seconds": {"p50": float(np.median(seconds)), "max": float(seconds.max())},
         "lag_s_max": float(max(r["lag_s"] for r in made)),
-        "steps_p50": float(np.median([r["steps"] for r in made])),
+        "iterations_p50": float(np.median([r["iterations"] for r in made])),
     }

@@ -90,7 +90,7 @@ def print_summary(s: dict) -> None:
         print(
             f"\nreconstructions (feature inversion of VC, EfficientNet-lite0): {rc['n_blocks']} blocks, "
             f"{rc['seconds']['p50']:.1f} s per image (max {rc['seconds']['max']:.1f} s, "
-            f"{rc['steps_p50']:.0f} steps); pairwise identification by pixels among the "
+            f"{rc['iterations_p50']:.0f} steps); pairwise identification by pixels among the "
             f"{rc['n_photographs']} photographs {rc['pixel_identification']:.2f} (chance 0.5)"
         )
     print(f"\nrecording: {s['recording']}\nreport: {s['report']} (open it in a browser)")

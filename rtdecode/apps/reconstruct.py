@@ -143,7 +143,7 @@ def run_reconstructor(
     address : str
         The decoder's PUB address.
     make_image : callable
-        ``(block, latents) -> (RGB uint8 image, {"steps", "seconds", "loss", "roi"})``; raises
+        ``(block, latents) -> (RGB uint8 image, {"iterations", "seconds", "loss", "roi"})``; raises
         :class:`SkipBlock` (or ``ValueError``/``KeyError``) for a block it cannot use.
     method : str
         ``features`` or ``ldm``, as published.
@@ -211,7 +211,7 @@ def _one(
         seqs=list(block.seqs),
         method=method,
         roi=info.get("roi"),
-        steps=int(info["steps"]),
+        iterations=int(info["iterations"]),
         seconds=float(info["seconds"]),
         lag_s=0.0,
         loss=info.get("loss"),
@@ -270,7 +270,7 @@ def features_method(
     def make(block: m.Block, _latents: LatentStore) -> tuple[np.ndarray, dict]:
         result = inverter.reconstruct(split_layers(block, roi, n_units))
         return result.image, {
-            "steps": result.steps,
+            "iterations": result.steps,
             "seconds": result.seconds,
             "loss": result.loss,
             "roi": roi,

@@ -38,8 +38,8 @@ def gallery_section(reconstructions: str | Path, stimuli: str | Path | None = No
         original = _img(shown[label], f"shown: {label}") if label in shown else ""
         loss = f", loss {r['loss']:.2f}" if r.get("loss") is not None else ""
         caption = (
-            f"block {r['block']} {html.escape(label)}<br>{html.escape(r['method'])}: {r['steps']} steps, "
-            f"{r['seconds']:.1f} s{loss}; ready {r['lag_s']:.1f} s after the block"
+            f"block {r['block']} {html.escape(label)}<br>{html.escape(r['method'])}: {r['iterations']} "
+            f"steps, {r['seconds']:.1f} s{loss}; ready {r['lag_s']:.1f} s after the block"
         )
         pairs.append(f'<figure class="pair">{original}{_img(Path(r["path"]), "reconstruction")}'
                      f"<figcaption>{caption}</figcaption></figure>")  # fmt: skip

@@ -61,7 +61,7 @@ class InversionParams:
     seed : int
     """
 
-    steps: int = 150
+    steps: int = 100
     learning_rate: float = 0.05
     # The lowest layer carries the layout and colour a pixel-level comparison sees.
     layer_weights: Mapping[str, float] = field(default_factory=lambda: {"stage1": 3.0})

@@ -99,7 +99,7 @@ class LdmReconstructor:
         image : numpy.ndarray
             RGB uint8, the VAE's scale times ``z``'s (8h, 8w, 3 for Stable Diffusion).
         info : dict
-            ``steps`` (denoising steps run), ``seconds``.
+            ``iterations`` (denoising steps run), ``seconds``.
 
         Raises
         ------
@@ -136,4 +136,4 @@ class LdmReconstructor:
         )
         image = np.clip(np.rint(out.images[0] * 255), 0, 255).astype(np.uint8)
         run = min(int(self.steps * self.strength), self.steps)
-        return image, {"steps": run, "seconds": time.perf_counter() - t0}
+        return image, {"iterations": run, "seconds": time.perf_counter() - t0}

@@ -289,7 +289,7 @@ class Reconstruction(WireMessage):
     seqs: list = header("list", "the volumes the block averaged")
     method: str = header("string", "`features` (feature inversion) or `ldm` (latent diffusion img2img)")
     roi: str | None = header("string", "`features`: the ROI whose predictions were inverted", optional=True)
-    steps: int = header("integer", "optimisation steps (`features`) or denoising steps run (`ldm`)")
+    iterations: int = header("integer", "optimisation steps (`features`) or denoising steps run (`ldm`)")
     seconds: float = header("number", "time the reconstruction took", "s")
     lag_s: float = header("number", "from the block result's arrival to this message", "s")
     loss: float | None = header(

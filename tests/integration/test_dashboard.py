@@ -1,5 +1,6 @@
 """The live dashboard: its view of the message stream, and the page in a real headless Chromium."""
 
+import base64
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from rtdecode.apps.dashboard.view import SessionView
 from rtdecode.config import FeedbackConfig
 from rtdecode.io.nifti import read_events
 from rtdecode.transport.zmq import Subscriber
+from rtdecode.wire import messages as m
 
 
 def _msg(topic, header, arrays=None):
@@ -251,6 +253,46 @@ def test_dashboard_serves_its_page_and_refuses_other_origins(tmp_path):
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert taken.returncode == 2 and f"cannot serve the dashboard on 127.0.0.1:{port}" in taken.stderr
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_dashboard_shows_the_reconstructors_images(tmp_path):
+    """Reconstructions from rtdecode reconstruct's own address reach the page, live and in the snapshot."""
+    from websockets.sync.client import connect
+
+    from rtdecode.transport.zmq import Publisher
+
+    ready, recon_addr = tmp_path / "ready", free_address()
+    png = np.frombuffer(b"\x89PNG\r\n\x1a\n" + bytes(range(40)), dtype=np.uint8)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rtdecode", "dashboard", "--address", free_address(), "--port", "0",
+         "--ready-file", str(ready), "--reconstructions", recon_addr],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait(ready.exists, 60, "the dashboard did not start")
+        url = ready.read_text().strip()
+        ws_url = url.replace("http://", "ws://") + "ws"
+        with Publisher(recon_addr) as pub, connect(ws_url) as ws:
+            assert json.loads(ws.recv(10))["reconstructions"] == []
+            msg = m.Reconstruction(session="s", series="r", block=4, label="coffee", seqs=[12, 13, 14],
+                                      method="features", roi="VC", iterations=150, seconds=12.5, lag_s=14.0,
+                                      loss=0.31, seed=0, png=png)  # fmt: skip
+            update = None
+            deadline = time.monotonic() + 30
+            while update is None and time.monotonic() < deadline:  # until the subscription is live
+                pub.publish(msg)
+                try:
+                    update = json.loads(ws.recv(0.5))
+                except TimeoutError:
+                    pass
+        assert update["type"] == "reconstruction" and update["block"] == 4 and update["label"] == "coffee"
+        assert base64.b64decode(update["png"]) == png.tobytes() and update["seconds"] == 12.5
+        with connect(ws_url) as ws:  # a page opened later gets it in its snapshot
+            snap = json.loads(ws.recv(10))
+        assert snap["reconstructions"][-1]["png"] == update["png"]
     finally:
         proc.terminate()
         assert proc.wait(10) == 0

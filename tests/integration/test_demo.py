@@ -6,9 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import ARTIFACTS, open_page, page_errors
 
 from rtdecode.apps.report import Recording, truth_from_blocks
+from rtdecode.io.nifti import read_events
 
 
 @pytest.fixture(scope="module", params=["zmq", "lsl"])
@@ -93,3 +95,28 @@ def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, bro
     browser.set_window_size(1100, 4200)
     assert browser.save_screenshot(str(ARTIFACTS / f"report-{transport}.png"))
     browser.set_window_size(1800, 1100)
+
+
+def test_the_demo_reconstructs_each_block_of_photographs(tmp_path):
+    """``demo --reconstruct`` on a coarse brain, few steps: each block becomes an image in the report."""
+    pytest.importorskip("efficientnet_lite_pytorch", reason="reconstruction needs the torch extra")
+    cfg = tmp_path / "demo.yaml"
+    small = {"simulate": {"shape": [32, 32, 18], "voxel_size_mm": 6.0}, "demo": {"reconstruct_steps": 8}}
+    cfg.write_text(yaml.safe_dump(small))
+    summary, out = tmp_path / "summary.json", tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtdecode", "demo", "--reconstruct", "-c", str(cfg), "--out", str(out),
+         "--summary", str(summary)],
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rc = json.loads(summary.read_text())["reconstruction"]
+    assert rc["n_blocks"] == rc["n_photographs"] == 8 and rc["iterations_p50"] == 8
+    assert 0 <= rc["pixel_identification"] <= 1 and rc["seconds"]["max"] > 0
+    made = [json.loads(line) for line in (out / "reconstructions" / "index.jsonl").read_text().splitlines()]
+    shown = [e["category_label"] for e in read_events(out / "test" / "events.tsv")]
+    assert [r["label"] for r in made] == shown and [r["block"] for r in made] == list(range(8))
+    page = (out / "report.html").read_text()
+    assert '<section id="reconstructions">' in page and page.count('class="pair"') == 8
+    assert page.count("data:image/png;base64,") == 16  # each photograph beside its reconstruction
+    assert "reconstructions (feature inversion of VC" in proc.stdout

@@ -102,7 +102,7 @@ def test_z_and_c_reach_the_model_with_the_strength_schedule(tiny_sd):
     assert ldm.pipe.vae_scale_factor == 2  # two VAE blocks here; Stable Diffusion's four give 8
     assert image.shape == (16, 16, 3) and image.dtype == np.uint8
     # strength 0.5 of 10 steps: the last 5 run, each on [unconditional, conditional] (guidance).
-    assert info["steps"] == 5 and len(calls) == 5
+    assert info["iterations"] == 5 and len(calls) == 5
     for ehs in calls:
         assert ehs.shape == (2, 77, TEXT_DIM) and ehs.dtype == torch.float32
         np.testing.assert_array_equal(ehs[1].numpy(), c)  # c is the prompt embedding
@@ -192,5 +192,6 @@ def test_the_subscriber_reconstructs_blocks_from_latent_messages(tiny_sd, tmp_pa
     kinds = [x.header["kind"] for x in got]
     assert kinds == ["reconstruction", "status"]
     rec = m.parse(got[0])
-    assert rec.method == "ldm" and rec.steps == 2 and rec.label == "a" and rec.png[:4].tobytes() == b"\x89PNG"
+    assert rec.method == "ldm" and rec.iterations == 2 and rec.label == "a"
+    assert rec.png[:4].tobytes() == b"\x89PNG"
     assert "no latent targets" in got[1].header["reason"]

@@ -207,7 +207,8 @@ def test_the_subscriber_survives_bad_blocks_and_a_restarted_decoder(bank, tmp_pa
     for expected in ("need (1,", "non-finite", "no prediction", "'VC' not decoded", "conv9"):
         assert expected in reasons
     first = recons[0]
-    assert first.method == "features" and first.roi == "VC" and first.steps == 3 and first.label == "cat0"
+    assert first.method == "features" and first.roi == "VC" and first.label == "cat0"
+    assert first.iterations == 3
     assert first.png[:8].tobytes() == b"\x89PNG\r\n\x1a\n" and first.lag_s >= first.seconds > 0
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [(i["series"], i["block"]) for i in index] == [("run-01", 0), ("run-02", 7)]

@@ -144,7 +144,7 @@ class SessionView:
         return update
 
     def _reconstruction(self, msg: m.Reconstruction) -> dict:
-        keys = ("series", "block", "label", "method", "steps", "seconds", "lag_s", "loss")
+        keys = ("series", "block", "label", "method", "iterations", "seconds", "lag_s", "loss")
         update = {
             "type": "reconstruction",
             **{
