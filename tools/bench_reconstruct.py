@@ -3,9 +3,9 @@
     python tools/bench_reconstruct.py --json bench-reconstruct.json [--images DIR] [--steps 150]
 
 Photographs: ``--images DIR`` (every .jpg/.jpeg/.png under it, named by file), default
-scikit-image's 16. A bank of EfficientNet-lite0 features (500 sampled units per layer) is made of
-them and of training crops of the photographs that are not test images (as ``rtdecode demo
---reconstruct`` does; test images: the demo's, or every other photograph of ``DIR``).
+scikit-image's 16. The bank of EfficientNet-lite0 features (500 sampled units per layer) is the
+demo's (``rtdecode demo --reconstruct``): the test photographs (the demo's, or every other
+photograph of ``DIR``) and training crops of the others.
 
 1. *True features*: each photograph is reconstructed from its own features of the sampled units.
 2. *Decoded features*: the demo's simulated subject sees the training crops, decoders (VC) are
@@ -145,14 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     photos = read_images(args.images) if args.images else skimage_photos(grey=True)
     test = tuple(sorted(photos)[::2]) if args.images else TEST_PHOTOS
-    train, _ = photo_stimuli(photos, test)
+    train, tests = photo_stimuli(photos, test)
     net = Network()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        print(f"bank: {len(photos)} photographs and {len(train)} training crops", flush=True)
+        # The demo's bank exactly (training crops and test photographs): the same simulated subject.
+        print(f"bank: {len(tests)} test photographs and {len(train)} training crops", flush=True)
         write_bank(
             work / "bank",
-            extract_bank({k: [v] for k, v in {**train, **photos}.items()}, PHOTO_UNITS, 0, net),
+            extract_bank({k: [v] for k, v in {**train, **tests}.items()}, PHOTO_UNITS, 0, net),
             0,
         )
         spec = BankSpec.load(work / "bank")
@@ -172,7 +173,6 @@ def main(argv: list[str] | None = None) -> int:
             ly: float(np.mean([np.corrcoef(decoded[n][ly], own[n][ly])[0, 1] for n in decoded]))
             for ly in spec.layers
         }
-    tests = {n: photos[n] for n in test}
     seconds = np.array(true_s + dec_s)
     result = {
         "images": len(photos),

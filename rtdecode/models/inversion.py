@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from rtdecode.errors import ConfigError
-from rtdecode.models.cnn import IMAGE_SIZE, BankSpec, Network, to_image
+from rtdecode.models.cnn import IMAGE_SIZE, BankSpec, Network, to_image, to_input
 
 PYRAMID = (7, 14, 28, 56, 112, 224)
 
@@ -250,8 +250,6 @@ def _tv(x: torch.Tensor) -> torch.Tensor:
 
 def true_features(spec: BankSpec, images: Mapping[str, np.ndarray], network: Network) -> dict[str, dict]:
     """Each image's own features of the bank's sampled units: ``{name: {layer: (n_units,)}}``."""
-    from rtdecode.models.cnn import to_input
-
     out = {}
     with torch.no_grad():
         for name, img in images.items():
