@@ -9,8 +9,10 @@ photograph of ``DIR``) and training crops of the others.
 
 1. *True features*: each photograph is reconstructed from its own features of the sampled units.
 2. *Decoded features*: the demo's simulated subject sees the training crops, decoders (VC) are
-   trained, the test session with one block per test photograph is decoded by the same pipeline
-   as live, and each block's averaged prediction is reconstructed.
+   trained, a test session with ``--repeats`` blocks per test photograph (default 4) is decoded
+   by the same pipeline as live, and each photograph's prediction, averaged over its blocks as
+   Shen et al. (2019) average a test image's repetitions, is reconstructed (``--repeats 1``: one
+   block, as ``rtdecode demo --reconstruct`` reconstructs live).
 3. *Baseline*, in the same process: the test photographs from their true and from their decoded
    features with plain pixels (no pyramid, no jitter, no total variation, no pixel penalty): what
    the priors buy.
@@ -112,10 +114,12 @@ def reconstruct_all(
     return images, seconds, snaps
 
 
-def decoded_targets(work: Path, bank_npz: Path, n_train: int, test: tuple[str, ...]) -> dict[str, dict]:
+def decoded_targets(
+    work: Path, bank_npz: Path, n_train: int, test: tuple[str, ...], repeats: int
+) -> dict[str, dict]:
     """The demo subject's decoded block features of each test photograph (VC), as decoded live."""
     cfg = photo_config(load_config(None))
-    overrides = photo_sim_overrides(bank_npz, n_train, test)
+    overrides = {**photo_sim_overrides(bank_npz, n_train, test), "test_blocks_per_category": repeats}
     p_train = sim_params(cfg, kind="train", seed=1, **overrides)
     p_test = sim_params(cfg, kind="test", seed=2, **overrides)
     sim = simulate_session(p_train)
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", help="a folder of photographs (default: scikit-image's)")
     ap.add_argument("--steps", type=int, default=InversionParams.steps, help="optimisation steps per image")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--repeats", type=int, default=4, help="blocks per test photograph, averaged (1: as live)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.monotonic()
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         base_images, base_s, _ = reconstruct_all(plain, {n: own[n] for n in test}, "plain, true")
         print("decoded features: simulate, train, decode", flush=True)
-        decoded = decoded_targets(work, work / "bank" / "features.npz", len(train), test)
+        decoded = decoded_targets(work, work / "bank" / "features.npz", len(train), test, args.repeats)
         dec_images, dec_s, dec_snaps = reconstruct_all(inverter, decoded, "decoded")
         base_dec_images, _, _ = reconstruct_all(plain, decoded, "plain, decoded")
         r_layers = {
@@ -178,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         "images": len(photos),
         "test_images": list(test),
         "steps": args.steps,
+        "repeats": args.repeats,
         "true_features": {
             **score(net, true_images, photos),
             "by_steps": {

@@ -5,9 +5,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import yaml
 from rtdecode.apps.demo_summary import live_block_summary, print_summary
 from rtdecode.apps.report import write_report
 from rtdecode.apps.simulate import stream_session
-from rtdecode.config import Config, to_dict
+from rtdecode.config import Config, FeedbackConfig, to_dict
 from rtdecode.errors import ConfigError
 from rtdecode.io.nifti import read_events
 from rtdecode.models.bank import CandidateBank
@@ -74,7 +76,8 @@ def run_demo(
     With ``transport="lsl"`` the simulated scanner streams over LSL, the simulated stimulus
     software sends block markers over LSL, and the decoder publishes on LSL too and decodes each
     marked block live. With ``dashboard_port``, the dashboard is served on that port while the
-    session streams (after a 10 s pause to open it) and until Ctrl-C once the demo is done. With
+    session streams (after a 10 s pause to open it) and until Ctrl-C once the demo is done, over
+    LSL with stimulus markers and a feedback score, so that every panel has data. With
     ``imagery``, an imagery run of the test categories is decoded and scored too
     (:mod:`rtdecode.apps.demo_imagery`). With ``reconstruct``, the subject sees real photographs,
     blocks are decoded live from LSL markers, and ``rtdecode reconstruct`` turns each into an image
@@ -85,6 +88,8 @@ def run_demo(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.monotonic()
+    if threading.current_thread() is threading.main_thread():  # SIGTERM as Ctrl-C: children stop too
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     timings = {}
 
     def step(msg: str) -> None:
@@ -97,6 +102,8 @@ def run_demo(
         step("EfficientNet-lite0 features of scikit-image's photographs and of crops of other ones")
         cfg, overrides = prepare_photo_demo(cfg, out)
         transport = "lsl"  # the blocks to reconstruct are decoded live from stimulus markers
+    if dashboard_port is not None:
+        transport = "lsl"  # every panel of the page has something to show: blocks need markers
     p_train = sim_params(cfg, kind="train", seed=1, **overrides)
     p_test = sim_params(cfg, kind="test", seed=2, **overrides)
     step(
@@ -122,6 +129,10 @@ def run_demo(
     if transport == "lsl":
         run_cfg.lsl = dataclasses.replace(run_cfg.lsl, outputs=True)
         run_cfg.blocks = dataclasses.replace(run_cfg.blocks, enabled=True, hrf_shift_s=cfg.train.hrf_shift_s)
+    if dashboard_port is not None and not run_cfg.feedback:  # ... and a feedback score
+        roi = "VC" if "VC" in bundle.roi_names else bundle.roi_names[-1]
+        target = read_events(out / "test" / "events.tsv")[0]["category_label"]
+        run_cfg.feedback = [FeedbackConfig(name="content", roi=roi, layer=bundle.layers[-1], target=target)]
     run_cfg.input = dataclasses.replace(run_cfg.input, address=free_tcp_address(), bind=True)
     run_cfg.output = dataclasses.replace(run_cfg.output, address=free_tcp_address(), bind=True)
     cfg_path = out / "run.yaml"

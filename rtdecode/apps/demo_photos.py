@@ -78,22 +78,23 @@ def decoded_blocks(
     features: dict[tuple[str, str], np.ndarray], seqs: np.ndarray, tr_s: float, events_tsv: str | Path,
     hrf_shift_s: float, roi: str = "VC",
 ) -> dict[str, dict[str, np.ndarray]]:  # fmt: skip
-    """Each test block's averaged prediction per layer, by the category shown: ``{label: {layer: units}}``.
+    """The averaged prediction per layer of each category's test blocks: ``{label: {layer: units}}``.
 
     ``features`` are per-volume predictions (NaN rows where not decoded) as a recording or the
-    subscriber's file holds them, ``seqs`` their volume indices.
+    subscriber's file holds them, ``seqs`` their volume indices. A category shown in several
+    blocks gets the mean of its blocks (Shen et al. 2019 average the repetitions of a test image).
     """
     events = [e for e in read_events(events_tsv) if e.get("trial_type", "stimulus") == "stimulus"]
     onsets = np.array([float(e["onset"]) for e in events])
     duration = float(events[0]["duration"])
-    out: dict[str, dict[str, np.ndarray]] = {}
+    rows: dict[str, dict[str, list[np.ndarray]]] = {}
     for (r, layer), f in features.items():
         if r != roi:
             continue
         avg, kept = block_average(f, seqs * tr_s, onsets, duration, hrf_shift_s)
         for row, b in zip(avg, kept):
-            out.setdefault(events[b]["category_label"], {})[layer] = row
-    return out
+            rows.setdefault(events[b]["category_label"], {}).setdefault(layer, []).append(row)
+    return {label: {ly: np.mean(r, axis=0) for ly, r in layers.items()} for label, layers in rows.items()}
 
 
 def prepare_photo_demo(cfg: Config, out: Path) -> tuple[Config, dict]:

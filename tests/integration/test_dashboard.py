@@ -296,3 +296,45 @@ def test_dashboard_shows_the_reconstructors_images(tmp_path):
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
+
+
+def test_a_killed_decoder_stops_looking_live(experiment, tmp_path, browser, run_decoder):
+    """SIGKILL the decoder: within two heartbeats the page says it is silent; restarted, it is live."""
+    cfg = small_config()
+    cfg.run.bundle = str(experiment / "decoder")
+    cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
+    cfg.run.heartbeat_s = 0.5
+    ready = tmp_path / "dashboard.ready"
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "rtdecode", "dashboard", "--address", cfg.run.output.address, "--port", "0",
+         "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        decoder = run_decoder(cfg)
+        _wait(ready.exists, 60, "the dashboard did not start")
+        open_page(browser, ready.read_text().strip())
+        _wait(
+            lambda: _text(browser, "connection") == "live",
+            60,
+            "the decoder's heartbeats did not reach the page",
+        )
+        assert _text(browser, "decoder") == "decoder: idle, waiting for volumes"
+        decoder.kill()
+        killed = time.monotonic()
+        _wait(
+            lambda: _text(browser, "connection").startswith("decoder silent"),
+            30,
+            "a dead decoder looked live",
+        )
+        noticed = time.monotonic() - killed
+        # Two heartbeat periods of silence, plus the page's 0.25 s check and the relay.
+        assert noticed < 2 * cfg.run.heartbeat_s + 1.5, noticed
+        assert _text(browser, "connection").startswith("decoder silent for ")
+        assert _text(browser, "decoder") == "decoder: not heard"
+        assert "bad" in browser.find_element("id", "connection").get_attribute("class")
+        run_decoder(cfg)  # restarted on the same address
+        _wait(lambda: _text(browser, "connection") == "live", 60, "a restarted decoder did not look live")
+        assert page_errors(browser) == []
+    finally:
+        dashboard.terminate()
+        dashboard.wait(10)

@@ -3,9 +3,12 @@
 
 const WINDOW = 150;  // volumes shown in the rolling charts
 const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf"];
-const MOTION_NAMES = ["tx mm", "ty mm", "tz mm", "rx °", "ry °", "rz °"];
+const MOTION_NAMES = ["tx", "ty", "tz", "rx", "ry", "rz"];
 
-const state = { volumes: [], blocks: [], lastTop: null, roi: null, layer: null, fdThreshold: null, settings: null };
+const state = {
+  volumes: [], blocks: [], lastTop: null, roi: null, layer: null, fdThreshold: null, settings: null,
+  socketOpen: false, lastHeard: null, lastVolumeAt: null, stopped: false,
+};
 
 const $ = (id) => document.getElementById(id);
 const fmt = (v, digits = 2) => (v === null || v === undefined || Number.isNaN(v) ? "–" : Number(v).toFixed(digits));
@@ -17,19 +20,37 @@ function median(values) {
   return v.length % 2 ? v[m] : (v[m - 1] + v[m]) / 2;
 }
 
-// A line chart of several series over volume indices, with an optional horizontal line.
+// Ticks at 1, 2 or 5 times a power of ten, about n of them, covering [lo, hi].
+function niceTicks(lo, hi, n = 4) {
+  const raw = (hi - lo) / n;
+  const mag = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((k) => k * mag).find((st) => st >= raw) || 10 * mag;
+  const ticks = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
+  return { ticks, step };
+}
+
+function tickText(v, step) {
+  const digits = Math.max(0, -Math.floor(Math.log10(step)));
+  return Math.abs(v) >= 1e4 ? v.toExponential(1) : v.toFixed(digits);
+}
+
+// A line chart over volume indices: titled axes with units, readable ticks, censored volumes shaded,
+// and a quiet reference line (a threshold or the deadline) that is named, not alarming.
 function lineChart(canvas, xs, series, opts = {}) {
   const ctx = canvas.getContext("2d");
-  const w = canvas.width, h = canvas.height, left = 46, right = 8, top = opts.top ?? 16, bottom = 18;
+  const w = canvas.width, h = canvas.height, left = 54, right = 8, top = opts.top ?? 16, bottom = 30;
   ctx.clearRect(0, 0, w, h);
   ctx.font = "11px system-ui, sans-serif";
   const all = series.flatMap((s) => s.values).filter((v) => v !== null && Number.isFinite(v));
-  // A threshold far above the data (a 2 s deadline over 30 ms latencies) would flatten it: say so instead.
-  let hline = opts.hline ?? null;
-  const offScale = hline !== null && all.length && hline > 3 * Math.max(...all);
-  if (offScale) hline = null;
-  if (hline !== null) all.push(hline);
+  // A reference far above the data (a 2 s deadline over 30 ms latencies) would flatten it: name it instead.
+  let ref = opts.ref ?? null;
+  const offScale = ref !== null && all.length && ref > 3 * Math.max(...all);
+  if (offScale) ref = null;
+  if (ref !== null) all.push(ref);
   if (opts.yMin !== undefined) all.push(opts.yMin);
+  ctx.save(); ctx.translate(11, (top + h - bottom) / 2); ctx.rotate(-Math.PI / 2);
+  ctx.fillStyle = "#556"; ctx.textAlign = "center"; ctx.fillText(opts.yLabel || "", 0, 0); ctx.restore();
   if (!all.length || !xs.length) {
     ctx.fillStyle = "#889";
     ctx.fillText("waiting for volumes", left, h / 2);
@@ -40,20 +61,30 @@ function lineChart(canvas, xs, series, opts = {}) {
   const x0 = xs[0], x1 = Math.max(xs[xs.length - 1], x0 + 1);
   const X = (x) => left + ((x - x0) / (x1 - x0)) * (w - left - right);
   const Y = (y) => top + (1 - (y - lo) / (hi - lo)) * (h - top - bottom);
-  ctx.strokeStyle = "#ccd"; ctx.fillStyle = "#556"; ctx.lineWidth = 1;
-  for (const v of [lo, (lo + hi) / 2, hi]) {
+  (opts.censored || []).forEach((c, j) => {  // censored volumes: a light band
+    if (!c) return;
+    ctx.fillStyle = "rgba(224, 67, 59, 0.15)";
+    ctx.fillRect(X(xs[j]) - 2, top, 4, h - top - bottom);
+  });
+  ctx.strokeStyle = "#dde"; ctx.fillStyle = "#556"; ctx.lineWidth = 1; ctx.textAlign = "right";
+  const yt = niceTicks(lo, hi);
+  for (const v of yt.ticks) {
     ctx.beginPath(); ctx.moveTo(left, Y(v)); ctx.lineTo(w - right, Y(v)); ctx.stroke();
-    ctx.fillText(v.toPrecision(3), 2, Y(v) + 4);
+    ctx.fillText(tickText(v, yt.step), left - 4, Y(v) + 4);
   }
-  ctx.fillText(String(x0), left, h - 4);
-  ctx.fillText(String(xs[xs.length - 1]), w - right - 30, h - 4);
-  if (hline !== null) {
-    ctx.strokeStyle = "#e0433b"; ctx.setLineDash([5, 4]);
-    ctx.beginPath(); ctx.moveTo(left, Y(hline)); ctx.lineTo(w - right, Y(hline)); ctx.stroke();
+  ctx.textAlign = "center";
+  const xt = niceTicks(x0, x1, 6);
+  for (const v of xt.ticks.filter((t) => Number.isInteger(t))) ctx.fillText(String(v), X(v), h - bottom + 13);
+  ctx.fillText(opts.xLabel || `volume (last ${xs.length} of the window of ${WINDOW})`, (left + w) / 2, h - 3);
+  ctx.textAlign = "left";
+  if (ref !== null) {
+    ctx.strokeStyle = "#99a"; ctx.setLineDash([5, 4]);
+    ctx.beginPath(); ctx.moveTo(left, Y(ref)); ctx.lineTo(w - right, Y(ref)); ctx.stroke();
     ctx.setLineDash([]);
+    ctx.fillStyle = "#778"; ctx.fillText(opts.refName || "", w - right - 110, Y(ref) - 3);
   } else if (offScale) {
-    ctx.fillStyle = "#e0433b";
-    ctx.fillText(`limit ${opts.hline.toPrecision(4)} above the chart`, w / 2 - 60, h - 4);
+    ctx.fillStyle = "#778";
+    ctx.fillText(`${opts.refName || "reference"} ${opts.ref.toPrecision(4)}: off the scale above`, left + 4, top + 10);
   }
   let legendX = left, legendY = 11;
   series.forEach((s, i) => {
@@ -120,7 +151,8 @@ function showTop() {
   fillSelect($("layer"), top.layers, state.layer);
   state.roi = $("roi").value; state.layer = $("layer").value;
   const r = top.rois.indexOf(state.roi), l = top.layers.indexOf(state.layer);
-  setText("topk-seq", top.seq);
+  setText("topk-seq", top.censored ? `${top.seq} (censored: FD above the threshold)` : top.seq);
+  $("topk-seq").className = top.censored ? "bad" : "";
   fillTable($("topk").tBodies[0], topRows(top.labels[r][l], top.scores[r][l]));
 }
 
@@ -146,19 +178,23 @@ function showVolumes() {
   setText("series", `series ${last.series}, volume ${last.seq}`);
   const xs = vols.map((v) => v.seq);
   const motion = vols.map((v) => v.motion || [null, null, null, null, null, null]);
-  lineChart($("motion-chart"), xs, MOTION_NAMES.map((name, i) => ({ name, values: motion.map((m) => m[i]) })));
+  const censored = vols.map((v) => !!v.censored);
+  const axis = (i) => ({ name: MOTION_NAMES[i], values: motion.map((m) => m[i]) });
+  lineChart($("motion-chart"), xs, [0, 1, 2].map(axis), { yLabel: "translation (mm)", censored });
+  lineChart($("rotation-chart"), xs, [3, 4, 5].map(axis), { yLabel: "rotation (°)", censored });
   const threshold = last.fd_threshold_mm ?? state.fdThreshold;
-  lineChart($("fd-chart"), xs, [{ name: "FD mm", values: vols.map((v) => v.fd_mm ?? null) }], { hline: threshold, yMin: 0 });
+  lineChart($("fd-chart"), xs, [{ name: "FD", values: vols.map((v) => v.fd_mm ?? null) }],
+    { ref: threshold, refName: "censoring threshold", yMin: 0, yLabel: "FD (mm)", censored });
   setText("fd-last", fmt(last.fd_mm, 3));
   setText("fd-threshold", fmt(threshold, 2));
   $("fd-last").className = last.censored ? "bad" : "ok";
-  setText("motion-last", last.motion ? MOTION_NAMES.map((n, i) => `${n.split(" ")[0]} ${fmt(last.motion[i], 2)}`).join("  ") : "");
+  setText("motion-last", last.motion ? MOTION_NAMES.map((n, i) => `${n} ${fmt(last.motion[i], 2)}${i < 3 ? " mm" : "°"}`).join("  ") : "");
   const stages = Object.keys(last.latency_ms);
   const steps = stages.filter((s) => s !== "end_to_end");
   const stageName = (s) => (s === "acquired->file_complete" ? "scanner → file complete" : s.replace("->", " → "));
   lineChart($("latency-chart"), xs, [...steps, "end_to_end"].map((s) => ({
     name: stageName(s), values: vols.map((v) => v.latency_ms[s] ?? null), color: s === "end_to_end" ? "#1d2430" : undefined,
-  })), { hline: last.tr_ms, yMin: 0, top: 30 });
+  })), { ref: last.tr_ms, refName: "deadline (TR)", yMin: 0, top: 30, yLabel: "latency (ms)", censored });
   setText("e2e-last", fmt(last.e2e_ms, 1));
   setText("export-last", fmt(last.export_ms, 1));
   setText("own-last", fmt(last.latency_ms.rtdecode, 1));
@@ -180,22 +216,23 @@ function showVolumes() {
       span.textContent = `${n} ${fmt((last.feedback || {})[n], 2)}`;
       return span;
     }));
-    lineChart($("feedback-chart"), xs, names.map((n) => ({ name: n, values: vols.map((v) => (v.feedback || {})[n] ?? null) })));
+    lineChart($("feedback-chart"), xs, names.map((n) => ({ name: n, values: vols.map((v) => (v.feedback || {})[n] ?? null) })),
+      { yLabel: "score", censored });
   }
 }
 
 function onVolume(v, live = true) {
-  setText("decoder", "decoder: decoding");
+  if (live) state.lastVolumeAt = Date.now();
   // Acquisition (the scanner's wall clock) to this page; meaningful when both clocks agree.
   v.screen_lag_ms = live && v.acq_time_s ? Date.now() - 1000 * v.acq_time_s : null;
   state.volumes.push(v);
   if (state.volumes.length > WINDOW) state.volumes.shift();
-  if (v.top) state.lastTop = { ...v.top, seq: v.seq };
+  if (v.top) state.lastTop = { ...v.top, seq: v.seq, censored: !!v.censored };
 }
 
 function onStatus(s) {
-  if (s.event === "heartbeat") { setText("decoder", "decoder: idle, waiting for volumes"); return; }
-  if (s.event === "stopped") setText("decoder", "decoder: stopped");
+  if (s.event === "heartbeat") return;
+  if (s.event === "stopped" || s.event === "started") state.stopped = s.event === "stopped";
   if (s.settings) {
     state.settings = s.settings;
     if (s.settings.motion) state.fdThreshold = s.settings.motion.fd_threshold_mm;
@@ -229,7 +266,28 @@ function onReconstruction(r) {
   while (box.children.length > 12) box.lastChild.remove();
 }
 
+// "live" means the decoder is heard: its heartbeats (every run.heartbeat_s) or results keep arriving.
+// Two heartbeat periods of silence and the page says so and greys its charts; "decoding" means a
+// volume came within two TRs (at a real TR of 2-3 s volumes are seconds apart).
+function liveness() {
+  if (!state.socketOpen) return;
+  const conn = $("connection");
+  const beat = (state.settings && state.settings.heartbeat_s) || 0.5;
+  const silent = state.lastHeard === null ? null : (Date.now() - state.lastHeard) / 1000;
+  const quiet = state.stopped || silent === null || silent > 2 * beat;
+  if (state.stopped) conn.textContent = "decoder stopped";
+  else if (silent === null) conn.textContent = "waiting for the decoder";
+  else conn.textContent = quiet ? `decoder silent for ${silent.toFixed(1)} s` : "live";
+  conn.className = quiet ? "bad" : "ok";
+  document.body.classList.toggle("stale", quiet && state.volumes.length > 0);
+  const last = state.volumes[state.volumes.length - 1];
+  const tr = last && last.tr_ms ? last.tr_ms : 0;
+  const recent = state.lastVolumeAt !== null && Date.now() - state.lastVolumeAt < 2 * tr + 500;
+  setText("decoder", quiet ? "decoder: not heard" : recent ? "decoder: decoding" : "decoder: idle, waiting for volumes");
+}
+
 function handle(update) {
+  if (update.type !== "snapshot" && update.type !== "reconstruction") state.lastHeard = Date.now();
   if (update.type === "snapshot") {
     state.volumes = [];
     update.volumes.slice(-WINDOW).forEach((v) => onVolume(v, false));
@@ -252,10 +310,11 @@ function handle(update) {
 
 function connect() {
   const ws = new WebSocket(`ws://${location.host}/ws`);
-  ws.onopen = () => { setText("connection", "live"); $("connection").className = "ok"; };
+  ws.onopen = () => { state.socketOpen = true; liveness(); };
   ws.onmessage = (e) => handle(JSON.parse(e.data));
   ws.onclose = () => {
-    setText("connection", "disconnected, retrying…"); $("connection").className = "bad";
+    state.socketOpen = false;
+    setText("connection", "dashboard disconnected, retrying…"); $("connection").className = "bad";
     setTimeout(connect, 1000);
   };
 }
@@ -263,3 +322,4 @@ function connect() {
 $("roi").addEventListener("change", () => { state.roi = $("roi").value; scheduleRedraw(); });
 $("layer").addEventListener("change", () => { state.layer = $("layer").value; scheduleRedraw(); });
 connect();
+setInterval(liveness, 250);
