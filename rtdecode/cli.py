@@ -142,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hrf-shift-s", type=float, default=HRF_SHIFT_S, help="hemodynamic delay of --events (s)")
     p.add_argument("--reconstructions", help="a folder of rtdecode reconstruct --out: show its images")
     p.add_argument("--stimuli", help="a folder of <label>.png: the images shown, beside the reconstructions")
+    p.add_argument("--bold", help="the series as 4-D NIfTI, for the data images (if not recorded)")
     p.set_defaults(func=commands.report)
 
     p = sub.add_parser("offline", help="run the pipeline as a batch over a recorded series")

@@ -190,7 +190,7 @@ def report(args: argparse.Namespace) -> None:
 
     out = write_report(
         args.recording, args.out, args.events, args.candidates, args.hrf_shift_s, args.reconstructions,
-        args.stimuli,
+        args.stimuli, args.bold,
     )  # fmt: skip
     print(f"wrote {out}")
 

@@ -125,7 +125,11 @@ def run_demo(
     timings["train_s"] = time.monotonic() - t
     step(f"trained {len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers in {timings['train_s']:.1f} s")
 
-    run_cfg = dataclasses.replace(cfg.run, bundle=str(out / "decoder"), candidates="", transport=transport)
+    # The photo demo's decoder ranks the test photographs (GOD: not the training categories).
+    candidates = str(out / "bank" / "test-candidates.npz") if reconstruct else ""
+    run_cfg = dataclasses.replace(
+        cfg.run, bundle=str(out / "decoder"), candidates=candidates, transport=transport
+    )
     if transport == "lsl":
         run_cfg.lsl = dataclasses.replace(run_cfg.lsl, outputs=True)
         run_cfg.blocks = dataclasses.replace(run_cfg.blocks, enabled=True, hrf_shift_s=cfg.train.hrf_shift_s)
@@ -241,6 +245,7 @@ def run_demo(
             cfg.train.hrf_shift_s,
             reconstructions=out / "reconstructions" if reconstruct else None,
             stimuli=out / "stimuli" if reconstruct else None,
+            bold=out / "test" / "bold.nii",
         )
         summary = evaluate_demo(out, results, p_test, cfg, n_sent)
         if reconstruct:

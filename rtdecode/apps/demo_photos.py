@@ -98,20 +98,25 @@ def decoded_blocks(
 
 
 def prepare_photo_demo(cfg: Config, out: Path) -> tuple[Config, dict]:
-    """Write the photo bank (``out/bank``) and the test photographs (``out/stimuli/<name>.png``).
+    """Write the photo bank, the test photographs and the candidates the live decoder ranks.
 
-    Returns the demo's configuration (:func:`photo_config`) and the simulator's overrides
+    ``out/bank`` (``features.npz``, ``features.json``, ``candidates.npz``, and
+    ``test-candidates.npz``: the test photographs only), ``out/stimuli/<name>.png``. Returns the
+    demo's configuration (:func:`photo_config`) and the simulator's overrides
     (:func:`photo_sim_overrides`).
     """
     import torch
 
     from rtdecode.apps.reconstruct import png_bytes
+    from rtdecode.models.bank import CandidateBank
     from rtdecode.models.cnn import centre_square, extract_bank, write_bank
 
     torch.set_num_threads(1)
     train, test = photo_stimuli()
     bank = extract_bank({k: [v] for k, v in {**train, **test}.items()}, n_units=PHOTO_UNITS, seed=0)
     write_bank(out / "bank", bank, seed=0)
+    tests_only = CandidateBank.load(out / "bank" / "candidates.npz").without(train)
+    tests_only.save(out / "bank" / "test-candidates.npz")
     (out / "stimuli").mkdir(parents=True, exist_ok=True)
     for name, img in test.items():
         (out / "stimuli" / f"{name}.png").write_bytes(png_bytes(np.rint(centre_square(img)).astype(np.uint8)))

@@ -1,267 +1,150 @@
-"""``rtdecode report``: one self-contained HTML page about a recorded session.
+"""``rtdecode report``: one self-contained HTML page about a recorded session, for the PI afterwards.
 
-The page holds its plots as inline SVG (matplotlib, no pyplot state), so it can be mailed or
-archived with the data and opened anywhere without a network. Sections: counts, motion and
-framewise displacement, latency per stage, identification per ROI × layer and the rank of the
-shown category over time (when the categories shown are known, from the decoder's block results
-or from an events table), and the decoder's settings.
+The page holds its plots as inline SVG and its images as data URIs (matplotlib, no pyplot
+state), so it can be mailed or archived with the data and opened anywhere without a network.
+Order, as fMRIPrep's and MRIQC's reports: a summary box, warnings, provenance, then the session's
+counts, images of the data, motion, latency, identification with a per-block table, and the
+decoder's settings as a table.
 """
 
 from __future__ import annotations
 
+import datetime
 import html
-import io
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
+from rtdecode import __version__
+from rtdecode.apps.report_plots import (
+    Truth,
+    block_table,
+    html_table,
+    identification_section,
+    latency_section,
+    motion_section,
+    time_course_section,
+    truth_from_blocks,
+    truth_from_events,
+)
 from rtdecode.config import HRF_SHIFT_S
 from rtdecode.errors import VolumeError
 from rtdecode.io.nifti import read_events
 from rtdecode.io.recording import Recording
 from rtdecode.models.bank import CandidateBank
-from rtdecode.numerics.stats import correlations
-from rtdecode.offline.evaluate import block_truth, identification_table, training_labels, trial_time_course
+from rtdecode.offline.evaluate import training_labels, trial_time_course
 from rtdecode.pipeline.latency import LatencyTracker
 from rtdecode.volume import NOT_REACHED
 
-_MOTION = ("tx", "ty", "tz", "rx", "ry", "rz")
+# Share of censored volumes above which the session's motion is flagged.
+HIGH_MOTION_SHARE = 0.1
 
 
-def _svg(fig: Figure) -> str:
-    buf = io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    text = buf.getvalue()
-    return text[text.index("<svg") :]  # drop the XML prolog and DOCTYPE: the SVG goes inline
-
-
-def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-def motion_section(rec: Recording) -> str:
-    """Six motion parameters and FD over time, with the censoring threshold."""
-    if rec.motion is None or rec.fd_mm is None:
-        return "<p>No motion was recorded (motion correction off).</p>"
-    n = min(len(rec.seq), len(rec.motion))
-    t, m, fd = rec.times_s[:n], rec.motion[:n], rec.fd_mm[:n]
-    threshold = rec.fd_threshold_mm
-    fig = Figure(figsize=(9, 6.2))
-    ax1, ax2, ax3 = fig.subplots(3, 1, sharex=True)
-    for i in range(3):
-        ax1.plot(t, m[:, i], lw=1, label=_MOTION[i])
-        ax2.plot(t, m[:, 3 + i], lw=1, label=_MOTION[3 + i])
-    ax1.set_ylabel("translation (mm)")
-    ax2.set_ylabel("rotation (°)")
-    ax3.plot(t, fd, lw=1, color="k", label="FD")
-    cens = rec.censored[:n]
-    if cens.any():
-        ax3.plot(t[cens], fd[cens], "o", color="tab:red", ms=3, label="censored")
-    if threshold:
-        ax3.axhline(threshold, color="tab:red", ls="--", lw=1, label=f"threshold {threshold:g} mm")
-    ax3.set_ylabel("FD (mm)")
-    ax3.set_xlabel("scan time (s)" if rec.tr_s else "volume")
-    for ax in (ax1, ax2, ax3):
-        ax.legend(loc="upper left", fontsize=8, ncol=4)
-        ax.grid(alpha=0.3)
-    rows = [
-        ["max |translation|", f"{np.nanmax(np.abs(m[:, :3])):.2f} mm"],
-        ["max |rotation|", f"{np.nanmax(np.abs(m[:, 3:])):.2f}°"],
-        ["mean FD", f"{np.nanmean(fd[1:]) if n > 1 else 0.0:.3f} mm"],
-        [
-            "volumes censored",
-            f"{int(cens.sum())} of {n}" + (f" (FD > {threshold:g} mm)" if threshold else ""),
-        ],
-    ]
-    return _svg(fig) + _table(["", ""], rows, "facts")
-
-
-EXPORT = "acquired->file_complete"  # the scanner's reconstruction and export, before rtdecode
-
-
-def _latency_table(summary: dict[str, dict[str, float]], keys: list[str], names: dict[str, str]) -> str:
-    return _table(
-        ["interval (ms)", "p50", "p95", "p99", "max", "n"],
-        [
-            [html.escape(names.get(k, k.replace("->", " → ")))]
-            + [f"{summary[k][q]:.2f}" for q in ("p50", "p95", "p99", "max")]
-            + [str(int(summary[k]["n"]))]
-            for k in keys
-        ],
-        "num",
-    )
-
-
-def latency_section(rec: Recording) -> str:
-    """The scanner's export delay, then rtdecode's stages: histograms, percentiles, deadline misses."""
+def session_facts(rec: Recording, truth: Truth | None) -> dict:
+    """The figures of the summary box and the warnings, from the recording alone."""
+    gaps = [e for e in rec.events if e.get("event") == "gap"]
+    fd = rec.fd_mm[1:] if rec.fd_mm is not None and rec.fd_mm.size > 1 else np.zeros(0)
     tracker = LatencyTracker()
-    rows = [k for k, s in enumerate(rec.stamps) if (s != NOT_REACHED).sum() > 1]
-    if not rows:
-        return "<p>No latency stamps were recorded.</p>"
-    per_volume = [tracker.add(rec.stamps[k]) for k in rows]
-    summary = tracker.summary()
-    keys = list(summary)
-    cols = 3
-    fig = Figure(figsize=(9, 2.2 * -(-len(keys) // cols)))
-    axes = fig.subplots(-(-len(keys) // cols), cols, squeeze=False).ravel()
-    colours = {EXPORT: "tab:orange", "end_to_end": "k"}
-    for ax, key in zip(axes, keys):
-        values = np.array([d[key] for d in per_volume if key in d])
-        ax.hist(values, bins=40, color=colours.get(key, "tab:blue"))
-        ax.set_title("scanner → file complete" if key == EXPORT else key.replace("->", " → "), fontsize=9)
-        ax.set_xlabel("ms", fontsize=8)
-        ax.tick_params(labelsize=8)
-    for ax in axes[len(keys) :]:
-        ax.set_visible(False)
-    fig.tight_layout()
-    names = {"rtdecode": "rtdecode (file complete → published)", "end_to_end": "end to end (whole loop)"}
-    text = ""
-    if EXPORT in summary:
-        sources = sorted({str(rec.acquired_from[k]) for k in rows} - {""})
-        text += (
-            "<h3>Before rtdecode: scanner → file complete</h3><p>The scanner's reconstruction and "
-            f"export, from the acquisition ({html.escape(', '.join(sources) or 'unknown source')}) to the "
-            "moment the bridge had the whole file or last slice. An estimated clock offset takes the "
-            "fastest of the first volumes as instant transfer: those delays are lower bounds.</p>"
-            + _latency_table(summary, [EXPORT], {EXPORT: "scanner → file complete"})
-            + "<h3>rtdecode's own stages</h3>"
-        )
-    if rec.tr_s and "end_to_end" in summary:
-        e2e = np.array([d["end_to_end"] for d in per_volume if "end_to_end" in d])
-        miss = int((e2e > 1000 * rec.tr_s).sum())
-        text += (
-            f"<p>Deadline (TR {rec.tr_s:g} s): {miss} of {e2e.size} volumes published later than "
-            "one TR after acquisition.</p>"
-        )
-    return text + _svg(fig) + _latency_table(summary, [k for k in keys if k != EXPORT], names)
-
-
-@dataclass
-class Truth:
-    """Which category was shown when, and how the decoder ranked it."""
-
-    source: str
-    accuracy: dict[str, dict[str, float]]  # roi -> layer -> pairwise identification accuracy
-    rank_times: np.ndarray  # scan time of each rank point
-    ranks: dict[str, np.ndarray]  # series name -> rank of the shown category at rank_times
-    n_candidates: int
-
-
-def truth_from_blocks(rec: Recording) -> Truth | None:
-    """The decoder's own block results (stimulus markers): label ranks per ROI × layer."""
-    n = int(rec.settings.get("n_candidates", 0))
-    blocks = [b for b in rec.blocks if b.get("label_rank") is not None]
-    if not blocks or n < 2:
-        return None
-    rois, layers = blocks[0]["rois"], blocks[0]["layers"]
-    ranks = np.array([b["label_rank"] for b in blocks], dtype=float)  # (blocks, rois, layers)
-    acc = 1 - (ranks - 1) / (n - 1)
-    accuracy = {
-        r: {lay: float(acc[:, i, j].mean()) for j, lay in enumerate(layers)} for i, r in enumerate(rois)
+    e2e = np.array([d["end_to_end"] for s in rec.stamps if (s != NOT_REACHED).sum() > 1
+                    for d in [tracker.add(s)] if "end_to_end" in d])  # fmt: skip
+    best = None
+    if truth is not None:
+        roi = "VC" if "VC" in truth.accuracy else next(iter(truth.accuracy))
+        best = (roi, float(np.nanmean(list(truth.accuracy[roi].values()))))
+    return {
+        "volumes": int(rec.seq.size),
+        "decoded": int((rec.status == "ok").sum()),
+        "censored": int(rec.censored.sum()),
+        "mean_fd": float(fd.mean()) if fd.size else None,
+        "max_fd": float(fd.max()) if fd.size else None,
+        "misses": int((e2e > 1000 * rec.tr_s).sum()) if rec.tr_s and e2e.size else None,
+        "e2e": (float(np.percentile(e2e, 50)), float(np.percentile(e2e, 99))) if e2e.size else None,
+        "identification": best,
+        "gaps": len(gaps),
+        "missing": sum(g["missing_to"] - g["missing_from"] + 1 for g in gaps),
+        "skipped": sum(e.get("event") == "skipped" for e in rec.events),
+        "ended": any(e.get("event") == "end" for e in rec.events),
     }
-    roi = "VC" if "VC" in rois else rois[-1]
-    i = rois.index(roi)
-    return Truth(
-        source=f"the decoder's block results ({len(blocks)} blocks marked by stimulus markers)",
-        accuracy=accuracy,
-        rank_times=np.array([b["onset_s"] for b in blocks], dtype=float),
-        ranks={f"{roi}/{lay}": ranks[:, i, j] for j, lay in enumerate(layers)},
-        n_candidates=n,
-    )
 
 
-def truth_from_events(
-    rec: Recording, events_tsv: str | Path, bank: CandidateBank, hrf_shift_s: float
-) -> Truth:
-    """Identification from the recorded predictions and an events table, against ``bank``.
-
-    Block accuracy per ROI × layer as GOD computes it, and for one ROI the rank of the shown
-    category per volume (correlation averaged over layers) inside each block's shifted window.
-    """
-    if not rec.features:
-        raise VolumeError(f"{rec.path}: no predicted features recorded")
-    onsets, duration, truth = block_truth(events_tsv, bank)
-    feats = {k: np.where(rec.censored[: len(f), None], np.nan, f) for k, f in rec.features.items()}
-    times = rec.times_s
-    accuracy = identification_table(feats, times, onsets, duration, hrf_shift_s, truth, bank)
-    rois = sorted({r for r, _ in feats})
-    roi = "VC" if "VC" in rois else rois[-1]
-    layers = [lay for r, lay in feats if r == roi]
-    block_of = np.full(times.size, -1)
-    for b, onset in enumerate(onsets):
-        block_of[(times >= onset + hrf_shift_s) & (times < onset + duration + hrf_shift_s)] = b
-    valid = (block_of >= 0) & np.isfinite(feats[(roi, layers[0])][:, 0])
-    scores = sum(correlations(feats[(roi, lay)][valid], bank.features[lay]) for lay in layers) / len(layers)
-    true_scores = scores[np.arange(scores.shape[0]), truth[block_of[valid]]]
-    ranks = 1 + (scores > true_scores[:, None]).sum(axis=1)
-    return Truth(
-        source=f"{events_tsv} ({len(onsets)} blocks) against {len(bank.labels)} candidates",
-        accuracy=accuracy,
-        rank_times=times[valid],
-        ranks={f"{roi}, mean over layers (per volume)": ranks.astype(float)},
-        n_candidates=len(bank.labels),
-    )
-
-
-def identification_section(truth: Truth | None) -> str:
-    """Accuracy table per ROI × layer and the rank of the shown category over time."""
-    if truth is None:
-        return (
-            "<p>The categories shown are not known to this report: record a session with stimulus "
-            "markers (block results), or pass <code>--events events.tsv</code>.</p>"
-        )
-    layers = list(next(iter(truth.accuracy.values())))
-
-    def cell(v: float) -> str:
-        shade = int(255 - 150 * max(0.0, min(1.0, (v - 0.5) / 0.5))) if np.isfinite(v) else 255
-        return f'<span style="background:rgb({shade},255,{shade})">{v:.3f}</span>'
-
-    rows = [
-        [html.escape(roi)]
-        + [cell(acc.get(lay, float("nan"))) for lay in layers]
-        + [f"{np.nanmean(list(acc.values())):.3f}"]
-        for roi, acc in truth.accuracy.items()
-    ]
-    table = _table(["ROI"] + layers + ["mean"], rows, "num")
-    fig = Figure(figsize=(9, 3.2))
-    ax = fig.subplots()
-    for name, r in truth.ranks.items():
-        style = "o-" if len(truth.ranks) > 1 else "."
-        ax.plot(truth.rank_times, r, style, ms=3, lw=0.8, label=name)
-    ax.set_yscale("log")
-    ax.invert_yaxis()
-    ax.axhline((truth.n_candidates + 1) / 2, color="grey", ls="--", lw=1, label="chance (median rank)")
-    ax.set_ylabel(f"rank of shown category (of {truth.n_candidates})")
-    ax.set_xlabel("scan time (s)")
-    ax.legend(fontsize=7, ncol=3, loc="lower right")
-    ax.grid(alpha=0.3)
+def summary_section(f: dict) -> str:
+    """The summary box: the figures a PI looks at first."""
+    n = max(f["volumes"], 1)
+    cells = [
+        ("volumes", f"{f['volumes']} ({f['decoded']} decoded)"),
+        ("censored", f"{f['censored']} ({100 * f['censored'] / n:.1f} %)"),
+        ("FD mean / max", "–" if f["mean_fd"] is None else f"{f['mean_fd']:.3f} / {f['max_fd']:.2f} mm"),
+        ("deadline misses", "–" if f["misses"] is None else str(f["misses"])),
+        ("end to end p50 / p99", "–" if f["e2e"] is None else f"{f['e2e'][0]:.1f} / {f['e2e'][1]:.1f} ms"),
+        (
+            "identification",
+            "categories shown unknown" if f["identification"] is None
+            else f"{f['identification'][1]:.3f} ({f['identification'][0]}, mean over layers; chance 0.5)",
+        ),
+        ("gaps / skipped", f"{f['gaps']} ({f['missing']} volumes) / {f['skipped']}"),
+    ]  # fmt: skip
     return (
-        f"<p>Labels from {html.escape(truth.source)}. Pairwise identification accuracy (chance 0.5):</p>"
-        + table
-        + _svg(fig)
+        '<div class="summary">'
+        + "".join(f"<div><span>{html.escape(k)}</span><b>{html.escape(v)}</b></div>" for k, v in cells)
+        + "</div>"
     )
 
 
-def time_course_section(course: dict, roi: str = "VC") -> str:
-    """Identification per TR from each trial's cue, one line per layer, peaks marked (imagery)."""
-    lags, layers = np.asarray(course["lags_s"]), course["rois"][roi]
-    fig = Figure(figsize=(9, 3.2))
-    ax = fig.subplots()
-    for layer, v in layers.items():
-        line = ax.plot(lags, v["identification"], "o-", ms=3, lw=1, label=layer)[0]
-        ax.axvline(course["peak_s"][roi][layer], color=line.get_color(), lw=0.6, ls=":")
-    ax.axhline(0.5, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xlabel("time from the trial's cue (s)")
-    ax.set_ylabel(f"pairwise identification ({roi})")
-    ax.legend(fontsize=7, ncol=5, loc="upper left")
-    ax.grid(alpha=0.3)
-    peaks = ", ".join(f"{ly} {t:.1f} s" for ly, t in course["peak_s"][roi].items())
-    return f"<p>Each layer's peak (dotted; centre of its above-chance accuracy): {peaks}.</p>" + _svg(fig)
+def warnings_section(f: dict) -> str:
+    """What needs a look: gaps, skips, high motion, deadline misses, an early end."""
+    items = []
+    if f["gaps"]:
+        items.append(f"{f['gaps']} gaps: {f['missing']} volumes never arrived.")
+    if f["skipped"]:
+        items.append(f"{f['skipped']} messages skipped (reasons under Session).")
+    if f["volumes"] and f["censored"] > HIGH_MOTION_SHARE * f["volumes"]:
+        items.append(f"high motion: {f['censored']} of {f['volumes']} volumes censored.")
+    if f["misses"]:
+        items.append(f"{f['misses']} volumes published later than one TR after acquisition.")
+    if not f["ended"]:
+        items.append("the end of the series was not recorded: the recording may have stopped early.")
+    if not items:
+        return '<p class="ok">None: no gap, skip, deadline miss or high motion.</p>'
+    return '<ul class="warnings">' + "".join(f"<li>{i}</li>" for i in items) + "</ul>"
+
+
+def provenance_section(rec: Recording) -> str:
+    """Where the data came from: date, session and series, versions, command, bundle and its checksum."""
+    ids = next(((e.get("session"), e.get("series")) for e in rec.events if e.get("series")), (None, None))
+    bundle = rec.settings.get("bundle") or rec.meta.get("bundle") or ""
+    decoder_json = Path(bundle) / "decoder.json"
+    checksum = "–"
+    if bundle and decoder_json.exists():
+        meta = json.loads(decoder_json.read_text())
+        checksum = next((f"{k}: {v[:16]}…" for k, v in meta.items() if k.endswith("_sha256")), "–")
+    rows = [
+        ["report made", datetime.datetime.now().astimezone().isoformat(timespec="seconds")],
+        ["recording", f"{rec.path.resolve()} ({rec.path.stat().st_size / 1e6:.1f} MB)"],
+        ["recorded", str(rec.meta.get("started", "–"))],
+        ["session / series", f"{ids[0] or '–'} / {ids[1] or '–'}"],
+        ["mode", f"{rec.meta.get('mode', '?')} ({rec.meta.get('address') or rec.meta.get('bold') or ''})"],
+        ["command", str(rec.meta.get("command", "–"))],
+        ["rtdecode", f"{rec.meta.get('rtdecode_version', '?')} (recorded), {__version__} (this report)"],
+        ["decoder bundle", (bundle or "–") + ("" if not bundle or decoder_json.exists() else " (not found)")],
+        ["bundle checksum", checksum],
+    ]
+    return html_table(["", ""], [[html.escape(k), html.escape(v)] for k, v in rows], "facts")
+
+
+def settings_section(rec: Recording) -> str:
+    """The decoder's settings as a table of dotted keys."""
+    rows: list[list[str]] = []
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            rows.append([f"<code>{html.escape(prefix)}</code>", html.escape(json.dumps(value))])
+
+    walk("", {"run": rec.settings} if rec.settings else {})
+    return html_table(["setting", "value"], rows) if rows else "<p>No settings were recorded.</p>"
 
 
 def counts_section(rec: Recording) -> str:
@@ -290,7 +173,7 @@ def counts_section(rec: Recording) -> str:
         ["end of series", "received" if end else "not received (the recording stopped early?)"],
     ]
     skipped = [html.escape(e.get("reason", "")) for e in rec.events if e.get("event") == "skipped"]
-    text = _table(["", ""], rows, "facts")
+    text = html_table(["", ""], rows, "facts")
     if skipped:
         text += (
             "<details><summary>skip reasons</summary><ul>"
@@ -308,7 +191,11 @@ th, td { padding: 0.15em 0.7em; text-align: left; border-bottom: 1px solid #eef;
 table.num td { text-align: right; font-variant-numeric: tabular-nums; }
 table.num td:first-child { text-align: left; }
 pre { background: #f4f5f7; padding: 0.6em; overflow-x: auto; font-size: 12px; }
-svg { max-width: 100%; height: auto; }
+svg { max-width: 100%; height: auto; } img.data { max-width: 100%; }
+.summary { display: grid; grid-template-columns: repeat(4, 1fr); gap: 0.5em; }
+.summary div { background: #f4f5f7; border-radius: 5px; padding: 0.4em 0.6em; }
+.summary span { display: block; color: #667; font-size: 0.85em; } .summary b { font-size: 1.1em; }
+ul.warnings li { color: #b3261e; } .ok { color: #2e7d32; } tr.hit td { background: #eaf6ec; }
 """
 
 
@@ -318,6 +205,7 @@ def build_report(
     candidates: str | Path | None = None,
     hrf_shift_s: float = HRF_SHIFT_S,
     extra: list[tuple[str, str]] = (),
+    bold: str | Path | None = None,
 ) -> str:
     """The report as one HTML string.
 
@@ -335,9 +223,13 @@ def build_report(
         Hemodynamic delay for ``events_tsv`` blocks.
     extra : list of (str, str)
         Further sections (title, HTML) before the settings.
+    bold : str or Path, optional
+        The series as 4-D NIfTI, for the data images when the recording holds no input volumes.
     """
+    from rtdecode.apps.report_data import data_section
+
     rec = Recording.load(recording)
-    truth, course = None, None
+    truth, course, bank = None, None, None
     if events_tsv is not None:
         if candidates is None:
             s = rec.settings
@@ -356,16 +248,19 @@ def build_report(
             course = trial_time_course(rec.features, rec.tr_s, events_tsv, bank, lags)
     else:
         truth = truth_from_blocks(rec)
-    settings = html.escape(json.dumps({"recording": rec.meta, "run": rec.settings}, indent=1))
-    settings = f"<pre>{settings}</pre>" if rec.settings or rec.meta else "<p>No settings were recorded.</p>"
+    facts = session_facts(rec, truth)
     sections = [
+        ("Summary", summary_section(facts)),
+        ("Warnings", warnings_section(facts)),
+        ("Provenance", provenance_section(rec)),
         ("Session", counts_section(rec)),
+        ("Data", data_section(rec, bold)),
         ("Motion", motion_section(rec)),
         ("Latency", latency_section(rec)),
-        ("Identification", identification_section(truth)),
+        ("Identification", identification_section(truth) + block_table(rec, events_tsv, bank, hrf_shift_s)),
         *([("Time course", time_course_section(course))] if course else []),
         *extra,
-        ("Settings", settings),
+        ("Settings", settings_section(rec)),
     ]
     body = "".join(
         f'<section id="{title.lower().replace(" ", "-")}"><h2>{title}</h2>{content}</section>'
@@ -387,11 +282,13 @@ def write_report(
     hrf_shift_s: float = HRF_SHIFT_S,
     reconstructions: str | Path | None = None,
     stimuli: str | Path | None = None,
+    bold: str | Path | None = None,
 ) -> Path:
     """Write :func:`build_report` to ``out`` (default: beside the recording), with a gallery."""
     from rtdecode.apps.report_gallery import gallery_section
 
     extra = [("Reconstructions", gallery_section(reconstructions, stimuli))] if reconstructions else []
     out = Path(out) if out else Path(recording).with_suffix(".html")
-    out.write_text(build_report(recording, events_tsv, candidates, hrf_shift_s, extra), encoding="utf-8")
+    html_text = build_report(recording, events_tsv, candidates, hrf_shift_s, extra, bold)
+    out.write_text(html_text, encoding="utf-8")
     return out

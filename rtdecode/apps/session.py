@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -380,7 +381,9 @@ class LiveSession:
     def settings(self) -> dict:
         """The run configuration and the candidate count, as the ``started`` and ``end`` events carry them."""
         n_candidates = len(self.pipe.identifier.bank.labels) if self.pipe.identifier is not None else 0
-        return {**dataclasses.asdict(self.cfg), "n_candidates": n_candidates}
+        # Absolute paths: a report or an evaluation reads them from any directory.
+        files = {k: str(Path(v).resolve()) for k in ("bundle", "candidates") if (v := getattr(self.cfg, k))}
+        return {**dataclasses.asdict(self.cfg), **files, "n_candidates": n_candidates}
 
     def close(self) -> None:
         """Release the ranking threads; safe twice."""

@@ -9,7 +9,9 @@ layout is in ``docs/formats.md``.
 
 from __future__ import annotations
 
+import datetime
 import json
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from rtdecode import __version__
 from rtdecode.errors import RecordingError
 from rtdecode.volume import NOT_REACHED, Stage, Volume, stamps_from_dict
 from rtdecode.wire import messages as m
@@ -36,7 +39,8 @@ class Recorder:
     record_input : bool
         Also store the input volumes (topic ``volume``).
     meta : dict, optional
-        Stored as JSON in the file's ``meta`` attribute (configuration, bundle, ...).
+        Stored as JSON in the file's ``meta`` attribute (configuration, bundle, ...), with the
+        time recording started, the command and rtdecode's version (the report's provenance).
     """
 
     def __init__(self, path: str | Path, record_input: bool = False, meta: dict | None = None) -> None:
@@ -45,7 +49,9 @@ class Recorder:
         self._f = h5py.File(self.path, "w")
         self._f.attrs["format"] = RECORDING_FORMAT
         self._f.attrs["version"] = RECORDING_VERSION
-        self._f.attrs["meta"] = json.dumps(meta or {})
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        provenance = {"started": started, "command": " ".join(sys.argv), "rtdecode_version": __version__}
+        self._f.attrs["meta"] = json.dumps({**provenance, **(meta or {})})
         self._rows: dict[int, int] = {}
         self._motion: dict[int, tuple[list[float], float]] = {}
         self._events: list[str] = []

@@ -74,10 +74,20 @@ def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, bro
     open_page(browser, Path(s["report"]).resolve().as_uri())
     assert page_errors(browser) == []
     ids = [e.get_attribute("id") for e in browser.find_elements("css selector", "section")]
-    assert ids == ["session", "motion", "latency", "identification", "settings"]
-    plots = browser.find_elements("css selector", "section svg")
-    assert len(plots) == 3 and all(p.size["height"] > 100 for p in plots)  # motion, latency, rank
-    assert len(browser.find_elements("css selector", "#latency svg g[id^='patch']")) > 100  # histogram bars
+    first = ["summary", "warnings", "provenance", "session", "data"]
+    assert ids == [*first, "motion", "latency", "identification", "settings"]
+    # The summary box first: the volumes and the identification the summary printed.
+    box = browser.find_element("id", "summary").text
+    assert f"{s['volumes']['processed']} (" in box and "identification" in box
+    # Data images from the series: mean EPI with ROI outlines, carpet plot under FD, tSNR map.
+    data = browser.find_elements("css selector", "#data svg")
+    assert len(data) == 3 and all(p.size["height"] > 100 for p in data)
+    assert "Median tSNR" in browser.find_element("id", "data").text
+    plots = browser.find_elements("css selector", "#motion svg, #latency svg, #identification svg")
+    assert len(plots) == 3 and all(p.size["height"] > 100 for p in plots)  # motion, latency boxes, rank
+    # The per-block table: every block of the test session, shown against the top 5.
+    blocks = browser.find_elements("css selector", "#identification table:last-of-type tbody tr")
+    assert len(blocks) == 50 and blocks[0].find_elements("css selector", "td")[1].text
     # The report's VC identification (from the recording and the events) is the summary's (from the
     # subscriber's file): two recordings of the same stream, read by different code.
     rows = {
@@ -118,5 +128,6 @@ def test_the_demo_reconstructs_each_block_of_photographs(tmp_path):
     assert [r["label"] for r in made] == shown and [r["block"] for r in made] == list(range(8))
     page = (out / "report.html").read_text()
     assert '<section id="reconstructions">' in page and page.count('class="pair"') == 8
-    assert page.count("data:image/png;base64,") == 16  # each photograph beside its reconstruction
+    gallery = page.split('<section id="reconstructions">')[1].split("</section>")[0]
+    assert gallery.count("data:image/png;base64,") == 16  # each photograph beside its reconstruction
     assert "reconstructions (feature inversion of VC" in proc.stdout

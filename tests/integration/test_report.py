@@ -61,10 +61,14 @@ def test_report_from_the_cli_holds_every_section_and_the_settings(experiment, of
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     page = out.read_text()
-    for section in ("session", "motion", "latency", "identification", "settings"):
+    sections = ("summary", "warnings", "provenance", "session", "data", "motion", "latency", "identification")
+    for section in (*sections, "settings"):
         assert f'<section id="{section}">' in page
-    # Self-contained: nothing is loaded from elsewhere.
-    assert page.count("<svg") == 3 and "src=" not in page and 'href="http' not in page
+    # Self-contained: nothing is loaded from elsewhere. The data: the bundle's reference image only
+    # (the recording holds no volumes and no --bold was given), which the page says.
+    assert page.count("<svg") == 4 and "src=" not in page and 'href="http' not in page
+    assert "No time series" in page and "Per block: shown against the top 5" in page
+    assert str(recording.resolve()) in page  # provenance: where the data is
     assert "rank of shown category" in page and "threshold 0.5 mm" in page
     assert html.escape(json.dumps(str(experiment / "decoder"))) in page  # the bundle, among the settings
 

@@ -8,6 +8,7 @@ const MOTION_NAMES = ["tx", "ty", "tz", "rx", "ry", "rz"];
 const state = {
   volumes: [], blocks: [], lastTop: null, roi: null, layer: null, fdThreshold: null, settings: null,
   socketOpen: false, lastHeard: null, lastVolumeAt: null, stopped: false,
+  marks: [],  // gaps and restarts, drawn on the time axes: {x, label}
 };
 
 const $ = (id) => document.getElementById(id);
@@ -61,6 +62,12 @@ function lineChart(canvas, xs, series, opts = {}) {
   const x0 = xs[0], x1 = Math.max(xs[xs.length - 1], x0 + 1);
   const X = (x) => left + ((x - x0) / (x1 - x0)) * (w - left - right);
   const Y = (y) => top + (1 - (y - lo) / (hi - lo)) * (h - top - bottom);
+  for (const mk of state.marks) {  // gaps and restarts: a labelled vertical line
+    if (mk.x < x0 || mk.x > x1) continue;
+    ctx.strokeStyle = "#b07cc6"; ctx.setLineDash([2, 3]);
+    ctx.beginPath(); ctx.moveTo(X(mk.x), top); ctx.lineTo(X(mk.x), h - bottom); ctx.stroke();
+    ctx.setLineDash([]); ctx.fillStyle = "#8a4fa3"; ctx.fillText(mk.label, X(mk.x) + 2, top + 10);
+  }
   (opts.censored || []).forEach((c, j) => {  // censored volumes: a light band
     if (!c) return;
     ctx.fillStyle = "rgba(224, 67, 59, 0.15)";
@@ -120,6 +127,10 @@ function fillTable(tbody, rows) {
 }
 
 function showCounts(c) {
+  // A dashboard started after the session began has not seen its first volumes: say so.
+  const seen = c.volumes + c.missing, expected = c.last_seq === null ? 0 : c.last_seq + 1;
+  setText("history-note", seen < expected
+    ? `this dashboard has seen ${c.volumes} of the ${expected} volumes so far (it started late)` : "");
   setText("n-volumes", c.volumes);
   setText("last-seq", c.last_seq === null ? "–" : c.last_seq);
   setText("n-decoded", c.decoded);
@@ -232,6 +243,8 @@ function onVolume(v, live = true) {
 
 function onStatus(s) {
   if (s.event === "heartbeat") return;
+  if (s.event === "gap") state.marks.push({ x: s.missing_from, label: s.after_restart ? "restart, gap" : "gap" });
+  if (s.event === "started" && s.resumed) state.marks.push({ x: s.resumed.last_seq + 1, label: "restarted" });
   if (s.event === "stopped" || s.event === "started") state.stopped = s.event === "stopped";
   if (s.settings) {
     state.settings = s.settings;
