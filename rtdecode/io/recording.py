@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -255,6 +256,11 @@ class Recording:
         try:
             f = h5py.File(path, "r")
         except OSError as err:
+            if cut := re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(err)):
+                raise RecordingError(
+                    f"{path}: the recording is truncated ({cut[1]} of {cut[2]} bytes: a disk that filled or "
+                    "a copy cut short); HDF5 keeps its index at the end, so nothing of it can be read"
+                ) from err
             raise RecordingError(f"{path}: not an HDF5 file ({err})") from err
         with f:
             if f.attrs.get("format") != RECORDING_FORMAT:

@@ -115,3 +115,13 @@ def test_a_file_that_is_not_a_recording_gets_a_clear_error(tmp_path):
         build_report(tmp_path / "other.h5")
     proc = subprocess.run([*RTDECODE, "report", str(tmp_path / "missing.h5")], capture_output=True, text=True)
     assert proc.returncode == 2 and "missing.h5: no such recording" in proc.stderr
+
+
+def test_a_truncated_recording_says_so(offline_run, tmp_path):
+    recording, _ = offline_run
+    cut = tmp_path / "cut.h5"
+    data = recording.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    proc = subprocess.run([*RTDECODE, "report", str(cut)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"the recording is truncated ({len(data) // 2} of {len(data)} bytes" in proc.stderr
