@@ -169,6 +169,7 @@ class DemoConfig:
     speed: float = 20.0
     timeout_s: float = 120.0
     reconstruct_steps: int = 100  # demo --reconstruct: feature-inversion steps per block
+    reconstruct_crops: int = 60  # demo --reconstruct: training crops per photograph not shown
 
 
 @dataclass

@@ -94,6 +94,7 @@ def _validate(cfg: Config, where: str) -> None:
         (cfg.train.classifier.c >= 0, "train.classifier.c", "must be >= 0", cfg.train.classifier.c),
         (cfg.demo.speed > 0, "demo.speed", "must be > 0", cfg.demo.speed),
         (d.reconstruct_steps >= 1, "demo.reconstruct_steps", "must be >= 1", d.reconstruct_steps),
+        (d.reconstruct_crops >= 1, "demo.reconstruct_crops", "must be >= 1", d.reconstruct_crops),
         (r.transport in ("zmq", "lsl"), "run.transport", "must be zmq or lsl", r.transport),
         (r.blocks.hrf_shift_s >= 0, "run.blocks.hrf_shift_s", "must be >= 0", r.blocks.hrf_shift_s),
         (

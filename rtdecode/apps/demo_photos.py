@@ -112,7 +112,7 @@ def prepare_photo_demo(cfg: Config, out: Path) -> tuple[Config, dict]:
     from rtdecode.models.cnn import centre_square, extract_bank, write_bank
 
     torch.set_num_threads(1)
-    train, test = photo_stimuli()
+    train, test = photo_stimuli(n_crops=cfg.demo.reconstruct_crops)
     bank = extract_bank({k: [v] for k, v in {**train, **test}.items()}, n_units=PHOTO_UNITS, seed=0)
     write_bank(out / "bank", bank, seed=0)
     tests_only = CandidateBank.load(out / "bank" / "candidates.npz").without(train)

@@ -111,7 +111,9 @@ def latency_section(rec: Recording) -> str:
     fig = Figure(figsize=(9, 0.45 * len(keys) + 1.0))
     ax = fig.subplots()
     values = [np.array([d[k] for d in per_volume if k in d]) for k in keys]
-    parts = ax.boxplot(values, vert=False, whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6)
+    parts = ax.boxplot(
+        values, orientation="horizontal", whis=(5, 95), showfliers=False, patch_artist=True, widths=0.6
+    )
     colours = {EXPORT: "tab:orange", "end_to_end": "0.35"}
     for box, key in zip(parts["boxes"], keys):
         box.set_facecolor(colours.get(key, "tab:blue"))

@@ -111,7 +111,10 @@ def test_the_demo_reconstructs_each_block_of_photographs(tmp_path):
     """``demo --reconstruct`` on a coarse brain, few steps: each block becomes an image in the report."""
     pytest.importorskip("efficientnet_lite_pytorch", reason="reconstruction needs the torch extra")
     cfg = tmp_path / "demo.yaml"
-    small = {"simulate": {"shape": [32, 32, 18], "voxel_size_mm": 6.0}, "demo": {"reconstruct_steps": 8}}
+    small = {
+        "simulate": {"shape": [32, 32, 18], "voxel_size_mm": 6.0},
+        "demo": {"reconstruct_steps": 8, "reconstruct_crops": 10},
+    }
     cfg.write_text(yaml.safe_dump(small))
     summary, out = tmp_path / "summary.json", tmp_path / "out"
     proc = subprocess.run(
