@@ -143,9 +143,12 @@ def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, brow
             [*exe, "simulate", "--out", str(experiment / "test"), "--stream", cfg.run.input.address,
              "--markers", "--speed", "10"], stdout=logs["sender"], stderr=subprocess.STDOUT,
         )  # fmt: skip
-        samples = []
+        samples, live_shot = [], False
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
         while listener.is_alive():
             samples.append((int(_text(browser, "n-volumes")), _text(browser, "last-seq")))
+            if not live_shot and samples[-1][0] >= 60:  # mid-session, live: the README's picture
+                live_shot = browser.save_screenshot(str(ARTIFACTS / "dashboard-live.png"))
             time.sleep(0.5)
         assert procs["sender"].wait(60) == 0 and procs["decoder"].wait(60) == 0
         _wait(
