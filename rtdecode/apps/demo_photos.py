@@ -137,20 +137,17 @@ def reconstructor_command(
 def score_reconstructions(out: Path) -> dict:
     """Pairwise identification of the demo's reconstructions among the test photographs, by pixels."""
     from rtdecode.apps.reconstruct import read_index
-    from rtdecode.offline.image_quality import identification, pixel_vectors, read_png
+    from rtdecode.apps.report_gallery import pixel_identification
 
     made = read_index(out / "reconstructions")
     if not made:
         return {"n_blocks": 0}
-    names = sorted(p.stem for p in (out / "stimuli").glob("*.png"))
-    shown = [r for r in made if r.get("label") in names]
-    originals = pixel_vectors([read_png(out / "stimuli" / f"{n}.png") for n in names])
-    recon = pixel_vectors([read_png(r["path"]) for r in shown])
+    shown = {p.stem: p for p in (out / "stimuli").glob("*.png")}
     seconds = np.array([r["seconds"] for r in made])
     return {
         "n_blocks": len(made),
-        "pixel_identification": identification(recon, originals, [names.index(r["label"]) for r in shown]),
-        "n_photographs": len(names),
+        "pixel_identification": pixel_identification(made, shown),
+        "n_photographs": len(shown),
         "seconds": {"p50": float(np.median(seconds)), "max": float(seconds.max())},
         "lag_s_max": float(max(r["lag_s"] for r in made)),
         "iterations_p50": float(np.median([r["iterations"] for r in made])),

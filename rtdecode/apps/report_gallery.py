@@ -22,6 +22,17 @@ def _img(path: Path, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def pixel_identification(made: list[dict], shown: dict[str, Path]) -> float:
+    """Pairwise identification by pixels of the reconstructions whose label is shown (``{label: PNG}``)."""
+    known = [r for r in made if r.get("label") in shown]
+    names = sorted(shown)
+    return identification(
+        pixel_vectors([read_png(r["path"]) for r in known]),
+        pixel_vectors([read_png(shown[n]) for n in names]),
+        [names.index(r["label"]) for r in known],
+    )
+
+
 def gallery_section(reconstructions: str | Path, stimuli: str | Path | None = None) -> str:
     """HTML of every reconstruction ``rtdecode reconstruct --out`` made, in block order.
 
@@ -47,16 +58,9 @@ def gallery_section(reconstructions: str | Path, stimuli: str | Path | None = No
         f"<p>{len(made)} blocks reconstructed by {html.escape(made[0]['method'])}; seconds per image "
         f"median {np.median(seconds):.1f}, max {seconds.max():.1f}."
     )
-    known = [r for r in made if r.get("label") in shown]
-    if len(shown) > 1 and known:
-        names = sorted(shown)
-        acc = identification(
-            pixel_vectors([read_png(r["path"]) for r in known]),
-            pixel_vectors([read_png(shown[n]) for n in names]),
-            [names.index(r["label"]) for r in known],
-        )
+    if len(shown) > 1 and any(r.get("label") in shown for r in made):
         text += (
-            f" Pairwise identification by pixels (each reconstruction against the {len(names)} "
-            f"photographs; chance 0.5): <b>{acc:.2f}</b>."
+            f" Pairwise identification by pixels (each reconstruction against the {len(shown)} "
+            f"photographs; chance 0.5): <b>{pixel_identification(made, shown):.2f}</b>."
         )
     return f"<style>{_CSS}</style>{text}</p><p>Left: shown; right: reconstructed.</p>{''.join(pairs)}"
