@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import html
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,22 @@ from rtdecode.offline.evaluate import training_labels, trial_time_course
 from rtdecode.pipeline.latency import LatencyTracker
 from rtdecode.volume import NOT_REACHED
 
+log = logging.getLogger(__name__)
+
 # Share of censored volumes above which the session's motion is flagged.
 HIGH_MOTION_SHARE = 0.1
+
+
+def truncation_warning(rec: Recording) -> str | None:
+    """What a truncated recording still gives and what it lost, in a sentence; None if whole."""
+    if rec.truncated is None:
+        return None
+    have, stored = rec.truncated
+    lost = "; ".join(rec.lost[:8]) + (f"; and {len(rec.lost) - 8} more" if len(rec.lost) > 8 else "")
+    return (
+        f"the recording is truncated: {have} of {stored} bytes ({100 * have / stored:.0f} %) survive, "
+        f"and this report shows what they hold. Not readable: {lost or 'nothing'}."
+    )
 
 
 def session_facts(rec: Recording, truth: Truth | None) -> dict:
@@ -65,6 +80,7 @@ def session_facts(rec: Recording, truth: Truth | None) -> dict:
         "missing": sum(g["missing_to"] - g["missing_from"] + 1 for g in gaps),
         "skipped": sum(e.get("event") == "skipped" for e in rec.events),
         "ended": any(e.get("event") == "end" for e in rec.events),
+        "truncated": truncation_warning(rec),
     }
 
 
@@ -93,7 +109,7 @@ def summary_section(f: dict) -> str:
 
 def warnings_section(f: dict) -> str:
     """What needs a look: gaps, skips, high motion, deadline misses, an early end."""
-    items = []
+    items = [f["truncated"]] if f["truncated"] else []
     if f["gaps"]:
         items.append(f"{f['gaps']} gaps: {f['missing']} volumes never arrived.")
     if f["skipped"]:
@@ -229,13 +245,17 @@ def build_report(
     from rtdecode.apps.report_data import data_section
 
     rec = Recording.load(recording)
-    truth, course, bank = None, None, None
-    if events_tsv is not None:
+    if warning := truncation_warning(rec):
+        log.warning("%s: %s", rec.path, warning)
+    truth, course, bank, why = None, None, None, None
+    if events_tsv is not None and not rec.features and rec.truncated:
+        why = "No predicted features survive in this truncated recording (see Warnings)."
+    elif events_tsv is not None:
         if candidates is None:
-            s = rec.settings
-            if not s.get("bundle"):
+            bundle = rec.settings.get("bundle") or rec.meta.get("bundle")
+            if not bundle:
                 raise VolumeError(f"{rec.path}: no settings recorded; name the candidates with --candidates")
-            candidates = s.get("candidates") or Path(s["bundle"]) / "candidates.npz"
+            candidates = rec.settings.get("candidates") or Path(bundle) / "candidates.npz"
         if not Path(candidates).exists():
             raise VolumeError(f"candidate bank {str(candidates)!r} does not exist; name it with --candidates")
         bank = CandidateBank.load(candidates)
@@ -249,6 +269,7 @@ def build_report(
     else:
         truth = truth_from_blocks(rec)
     facts = session_facts(rec, truth)
+    identification = identification_section(truth, why) + block_table(rec, events_tsv, bank, hrf_shift_s)
     sections = [
         ("Summary", summary_section(facts)),
         ("Warnings", warnings_section(facts)),
@@ -257,7 +278,7 @@ def build_report(
         ("Data", data_section(rec, bold)),
         ("Motion", motion_section(rec)),
         ("Latency", latency_section(rec)),
-        ("Identification", identification_section(truth) + block_table(rec, events_tsv, bank, hrf_shift_s)),
+        ("Identification", identification),
         *([("Time course", time_course_section(course))] if course else []),
         *extra,
         ("Settings", settings_section(rec)),

@@ -220,10 +220,13 @@ def truth_from_events(
     )
 
 
-def identification_section(truth: Truth | None) -> str:
-    """Accuracy table per ROI × layer and the rank of the shown category over time."""
+def identification_section(truth: Truth | None, why: str | None = None) -> str:
+    """Accuracy table per ROI × layer and the rank of the shown category over time.
+
+    Without ``truth``, ``why`` says what is missing (default: the categories shown).
+    """
     if truth is None:
-        return (
+        return f"<p>{why}</p>" if why else (
             "<p>The categories shown are not known to this report: record a session with stimulus "
             "markers (block results), or pass <code>--events events.tsv</code>.</p>"
         )

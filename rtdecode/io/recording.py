@@ -22,6 +22,7 @@ import numpy as np
 
 from rtdecode import __version__
 from rtdecode.errors import RecordingError
+from rtdecode.io.hdf5 import Intact, open_hdf5
 from rtdecode.volume import NOT_REACHED, Stage, Volume, stamps_from_dict
 from rtdecode.wire import messages as m
 
@@ -47,27 +48,34 @@ class Recorder:
     def __init__(self, path: str | Path, record_input: bool = False, meta: dict | None = None) -> None:
         self.path = Path(path)
         self.record_input = record_input
-        self._f = h5py.File(self.path, "w")
+        self._f = h5py.File(self.path, "w", libver=("v110", "latest"))
         self._f.attrs["format"] = RECORDING_FORMAT
         self._f.attrs["version"] = RECORDING_VERSION
         started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
         provenance = {"started": started, "command": " ".join(sys.argv), "rtdecode_version": __version__}
         self._f.attrs["meta"] = json.dumps({**provenance, **(meta or {})})
+        self._f.attrs["stages"] = [s.name.lower() for s in Stage]
+        # Every group now, so that the root's header is whole at the start of the file, where a
+        # copy cut short keeps it (see rtdecode.io.hdf5); HDF5 1.10's chunk index (libver
+        # above) keeps each chunk's address where it was first written, which the old B-tree
+        # moves as it grows.
+        for name in ("volumes", "motion", "features", "ranking", *["input"] * record_input):
+            self._f.create_group(name)
+        for name in ("status/events", "blocks/headers"):
+            self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype())
         self._rows: dict[int, int] = {}
         self._motion: dict[int, tuple[list[float], float]] = {}
-        self._events: list[str] = []
-        self._blocks: list[str] = []
         self.closed = False
 
     # The sink interface shared with rtdecode.transport.zmq.Publisher.
     def publish(self, msg: m.WireMessage) -> None:
         """File one declared message under its volume (status events and blocks as JSON)."""
         if isinstance(msg, m.Status):
-            self._events.append(json.dumps(msg.header()))
+            self._append_str("status/events", json.dumps(msg.header()))
             return
         if isinstance(msg, m.Block):  # headers only: the block's ranking and label ranks, not its predictions
             if not msg.running:  # a running block's result is superseded by its final one
-                self._blocks.append(json.dumps(msg.header()))
+                self._append_str("blocks/headers", json.dumps(msg.header()))
             return
         if isinstance(msg, m.VolumeMessage):
             if self.record_input:
@@ -145,18 +153,14 @@ class Recorder:
             ds.resize(row + 1, axis=0)
         ds[row] = value
 
+    def _append_str(self, name: str, value: str) -> None:
+        self._put_str(name, self._f[name].shape[0], value)
+
     def close(self) -> None:
         """Finish the file and write ``<name>_desc-confounds_timeseries.tsv`` beside it; safe twice."""
         if self.closed:
             return
         self.closed = True
-        self._f.attrs["stages"] = [s.name.lower() for s in Stage]
-        self._f.create_dataset(
-            "status/events", data=np.array(self._events, dtype=object), dtype=h5py.string_dtype()
-        )
-        self._f.create_dataset(
-            "blocks/headers", data=np.array(self._blocks, dtype=object), dtype=h5py.string_dtype()
-        )
         self._f.close()
         if self._motion:
             write_confounds(self.confounds_path, self._motion)
@@ -223,6 +227,10 @@ class Recording:
         The ``status`` events and ``block`` results, as published.
     settings : dict
         The decoder's settings from its last ``started``/``end`` event.
+    truncated : tuple of int or None
+        Bytes on disk and bytes the file should hold, when it was cut short.
+    lost : list of str
+        What a truncated file could not give (objects, rows past the cut).
     """
 
     path: Path
@@ -240,72 +248,97 @@ class Recording:
     events: list[dict]
     blocks: list[dict]
     settings: dict = field(default_factory=dict)
+    truncated: tuple[int, int] | None = None
+    lost: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> Recording:
-        """Read a recording.
+        """Read a recording; of a truncated one, the volumes whose bytes survive (see ``lost``).
 
         Raises
         ------
         RecordingError
-            The file is missing, not HDF5, not an rtdecode recording, or holds no volume.
+            The file is missing, not HDF5, not an rtdecode recording, holds no volume, or is cut
+            so short that nothing of it can be read.
         """
         path = Path(path)
         if not path.exists():
             raise RecordingError(f"{path}: no such recording")
         try:
-            f = h5py.File(path, "r")
+            with open_hdf5(path) as (f, intact):
+                return cls._read(path, f, intact)
+        except RecordingError:
+            raise
         except OSError as err:
             if cut := re.search(r"truncated file: eof = (\d+).*stored_eof = (\d+)", str(err)):
                 raise RecordingError(
                     f"{path}: the recording is truncated ({cut[1]} of {cut[2]} bytes: a disk that filled or "
-                    "a copy cut short); HDF5 keeps its index at the end, so nothing of it can be read"
+                    "a copy cut short) and too little of it is left to read"
                 ) from err
             raise RecordingError(f"{path}: not an HDF5 file ({err})") from err
-        with f:
-            if f.attrs.get("format") != RECORDING_FORMAT:
-                raise RecordingError(f"{path}: not an rtdecode recording (format {f.attrs.get('format')!r})")
-            if "volumes/seq" not in f:
-                raise RecordingError(f"{path}: the recording holds no volume")
 
-            def get(name: str) -> np.ndarray | None:
-                return f[name][:] if name in f else None
+    @classmethod
+    def _read(cls, path: Path, f: h5py.File, intact: Intact) -> Recording:
+        if f.attrs.get("format") != RECORDING_FORMAT:
+            raise RecordingError(f"{path}: not an rtdecode recording (format {f.attrs.get('format')!r})")
+        group = intact.get(f, "features")
+        layers = [
+            f"features/{roi}/{layer}" for roi in intact.keys(group) for layer in intact.keys(group[roi])
+        ]
+        names = [
+            "volumes/seq",
+            "volumes/censored",
+            "volumes/tr_s",
+            "volumes/stamps",
+            "motion/params",
+            "motion/fd_mm",
+        ]
+        found = {name: ds for name in [*names, *layers] if (ds := intact.get(f, name)) is not None}
+        whole = {name: intact.rows(ds) for name, ds in found.items()}
+        if not whole.get("volumes/seq"):
+            readable = " it can read" if intact.truncated else ""
+            raise RecordingError(f"{path}: the recording holds no volume{readable}")
+        # A truncated file: the volumes every surviving per-volume array holds.
+        n = min([whole["volumes/seq"], *(r for name, r in whole.items() if 0 < r < found[name].shape[0])])
+        if n < found["volumes/seq"].shape[0]:
+            intact.lost.append(f"volumes {n} to {found['volumes/seq'].shape[0] - 1}")
+        intact.lost += [f"{name} (all rows)" for name, r in whole.items() if not r and found[name].shape[0]]
 
-            n = f["volumes/seq"].shape[0]
-            events = [json.loads(e) for e in f["status/events"].asstr()[:]] if "status/events" in f else []
-            blocks = [json.loads(b) for b in f["blocks/headers"].asstr()[:]] if "blocks/headers" in f else []
-            tr = get("volumes/tr_s")
-            features = {
-                (roi, layer): f["features"][roi][layer][:]
-                for roi in f.get("features", {})
-                for layer in f["features"][roi]
-            }
-            settings = next((e["settings"] for e in reversed(events) if "settings" in e), {})
-            status = f["volumes/status"].asstr()[:] if "volumes/status" in f else np.full(n, "?")
-            censored = get("volumes/censored")
-            stamps = _by_stage(get("volumes/stamps"), f.attrs.get("stages"))
-            sources = f["volumes/acquired_from"].asstr()[:] if "volumes/acquired_from" in f else []
-            return cls(
-                path=path,
-                meta=json.loads(f.attrs.get("meta", "{}")),
-                seq=f["volumes/seq"][:],
-                status=np.asarray(status[:n]),
-                censored=np.zeros(n, bool) if censored is None else censored[:n].astype(bool),
-                tr_s=float(np.nanmedian(tr)) if tr is not None and np.isfinite(tr).any() else None,
-                stamps=np.zeros((0, len(Stage)), np.int64) if stamps is None else stamps,
-                acquired_from=np.array([*sources, *[""] * (n - len(sources))][:n], dtype=object),
-                motion=get("motion/params"),
-                fd_mm=get("motion/fd_mm"),
-                fd_threshold_mm=(
-                    float(f["motion/params"].attrs["fd_threshold_mm"])
-                    if "motion/params" in f and "fd_threshold_mm" in f["motion/params"].attrs
-                    else None
-                ),
-                features=features,
-                events=events,
-                blocks=blocks,
-                settings=settings,
-            )
+        def get(name: str) -> np.ndarray | None:
+            return found[name][:n] if whole.get(name) else None
+
+        def strings(name: str, fill: str) -> np.ndarray:
+            got = intact.strings(f, name)
+            got = np.zeros(0, object) if got is None else got[:n]
+            return np.array([*got, *[fill] * (n - len(got))], dtype=object)
+
+        def messages(name: str) -> list[dict]:
+            got = intact.strings(f, name)
+            return [] if got is None else [json.loads(text) for text in got]
+
+        events = messages("status/events")
+        tr, censored = get("volumes/tr_s"), get("volumes/censored")
+        params = found.get("motion/params")
+        threshold = params.attrs.get("fd_threshold_mm") if params is not None else None
+        return cls(
+            path=path,
+            meta=json.loads(f.attrs.get("meta", "{}")),
+            seq=get("volumes/seq"),
+            status=strings("volumes/status", "?"),
+            censored=np.zeros(n, bool) if censored is None else censored.astype(bool),
+            tr_s=float(np.nanmedian(tr)) if tr is not None and np.isfinite(tr).any() else None,
+            stamps=_by_stage(get("volumes/stamps"), f.attrs.get("stages")),
+            acquired_from=strings("volumes/acquired_from", ""),
+            motion=get("motion/params"),
+            fd_mm=get("motion/fd_mm"),
+            fd_threshold_mm=None if threshold is None else float(threshold),
+            features={tuple(name.split("/")[1:]): get(name) for name in layers if whole.get(name)},
+            events=events,
+            blocks=messages("blocks/headers"),
+            settings=next((e["settings"] for e in reversed(events) if "settings" in e), {}),
+            truncated=(intact.size, intact.stored_size) if intact.truncated else None,
+            lost=intact.lost,
+        )
 
     @property
     def times_s(self) -> np.ndarray:
@@ -316,26 +349,31 @@ class Recording:
 def input_volumes(path: str | Path, session: str = "replay", series: str = "run-01") -> Iterator[Volume]:
     """The input volumes stored in a recording (``input/*``), read one at a time.
 
+    Of a truncated recording, the volumes whose bytes survive.
+
     Raises
     ------
     RecordingError
         The recording holds no input volumes.
     """
-    with h5py.File(path, "r") as f:
-        if "input/data" not in f:
+    with open_hdf5(path) as (f, intact):
+        data = intact.get(f, "input/data")
+        if data is None:
             raise RecordingError(f"{path}: the recording holds no input volumes (record with --record-input)")
-        data, affine, acq = f["input/data"], f["input/affine"], f["input/acq_time_s"]
+        affine, acq = f["input/affine"], f["input/acq_time_s"]
         if "input/tr_s" in f:
             tr = float(np.median(f["input/tr_s"][:]))
         else:  # recordings written before input/tr_s
             tr = float(np.median(np.diff(acq[:]))) if len(acq) > 1 else 1.0
-        for k in range(data.shape[0]):
+        for k in range(min(intact.rows(data), intact.rows(affine), intact.rows(acq))):
             yield Volume(data[k], affine[k], k, tr, float(acq[k]), session, series)
 
 
-def _by_stage(stamps: np.ndarray | None, names) -> np.ndarray | None:
+def _by_stage(stamps: np.ndarray | None, names) -> np.ndarray:
     # Columns follow the stages of the writer's version (named in the file): put them in ours.
-    if stamps is None or names is None:
+    if stamps is None:
+        return np.zeros((0, len(Stage)), np.int64)
+    if names is None:
         return stamps
     names = [str(n) for n in names]
     out = np.full((stamps.shape[0], len(Stage)), NOT_REACHED, np.int64)

@@ -6,6 +6,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 from helpers import free_address, small_config, wait_for_file
 
 from rtdecode.io.nifti import iter_volumes
@@ -246,18 +247,26 @@ def test_golden_folder_path_equals_offline(experiment, tmp_path, run_decoder):
     _compare_with_offline(tmp_path / "live.h5", tmp_path / "offline.h5", n)  # one output per volume
 
 
-def test_replay_of_a_recording_sends_its_input_volumes(experiment, tmp_path):
-    from rtdecode import wire
+@pytest.fixture(scope="module")
+def recorded_input(experiment, tmp_path_factory):
+    """`rtdecode offline`'s recording of the test series with its input volumes."""
     from rtdecode.apps.batch import decode_series
-    from rtdecode.io.recording import input_volumes
-    from rtdecode.transport.zmq import Receiver
 
     cfg = small_config().run
     cfg.bundle = str(experiment / "decoder")
+    path = tmp_path_factory.mktemp("recorded") / "rec.h5"
+    decode_series(cfg, experiment / "test" / "bold.nii", path, record_input=True)
+    return path
+
+
+def test_replay_of_a_recording_sends_its_input_volumes(experiment, recorded_input, tmp_path):
+    from rtdecode import wire
+    from rtdecode.io.recording import input_volumes
+    from rtdecode.transport.zmq import Receiver
+
     bold = experiment / "test" / "bold.nii"
-    decode_series(cfg, bold, tmp_path / "rec.h5", record_input=True)
     originals = list(iter_volumes(bold))
-    replayed = list(input_volumes(tmp_path / "rec.h5"))
+    replayed = list(input_volumes(recorded_input))
     assert len(replayed) == len(originals)
     np.testing.assert_array_equal(replayed[5].data, originals[5].data)
     address = free_address()
@@ -268,7 +277,7 @@ def test_replay_of_a_recording_sends_its_input_volumes(experiment, tmp_path):
                 "-m",
                 "rtdecode",
                 "replay",
-                str(tmp_path / "rec.h5"),
+                str(recorded_input),
                 "--to",
                 address,
                 "--speed",
@@ -281,3 +290,36 @@ def test_replay_of_a_recording_sends_its_input_volumes(experiment, tmp_path):
         assert proc.returncode == 0, proc.stderr
         topics = [rx.recv(10).topic for _ in range(len(originals) + 1)]
     assert topics == [wire.VOLUME_TOPIC] * len(originals) + [wire.END_TOPIC]
+
+
+def test_a_truncated_recording_gives_what_survives_and_nothing_else(recorded_input, tmp_path):
+    # Cut anywhere, a recording either says it is unreadable or gives exactly the leading rows
+    # of the whole one: nothing read from the missing tail (zeros to HDF5) is taken for data.
+    from rtdecode.errors import RecordingError
+    from rtdecode.io.recording import Recording, input_volumes
+
+    whole, data = Recording.load(recorded_input), recorded_input.read_bytes()
+    volumes = [v.data for v in input_volumes(recorded_input)]
+    cut = tmp_path / "cut.h5"
+    survived = {}
+    for share in (0.01, 0.05, 0.2, 0.5, 0.8, 0.99):
+        cut.write_bytes(data[: int(len(data) * share)])
+        try:
+            part = Recording.load(cut)
+        except RecordingError as err:
+            assert "truncated" in str(err) or "no volume it can read" in str(err)
+            continue
+        n = part.seq.size
+        assert part.truncated == (int(len(data) * share), len(data)) and part.lost
+        for name in ("seq", "censored", "stamps", "motion", "fd_mm"):
+            got = getattr(part, name)
+            if got is not None and len(got):
+                np.testing.assert_array_equal(got, getattr(whole, name)[:n])
+        for key, features in part.features.items():
+            np.testing.assert_array_equal(features, whole.features[key][:n])
+        read = [v.data for v in input_volumes(cut)]
+        assert all(np.array_equal(a, b) for a, b in zip(read, volumes))
+        survived[share] = len(read)
+    # The input volumes lie in the file in time order: about half of them survive half the file.
+    assert survived[0.5] >= 0.4 * len(volumes) and survived[0.99] >= len(volumes) - 2
+    assert survived[0.2] < survived[0.5] < survived[0.8]
