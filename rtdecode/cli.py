@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ready-file", help="write the page's URL here once it is served")
     p.add_argument("--allow-remote", action="store_true", help="allow a --host other than loopback")
     p.add_argument("--reconstructions", help="rtdecode reconstruct's --publish address: show its images")
+    p.add_argument("--history-from", help="the decoder's run.history.address: start with the session so far")
     p.set_defaults(func=commands.dashboard)
 
     p = sub.add_parser("reconstruct", help="an image from each decoded block, published and saved")

@@ -99,6 +99,8 @@ class RunConfig:
     transport: str = "zmq"  # where volumes come from: zmq (run.input) or lsl (a stream of type fMRI)
     input: SocketConfig = field(default_factory=SocketConfig)
     output: SocketConfig = field(default_factory=lambda: SocketConfig("tcp://127.0.0.1:5556", True))
+    # The session so far, for a subscriber that starts late (rtdecode dashboard --history); "" off.
+    history: SocketConfig = field(default_factory=lambda: SocketConfig("", True))
     bundle: str = ""  # the decoder bundle directory (required by rtdecode run and offline)
     candidates: str = ""  # default: <bundle>/candidates.npz
     top_k: int = 5

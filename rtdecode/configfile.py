@@ -57,6 +57,12 @@ def _validate(cfg: Config, where: str) -> None:
             "must differ from run.input.address",
             r.output.address,
         ),
+        (
+            r.history.address not in (r.input.address, r.output.address),
+            "run.history.address",
+            "must differ from run.input.address and run.output.address",
+            r.history.address,
+        ),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),
         (
@@ -157,7 +163,7 @@ def _validate(cfg: Config, where: str) -> None:
                 f.target,
             ),
         ]
-    for sock in ("input", "output"):
+    for sock in ("input", "output", "history")[: 3 if r.history.address else 2]:
         s = getattr(r, sock)
         rules += [
             (

@@ -157,7 +157,10 @@ def dashboard(args: argparse.Namespace) -> None:
             f"--host {args.host}: the page would be served to the network without authentication; "
             "add --allow-remote to do so on a network you trust"
         )
-    serve_dashboard(args.address, args.host, args.port, args.ready_file, args.history, args.reconstructions)
+    serve_dashboard(
+        args.address, args.host, args.port, args.ready_file, args.history, args.reconstructions,
+        args.history_from,
+    )  # fmt: skip
 
 
 def reconstruct(args: argparse.Namespace) -> None:

@@ -139,6 +139,8 @@ def run_demo(
         run_cfg.feedback = [FeedbackConfig(name="content", roi=roi, layer=bundle.layers[-1], target=target)]
     run_cfg.input = dataclasses.replace(run_cfg.input, address=free_tcp_address(), bind=True)
     run_cfg.output = dataclasses.replace(run_cfg.output, address=free_tcp_address(), bind=True)
+    if dashboard_port is not None:  # a dashboard restarted during the demo gets the session so far
+        run_cfg.history = dataclasses.replace(run_cfg.history, address=free_tcp_address(), bind=True)
     cfg_path = out / "run.yaml"
     cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=run_cfg))["run"]}))
     ready, results = out / "subscriber.ready", out / "results.npz"
@@ -203,6 +205,8 @@ def run_demo(
                     str(dashboard_port),
                     "--ready-file",
                     str(dash_ready),
+                    "--history-from",
+                    run_cfg.history.address,
                     *(["--reconstructions", recon_pub] if reconstruct else []),
                 ]
             )  # fmt: skip

@@ -25,7 +25,7 @@ from rtdecode.pipeline.feedback import Feedback, Score
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.ranking import Identifier
-from rtdecode.transport.zmq import CurveServer, Publisher, Receiver
+from rtdecode.transport.zmq import CurveServer, HistoryServer, Publisher, Receiver
 from rtdecode.wire.ports import Sink, VolumeSource
 
 log = logging.getLogger(__name__)
@@ -112,10 +112,20 @@ def open_publisher(cfg: RunConfig) -> Publisher:
         raise BindError(f"run.output.address: {err}") from err
 
 
+def open_history(cfg: RunConfig, kinds: tuple[str, ...]) -> HistoryServer | None:
+    """The session so far on ``cfg.history`` (REP), or None when it is off."""
+    if not cfg.history.address:
+        return None
+    try:
+        return HistoryServer(cfg.history.address, kinds, curve=curve_server(cfg))
+    except BindError as err:
+        raise BindError(f"run.history.address: {err}") from err
+
+
 def warn_if_exposed(cfg: RunConfig) -> None:
     """Log a warning at every start when a socket is bound beyond loopback without encryption."""
-    for key, sock in (("run.input", cfg.input), ("run.output", cfg.output)):
-        if sock.bind and not is_loopback(sock.address) and not cfg.curve.enabled:
+    for key, sock in (("run.input", cfg.input), ("run.output", cfg.output), ("run.history", cfg.history)):
+        if sock.address and sock.bind and not is_loopback(sock.address) and not cfg.curve.enabled:
             log.warning(
                 "%s.address %s is reachable from the network without encryption "
                 "(run.allow_insecure_network: true); anyone on it can send volumes or read results",

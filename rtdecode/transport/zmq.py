@@ -16,6 +16,8 @@ variables ``RTDECODE_CURVE_SECRET_KEY`` (their own ``.key_secret`` file) and
 from __future__ import annotations
 
 import os
+import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ from rtdecode.errors import (
 from rtdecode.volume import SeriesEnd, Stage, Volume, stamp
 from rtdecode.wire.frames import END_TOPIC, VOLUME_TOPIC, Message, decode
 from rtdecode.wire.inputs import End, encode_volume
-from rtdecode.wire.messages import WireMessage, parse, volume_context
+from rtdecode.wire.messages import Status, WireMessage, parse, volume_context
 
 SECRET_KEY_ENV = "RTDECODE_CURVE_SECRET_KEY"
 SERVER_KEY_ENV = "RTDECODE_CURVE_SERVER_KEY"
@@ -285,6 +287,85 @@ class Publisher(_Endpoint):
     def publish(self, msg: WireMessage) -> None:
         """Encode and send one message (arrays are not copied)."""
         self._send(msg.encode())
+
+
+class HistoryServer(_Endpoint):
+    """What a session has published so far, for a subscriber that starts late (REP). Binds.
+
+    A sink beside the :class:`Publisher`: it keeps a copy of the last ``keep`` messages of the
+    given ``kinds`` (heartbeats aside) and answers every request with all of them, oldest first:
+    a frame with the count, then per message a frame with its frame count and its frames. A
+    thread of its own serves, so the session only appends. :func:`fetch_history` is the client.
+    """
+
+    def __init__(
+        self, address: str, kinds: Sequence[str], keep: int = 20_000, curve: CurveServer | None = None
+    ) -> None:
+        self._init(zmq.REP, address, True, 0, curve)
+        self._kinds = frozenset(kinds)
+        self._kept: deque[list[bytes]] = deque(maxlen=keep)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        # The socket moves to the thread here and is used by it alone until close joins it.
+        self._thread = threading.Thread(target=self._serve, name="history", daemon=True)
+        self._thread.start()
+
+    def publish(self, msg: WireMessage) -> None:
+        """Keep a copy of one message (its arrays may be reused by the session afterwards)."""
+        if msg.kind in self._kinds and not (isinstance(msg, Status) and msg.event == "heartbeat"):
+            frames = [bytes(memoryview(f)) for f in msg.encode()]
+            with self._lock:
+                self._kept.append(frames)
+
+    def _serve(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            self.socket.recv_multipart()  # any request: the history is all there is to ask for
+            with self._lock:
+                kept = list(self._kept)
+            reply = [str(len(kept)).encode()]
+            for frames in kept:
+                reply += [str(len(frames)).encode(), *frames]
+            self.socket.send_multipart(reply)
+
+    def close(self) -> None:
+        """Stop serving and close; safe to call twice."""
+        self._stop.set()
+        self._thread.join()
+        super().close()
+
+
+def fetch_history(address: str, timeout_s: float = 2.0) -> list[WireMessage]:
+    """Ask a decoder's :class:`HistoryServer` for the session so far.
+
+    Raises
+    ------
+    ReceiveTimeout
+        No answer within ``timeout_s`` (no decoder, or history off).
+    ProtocolError
+        The answer is not a history.
+    """
+    client = _Endpoint()
+    client._init(zmq.REQ, address, False, 0)
+    with client:
+        client.socket.send(b"history")
+        if not client.socket.poll(int(timeout_s * 1000)):
+            raise ReceiveTimeout(f"no history from {address} within {timeout_s} s")
+        reply = client.socket.recv_multipart(copy=False)
+    try:
+        count, at, out = int(bytes(reply[0])), 1, []
+        for _ in range(count):
+            n = int(bytes(reply[at]))
+            out.append(parse(decode(reply[at + 1 : at + 1 + n])))
+            at += 1 + n
+    except (ValueError, IndexError) as err:
+        raise ProtocolError(f"{address}: not a history answer ({err})") from err
+    if at != len(reply):
+        raise ProtocolError(f"{address}: not a history answer ({len(reply) - at} frames left over)")
+    return out
 
 
 class Subscriber(_Endpoint):

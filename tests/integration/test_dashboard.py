@@ -301,43 +301,105 @@ def test_dashboard_shows_the_reconstructors_images(tmp_path):
         assert proc.wait(10) == 0
 
 
-def test_a_killed_decoder_stops_looking_live(experiment, tmp_path, browser, run_decoder):
-    """SIGKILL the decoder: within two heartbeats the page says it is silent; restarted, it is live."""
+def test_killed_decoder_and_restarted_dashboard_show_correctly(experiment, tmp_path, browser, run_decoder):
+    """Mid-session: a restarted dashboard takes the session so far from the decoder's history and
+    shows every volume; a decoder SIGKILLed while decoding is seen silent within two heartbeats;
+    restarted, it is live again; a history that cannot be had is said on the page."""
     cfg = small_config()
     cfg.run.bundle = str(experiment / "decoder")
-    cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
+    addresses = [free_address() for _ in range(3)]
+    cfg.run.input.address, cfg.run.output.address, cfg.run.history.address = addresses
     cfg.run.heartbeat_s = 0.5
-    ready = tmp_path / "dashboard.ready"
-    dashboard = subprocess.Popen(
-        [sys.executable, "-m", "rtdecode", "dashboard", "--address", cfg.run.output.address, "--port", "0",
-         "--ready-file", str(ready)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        decoder = run_decoder(cfg)
+    dashboards = []
+
+    def dashboard(*args):
+        ready = tmp_path / f"dashboard-{len(dashboards)}.ready"
+        dashboards.append(subprocess.Popen(
+            [sys.executable, "-m", "rtdecode", "dashboard", "--address", cfg.run.output.address,
+             "--port", "0", "--ready-file", str(ready), *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))  # fmt: skip
         _wait(ready.exists, 60, "the dashboard did not start")
         open_page(browser, ready.read_text().strip())
-        _wait(
-            lambda: _text(browser, "connection") == "live",
-            60,
-            "the decoder's heartbeats did not reach the page",
-        )
-        assert _text(browser, "decoder") == "decoder: idle, waiting for volumes"
-        decoder.kill()
+        _wait(lambda: _text(browser, "connection") == "live", 60, "no heartbeat reached the page")
+
+    sender = None
+    try:
+        decoder = run_decoder(cfg)
+        dashboard()
+        sender = subprocess.Popen(
+            [sys.executable, "-m", "rtdecode", "simulate", "--out", str(experiment / "test"), "--stream",
+             cfg.run.input.address, "--speed", "5"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        _wait(lambda: int(_text(browser, "n-volumes")) >= 10, 60, "no volume reached the page")
+        dashboards[-1].terminate()  # the console restarts its dashboard mid-session
+        dashboard("--history-from", cfg.run.history.address)
+        _wait(lambda: int(_text(browser, "n-volumes")) >= 25, 60, "the restarted dashboard did not follow")
+        # Every volume so far is counted (the history's and the live ones, none twice), and
+        # the page does not say it started late.
+        assert int(_text(browser, "n-volumes")) == int(_text(browser, "last-seq")) + 1
+        assert _text(browser, "history-note") == ""
+        note = browser.find_element("id", "history-note").get_attribute("title")
+        assert "came from the decoder's history" in note
+        assert _text(browser, "decoder") == "decoder: decoding"
+        decoder.kill()  # while decoding
         killed = time.monotonic()
-        _wait(
-            lambda: _text(browser, "connection").startswith("decoder silent"),
-            30,
-            "a dead decoder looked live",
-        )
+        _wait(lambda: _text(browser, "connection").startswith("decoder silent"), 30, "a dead decoder: live")
         noticed = time.monotonic() - killed
         # Two heartbeat periods of silence, plus the page's 0.25 s check and the relay.
         assert noticed < 2 * cfg.run.heartbeat_s + 1.5, noticed
-        assert _text(browser, "connection").startswith("decoder silent for ")
         assert _text(browser, "decoder") == "decoder: not heard"
         assert "bad" in browser.find_element("id", "connection").get_attribute("class")
-        run_decoder(cfg)  # restarted on the same address
+        sender.kill()
+        run_decoder(cfg)  # restarted on the same addresses
         _wait(lambda: _text(browser, "connection") == "live", 60, "a restarted decoder did not look live")
         assert page_errors(browser) == []
+        # A history endpoint that does not answer: the page says so instead of looking complete.
+        dashboards[-1].terminate()
+        dashboard("--history-from", free_address())
+        _wait(lambda: _text(browser, "history-note").startswith("no history from the decoder"), 30,
+              "a missing history was not shown")  # fmt: skip
     finally:
-        dashboard.terminate()
-        dashboard.wait(10)
+        for proc in [*dashboards, *([sender] if sender else [])]:
+            proc.terminate()
+            proc.wait(10)
+
+
+def test_history_endpoint_keeps_what_a_dashboard_shows_and_refuses_a_bad_answer():
+    import zmq
+
+    from rtdecode.errors import ProtocolError, ReceiveTimeout
+    from rtdecode.transport.zmq import HistoryServer, fetch_history
+
+    kinds = ("motion", "ranking", "feedback", "latency", "status")
+    with HistoryServer(free_address(), kinds, keep=10) as history:
+        published = [msg for seq in range(4) for msg in _volume(seq)]
+        for msg in published:
+            history.publish(msg)
+            history.publish(_msg("status", {"kind": "status", "event": "heartbeat", "processed": 0}))
+        features = {"roi": "VC", "layer": "cnn8", "kind": "features", "session": "s", "series": "r", "seq": 3,
+                    "acq_time_s": 1e9, "tr_s": 2.0, "status": "ok"}  # fmt: skip
+        history.publish(_msg("features.VC.cnn8", features, {"features": np.ones(3, np.float32)}))
+        got = fetch_history(history.last_endpoint)
+        again = fetch_history(history.last_endpoint)  # asked again: the same answer
+        assert [g.header() for g in again] == [g.header() for g in got]
+    # The last ten of the kinds asked for, heartbeats and per-unit features aside, arrays intact.
+    assert [(g.kind, g.seq) for g in got] == [(p.kind, p.seq) for p in published[-10:]]
+    rankings = [(g, p) for g, p in zip(got, published[-10:]) if g.kind == "ranking"]
+    assert rankings and all(np.array_equal(g.scores, p.scores) for g, p in rankings)
+    with pytest.raises(ReceiveTimeout, match="no history from"):
+        fetch_history(free_address(), timeout_s=0.3)
+    ctx = zmq.Context()
+    rep = ctx.socket(zmq.REP)
+    rep.bind("tcp://127.0.0.1:*")
+    address = rep.getsockopt_string(zmq.LAST_ENDPOINT)
+    try:
+        for answer in ([b"2", b"1", b"ranking"], [b"1", b"3", b"motion", b"{}"], [b"0", b"extra"]):
+            server = threading.Thread(target=lambda a=answer: (rep.recv(), rep.send_multipart(a)))
+            server.start()
+            with pytest.raises(ProtocolError):
+                fetch_history(address)
+            server.join()
+    finally:
+        rep.close(0)
+        ctx.term()

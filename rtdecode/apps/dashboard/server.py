@@ -3,7 +3,10 @@
 One process, one port: HTTP for the page and its assets (shipped in ``static/``, nothing from the
 internet), a WebSocket at ``/ws`` for the updates. A thread reads the decoder's PUB socket; the
 asyncio loop folds each message into the :class:`~rtdecode.apps.dashboard.view.SessionView` and
-broadcasts the update it completes. A page that connects late first gets the recent history.
+broadcasts the update it completes. A page that connects late first gets the recent history; a
+dashboard that starts late (or again) takes the session so far from the decoder's history
+endpoint (``run.history``, ``--history-from``) before its first live message, and says so on the
+page when it cannot.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ from websockets.asyncio.server import ServerConnection, broadcast, serve
 from websockets.http11 import Request, Response
 
 from rtdecode.apps.dashboard.view import TOPICS, SessionView
-from rtdecode.errors import BindError
+from rtdecode.errors import BindError, ProtocolError, ReceiveTimeout
 from rtdecode.transport.subscription import messages
+from rtdecode.transport.zmq import fetch_history
+from rtdecode.wire.messages import WireMessage
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +53,14 @@ def _encode(update: dict) -> str | None:
         return None
 
 
+def _key(msg: WireMessage) -> str:
+    # A message seen both in the history and live (published between the two) is the same header.
+    return json.dumps(msg.header(), sort_keys=True, default=str)
+
+
 async def _run(
     address: str, host: str, port: int, ready_file: str | Path | None, history: int, until: asyncio.Future,
-    reconstructions: str | None = None,
+    reconstructions: str | None = None, history_from: str | None = None,
 ) -> None:  # fmt: skip
     view = SessionView(history)
     clients: set[ServerConnection] = set()
@@ -58,13 +68,38 @@ async def _run(
     inbox: asyncio.Queue = asyncio.Queue()
     stop = threading.Event()
 
-    def pump(address: str, topics: tuple[str, ...]) -> None:
+    def put(item: WireMessage | str) -> None:
+        loop.call_soon_threadsafe(inbox.put_nowait, item)
+
+    def take_history() -> set[str]:
+        try:
+            old = fetch_history(history_from)
+        except (ReceiveTimeout, ProtocolError, BindError) as err:
+            log.warning("no history from %s: %s", history_from, err)
+            put(f"no history from the decoder ({err})")
+            return set()
+        for msg in old:
+            put(msg)
+        put(f"the session so far came from the decoder's history ({len(old)} messages)")
+        return {_key(msg) for msg in old}
+
+    def pump(address: str, topics: tuple[str, ...], with_history: bool = False) -> None:
+        seen: set[str] | None = None
         for msg in messages(address, topics=topics, stop=stop):
-            loop.call_soon_threadsafe(inbox.put_nowait, msg)
+            # Asked once the subscription delivers, so history and live overlap rather than miss.
+            if with_history and seen is None:
+                seen = take_history()
+            if not seen or _key(msg) not in seen:
+                put(msg)
 
     async def fold() -> None:
         while True:
-            update = view.add(await inbox.get())
+            item = await inbox.get()
+            if isinstance(item, str):
+                view.history = item
+                update = {"type": "history", "text": item}
+            else:
+                update = view.add(item)
             text = _encode(update) if update is not None else None
             if text is not None:
                 broadcast(clients, text)
@@ -102,7 +137,9 @@ async def _run(
             clients.discard(conn)
 
     readers = [
-        threading.Thread(target=pump, args=(address, TOPICS), name="dashboard-subscriber", daemon=True)
+        threading.Thread(
+            target=pump, args=(address, TOPICS, bool(history_from)), name="dashboard-subscriber", daemon=True
+        )
     ]
     if reconstructions:  # rtdecode reconstruct publishes on its own address
         readers.append(
@@ -137,6 +174,7 @@ def serve_dashboard(
     ready_file: str | Path | None = None,
     history: int = 600,
     reconstructions: str | None = None,
+    history_from: str | None = None,
 ) -> None:
     """Serve the dashboard until SIGTERM or Ctrl-C.
 
@@ -153,12 +191,14 @@ def serve_dashboard(
         Volumes and blocks a late page starts with.
     reconstructions : str, optional
         The PUB address of ``rtdecode reconstruct``: its images are shown too.
+    history_from : str, optional
+        The decoder's ``run.history.address``: the session so far is taken from it at start.
     """
 
     async def main() -> None:
         until = asyncio.get_running_loop().create_future()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, lambda: until.done() or until.set_result(None))
-        await _run(address, host, port, ready_file, history, until, reconstructions)
+        await _run(address, host, port, ready_file, history, until, reconstructions, history_from)
 
     asyncio.run(main())

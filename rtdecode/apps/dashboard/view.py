@@ -63,6 +63,7 @@ class SessionView:
         self.settings: dict | None = None
         self.last_event: dict | None = None
         self.reconstructions: deque[dict] = deque(maxlen=RECONSTRUCTIONS_KEPT)
+        self.history = ""  # where the session so far came from, or why it could not
         self._pending: dict[int, dict] = {}
 
     def add(self, msg: m.WireMessage) -> dict | None:
@@ -183,4 +184,5 @@ class SessionView:
             "settings": self.settings,
             "last_event": self.last_event,
             "reconstructions": list(self.reconstructions),
+            "history": self.history,
         }

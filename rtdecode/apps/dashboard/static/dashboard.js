@@ -8,6 +8,7 @@ const MOTION_NAMES = ["tx", "ty", "tz", "rx", "ry", "rz"];
 const state = {
   volumes: [], blocks: [], lastTop: null, roi: null, layer: null, fdThreshold: null, settings: null,
   socketOpen: false, lastHeard: null, lastVolumeAt: null, stopped: false,
+  counts: null, history: "",  // history: where the session so far came from, or why it could not
   marks: [],  // gaps and restarts, drawn on the time axes: {x, label}
 };
 
@@ -129,8 +130,11 @@ function fillTable(tbody, rows) {
 function showCounts(c) {
   // A dashboard started after the session began has not seen its first volumes: say so.
   const seen = c.volumes + c.missing, expected = c.last_seq === null ? 0 : c.last_seq + 1;
+  const failed = state.history.startsWith("no history") ? state.history : "";
   setText("history-note", seen < expected
-    ? `this dashboard has seen ${c.volumes} of the ${expected} volumes so far (it started late)` : "");
+    ? `this dashboard has seen ${c.volumes} of the ${expected} volumes so far (it started late${failed ? "; " + failed : ""})`
+    : failed);
+  $("history-note").title = state.history;
   setText("n-volumes", c.volumes);
   setText("last-seq", c.last_seq === null ? "–" : c.last_seq);
   setText("n-decoded", c.decoded);
@@ -308,6 +312,9 @@ function handle(update) {
     if (update.settings) onStatus({ event: "connected", settings: update.settings });
     if (update.last_event) onStatus(update.last_event);
     (update.reconstructions || []).forEach(onReconstruction);
+    state.history = update.history || "";
+  } else if (update.type === "history") {
+    state.history = update.text;
   } else if (update.type === "reconstruction") {
     onReconstruction(update);
   } else if (update.type === "volume") {
@@ -317,7 +324,8 @@ function handle(update) {
   } else if (update.type === "status") {
     onStatus(update);
   }
-  if (update.counts) showCounts(update.counts);
+  if (update.counts) state.counts = update.counts;
+  if (state.counts) showCounts(state.counts);
   scheduleRedraw();
 }
 
