@@ -44,6 +44,26 @@ class MotionConfig:
     fd_threshold_mm: float = 0.5
 
 
+NUISANCE_REGRESSORS = ("drift", "motion", "motion_derivatives", "global")  # run.preprocess.nuisance
+
+
+@dataclass
+class DespikeConfig:
+    """Causal despiking (see :class:`rtdecode.pipeline.denoise.Despiker`)."""
+
+    enabled: bool = False
+    threshold: float = 4.0  # running SDs from the running level
+    tau_s: float = 30.0  # time constant of the running level and SD
+
+
+@dataclass
+class NuisanceConfig:
+    """Nuisance regression, recursive least squares (:class:`rtdecode.pipeline.denoise.NuisanceRegressor`)."""
+
+    regressors: list[str] = field(default_factory=list)  # some of NUISANCE_REGRESSORS; [] off
+    penalty: float = 1.0  # ridge prior on the nuisance coefficients, in volumes' worth
+
+
 @dataclass
 class PreprocessConfig:
     """Causal preprocessing (see :class:`rtdecode.pipeline.preprocess.Preprocessor`)."""
@@ -52,6 +72,8 @@ class PreprocessConfig:
     detrend_tau_s: float = 60.0
     # "baseline-detrend"; "baseline": the lab's per-run z-score; "training": an imported model's own
     normalise: str = "baseline-detrend"
+    despike: DespikeConfig = field(default_factory=DespikeConfig)  # before the nuisance regression
+    nuisance: NuisanceConfig = field(default_factory=NuisanceConfig)
 
 
 @dataclass

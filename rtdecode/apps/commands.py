@@ -97,9 +97,10 @@ def evaluate(args: argparse.Namespace) -> None:
         )
     if "time_course" in out:
         for roi, peaks in out["time_course"]["peak_s"].items():
-            print(f"time course {roi}: peak of feature-prediction accuracy (s from onset) " + ", ".join(
-                f"{layer} {t:g}" for layer, t in peaks.items()
-            ))
+            print(
+                f"time course {roi}: peak of feature-prediction accuracy (s from onset) "
+                + ", ".join(f"{layer} {t:g}" for layer, t in peaks.items())
+            )
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))
 

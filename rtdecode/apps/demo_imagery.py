@@ -107,12 +107,14 @@ def print_imagery(s: dict, perception_mean: float) -> None:
     print("  " + "".join(f"{ly:>7}" for ly in ia["per_layer"]) + f"{'mean':>7}")
     print("  " + "".join(f"{v:>7.2f}" for v in ia["per_layer"].values()) + f"{ia['mean']:>7.2f}")
     tc = s["time_course"]
-    print("  peak of identification after the cue (s):   " + "  ".join(
-        f"{ly} {t:4.1f}" for ly, t in tc["peak_s"].items()
-    ))
-    print("  the simulation's own (noiseless, same trials): " + "  ".join(
-        f"{ly} {t:4.1f}" for ly, t in tc["simulated_peak_s"].items()
-    ))
+    print(
+        "  peak of identification after the cue (s):   "
+        + "  ".join(f"{ly} {t:4.1f}" for ly, t in tc["peak_s"].items())
+    )
+    print(
+        "  the simulation's own (noiseless, same trials): "
+        + "  ".join(f"{ly} {t:4.1f}" for ly, t in tc["simulated_peak_s"].items())
+    )
     print(
         f"  every layer within one TR of the simulation's peak: {tc['within_one_tr']} (largest "
         f"difference {max(tc['off_by_s'].values()):.1f} s); mean peak "

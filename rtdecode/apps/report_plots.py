@@ -226,9 +226,13 @@ def identification_section(truth: Truth | None, why: str | None = None) -> str:
     Without ``truth``, ``why`` says what is missing (default: the categories shown).
     """
     if truth is None:
-        return f"<p>{why}</p>" if why else (
-            "<p>The categories shown are not known to this report: record a session with stimulus "
-            "markers (block results), or pass <code>--events events.tsv</code>.</p>"
+        return (
+            f"<p>{why}</p>"
+            if why
+            else (
+                "<p>The categories shown are not known to this report: record a session with stimulus "
+                "markers (block results), or pass <code>--events events.tsv</code>.</p>"
+            )
         )
     layers = list(next(iter(truth.accuracy.values())))
 

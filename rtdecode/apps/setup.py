@@ -21,6 +21,7 @@ from rtdecode.models.latents import LatentDecoders
 from rtdecode.numerics.grid import match_grid, reorient
 from rtdecode.numerics.kernels import warm_up
 from rtdecode.pipeline.chain import Pipeline
+from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.feedback import Feedback, Score
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
@@ -52,7 +53,10 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
                 data, affine = reorient(data, ornt), bundle.affine
             motion.set_reference(data, affine)
     pre = Preprocessor.from_config(cfg.preprocess)
-    return Pipeline(bundle.mask, pre, motion, bundle, identifier, cfg.max_gap_volumes, bundle.affine)
+    denoiser = Denoiser.from_config(cfg.preprocess)
+    return Pipeline(
+        bundle.mask, pre, motion, bundle, identifier, cfg.max_gap_volumes, bundle.affine, denoiser
+    )
 
 
 def load_latents(cfg: RunConfig, pipe: Pipeline) -> LatentDecoders | None:

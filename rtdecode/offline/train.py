@@ -29,6 +29,7 @@ from rtdecode.numerics.grid import match_grid, reorient
 from rtdecode.numerics.stats import zscore
 from rtdecode.offline.ridge import choose_alpha, fit_selected_ridge
 from rtdecode.pipeline.chain import Pipeline
+from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.progress import progress
@@ -208,7 +209,9 @@ def train_session(
         if rc.motion.enabled
         else None
     )
-    pipe = Pipeline(mask, Preprocessor.from_config(rc.preprocess), motion)
+    pipe = Pipeline(
+        mask, Preprocessor.from_config(rc.preprocess), motion, denoiser=Denoiser.from_config(rc.preprocess)
+    )
     rows, times, affine, tr = [], [], None, None
     n_censored = 0
     for res in pipe.process_series(iter_volumes(sdir / "bold.nii")):

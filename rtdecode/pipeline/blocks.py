@@ -32,6 +32,7 @@ from rtdecode.wire.markers import Marker
 
 log = logging.getLogger(__name__)
 
+
 def _tolerance(tr_s: float) -> float:
     # Designs put block edges on volume boundaries; marker times carry milliseconds of jitter
     # (times the replay speed), so a volume within a quarter TR of an edge goes to the side it
@@ -218,9 +219,7 @@ class BlockDecoder:
                 del self._volumes[old]
         tol = _tolerance(vol.tr_s)
         t_next = (vol.seq + 1) * vol.tr_s
-        done = [
-            b for b in self._closed if t_next >= b.window(self.shift, tol, self.windows)[1]
-        ]
+        done = [b for b in self._closed if t_next >= b.window(self.shift, tol, self.windows)[1]]
         self._closed = [b for b in self._closed if b not in done]
         out = [self._result(b, vol.tr_s) for b in done]
         if self.running and used:

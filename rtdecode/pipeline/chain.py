@@ -1,4 +1,4 @@
-"""The stage chain: motion -> preprocess -> decode -> identify, for one volume at a time.
+"""The stage chain: motion -> denoise -> preprocess -> decode -> identify, for one volume at a time.
 
 The live loop (:mod:`rtdecode.apps.session`) and the offline batch (training, ``rtdecode offline``) call
 the same :meth:`Pipeline.process`, so streaming and offline results agree by construction.
@@ -19,6 +19,7 @@ import numpy as np
 from rtdecode.errors import VolumeError
 from rtdecode.models.bundle import Decoder
 from rtdecode.numerics.grid import match_grid, orientation_between, reorient, reoriented_shape
+from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.ranking import Identifier
@@ -40,7 +41,8 @@ class Result:
     volume: Volume
     status: str
     motion: MotionEstimate | None = None
-    values: np.ndarray | None = None  # motion-corrected analysis voxels, scanner units, (n_voxels,)
+    values: np.ndarray | None = None  # motion-corrected (and denoised) analysis voxels, scanner units
+    spikes: int | None = None  # analysis voxels the despiker clipped (None: despiking off)
     x: np.ndarray | None = None  # preprocessed analysis voxels, (n_voxels,)
     predictions: np.ndarray | None = None  # (n_rois, n_units_total)
     top_indices: np.ndarray | None = None  # (n_rois, n_layers, k)
@@ -80,6 +82,7 @@ class Pipeline:
         identifier: Identifier | None = None,
         max_gap_volumes: int = 10_000,
         affine: np.ndarray | None = None,
+        denoiser: Denoiser | None = None,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
@@ -88,6 +91,7 @@ class Pipeline:
                 f"decoder mask {decoder.mask.shape} differs from pipeline mask {self.mask.shape}"
             )
         self.preprocessor = preprocessor
+        self.denoiser = denoiser
         self.motion = motion
         self.decoder = decoder
         self.identifier = identifier
@@ -106,7 +110,8 @@ class Pipeline:
         """What a restarted pipeline needs to continue the series, as named arrays.
 
         Keys: ``series`` (JSON ``[session, series]``), ``last_seq``, ``series_affine``,
-        ``pre/*`` (baseline and drift filter), ``motion/*`` (pose) and ``reference/image``,
+        ``pre/*`` (baseline and drift filter), ``denoise/*`` (despiking and nuisance fit),
+        ``motion/*`` (pose) and ``reference/image``,
         ``reference/affine`` (the motion reference, unchanged between volumes). None before the
         first volume.
         """
@@ -114,6 +119,8 @@ class Pipeline:
             return None
         state = {"series": np.array(json.dumps(list(self._series))), "last_seq": np.array(self._last_seq)}
         state |= {f"pre/{k}": v for k, v in self.preprocessor.get_state().items()}
+        if self.denoiser is not None:
+            state |= {f"denoise/{k}": v for k, v in self.denoiser.get_state().items()}
         if self._series_affine is not None:
             state["series_affine"] = self._series_affine
         motion = self.motion.get_state() if self.motion is not None else None
@@ -138,6 +145,8 @@ class Pipeline:
         if self.affine is not None and affine is not None and not np.allclose(affine, self.affine, atol=1e-3):
             self._reorient = orientation_between(self._series_affine, self.affine)  # checked when it began
         self.preprocessor.set_state({k[4:]: v for k, v in state.items() if k.startswith("pre/")})
+        if self.denoiser is not None:
+            self.denoiser.set_state({k[8:]: v for k, v in state.items() if k.startswith("denoise/")})
         motion = {k[7:]: v for k, v in state.items() if k.startswith("motion/")}
         if self.motion is not None and motion:
             self.motion.set_reference(state["reference/image"], state["reference/affine"])
@@ -161,6 +170,8 @@ class Pipeline:
             if self._series is not None:
                 log.info("new series %s/%s: preprocessing restarts", vol.session, vol.series)
                 self.preprocessor.reset()
+                if self.denoiser is not None:
+                    self.denoiser.reset()
                 if self.motion is not None:
                     self.motion.new_series()
             self._series, self._series_affine = (vol.session, vol.series), None
@@ -248,6 +259,10 @@ class Pipeline:
         else:
             values = vol.data.take(self.index).astype(np.float32)
         stamp(vol.stamps, Stage.MOTION)
+        if self.denoiser is not None:  # timed with the preprocessing
+            motion = None if res.motion is None else res.motion.params
+            denoised = self.denoiser.update(values, motion, vol.seq, vol.tr_s)
+            values, res.spikes = denoised.values, denoised.spikes
         res.values = values
         res.x = self.preprocessor.update(values, vol.tr_s)
         stamp(vol.stamps, Stage.PREPROCESSED)

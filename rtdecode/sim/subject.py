@@ -63,7 +63,13 @@ class SimParams:
     imagery_trials_per_category: int = 1
     imagery_gain: dict = field(  # share of the perception response kept in imagery, per ROI
         default_factory=lambda: {
-            "V1": 0.1, "V2": 0.15, "V3": 0.2, "V4": 0.25, "LOC": 0.33, "FFA": 0.33, "PPA": 0.33
+            "V1": 0.1,
+            "V2": 0.15,
+            "V3": 0.2,
+            "V4": 0.25,
+            "LOC": 0.33,
+            "FFA": 0.33,
+            "PPA": 0.33,
         }  # fmt: skip
     )
     imagery_vividness_sd: float = 0.3  # trial-to-trial vividness: log-normal gain of this sd
