@@ -141,6 +141,7 @@ class RunConfig:
     checkpoint: str = ""  # a directory for the state after each volume, to resume after a crash; "" none
     curve: CurveConfig = field(default_factory=CurveConfig)  # encryption and client allow-list
     max_gap_volumes: int = 10_000  # a volume further ahead of the last one is refused (a corrupt index)
+    expected_volumes: int = 0  # the run's length, for the projected minutes of clean data (qa); 0 unknown
     allow_insecure_network: bool = False  # bind beyond loopback without CurveZMQ (warned at every start)
 
 

@@ -52,6 +52,7 @@ def _validate(cfg: Config, where: str) -> None:
             r.input.max_message_mb,
         ),
         (r.max_gap_volumes >= 1, "run.max_gap_volumes", "must be >= 1", r.max_gap_volumes),
+        (r.expected_volumes >= 0, "run.expected_volumes", "must be >= 0", r.expected_volumes),
         (
             r.input.address != r.output.address,
             "run.output.address",

@@ -7,6 +7,7 @@ import logging
 import signal
 import time
 
+from rtdecode.apps.dashboard.view import TOPICS
 from rtdecode.apps.session import LiveSession
 from rtdecode.apps.setup import open_history, open_lsl_outputs, open_publisher, open_source, warn_if_exposed
 from rtdecode.config import RunConfig
@@ -16,10 +17,6 @@ from rtdecode.volume import SeriesEnd
 from rtdecode.wire.ports import Fanout
 
 log = logging.getLogger(__name__)
-
-# What the history endpoint keeps: every result but the per-unit arrays (features, latents) and
-# the input volumes, i.e. what a dashboard shows.
-HISTORY_KINDS = ("motion", "ranking", "feedback", "latency", "block", "status")
 
 
 class _Stop:
@@ -45,7 +42,8 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
         warn_if_exposed(cfg)
         pub = stack.enter_context(open_publisher(cfg))
         sink = Fanout([pub])
-        if (history := open_history(cfg, HISTORY_KINDS)) is not None:
+        # The history keeps what a dashboard shows: every result but the per-unit arrays.
+        if (history := open_history(cfg, TOPICS)) is not None:
             sink.sinks.append(stack.enter_context(history))
         session = LiveSession(cfg, sink)
         stack.callback(session.close)

@@ -25,6 +25,7 @@ from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.feedback import Feedback, Score
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.pipeline.quality import QualityMonitor
 from rtdecode.pipeline.ranking import Identifier
 from rtdecode.transport.zmq import CurveServer, HistoryServer, Publisher, Receiver
 from rtdecode.wire.ports import Sink, VolumeSource
@@ -54,8 +55,9 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
             motion.set_reference(data, affine)
     pre = Preprocessor.from_config(cfg.preprocess)
     denoiser = Denoiser.from_config(cfg.preprocess)
+    quality = QualityMonitor(bundle.rois, cfg.expected_volumes)
     return Pipeline(
-        bundle.mask, pre, motion, bundle, identifier, cfg.max_gap_volumes, bundle.affine, denoiser
+        bundle.mask, pre, motion, bundle, identifier, cfg.max_gap_volumes, bundle.affine, denoiser, quality
     )
 
 

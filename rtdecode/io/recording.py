@@ -13,7 +13,7 @@ import datetime
 import json
 import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,13 +22,14 @@ import numpy as np
 
 from rtdecode import __version__
 from rtdecode.errors import RecordingError
+from rtdecode.io.confounds import write_confounds
 from rtdecode.io.hdf5 import Intact, open_hdf5
 from rtdecode.volume import NOT_REACHED, Stage, Volume, stamps_from_dict
 from rtdecode.wire import messages as m
 
 RECORDING_FORMAT = "rtdecode-recording"
 RECORDING_VERSION = 1
-CONFOUND_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z", "framewise_displacement")
+QA_ARRAYS = ("dvars_pct", "global_signal", "clean_minutes", "spikes", "tsnr")  # datasets under qa/
 
 
 class Recorder:
@@ -59,7 +60,7 @@ class Recorder:
         # copy cut short keeps it (see rtdecode.io.hdf5); HDF5 1.10's chunk index (libver
         # above) keeps each chunk's address where it was first written, which the old B-tree
         # moves as it grows.
-        for name in ("volumes", "motion", "features", "ranking", *["input"] * record_input):
+        for name in ("volumes", "motion", "features", "ranking", "qa", *["input"] * record_input):
             self._f.create_group(name)
         for name in ("status/events", "blocks/headers"):
             self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype())
@@ -85,7 +86,7 @@ class Recorder:
                 self._put("input/acq_time_s", row, np.array(msg.acq_time_s, dtype=np.float64))
                 self._put("input/tr_s", row, np.array(msg.tr_s, dtype=np.float64))
             return
-        if not isinstance(msg, m.Features | m.Ranking | m.Motion | m.Latency):
+        if not isinstance(msg, m.Features | m.Ranking | m.Motion | m.Qa | m.Latency):
             return  # feedback and latents are not recorded
         row = self._row(msg.seq)
         if isinstance(msg, m.Features):
@@ -102,6 +103,8 @@ class Recorder:
             self._put("volumes/censored", row, np.array(msg.censored))
             self._put("volumes/tr_s", row, np.array(msg.tr_s, dtype=np.float64))
             self._put("volumes/acq_time_s", row, np.array(msg.acq_time_s, dtype=np.float64))
+        elif isinstance(msg, m.Qa):
+            self._put_qa(row, msg)
         elif isinstance(msg, m.Motion):
             self._put("motion/params", row, np.asarray(msg.params, dtype=np.float64))
             self._f["motion/params"].attrs["fd_threshold_mm"] = msg.fd_threshold_mm
@@ -115,6 +118,17 @@ class Recorder:
             # would otherwise fail later, inside its cache, where the error cannot be caught) and
             # a recorder that is killed keeps every volume but the last.
             self._f.flush()
+
+    def _put_qa(self, row: int, msg: m.Qa) -> None:
+        g = self._f["qa"]
+        if "rois" not in g.attrs:
+            g.attrs["rois"], g.attrs["fd_levels_mm"] = list(msg.tsnr), [float(k) for k in msg.frames_under]
+        for name in ("dvars_pct", "global_signal", "clean_minutes"):
+            value = getattr(msg, name)
+            self._put(f"qa/{name}", row, np.array(np.nan if value is None else value, np.float64))
+        self._put("qa/spikes", row, np.array(-1 if msg.spikes is None else msg.spikes, np.int64))
+        tsnr = [msg.tsnr.get(roi) for roi in g.attrs["rois"]]
+        self._put("qa/tsnr", row, np.array([np.nan if v is None else v for v in tsnr], np.float64))
 
     def _row(self, seq: int) -> int:
         row = self._rows.get(seq)
@@ -186,20 +200,6 @@ class Recorder:
                 raise  # else the error that stopped the recording is the one to report
 
 
-def write_confounds(path: str | Path, motion: Mapping[int, tuple[list[float], float]]) -> None:
-    """Write motion as fMRIPrep's confounds: translations in mm, rotations in radians, FD in mm.
-
-    Rows follow the volume index; the first row's framewise displacement is ``n/a`` as in fMRIPrep.
-    """
-    lines = ["\t".join(CONFOUND_COLUMNS)]
-    for i, seq in enumerate(sorted(motion)):
-        params, fd = motion[seq]
-        values = [*params[:3], *np.deg2rad(params[3:6])]
-        cells = [f"{v:.6f}" for v in values] + ["n/a" if i == 0 else f"{fd:.6f}"]
-        lines.append("\t".join(cells))
-    Path(path).write_text("\n".join(lines) + "\n")
-
-
 @dataclass
 class Recording:
     """A recording read back (see ``docs/formats.md``); arrays are in volume order.
@@ -227,6 +227,11 @@ class Recording:
         The ``status`` events and ``block`` results, as published.
     settings : dict
         The decoder's settings from its last ``started``/``end`` event.
+    qa : dict of str to numpy.ndarray
+        Per-volume quality (:data:`QA_ARRAYS`; NaN, or −1 spikes, where unknown); ``tsnr`` is
+        (n, len(qa_rois)).
+    qa_rois : list of str
+        The columns of ``qa["tsnr"]``.
     truncated : tuple of int or None
         Bytes on disk and bytes the file should hold, when it was cut short.
     lost : list of str
@@ -250,6 +255,8 @@ class Recording:
     settings: dict = field(default_factory=dict)
     truncated: tuple[int, int] | None = None
     lost: list[str] = field(default_factory=list)
+    qa: dict[str, np.ndarray] = field(default_factory=dict)
+    qa_rois: list[str] = field(default_factory=list)
 
     @classmethod
     def load(cls, path: str | Path) -> Recording:
@@ -292,6 +299,7 @@ class Recording:
             "volumes/stamps",
             "motion/params",
             "motion/fd_mm",
+            *(f"qa/{q}" for q in QA_ARRAYS),
         ]
         found = {name: ds for name in [*names, *layers] if (ds := intact.get(f, name)) is not None}
         whole = {name: intact.rows(ds) for name, ds in found.items()}
@@ -333,6 +341,8 @@ class Recording:
             fd_mm=get("motion/fd_mm"),
             fd_threshold_mm=None if threshold is None else float(threshold),
             features={tuple(name.split("/")[1:]): get(name) for name in layers if whole.get(name)},
+            qa={q: get(f"qa/{q}") for q in QA_ARRAYS if whole.get(f"qa/{q}")},
+            qa_rois=[str(r) for r in f["qa"].attrs.get("rois", [])] if "qa" in f else [],
             events=events,
             blocks=messages("blocks/headers"),
             settings=next((e["settings"] for e in reversed(events) if "settings" in e), {}),

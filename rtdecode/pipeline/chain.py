@@ -22,6 +22,7 @@ from rtdecode.numerics.grid import match_grid, orientation_between, reorient, re
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.pipeline.quality import Quality, QualityMonitor
 from rtdecode.pipeline.ranking import Identifier
 from rtdecode.volume import Stage, Volume, series_key, stamp
 
@@ -42,7 +43,8 @@ class Result:
     status: str
     motion: MotionEstimate | None = None
     values: np.ndarray | None = None  # motion-corrected (and denoised) analysis voxels, scanner units
-    spikes: int | None = None  # analysis voxels the despiker clipped (None: despiking off)
+    spikes: int | None = None  # analysis voxels the despiker replaced (None: despiking off)
+    quality: Quality | None = None  # DVARS, global signal, tSNR, FIRMM's summary so far
     x: np.ndarray | None = None  # preprocessed analysis voxels, (n_voxels,)
     predictions: np.ndarray | None = None  # (n_rois, n_units_total)
     top_indices: np.ndarray | None = None  # (n_rois, n_layers, k)
@@ -83,6 +85,7 @@ class Pipeline:
         max_gap_volumes: int = 10_000,
         affine: np.ndarray | None = None,
         denoiser: Denoiser | None = None,
+        quality: QualityMonitor | None = None,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
@@ -92,6 +95,7 @@ class Pipeline:
             )
         self.preprocessor = preprocessor
         self.denoiser = denoiser
+        self.quality = quality
         self.motion = motion
         self.decoder = decoder
         self.identifier = identifier
@@ -110,7 +114,7 @@ class Pipeline:
         """What a restarted pipeline needs to continue the series, as named arrays.
 
         Keys: ``series`` (JSON ``[session, series]``), ``last_seq``, ``series_affine``,
-        ``pre/*`` (baseline and drift filter), ``denoise/*`` (despiking and nuisance fit),
+        ``pre/*`` (baseline and drift filter), ``denoise/*`` (despiking and nuisance fit), ``quality/*``,
         ``motion/*`` (pose) and ``reference/image``,
         ``reference/affine`` (the motion reference, unchanged between volumes). None before the
         first volume.
@@ -119,8 +123,9 @@ class Pipeline:
             return None
         state = {"series": np.array(json.dumps(list(self._series))), "last_seq": np.array(self._last_seq)}
         state |= {f"pre/{k}": v for k, v in self.preprocessor.get_state().items()}
-        if self.denoiser is not None:
-            state |= {f"denoise/{k}": v for k, v in self.denoiser.get_state().items()}
+        for name, step in (("denoise", self.denoiser), ("quality", self.quality)):
+            if step is not None:
+                state |= {f"{name}/{k}": v for k, v in step.get_state().items()}
         if self._series_affine is not None:
             state["series_affine"] = self._series_affine
         motion = self.motion.get_state() if self.motion is not None else None
@@ -145,8 +150,9 @@ class Pipeline:
         if self.affine is not None and affine is not None and not np.allclose(affine, self.affine, atol=1e-3):
             self._reorient = orientation_between(self._series_affine, self.affine)  # checked when it began
         self.preprocessor.set_state({k[4:]: v for k, v in state.items() if k.startswith("pre/")})
-        if self.denoiser is not None:
-            self.denoiser.set_state({k[8:]: v for k, v in state.items() if k.startswith("denoise/")})
+        for name, step in (("denoise", self.denoiser), ("quality", self.quality)):
+            if step is not None:
+                step.set_state({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}/")})
         motion = {k[7:]: v for k, v in state.items() if k.startswith("motion/")}
         if self.motion is not None and motion:
             self.motion.set_reference(state["reference/image"], state["reference/affine"])
@@ -170,8 +176,9 @@ class Pipeline:
             if self._series is not None:
                 log.info("new series %s/%s: preprocessing restarts", vol.session, vol.series)
                 self.preprocessor.reset()
-                if self.denoiser is not None:
-                    self.denoiser.reset()
+                for step in (self.denoiser, self.quality):
+                    if step is not None:
+                        step.reset()
                 if self.motion is not None:
                     self.motion.new_series()
             self._series, self._series_affine = (vol.session, vol.series), None
@@ -264,6 +271,9 @@ class Pipeline:
             denoised = self.denoiser.update(values, motion, vol.seq, vol.tr_s)
             values, res.spikes = denoised.values, denoised.spikes
         res.values = values
+        if self.quality is not None:
+            fd, censored = (None, False) if res.motion is None else (res.motion.fd_mm, res.motion.censored)
+            res.quality = self.quality.update(values, fd, censored, vol.tr_s)
         res.x = self.preprocessor.update(values, vol.tr_s)
         stamp(vol.stamps, Stage.PREPROCESSED)
         if res.x is None or self.decoder is None:

@@ -138,6 +138,7 @@ class LslPublisher:
             )
         self.blocks = _outlet(f"{prefix}-blocks", "rtdecode.blocks", ["block"], "json", "string", {})
         self.status = _outlet(f"{prefix}-status", "rtdecode.status", ["status"], "json", "string", {})
+        self.qa = _outlet(f"{prefix}-qa", "rtdecode.qa", ["qa"], "json", "string", {})
 
     def publish(self, msg: m.WireMessage) -> None:
         """Push one message's content to its stream (volumes and latents are not re-streamed)."""
@@ -172,13 +173,13 @@ class LslPublisher:
             self.feedback.push_chunk(np.array(values, np.float32).reshape(1, -1), t)
         elif isinstance(msg, m.Block):
             self.blocks.push_sample([json.dumps(msg.header())], t)
-        elif isinstance(msg, m.Status):
-            self.status.push_sample([json.dumps(msg.header())], t)
+        elif isinstance(msg, m.Status | m.Qa):
+            (self.status if isinstance(msg, m.Status) else self.qa).push_sample([json.dumps(msg.header())], t)
 
     def close(self) -> None:
         """Destroy every outlet."""
         self.features.clear()
-        self.ranking = self.motion = self.latency = self.feedback = self.blocks = self.status = None
+        self.ranking = self.motion = self.latency = self.feedback = self.blocks = self.status = self.qa = None
 
     def __enter__(self) -> LslPublisher:
         return self

@@ -129,6 +129,35 @@ class Feedback(WireMessage):
 
 
 @_with(_per_volume)
+class Qa(WireMessage):
+    """Quality of one volume and of the series so far (:mod:`rtdecode.pipeline.quality`)."""
+
+    kind: ClassVar[str] = "qa"
+    fd_mm: float | None = header(
+        "number", "framewise displacement (`null` without motion correction)", "mm", optional=True
+    )
+    spikes: int | None = header(
+        "integer", "analysis voxels the despiker replaced (`null` with despiking off)", optional=True
+    )
+    dvars_pct: float | None = header(
+        "number", "RMS change of the analysis voxels from the previous volume (`null` at the first)",
+        "% of mean", optional=True,
+    )  # fmt: skip
+    global_signal: float = header("number", "mean of the analysis voxels after denoising", "scanner units")
+    tsnr: dict = header(
+        "object", "`{roi: tSNR}`: median over the ROI of running mean / SD (`null` before 3 volumes)"
+    )
+    frames_under: dict = header(
+        "object", '`{"0.2": share, "0.3": share, "0.5": share}` of frames so far with FD at or under (mm)'
+    )
+    clean_minutes: float = header("number", "frames not censored so far × TR", "min")
+    projected_clean_minutes: float | None = header(
+        "number", "clean minutes projected at the end of the run (with `run.expected_volumes`)", "min",
+        optional=True,
+    )  # fmt: skip
+
+
+@_with(_per_volume)
 class Latency(WireMessage):
     """A volume's time stamps and stage durations; the last message of each volume."""
 
@@ -302,7 +331,7 @@ class Reconstruction(WireMessage):
 
 
 RESULTS: tuple[type[WireMessage], ...] = (
-    Features, Ranking, Motion, Feedback, Latency, Latent, Block, Status, Reconstruction
+    Features, Ranking, Motion, Feedback, Qa, Latency, Latent, Block, Status, Reconstruction
 )  # fmt: skip
 INPUTS: tuple[type[WireMessage], ...] = (VolumeMessage, End)
 _BY_KIND: dict[str, type[WireMessage]] = {cls.kind: cls for cls in RESULTS + INPUTS}

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from helpers import free_address, small_config, wait_for_file
 
+from rtdecode.io.confounds import CONFOUND_COLUMNS
 from rtdecode.io.nifti import iter_volumes
-from rtdecode.io.recording import CONFOUND_COLUMNS, Recorder
+from rtdecode.io.recording import Recorder
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import evaluate_session
 from rtdecode.volume import Stage
@@ -80,9 +81,12 @@ def _compare_with_offline(live_path, off_path, n):
         np.testing.assert_array_equal(live["input/data"][:], off["input/data"][:])
 
 
-def _start_decoder_and_recorder(experiment, tmp_path, run_decoder, transport="zmq"):
+def _start_decoder_and_recorder(experiment, tmp_path, run_decoder, transport="zmq", denoise=False):
     cfg = small_config()
     cfg.run.bundle = str(experiment / "decoder")
+    if denoise:  # every denoising step on: streamed and offline must still agree
+        cfg.run.preprocess.despike.enabled = True
+        cfg.run.preprocess.nuisance.regressors = ["drift", "motion", "motion_derivatives", "global"]
     cfg.run.publish_input = True
     cfg.run.transport = transport
     cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
@@ -189,8 +193,11 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path, run_decoder):
 
 
 def test_golden_live_lsl_equals_offline(experiment, tmp_path, run_decoder):
-    """The same series over an LSL stream of type fMRI decodes exactly as offline (and ZeroMQ)."""
-    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, run_decoder, "lsl")
+    """The same series over an LSL stream of type fMRI decodes exactly as offline, with every
+    denoising step on (despiking, nuisance regression)."""
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(
+        experiment, tmp_path, run_decoder, "lsl", denoise=True
+    )
     bold = experiment / "test" / "bold.nii"
     sender = subprocess.run(
         [sys.executable, "-m", "rtdecode", "replay", str(bold), "--to", "lsl", "--speed", "50"],

@@ -17,7 +17,7 @@ import numpy as np
 from rtdecode.wire import messages as m
 
 # Topics the dashboard needs; the per-unit features and latents are not shown.
-TOPICS = ("motion", "ranking", "feedback", "latency", "block", "status")
+TOPICS = ("motion", "ranking", "feedback", "qa", "latency", "block", "status")
 # Reconstructions a page that connects late still sees (each carries its PNG).
 RECONSTRUCTIONS_KEPT = 12
 
@@ -74,7 +74,7 @@ class SessionView:
             return None if msg.running else self._block(msg)
         if isinstance(msg, m.Reconstruction):
             return self._reconstruction(msg)
-        if not isinstance(msg, m.Motion | m.Ranking | m.Feedback | m.Latency):
+        if not isinstance(msg, m.Motion | m.Ranking | m.Feedback | m.Qa | m.Latency):
             return None
         seq = msg.seq
         if seq not in self._pending and len(self._pending) >= 64:
@@ -97,6 +97,13 @@ class SessionView:
                 }
         elif isinstance(msg, m.Feedback):
             part["feedback"] = {n: _finite(s.get("value")) for n, s in msg.scores.items()}
+        elif isinstance(msg, m.Qa):
+            keys = ("dvars_pct", "global_signal", "clean_minutes", "projected_clean_minutes")
+            part["qa"] = {k: _finite(getattr(msg, k)) for k in keys} | {
+                "spikes": msg.spikes,
+                "tsnr": {roi: _finite(v) for roi, v in msg.tsnr.items()},
+                "frames_under": {k: _finite(v) for k, v in msg.frames_under.items()},
+            }
         else:
             return self._volume(self._pending.pop(seq), msg)
         return None

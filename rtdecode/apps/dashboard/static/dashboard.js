@@ -186,6 +186,19 @@ function showBlocks() {
   ]));
 }
 
+function showQuality(xs, vols, last, censored) {
+  const q = last.qa;
+  if (!q) return;
+  lineChart($("dvars-chart"), xs, [{ name: "DVARS", values: vols.map((v) => (v.qa ? v.qa.dvars_pct : null)) }],
+    { yMin: 0, yLabel: "DVARS (% of mean)", censored });
+  setText("dvars-last", fmt(q.dvars_pct, 2));
+  setText("spikes-last", q.spikes === null ? "off" : q.spikes);
+  setText("clean-minutes", fmt(q.clean_minutes, 1));
+  setText("clean-projected", fmt(q.projected_clean_minutes, 1));
+  for (const [level, share] of Object.entries(q.frames_under)) setText(`under-${level}`, fmt(100 * share, 0));
+  fillTable($("tsnr-table").tBodies[0], Object.entries(q.tsnr).map(([roi, t]) => [[roi], [fmt(t, 1), "num"]]));
+}
+
 function showVolumes() {
   const vols = state.volumes;
   const last = vols[vols.length - 1];
@@ -222,6 +235,7 @@ function showVolumes() {
     const values = vols.map((v) => v.latency_ms[s]).filter((v) => v !== undefined);
     return [[stageName(s)], [fmt(last.latency_ms[s], 2), "num"], [fmt(median(values), 2), "num"], [fmt(Math.max(...values), 2), "num"]];
   }));
+  showQuality(xs, vols, last, censored);
   const names = [...new Set(vols.flatMap((v) => Object.keys(v.feedback || {})))];
   if (names.length) {
     $("feedback-values").replaceChildren(...names.map((n) => {
