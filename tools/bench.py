@@ -241,6 +241,27 @@ def baseline(cfg: RunConfig, bold: Path) -> tuple[dict, list[np.ndarray], list[n
     return tracker.summary(), preds, tops
 
 
+def denoise_cost(cfg: RunConfig, bold: Path, base: dict) -> dict:
+    """The preprocessing stage with every denoising step on, against ``base`` (them off).
+
+    Same process, same volumes; the stage (motion -> preprocessed) holds despiking, nuisance
+    regression, the quality figures (on in both) and the z-scoring. Medians and p99 in ms.
+    """
+    on = dataclasses.replace(cfg, preprocess=dataclasses.replace(cfg.preprocess))
+    on.preprocess.despike = dataclasses.replace(on.preprocess.despike, enabled=True)
+    on.preprocess.nuisance = dataclasses.replace(
+        on.preprocess.nuisance, regressors=["drift", "motion", "motion_derivatives", "global"]
+    )
+    with_steps, _, _ = baseline(on, bold)
+    key = "motion->preprocessed"
+    return {
+        "stage": key,
+        "off_ms": {q: base[key][q] for q in ("p50", "p99")},
+        "on_ms": {q: with_steps[key][q] for q in ("p50", "p99")},
+        "cost_p50_ms": with_steps[key]["p50"] - base[key]["p50"],
+    }
+
+
 def precision_check(d: Path, preds: list[np.ndarray], tops: list[np.ndarray], n_signal: int) -> dict:
     """Share of rankings whose top-10 equals float64's, per way of storing the bank.
 
@@ -508,6 +529,8 @@ def run_workload(args: argparse.Namespace) -> dict:
     base, preds, tops = baseline(cfg, bold)
     print("baseline (this process, no sockets)\n" + format_table(base))
     base_f32, _, _ = baseline(dataclasses.replace(cfg, rank_precision="float32", rank_threads=1), bold)
+    denoise = denoise_cost(cfg, bold, base)
+    print(f"denoising (despike; drift, motion, derivatives, global regressed): {json.dumps(denoise)}")
     prec = precision_check(d, preds, tops, args.signal_queries)
     print("top-10 identical to float64:", json.dumps(prec))
     paced = live(cfg, bold, 1.0, work)
@@ -543,6 +566,7 @@ def run_workload(args: argparse.Namespace) -> dict:
         "unpaced": unpaced,
         "baseline_ms": base,
         "baseline_float32_rank_ms": base_f32,
+        "denoise": denoise,
         "naive_ms": nv,
         "top10_equal_float64": prec,
         "numpy": np.__version__,

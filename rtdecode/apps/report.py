@@ -242,7 +242,7 @@ def build_report(
     bold : str or Path, optional
         The series as 4-D NIfTI, for the data images when the recording holds no input volumes.
     """
-    from rtdecode.apps.report_data import data_section
+    from rtdecode.apps.report_data import data_section, quality_section
 
     rec = Recording.load(recording)
     if warning := truncation_warning(rec):
@@ -277,6 +277,7 @@ def build_report(
         ("Session", counts_section(rec)),
         ("Data", data_section(rec, bold)),
         ("Motion", motion_section(rec)),
+        ("Quality", quality_section(rec)),
         ("Latency", latency_section(rec)),
         ("Identification", identification),
         *([("Time course", time_course_section(course))] if course else []),

@@ -1,5 +1,6 @@
-"""The report's images of the data: mean EPI with the ROI outlines, a carpet plot, a tSNR map.
+"""The report's images of the data, and the decoder's per-volume quality.
 
+Images: mean EPI with the ROI outlines, a carpet plot, a tSNR map.
 The volumes come from the recording (``run.publish_input``) or the series' NIfTI (``--bold``);
 the ROIs and the reference from the decoder bundle the recording names. Whatever is missing is
 said, not guessed.
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from rtdecode.apps.report_plots import ROI_ORDER, roi_order, svg
+from rtdecode.apps.report_plots import ROI_ORDER, html_table, roi_order, svg
 from rtdecode.errors import ModelFileError, RecordingError
 from rtdecode.io.recording import Recording, input_volumes
 
@@ -129,3 +130,45 @@ def data_section(rec: Recording, bold: str | Path | None = None) -> str:
     inside = tsnr[mask] if mask is not None else tsnr[tsnr > 0]
     text += f"<h3>tSNR</h3><p>Median tSNR in the decoder's mask: {np.median(inside):.1f}.</p>" + svg(fig)
     return text
+
+
+def quality_section(rec: Recording) -> str:
+    """The decoder's per-volume quality (topic ``qa``): DVARS, global signal, spikes, tSNR, FIRMM."""
+    q = rec.qa
+    if "dvars_pct" not in q:
+        return "<p>No quality figures in this recording (written before topic <code>qa</code>).</p>"
+    n = min(len(rec.seq), len(q["dvars_pct"]))
+    t, cens = rec.times_s[:n], rec.censored[:n]
+    spikes = q["spikes"][:n] if "spikes" in q else np.full(n, -1)
+    rows = [("DVARS (% of mean)", q["dvars_pct"][:n])]
+    if "global_signal" in q:
+        g = q["global_signal"][:n]
+        rows.append(("global signal (% change)", 100 * (g / g[0] - 1) if g[0] else g))
+    if (spikes >= 0).any():
+        rows.append(("voxels despiked", np.where(spikes >= 0, spikes, np.nan)))
+    fig = Figure(figsize=(9, 1.9 * len(rows)))
+    axes = np.atleast_1d(fig.subplots(len(rows), 1, sharex=True))
+    for ax, (label, values) in zip(axes, rows):
+        ax.plot(t, values, lw=1, color="k")
+        if cens.any():
+            ax.plot(t[cens], values[cens], "o", color="tab:red", ms=3, label="censored")
+            ax.legend(loc="upper left", fontsize=8)
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[-1].set_xlabel("scan time (s)" if rec.tr_s else "volume")
+    facts = [["median DVARS", f"{np.nanmedian(q['dvars_pct'][:n]):.2f} % of mean"]]
+    if (spikes >= 0).any():
+        total, volumes = int(spikes[spikes >= 0].sum()), int((spikes > 0).sum())
+        facts.append(["voxels despiked", f"{total} in {volumes} volumes"])
+    if rec.fd_mm is not None:
+        fd = np.nan_to_num(rec.fd_mm[:n])
+        under = ", ".join(f"≤ {lv} mm {100 * np.mean(fd <= lv):.0f} %" for lv in (0.2, 0.3, 0.5))
+        facts.append(["frames by FD (FIRMM)", under])
+    if "clean_minutes" in q:
+        facts.append(["clean data (not censored)", f"{q['clean_minutes'][n - 1]:.1f} min"])
+    if "tsnr" in q and rec.qa_rois:
+        last = q["tsnr"][n - 1]
+        tsnr = dict(zip(rec.qa_rois, last))
+        cells = ", ".join(f"{html.escape(r)} {tsnr[r]:.1f}" for r in roi_order(tsnr) if np.isfinite(tsnr[r]))
+        facts.append(["tSNR at the end (median over ROI)", cells or "–"])
+    return svg(fig) + html_table(["", ""], facts, "facts")

@@ -80,7 +80,8 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         ``bold`` (int16 array (nx, ny, nz, n_vols)), ``events`` (list of dicts), ``motion``
         (array (n_vols, 6)), ``stimulus_features`` (dict layer -> (n_blocks, n_units): the shown
         images' features, or the imagined categories'), ``signal_pct`` (array (n_vols, n_vc), the
-        noiseless task signal of VC voxels), ``subject`` and, with ``p.latents``, ``latents``
+        noiseless task signal of VC voxels), ``spikes`` (array (n_vols,): the slice each volume's
+        spike brightened, −1 none), ``subject`` and, with ``p.latents``, ``latents``
         (:func:`rtdecode.sim.latents.latent_targets`).
     """
     subject = subject or make_subject(p)
@@ -91,11 +92,12 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         n_vols, signal_pct, events, feats = _perception_signal(p, subject, rng)
     else:
         raise ValueError(f"kind must be 'train', 'test' or 'imagery', got {p.kind!r}")
-    bold, motion = _render(p, subject, signal_pct, n_vols, rng)
+    bold, motion, spikes = _render(p, subject, signal_pct, n_vols, rng)
     out = {
         "bold": bold,
         "events": events,
         "motion": motion,
+        "spikes": spikes,
         "stimulus_features": feats,
         "signal_pct": signal_pct.astype(np.float32),
         "subject": subject,
@@ -132,8 +134,8 @@ def _perception_signal(p: SimParams, subject: Subject, rng: np.random.Generator)
 
 def _render(
     p: SimParams, subject: Subject, signal_pct: np.ndarray, n_vols: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    # The brain, its drift, physiological and thermal noise and head motion around the task signal.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # The brain, its drift, physiological and thermal noise, head motion and spikes around the task signal.
     ph = subject.phantom
     base = ph.baseline.astype(np.float32)
     brain = ph.brain
@@ -147,6 +149,8 @@ def _render(
     flat_vc = subject.voxel_index
     brain_pos = np.flatnonzero(brain)
     vc_in_brain = np.searchsorted(brain_pos, flat_vc)
+    spike_rng = np.random.default_rng([p.seed, 7])
+    spikes = np.where(spike_rng.random(n_vols) < p.spike_rate, spike_rng.integers(0, p.shape[2], n_vols), -1)
     for k in progress(range(n_vols), f"simulating the {p.kind} session", unit="vol"):
         img = base.copy()
         mod = drift_map * np.float32(t_norm[k] + 0.3 * np.cos(np.pi * t_norm[k] * 2))
@@ -158,12 +162,14 @@ def _render(
         img.ravel()[brain_pos] *= 1.0 + mod
         if p.motion:
             img = apply_motion(img, ph.affine, motion[k], grid)
+        if spikes[k] >= 0:
+            img[:, :, spikes[k]] *= np.float32(1 + p.spike_pct / 100)
         if not p.noiseless:
             img += rng.standard_normal(p.shape, dtype=np.float32) * np.float32(
                 sigma * np.sqrt(1 - p.physio_fraction)
             )
         bold[..., k] = np.clip(np.rint(img), -32768, 32767)
-    return bold, motion
+    return bold, motion, spikes
 
 
 def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
@@ -172,7 +178,7 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
     Layout: ``bold.nii`` (4-D, int16, TR in the header), ``events.tsv`` (BIDS columns onset,
     duration, trial_type plus category_index, category_label, block), ``rois/<ROI>.nii.gz``,
     ``features.npz`` (candidate bank: ``labels`` and ``feat_<layer>``), ``stimulus_features.npz``
-    (``feat_<layer>`` per block), ``truth.npz`` (``motion``, ``signal_pct``, ``vc_index``) and
+    (``feat_<layer>`` per block), ``truth.npz`` (``motion``, ``signal_pct``, ``vc_index``, ``spikes``) and
     ``session.json`` (all parameters).
     """
     out = Path(out_dir)
@@ -203,8 +209,9 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
     if "latents" in sim:
         np.savez(out / "latents.npz", **sim["latents"])
     np.savez(
-        out / "truth.npz", motion=sim["motion"], signal_pct=sim["signal_pct"], vc_index=subject.voxel_index
-    )
+        out / "truth.npz", motion=sim["motion"], signal_pct=sim["signal_pct"], vc_index=subject.voxel_index,
+        spikes=sim["spikes"],
+    )  # fmt: skip
     meta = asdict(p)
     meta["n_volumes"] = int(sim["bold"].shape[-1])
     meta["n_blocks"] = len(sim["events"])

@@ -49,6 +49,10 @@ class SimParams:
     weak_change_pct: tuple[float, float] = (0.1, 0.5)
     visual_on_pct: float = 0.5  # category-independent response of all visual voxels
     drift_pct: float = 1.0  # slow drift over the session
+    # Spikes (a scanner artefact: one axial slice of a volume brightened by spike_pct %), drawn per
+    # volume with this chance from a generator of their own, so sessions without them are unchanged.
+    spike_rate: float = 0.0
+    spike_pct: float = 20.0
     max_translation_mm: float = 2.0
     max_rotation_deg: float = 2.0
     jump_rate_per_min: float = 0.5

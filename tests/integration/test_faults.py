@@ -240,7 +240,8 @@ def test_bad_input_catalogue_every_volume_ends_in_one_record(run_cfg, experiment
     run_cfg.run.input.max_message_mb = 2.0  # the complex64 volume (1.2 MB) passes, 2.4 MB does not
     bold = experiment / "test" / "bold.nii"
     dec = _start_decoder(run_decoder, run_cfg, tmp_path)
-    with Subscriber(run_cfg.run.output.address) as sub:
+    # Only what is checked, all of it kept: the messages wait here while the sender runs.
+    with Subscriber(run_cfg.run.output.address, ("status", "ranking"), queue=0) as sub:
         collect(sub, lambda m: m.topic == "status", 60)
         sender = subprocess.run(
             [sys.executable, "-c", BAD_SENDER, str(bold), run_cfg.run.input.address], timeout=120

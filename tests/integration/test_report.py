@@ -61,12 +61,18 @@ def test_report_from_the_cli_holds_every_section_and_the_settings(experiment, of
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     page = out.read_text()
-    sections = ("summary", "warnings", "provenance", "session", "data", "motion", "latency", "identification")
-    for section in (*sections, "settings"):
+    sections = ("summary", "warnings", "provenance", "session", "data", "motion", "quality", "latency")
+    for section in (*sections, "identification", "settings"):
         assert f'<section id="{section}">' in page
     # Self-contained: nothing is loaded from elsewhere. The data: the bundle's reference image only
     # (the recording holds no volumes and no --bold was given), which the page says.
-    assert page.count("<svg") == 4 and "src=" not in page and 'href="http' not in page
+    assert page.count("<svg") == 5 and "src=" not in page and 'href="http' not in page
+    # Quality: the last volume's tSNR per ROI as recorded, in visual-hierarchy order.
+    rec = Recording.load(recording)
+    tsnr = dict(zip(rec.qa_rois, rec.qa["tsnr"][-1]))
+    assert "tSNR at the end (median over ROI)</td><td>" + ", ".join(
+        f"{r} {tsnr[r]:.1f}" for r in ("V1", "LOC", "LVC", "HVC", "VC")
+    ) in page
     assert "No time series" in page and "Per block: shown against the top 5" in page
     assert str(recording.resolve()) in page  # provenance: where the data is
     assert "rank of shown category" in page and "threshold 0.5 mm" in page

@@ -4,6 +4,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+from helpers import small_params
 
 from rtdecode.sim.features import make_feature_bank
 from rtdecode.sim.phantom import COMPOSITES, ROIS, make_phantom
@@ -124,3 +125,39 @@ def test_imagery_trials_are_gods_and_the_signal_is_weaker_and_top_down():
     trial = np.abs(imagery[p.baseline_volumes : p.baseline_volumes + 9])
     hi, lo = trial[:, subject.voxel_layer == 7].mean(1), trial[:, subject.voxel_layer == 0].mean(1)
     assert _rise_s(lo, p.tr_s) - _rise_s(hi, p.tr_s) == pytest.approx(p.imagery_layer_delay_s, abs=p.tr_s / 2)
+
+
+def test_simulated_spikes_are_recovered_by_despiking():
+    """Spikes (a slice of a volume brightened) lower the voxels' correlation with the simulated
+    task signal; the despiker gives it back, and costs the voxels without spikes almost nothing."""
+    from rtdecode.pipeline.chain import Pipeline
+    from rtdecode.pipeline.denoise import Denoiser, Despiker
+    from rtdecode.pipeline.preprocess import Preprocessor
+    from rtdecode.volume import Volume
+
+    p = small_params("test", 3, spike_rate=0.15, spike_pct=10.0, motion=False)
+    subject = make_subject(p)
+    sim = simulate_session(p, subject)
+    bold, spikes = sim["bold"], sim["spikes"]
+    assert 5 <= (spikes >= 0).sum() <= 30
+    mask = np.zeros(bold.shape[:3], bool)
+    mask.ravel()[subject.voxel_index] = True
+    truth = sim["signal_pct"][:, np.argsort(subject.voxel_index)]  # in the mask's (flat) order
+
+    def values(denoiser):
+        pipe = Pipeline(mask, Preprocessor(8), None, denoiser=denoiser)
+        vols = (
+            Volume(bold[..., k], subject.phantom.affine, k, p.tr_s, 0.0, "s", "r")
+            for k in range(bold.shape[-1])
+        )
+        return np.array([r.values for r in pipe.process_series(vols)])
+
+    def corr(a, b):  # mean over voxels of the correlation with the truth, after the baseline
+        a, b = a[8:] - a[8:].mean(0), b[8:] - b[8:].mean(0)
+        return float(np.mean((a * b).sum(0) / np.sqrt((a * a).sum(0) * (b * b).sum(0))))
+
+    raw, clean = values(None), values(Denoiser(Despiker(4.0, 30.0, 8), None))
+    z = np.unravel_index(np.flatnonzero(mask), mask.shape)[2]
+    hit = np.isin(z, spikes[spikes >= 0])
+    assert corr(clean[:, hit], truth[:, hit]) > corr(raw[:, hit], truth[:, hit]) + 0.02
+    assert corr(clean[:, ~hit], truth[:, ~hit]) > corr(raw[:, ~hit], truth[:, ~hit]) - 0.01
