@@ -72,6 +72,7 @@ class PreprocessConfig:
     detrend_tau_s: float = 60.0
     # "baseline-detrend"; "baseline": the lab's per-run z-score; "training": an imported model's own
     normalise: str = "baseline-detrend"
+    slice_timing: bool = False  # correct each slice to the first's time (slice times from the headers)
     despike: DespikeConfig = field(default_factory=DespikeConfig)  # before the nuisance regression
     nuisance: NuisanceConfig = field(default_factory=NuisanceConfig)
 

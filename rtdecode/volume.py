@@ -101,6 +101,9 @@ class Volume:
         estimated offset``, ``sender`` (a simulator or replay), or ``""`` (none).
     clock_offset_s : float or None
         This computer's clock minus the scanner's, as used for ``acq_time_s``.
+    slice_times_s : tuple of float or None
+        When each slice along the third array axis was acquired, seconds after the volume began
+        (from the scanner's headers); None when unknown.
     """
 
     data: np.ndarray
@@ -113,6 +116,7 @@ class Volume:
     stamps: np.ndarray = field(default_factory=new_stamps)
     acquired_from: str = ""
     clock_offset_s: float | None = None
+    slice_times_s: tuple[float, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

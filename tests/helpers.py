@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from rtdecode.apps.demo import free_tcp_address
@@ -124,3 +125,13 @@ def open_page(driver, url: str) -> None:
 def page_errors(driver) -> list[str]:
     """The browser console's errors since the last call (JavaScript exceptions, failed loads)."""
     return [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+
+
+def assert_slice_times_equal(vols, reference, reference_affine, atol):
+    """Every volume's slice times equal a reference's (dcm2niix's SliceTiming), the slice order
+    reversed where the reference's slice axis points the other way."""
+    flip = np.dot(vols[0].affine[:3, 2], reference_affine[:3, 2]) < 0
+    expected = np.asarray(reference)[::-1] if flip else np.asarray(reference)
+    for v in vols:
+        assert v.slice_times_s is not None, v.seq
+        np.testing.assert_allclose(v.slice_times_s, expected, atol=atol)

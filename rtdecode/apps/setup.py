@@ -27,6 +27,7 @@ from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.quality import QualityMonitor
 from rtdecode.pipeline.ranking import Identifier
+from rtdecode.pipeline.slicetiming import SliceTimer
 from rtdecode.transport.zmq import CurveServer, HistoryServer, Publisher, Receiver
 from rtdecode.wire.ports import Sink, VolumeSource
 
@@ -56,8 +57,18 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     pre = Preprocessor.from_config(cfg.preprocess)
     denoiser = Denoiser.from_config(cfg.preprocess)
     quality = QualityMonitor(bundle.rois, cfg.expected_volumes)
+    timer = SliceTimer() if cfg.preprocess.slice_timing else None
     return Pipeline(
-        bundle.mask, pre, motion, bundle, identifier, cfg.max_gap_volumes, bundle.affine, denoiser, quality
+        bundle.mask,
+        pre,
+        motion,
+        bundle,
+        identifier,
+        cfg.max_gap_volumes,
+        bundle.affine,
+        denoiser,
+        quality,
+        timer,
     )
 
 

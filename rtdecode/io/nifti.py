@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
+from rtdecode._typecheck import short
 from rtdecode.errors import FileError, VolumeError
 from rtdecode.volume import Volume
 
@@ -27,15 +29,46 @@ def iter_volumes(
 ) -> Iterator[Volume]:
     """Yield the volumes of a 4-D NIfTI file, read lazily (memory-mapped where possible).
 
-    Acquisition times are ``start_time_s + seq * TR``.
+    Acquisition times are ``start_time_s + seq * TR``. Slice times come from the BIDS sidecar
+    beside it (``NAME.json``'s ``SliceTiming``, seconds per slice along the third axis), if any.
     """
     img = nib.load(str(path))
     if img.ndim != 4:
         raise VolumeError(f"{path}: expected a 4-D image, got shape {img.shape}")
     tr = series_tr_s(img)
+    times = slice_timing(path, img.shape[2])
     for k in range(img.shape[3]):
         data = np.asarray(img.dataobj[..., k])
-        yield Volume(data, img.affine, k, tr, start_time_s + k * tr, session, series)
+        yield Volume(data, img.affine, k, tr, start_time_s + k * tr, session, series, slice_times_s=times)
+
+
+def slice_timing(path: str | Path, n_slices: int) -> tuple[float, ...] | None:
+    """``SliceTiming`` from a NIfTI file's BIDS sidecar (``bold.nii[.gz]`` → ``bold.json``), or None.
+
+    Raises
+    ------
+    VolumeError
+        The sidecar's ``SliceTiming`` is not one number per slice.
+    """
+    name = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    sidecar = Path(path).with_name(name + ".json")
+    if not sidecar.exists():
+        return None
+    try:
+        times = json.loads(sidecar.read_text()).get("SliceTiming")
+    except (ValueError, AttributeError) as err:
+        raise VolumeError(f"{sidecar}: not a JSON object ({err})") from err
+    if times is None:
+        return None
+    if (
+        not isinstance(times, list)
+        or len(times) != n_slices
+        or not all(isinstance(t, int | float) and not isinstance(t, bool) and t >= 0 for t in times)
+    ):
+        raise VolumeError(
+            f"{sidecar}: SliceTiming must be {n_slices} numbers >= 0 (seconds), got {short(times)}"
+        )
+    return tuple(float(t) for t in times)
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -32,6 +32,7 @@ from rtdecode.pipeline.chain import Pipeline
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.pipeline.slicetiming import SliceTimer
 from rtdecode.progress import progress
 
 log = logging.getLogger(__name__)
@@ -210,7 +211,11 @@ def train_session(
         else None
     )
     pipe = Pipeline(
-        mask, Preprocessor.from_config(rc.preprocess), motion, denoiser=Denoiser.from_config(rc.preprocess)
+        mask,
+        Preprocessor.from_config(rc.preprocess),
+        motion,
+        denoiser=Denoiser.from_config(rc.preprocess),
+        slice_timer=SliceTimer() if rc.preprocess.slice_timing else None,
     )
     rows, times, affine, tr = [], [], None, None
     n_censored = 0

@@ -1,4 +1,4 @@
-"""The stage chain: motion -> denoise -> preprocess -> decode -> identify, for one volume at a time.
+"""The stage chain: slice timing -> motion -> denoise -> preprocess -> decode -> identify, per volume.
 
 The live loop (:mod:`rtdecode.apps.session`) and the offline batch (training, ``rtdecode offline``) call
 the same :meth:`Pipeline.process`, so streaming and offline results agree by construction.
@@ -24,6 +24,7 @@ from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.quality import Quality, QualityMonitor
 from rtdecode.pipeline.ranking import Identifier
+from rtdecode.pipeline.slicetiming import SliceTimer
 from rtdecode.volume import Stage, Volume, series_key, stamp
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Pipeline:
         affine: np.ndarray | None = None,
         denoiser: Denoiser | None = None,
         quality: QualityMonitor | None = None,
+        slice_timer: SliceTimer | None = None,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
@@ -96,6 +98,7 @@ class Pipeline:
         self.preprocessor = preprocessor
         self.denoiser = denoiser
         self.quality = quality
+        self.slice_timer = slice_timer
         self.motion = motion
         self.decoder = decoder
         self.identifier = identifier
@@ -114,8 +117,8 @@ class Pipeline:
         """What a restarted pipeline needs to continue the series, as named arrays.
 
         Keys: ``series`` (JSON ``[session, series]``), ``last_seq``, ``series_affine``,
-        ``pre/*`` (baseline and drift filter), ``denoise/*`` (despiking and nuisance fit), ``quality/*``,
-        ``motion/*`` (pose) and ``reference/image``,
+        ``pre/*`` (baseline and drift filter), ``slicetiming/*``, ``denoise/*`` (despiking and
+        nuisance fit), ``quality/*``, ``motion/*`` (pose) and ``reference/image``,
         ``reference/affine`` (the motion reference, unchanged between volumes). None before the
         first volume.
         """
@@ -123,9 +126,8 @@ class Pipeline:
             return None
         state = {"series": np.array(json.dumps(list(self._series))), "last_seq": np.array(self._last_seq)}
         state |= {f"pre/{k}": v for k, v in self.preprocessor.get_state().items()}
-        for name, step in (("denoise", self.denoiser), ("quality", self.quality)):
-            if step is not None:
-                state |= {f"{name}/{k}": v for k, v in step.get_state().items()}
+        for name, step in self._stateful():
+            state |= {f"{name}/{k}": v for k, v in step.get_state().items()}
         if self._series_affine is not None:
             state["series_affine"] = self._series_affine
         motion = self.motion.get_state() if self.motion is not None else None
@@ -150,14 +152,18 @@ class Pipeline:
         if self.affine is not None and affine is not None and not np.allclose(affine, self.affine, atol=1e-3):
             self._reorient = orientation_between(self._series_affine, self.affine)  # checked when it began
         self.preprocessor.set_state({k[4:]: v for k, v in state.items() if k.startswith("pre/")})
-        for name, step in (("denoise", self.denoiser), ("quality", self.quality)):
-            if step is not None:
-                step.set_state({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}/")})
+        for name, step in self._stateful():
+            step.set_state({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}/")})
         motion = {k[7:]: v for k, v in state.items() if k.startswith("motion/")}
         if self.motion is not None and motion:
             self.motion.set_reference(state["reference/image"], state["reference/affine"])
             self.motion.set_state(motion)
         return {"session": session, "series": series, "last_seq": self._last_seq}
+
+    def _stateful(self) -> list[tuple[str, SliceTimer | Denoiser | QualityMonitor]]:
+        # The optional stages with a series' state, by their checkpoint prefix.
+        steps = (("slicetiming", self.slice_timer), ("denoise", self.denoiser), ("quality", self.quality))
+        return [(name, step) for name, step in steps if step is not None]
 
     def check(self, vol: Volume) -> int:
         """Cheap per-volume checks; return how many volumes were dropped before this one.
@@ -176,9 +182,8 @@ class Pipeline:
             if self._series is not None:
                 log.info("new series %s/%s: preprocessing restarts", vol.session, vol.series)
                 self.preprocessor.reset()
-                for step in (self.denoiser, self.quality):
-                    if step is not None:
-                        step.reset()
+                for _, step in self._stateful():
+                    step.reset()
                 if self.motion is not None:
                     self.motion.new_series()
             self._series, self._series_affine = (vol.session, vol.series), None
@@ -258,6 +263,10 @@ class Pipeline:
             raise
 
     def _stages(self, vol: Volume, res: Result) -> Result:
+        if self.slice_timer is not None:  # on the slices as acquired, before any reorientation
+            data = self.slice_timer.update(vol.data, vol.slice_times_s, vol.seq, vol.tr_s)
+            vol = dataclasses.replace(vol, data=data)
+            res.volume = vol
         if self._reorient is not None:
             vol = dataclasses.replace(vol, data=reorient(vol.data, self._reorient), affine=self.affine)
             res.volume = vol

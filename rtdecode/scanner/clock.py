@@ -106,6 +106,7 @@ class ScannerClock:
         complete_wall = wall_at(complete_ns)
         data = np.ascontiguousarray(sv.data)
         vol = Volume(data, sv.affine, sv.seq, tr, complete_wall, self.session, series)
+        vol.slice_times_s = sv.slice_times_s
         vol.stamps[Stage.FILE_COMPLETE] = complete_ns
         pulse = self._pulse(series, sv.seq, complete_ns)
         if sv.acq_time_s is not None:

@@ -171,16 +171,36 @@ def read_siemens_mosaic(ds, where: object = "mosaic") -> ScanVolume:
         raise VolumeError(f"{where}: cannot unpack the mosaic ({type(err).__name__}: {err})") from err
     number = int(ds.get("AcquisitionNumber") or ds.get("InstanceNumber") or 1)
     return ScanVolume(
-        data, affine, series_of(ds, number), number - 1, _tr(ds), acquisition_time(ds), creation_time(ds)
-    )
+        data, affine, series_of(ds, number), number - 1, _tr(ds), acquisition_time(ds), creation_time(ds),
+        _mosaic_slice_times(ds, data.shape[2]),
+    )  # fmt: skip
+
+
+def _mosaic_slice_times(ds, n_slices: int) -> tuple[float, ...] | None:
+    # The CSA image header's MosaicRefAcqTimes: ms after the volume began, in the mosaic's slice
+    # order, which nibabel keeps along the third axis (multiband: equal times repeat).
+    try:
+        times = _nicom()[1].get_csa_header(ds, "image")["tags"]["MosaicRefAcqTimes"]["items"]
+    except (KeyError, IndexError, TypeError, ValueError, _nicom()[1].CSAReadError):
+        return None
+    return _slice_times([float(t) / 1000 for t in times], n_slices)
+
+
+def _slice_times(times: list[float], n_slices: int) -> tuple[float, ...] | None:
+    # A header that does not describe every slice is not used.
+    if len(times) != n_slices or not all(np.isfinite(times)):
+        return None
+    first = min(times)
+    return tuple(float(t - first) for t in times)
 
 
 def read_multiframe(ds, where: object = "multi-frame image") -> list[ScanVolume]:
     """Read an enhanced multi-frame MR dataset as its volumes (usually one).
 
     Frames are placed by nibabel from the dimension index values and per-frame plane positions;
-    a volume's number is its frames' TemporalPositionIndex (else the AcquisitionNumber) and its
-    acquisition time the earliest FrameAcquisitionDateTime among its frames.
+    a volume's number is its frames' TemporalPositionIndex (else the AcquisitionNumber), its
+    acquisition time the earliest FrameAcquisitionDateTime among its frames, and each slice's time
+    its frame's, the frame placed by its ImagePositionPatient.
     """
     w = _nicom()[0].wrapper_from_data(ds)
     try:
@@ -189,14 +209,20 @@ def read_multiframe(ds, where: object = "multi-frame image") -> list[ScanVolume]
     except Exception as err:
         raise VolumeError(f"{where}: cannot place the frames ({type(err).__name__}: {err})") from err
     times: dict[int, list[float]] = {}
+    slices: dict[int, list[int | None]] = {}  # each frame's index along the third axis
+    to_index = np.linalg.inv(w.affine)  # LPS mm -> voxel indices, as nibabel placed the frames
     for frame in ds.PerFrameFunctionalGroupsSequence:
         content = (frame.get("FrameContentSequence") or [{}])[0]
         t = dicom_datetime(content.get("FrameAcquisitionDateTime"))
-        times.setdefault(int(content.get("TemporalPositionIndex") or 0), []).append(t)
+        number = int(content.get("TemporalPositionIndex") or 0)
+        times.setdefault(number, []).append(t)
+        position = (frame.get("PlanePositionSequence") or [{}])[0].get("ImagePositionPatient")
+        k = None if position is None else int(round((to_index @ [*map(float, position), 1.0])[2]))
+        slices.setdefault(number, []).append(k)
     numbers = sorted(times)
     if numbers == [0]:  # no temporal positions: the file is one volume
         numbers = [int(ds.get("AcquisitionNumber") or ds.get("InstanceNumber") or 1)]
-        times = {numbers[0]: times[0]}
+        times, slices = {numbers[0]: times[0]}, {numbers[0]: slices[0]}
     data = data[..., np.newaxis] if data.ndim == 3 else data
     if data.ndim != 4 or data.shape[3] != len(numbers):
         raise VolumeError(f"{where}: {len(numbers)} temporal positions but frames of shape {data.shape}")
@@ -205,8 +231,18 @@ def read_multiframe(ds, where: object = "multi-frame image") -> list[ScanVolume]
     for k, number in enumerate(numbers):
         known = [t for t in times[number] if t is not None]
         acq = min(known) if known else acquisition_time(ds)
-        out.append(ScanVolume(data[..., k], affine, series_of(ds, number), number - 1, tr, acq, created))
+        sv = ScanVolume(data[..., k], affine, series_of(ds, number), number - 1, tr, acq, created)
+        sv.slice_times_s = _frame_slice_times(times[number], slices[number], data.shape[2])
+        out.append(sv)
     return out
+
+
+def _frame_slice_times(times: list, slices: list, n_slices: int) -> tuple[float, ...] | None:
+    # Each slice's time from its frame's FrameAcquisitionDateTime, when every slice has one frame.
+    if None in times or None in slices or sorted(slices) != list(range(n_slices)):
+        return None
+    by_slice = dict(zip(slices, times))
+    return _slice_times([by_slice[k] for k in range(n_slices)], n_slices)
 
 
 def _siemens_protocol(ds) -> bytes | None:
@@ -284,12 +320,20 @@ def read_slice_volume(datasets: list) -> ScanVolume:
     series, seq = slice_volume_key(datasets[0], len(datasets))
     acquired = [t for t in map(acquisition_time, datasets) if t is not None]
     created = [t for t in map(creation_time, datasets) if t is not None]
+    tr = _tr(datasets[0])
+    # Each slice's own acquisition time (Siemens XA's interoperability files have them; GE's
+    # per-slice files here do not), used when they spread over less than a TR.
+    times = [acquisition_time(datasets[i]) for i in order]
+    slice_times = None
+    if len(acquired) == len(datasets) and 0 < max(acquired) - min(acquired) < (tr or np.inf):
+        slice_times = _slice_times(times, len(order))
     return ScanVolume(
         data,
         _LPS_TO_RAS @ affine,
         series,
         seq,
-        _tr(datasets[0]),
+        tr,
         min(acquired) if acquired else None,  # the volume began with its first slice
         max(created) if created else None,  # and was whole once its last slice was made
+        slice_times,
     )

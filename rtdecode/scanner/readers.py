@@ -40,6 +40,9 @@ class ScanVolume:
     created_time_s : float or None
         When the scanner created the image (DICOM ContentTime), by the same clock: its
         reconstruction finished.
+    slice_times_s : tuple of float or None
+        When each slice along the third axis was acquired, seconds after the first (Siemens
+        MosaicRefAcqTimes, or the frames' acquisition times of an enhanced image); None unknown.
     """
 
     data: np.ndarray
@@ -49,6 +52,7 @@ class ScanVolume:
     tr_s: float
     acq_time_s: float | None
     created_time_s: float | None = None
+    slice_times_s: tuple[float, ...] | None = None
 
 
 class NotAnImage(VolumeError):

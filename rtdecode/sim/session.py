@@ -149,12 +149,21 @@ def _render(
     flat_vc = subject.voxel_index
     brain_pos = np.flatnonzero(brain)
     vc_in_brain = np.searchsorted(brain_pos, flat_vc)
+    times = p.slice_times_s
+    # Where a slice is acquired later in the TR, its voxels sample the task signal later: linearly
+    # towards the next volume's (the HRF-smoothed signal is close to linear over a TR).
+    late = (
+        None if times is None else (times[np.unravel_index(flat_vc, p.shape)[2]] / p.tr_s).astype(np.float32)
+    )
     spike_rng = np.random.default_rng([p.seed, 7])
     spikes = np.where(spike_rng.random(n_vols) < p.spike_rate, spike_rng.integers(0, p.shape[2], n_vols), -1)
     for k in progress(range(n_vols), f"simulating the {p.kind} session", unit="vol"):
         img = base.copy()
         mod = drift_map * np.float32(t_norm[k] + 0.3 * np.cos(np.pi * t_norm[k] * 2))
-        mod[vc_in_brain] += signal_pct[k] / 100.0
+        signal = signal_pct[k]
+        if late is not None:
+            signal = signal + late * (signal_pct[min(k + 1, n_vols - 1)] - signal)
+        mod[vc_in_brain] += signal / 100.0
         if not p.noiseless:
             innov = rng.standard_normal(brain.sum(), dtype=np.float32) * np.float32(np.sqrt(1 - p.ar1**2))
             physio = np.float32(p.ar1) * physio + innov
@@ -175,7 +184,8 @@ def _render(
 def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
     """Write a simulated session in a BIDS-like layout and return the directory.
 
-    Layout: ``bold.nii`` (4-D, int16, TR in the header), ``events.tsv`` (BIDS columns onset,
+    Layout: ``bold.nii`` (4-D, int16, TR in the header; ``bold.json`` with its ``SliceTiming`` when
+    ``p.slice_order`` is set), ``events.tsv`` (BIDS columns onset,
     duration, trial_type plus category_index, category_label, block), ``rois/<ROI>.nii.gz``,
     ``features.npz`` (candidate bank: ``labels`` and ``feat_<layer>``), ``stimulus_features.npz``
     (``feat_<layer>`` per block), ``truth.npz`` (``motion``, ``signal_pct``, ``vc_index``, ``spikes``) and
@@ -189,6 +199,9 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
     img.header.set_xyzt_units("mm", "sec")
     img.header["pixdim"][4] = p.tr_s
     nib.save(img, out / "bold.nii")
+    if p.slice_times_s is not None:  # as dcm2niix writes it beside a series
+        sidecar = {"RepetitionTime": p.tr_s, "SliceTiming": [round(float(t), 6) for t in p.slice_times_s]}
+        (out / "bold.json").write_text(json.dumps(sidecar))
     for name, mask in ph.rois.items():
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), ph.affine), out / "rois" / f"{name}.nii.gz")
     nib.save(nib.Nifti1Image(ph.brain.astype(np.uint8), ph.affine), out / "brain_mask.nii.gz")

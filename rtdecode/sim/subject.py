@@ -53,6 +53,9 @@ class SimParams:
     # volume with this chance from a generator of their own, so sessions without them are unchanged.
     spike_rate: float = 0.0
     spike_pct: float = 20.0
+    # "ascending" or "interleaved": slices acquired one after another across the TR, so each slice
+    # samples the task signal at its own time (written as the BIDS sidecar's SliceTiming); "" at once.
+    slice_order: str = ""
     max_translation_mm: float = 2.0
     max_rotation_deg: float = 2.0
     jump_rate_per_min: float = 0.5
@@ -81,6 +84,22 @@ class SimParams:
     subject_seed: int = 0
     seed: int = 1
     kind: str = "train"
+
+    @property
+    def slice_times_s(self) -> np.ndarray | None:
+        """Each slice's acquisition time within the TR (``slice_order``), or None."""
+        n = self.shape[2]
+        if self.slice_order == "ascending":
+            order = list(range(n))
+        elif self.slice_order == "interleaved":
+            order = [*range(0, n, 2), *range(1, n, 2)]
+        elif self.slice_order == "":
+            return None
+        else:
+            raise ValueError(
+                f"slice_order must be '', 'ascending' or 'interleaved', got {self.slice_order!r}"
+            )
+        return np.array([order.index(z) for z in range(n)]) * self.tr_s / n
 
 
 @dataclass

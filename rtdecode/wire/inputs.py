@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from rtdecode._typecheck import short
 from rtdecode.errors import ProtocolError
 from rtdecode.volume import SeriesEnd, Volume, stamps_from_dict, stamps_to_dict
 from rtdecode.wire.frames import Message
@@ -42,6 +43,10 @@ class VolumeMessage(WireMessage):
     clock_offset_s: float | None = header(
         "number", "this computer's clock minus the scanner's, as applied to `acq_time_s`", "s", optional=True
     )
+    slice_times_s: list | None = header(
+        "list", "acquisition time of each slice along the third axis after the volume began (for "
+        "slice-timing correction)", "s", optional=True,
+    )  # fmt: skip
     data: np.ndarray = array("any real dtype", "[nx, ny, nz]", "voxel values in scanner units, C order")
 
     @classmethod
@@ -57,6 +62,7 @@ class VolumeMessage(WireMessage):
             stamps=stamps_to_dict(vol.stamps),
             acquired_from=vol.acquired_from or None,
             clock_offset_s=vol.clock_offset_s,
+            slice_times_s=None if vol.slice_times_s is None else [float(t) for t in vol.slice_times_s],
             data=vol.data,
         )
 
@@ -82,6 +88,15 @@ class VolumeMessage(WireMessage):
             raise ProtocolError(
                 f"volume 'tr_s' must be > 0 and 'acq_time_s' finite, got {self.tr_s!r}, {self.acq_time_s!r}"
             )
+        times = self.slice_times_s
+        if times is not None and (
+            len(times) != self.data.shape[2]
+            or not all(TYPES["number"](t) and 0 <= t < 10 * self.tr_s for t in times)
+        ):
+            raise ProtocolError(
+                f"volume 'slice_times_s' must be {self.data.shape[2]} numbers from 0 to 10 × tr_s (one per "
+                f"slice along the third axis), got {short(times)}"
+            )
         stamps, offset = self.stamps or {}, self.clock_offset_s
         if not all(TYPES["integer"](v) and -(2**63) <= v < 2**63 for v in stamps.values()):
             raise ProtocolError(f"volume 'stamps' must map stage names to 64-bit integer ns, got {stamps!r}")
@@ -96,6 +111,7 @@ class VolumeMessage(WireMessage):
             stamps_from_dict(stamps),
             self.acquired_from or "",
             offset if offset is not None and math.isfinite(offset) else None,
+            None if times is None else tuple(float(t) for t in times),
         )
 
 

@@ -1,10 +1,12 @@
 """Recording layout, and the golden test: live over ZeroMQ equals `rtdecode offline`."""
 
 import json
+import shutil
 import subprocess
 import sys
 
 import h5py
+import nibabel as nib
 import numpy as np
 import pytest
 from helpers import free_address, small_config, wait_for_file
@@ -81,9 +83,12 @@ def _compare_with_offline(live_path, off_path, n):
         np.testing.assert_array_equal(live["input/data"][:], off["input/data"][:])
 
 
-def _start_decoder_and_recorder(experiment, tmp_path, run_decoder, transport="zmq", denoise=False):
+def _start_decoder_and_recorder(
+    experiment, tmp_path, run_decoder, transport="zmq", denoise=False, slice_timing=False
+):
     cfg = small_config()
     cfg.run.bundle = str(experiment / "decoder")
+    cfg.run.preprocess.slice_timing = slice_timing
     if denoise:  # every denoising step on: streamed and offline must still agree
         cfg.run.preprocess.despike.enabled = True
         cfg.run.preprocess.nuisance.regressors = ["drift", "motion", "motion_derivatives", "global"]
@@ -144,20 +149,21 @@ def _finish(procs, cfg_path, bold, tmp_path):
 
 
 def test_golden_live_zeromq_equals_offline(experiment, tmp_path, run_decoder):
-    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, run_decoder)
-    bold = experiment / "test" / "bold.nii"
+    """With slice-timing correction: the series carries its slice times (a BIDS sidecar, as
+    dcm2niix writes one) over the wire live, and from the sidecar offline."""
+    bold = tmp_path / "bold.nii"
+    shutil.copy(experiment / "test" / "bold.nii", bold)
+    n_slices = nib.load(bold).shape[2]
+    tr = nib.load(bold).header.get_zooms()[3]
+    order = [*range(0, n_slices, 2), *range(1, n_slices, 2)]  # interleaved
+    times = [order.index(z) * tr / n_slices for z in range(n_slices)]
+    (tmp_path / "bold.json").write_text(json.dumps({"SliceTiming": times, "RepetitionTime": float(tr)}))
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(
+        experiment, tmp_path, run_decoder, slice_timing=True
+    )
     exe = [sys.executable, "-m", "rtdecode"]
     sender = subprocess.run(
-        [
-            *exe,
-            "simulate",
-            "--out",
-            str(experiment / "test"),
-            "--stream",
-            cfg.run.input.address,
-            "--speed",
-            "100",
-        ],
+        [*exe, "replay", str(bold), "--to", cfg.run.input.address, "--speed", "100"],
         capture_output=True,
         text=True,
         timeout=120,

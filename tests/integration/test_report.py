@@ -70,9 +70,11 @@ def test_report_from_the_cli_holds_every_section_and_the_settings(experiment, of
     # Quality: the last volume's tSNR per ROI as recorded, in visual-hierarchy order.
     rec = Recording.load(recording)
     tsnr = dict(zip(rec.qa_rois, rec.qa["tsnr"][-1]))
-    assert "tSNR at the end (median over ROI)</td><td>" + ", ".join(
-        f"{r} {tsnr[r]:.1f}" for r in ("V1", "LOC", "LVC", "HVC", "VC")
-    ) in page
+    assert (
+        "tSNR at the end (median over ROI)</td><td>"
+        + ", ".join(f"{r} {tsnr[r]:.1f}" for r in ("V1", "LOC", "LVC", "HVC", "VC"))
+        in page
+    )
     assert "No time series" in page and "Per block: shown against the top 5" in page
     assert str(recording.resolve()) in page  # provenance: where the data is
     assert "rank of shown category" in page and "threshold 0.5 mm" in page

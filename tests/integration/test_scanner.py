@@ -1,5 +1,6 @@
 """Scanner exports: readers against dcm2niix, truncated files, and the bridge as a real process."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from helpers import free_address, wait_for_file
+from helpers import assert_slice_times_equal, free_address, wait_for_file
 
 from rtdecode import wire
 from rtdecode.apps.replay import replay_folder
@@ -51,6 +52,13 @@ def test_volumes_and_affines_equal_dcm2niix(vendor, tmp_path):
     np.testing.assert_array_equal(np.asarray(ours.dataobj), np.asarray(ref.dataobj))
     np.testing.assert_allclose(ours.affine, ref.affine, atol=1e-3)
     assert ours.header.get_zooms()[3] == pytest.approx(VENDORS[vendor])
+    # Slice times: Siemens' MosaicRefAcqTimes as dcm2niix's BIDS SliceTiming (same slice order
+    # once the slice axes agree); GE's per-slice files carry none, and rtdecode does not guess.
+    reference = json.loads((out / "ref.json").read_text()).get("SliceTiming")
+    if vendor == "ge":
+        assert all(v.slice_times_s is None for v in vols)
+    else:
+        assert_slice_times_equal(vols, reference, nib.load(out / "ref.nii").affine, atol=1e-6)
 
 
 @pytest.mark.filterwarnings("ignore::ResourceWarning")  # nibabel's loader, used here as the reference
@@ -188,9 +196,7 @@ def test_a_new_series_number_starts_a_new_series(tmp_path):
         ds.save_as(p.with_name(p.name.replace("000013", "000014")))
         p.unlink()
     vols = read_folder(src)
-    assert [(v.series, v.seq) for v in vols] == [("13", i) for i in range(5)] + [
-        ("14", i) for i in range(5)
-    ]
+    assert [(v.series, v.seq) for v in vols] == [("13", i) for i in range(5)] + [("14", i) for i in range(5)]
 
 
 def test_a_dicom_without_pixels_is_named_and_not_retried(tmp_path):

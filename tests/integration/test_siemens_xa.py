@@ -3,6 +3,7 @@ the DICOM node they are pushed to, and the export delay measured per volume."""
 
 import copy
 import gzip
+import json
 import re
 import shutil
 import subprocess
@@ -13,7 +14,16 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
-from helpers import EXE, collect, free_address, is_end, small_config, stop, wait_for_file
+from helpers import (
+    EXE,
+    assert_slice_times_equal,
+    collect,
+    free_address,
+    is_end,
+    small_config,
+    stop,
+    wait_for_file,
+)
 
 from rtdecode import wire
 from rtdecode.apps.report import build_report
@@ -61,6 +71,9 @@ def test_xa_exports_equal_dcm2niix_every_volume(layout, tmp_path):
     assert ours.header.get_zooms()[3] == pytest.approx(1.0)
     np.testing.assert_allclose(np.diff([v.acq_time_s for v in vols]), 1.0, atol=0.01)
     assert all(1.0 < v.created_time_s - v.acq_time_s < 2.5 for v in vols)  # reconstruction, by the scanner
+    # Slice times (per frame or per slice file) as dcm2niix's SliceTiming, to its 2.5 ms rounding.
+    reference = json.loads((tmp_path / "d2n" / "ref.json").read_text())["SliceTiming"]
+    assert_slice_times_equal(vols, reference, nib.load(tmp_path / "d2n" / "ref.nii").affine, atol=0.003)
 
 
 def test_without_a_slice_count_in_the_headers_the_first_volume_teaches_it(tmp_path):
