@@ -75,7 +75,7 @@ def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, bro
     assert page_errors(browser) == []
     ids = [e.get_attribute("id") for e in browser.find_elements("css selector", "section")]
     first = ["summary", "warnings", "provenance", "session", "data"]
-    assert ids == [*first, "motion", "latency", "identification", "settings"]
+    assert ids == [*first, "motion", "quality", "latency", "identification", "settings"]
     # The summary box first: the volumes and the identification the summary printed.
     box = browser.find_element("id", "summary").text
     assert f"{s['volumes']['processed']} (" in box and "identification" in box
@@ -83,8 +83,12 @@ def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, bro
     data = browser.find_elements("css selector", "#data svg")
     assert len(data) == 3 and all(p.size["height"] > 100 for p in data)
     assert "Median tSNR" in browser.find_element("id", "data").text
-    plots = browser.find_elements("css selector", "#motion svg, #latency svg, #identification svg")
-    assert len(plots) == 3 and all(p.size["height"] > 100 for p in plots)  # motion, latency boxes, rank
+    plots = browser.find_elements(
+        "css selector", "#motion svg, #quality svg, #latency svg, #identification svg"
+    )
+    assert len(plots) == 4 and all(p.size["height"] > 100 for p in plots)  # motion, DVARS, latency, rank
+    quality = browser.find_element("id", "quality").text
+    assert "tSNR at the end (median over ROI)" in quality and "frames by FD (FIRMM)" in quality
     # The per-block table: every block of the test session, shown against the top 5.
     blocks = browser.find_elements("css selector", "#identification table:last-of-type tbody tr")
     assert len(blocks) == 50 and blocks[0].find_elements("css selector", "td")[1].text
