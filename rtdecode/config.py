@@ -74,6 +74,7 @@ class PreprocessConfig:
     normalise: str = "baseline-detrend"
     slice_timing: bool = False  # correct each slice to the first's time (slice times from the headers)
     despike: DespikeConfig = field(default_factory=DespikeConfig)  # before the nuisance regression
+    smoothing_fwhm_mm: float = 0.0  # Gaussian inside the analysis mask, after despiking; 0 off
     nuisance: NuisanceConfig = field(default_factory=NuisanceConfig)
 
 

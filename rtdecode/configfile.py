@@ -104,6 +104,12 @@ def _validate(cfg: Config, where: str) -> None:
             r.preprocess.nuisance.regressors,
         ),
         (
+            r.preprocess.smoothing_fwhm_mm >= 0,
+            "run.preprocess.smoothing_fwhm_mm",
+            "must be >= 0",
+            r.preprocess.smoothing_fwhm_mm,
+        ),
+        (
             r.preprocess.nuisance.penalty > 0,
             "run.preprocess.nuisance.penalty",
             "must be > 0",

@@ -55,7 +55,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
                 data, affine = reorient(data, ornt), bundle.affine
             motion.set_reference(data, affine)
     pre = Preprocessor.from_config(cfg.preprocess)
-    denoiser = Denoiser.from_config(cfg.preprocess)
+    denoiser = Denoiser.from_config(cfg.preprocess, bundle.mask, bundle.affine)
     quality = QualityMonitor(bundle.rois, cfg.expected_volumes)
     timer = SliceTimer() if cfg.preprocess.slice_timing else None
     return Pipeline(

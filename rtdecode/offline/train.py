@@ -214,7 +214,7 @@ def train_session(
         mask,
         Preprocessor.from_config(rc.preprocess),
         motion,
-        denoiser=Denoiser.from_config(rc.preprocess),
+        denoiser=Denoiser.from_config(rc.preprocess, mask, bold.affine),
         slice_timer=SliceTimer() if rc.preprocess.slice_timing else None,
     )
     rows, times, affine, tr = [], [], None, None

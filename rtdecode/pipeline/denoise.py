@@ -11,6 +11,8 @@ ridge regression refitted on all volumes so far.
   the filter's; AFNI's 3dDespike made causal). Level and SD start from the first ``warmup``
   volumes and then follow exponentially (time constant ``tau_s``), fed the deviation clipped to
   the bound so a spike neither moves the level much nor widens its own bound.
+* :class:`MaskSmoother`: a Gaussian of ``fwhm_mm`` inside the analysis mask (normalised
+  convolution: voxels outside neither contribute nor receive, so the ROI edges keep their level).
 * :class:`NuisanceRegressor`: recursive least squares (an incremental GLM, as in OpenNFT and
   Turbo-BrainVoyager) of each voxel on an intercept and the chosen regressors, with a ridge prior of
   ``penalty`` volumes' worth on every coefficient but the intercept, so the first volumes are barely
@@ -93,6 +95,40 @@ class Despiker:
         self.n_seen_ = int(state["n_seen"])
         self.level_ = np.array(state["level"], np.float64) if "level" in state else None
         self.var_ = np.array(state["var"], np.float64) if "var" in state else None
+
+
+class MaskSmoother:
+    """Smooth the analysis voxels with a Gaussian, inside their mask (see the module).
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        bool (nx, ny, nz): the analysis voxels, in the order of their flat indices.
+    affine : numpy.ndarray
+        (4, 4): the mask's grid, for the voxel sizes.
+    fwhm_mm : float
+        Full width at half maximum, mm, > 0.
+    """
+
+    def __init__(self, mask: np.ndarray, affine: np.ndarray, fwhm_mm: float) -> None:
+        if not fwhm_mm > 0:
+            raise ValueError(f"fwhm_mm must be > 0, got {fwhm_mm!r}")
+        self.mask = np.asarray(mask, dtype=bool)
+        self.index = np.flatnonzero(self.mask)
+        zooms = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
+        self.sigma = fwhm_mm / np.sqrt(8 * np.log(2)) / zooms  # in voxels, per axis
+        self._weight = self._smooth(np.ones(self.index.size, np.float32))
+
+    def _smooth(self, x: np.ndarray) -> np.ndarray:
+        from scipy.ndimage import gaussian_filter
+
+        grid = np.zeros(self.mask.shape, np.float32)
+        grid.flat[self.index] = x
+        return gaussian_filter(grid, self.sigma, mode="constant", truncate=3.0).flat[self.index]
+
+    def update(self, x: np.ndarray) -> np.ndarray:
+        """Smooth one volume's analysis voxels."""
+        return self._smooth(np.asarray(x, np.float32)) / self._weight
 
 
 class NuisanceRegressor:
@@ -194,21 +230,28 @@ class Denoised:
 
 
 class Denoiser:
-    """The configured denoising steps in order: despiking, then nuisance regression."""
+    """The configured denoising steps in order: despiking, smoothing, nuisance regression."""
 
-    def __init__(self, despiker: Despiker | None, regressor: NuisanceRegressor | None) -> None:
-        self.despiker, self.regressor = despiker, regressor
+    def __init__(
+        self,
+        despiker: Despiker | None,
+        regressor: NuisanceRegressor | None,
+        smoother: MaskSmoother | None = None,
+    ) -> None:
+        self.despiker, self.regressor, self.smoother = despiker, regressor, smoother
 
     @classmethod
-    def from_config(cls, pc: PreprocessConfig) -> Denoiser | None:
-        """The steps ``run.preprocess.despike`` and ``.nuisance`` turn on, or None for none.
+    def from_config(cls, pc: PreprocessConfig, mask: np.ndarray, affine: np.ndarray) -> Denoiser | None:
+        """The steps ``run.preprocess`` turns on, or None for none.
 
-        The despiker warms up over the baseline volumes.
+        ``despike``, ``smoothing_fwhm_mm`` and ``nuisance``; the despiker warms up over the
+        baseline volumes, the smoother works on ``mask``'s grid (``affine``).
         """
         sp, nu = pc.despike, pc.nuisance
         d = Despiker(sp.threshold, sp.tau_s, pc.baseline_volumes) if sp.enabled else None
         n = NuisanceRegressor(nu.regressors, nu.penalty) if nu.regressors else None
-        return cls(d, n) if d or n else None
+        s = MaskSmoother(mask, affine, pc.smoothing_fwhm_mm) if pc.smoothing_fwhm_mm > 0 else None
+        return cls(d, n, s) if d or n or s else None
 
     def reset(self) -> None:
         """Forget the series."""
@@ -221,6 +264,8 @@ class Denoiser:
         spikes = 0
         if self.despiker is not None:
             x, spikes = self.despiker.update(x, tr_s)
+        if self.smoother is not None:
+            x = self.smoother.update(x)
         if self.regressor is not None:
             x = self.regressor.update(x, motion, seq, tr_s)
         return Denoised(np.asarray(x, dtype=np.float32), spikes)

@@ -98,19 +98,19 @@ def test_a_denoiser_resumed_from_its_state_continues_exactly():
     x, _, motion = _series(n=40, v=50)
     pc = PreprocessConfig(baseline_volumes=5)
     pc.despike.enabled, pc.nuisance.regressors = True, ["drift", "motion", "global"]
-    whole = Denoiser.from_config(pc)
-    first = Denoiser.from_config(pc)
+    whole = Denoiser.from_config(pc, np.ones((50, 1, 1), bool), np.eye(4))
+    first = Denoiser.from_config(pc, np.ones((50, 1, 1), bool), np.eye(4))
     out = [whole.update(x[t], motion[t], t, 2.0).values for t in range(40)]
     for t in range(20):
         first.update(x[t], motion[t], t, 2.0)
-    resumed = Denoiser.from_config(pc)
+    resumed = Denoiser.from_config(pc, np.ones((50, 1, 1), bool), np.eye(4))
     resumed.set_state({k: np.array(v) for k, v in first.get_state().items()})
     again = [resumed.update(x[t], motion[t], t, 2.0).values for t in range(20, 40)]
     np.testing.assert_array_equal(np.array(again), np.array(out[20:]))
 
 
 def test_denoising_is_off_by_default_and_refuses_bad_settings():
-    assert Denoiser.from_config(PreprocessConfig()) is None
+    assert Denoiser.from_config(PreprocessConfig(), np.ones((3, 1, 1), bool), np.eye(4)) is None
     with pytest.raises(ValueError, match="regressors must be some of"):
         NuisanceRegressor(["wobble"])
     with pytest.raises(ValueError, match="penalty must be > 0"):
@@ -119,3 +119,25 @@ def test_denoising_is_off_by_default_and_refuses_bad_settings():
         NuisanceRegressor(["motion"]).update(np.ones(3), None, 0, 2.0)
     with pytest.raises(ValueError, match="threshold > 0"):
         Despiker(threshold=-1)
+
+
+def test_smoothing_inside_the_mask_equals_an_explicit_normalised_convolution():
+    from rtdecode.pipeline.denoise import MaskSmoother
+
+    rng = np.random.default_rng(3)
+    mask = rng.random((10, 9, 8)) < 0.5
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])  # anisotropic voxels, mm
+    x = rng.normal(100, 10, mask.sum()).astype(np.float32)
+    got = MaskSmoother(mask, affine, fwhm_mm=6.0).update(x)
+    # Independent: every pair of mask voxels weighted by the Gaussian of their distance in mm,
+    # cut at 3 sigma per axis as the separable filter is, normalised over the mask.
+    sigma = 6.0 / np.sqrt(8 * np.log(2)) / np.array([2.0, 3.0, 4.0])
+    radius = (3.0 * sigma + 0.5).astype(int)
+    ijk = np.argwhere(mask)
+    d = np.abs(ijk[:, None, :] - ijk[None, :, :])
+    w = np.exp(-0.5 * ((d / sigma) ** 2).sum(-1)) * (d <= radius).all(-1)
+    np.testing.assert_allclose(got, (w @ x) / w.sum(1), rtol=1e-5)
+    # A level inside the mask stays that level, up to its edges.
+    np.testing.assert_allclose(
+        MaskSmoother(mask, affine, 6.0).update(np.full(mask.sum(), 7.0)), 7.0, rtol=1e-6
+    )
