@@ -194,7 +194,9 @@ function showQuality(xs, vols, last, censored) {
   setText("dvars-last", fmt(q.dvars_pct, 2));
   setText("spikes-last", q.spikes === null ? "off" : q.spikes);
   setText("clean-minutes", fmt(q.clean_minutes, 1));
-  setText("clean-projected", fmt(q.projected_clean_minutes, 1));
+  setText("clean-projected", q.projected_clean_minutes === null
+    ? "(set run.expected_volumes for the projection at the end of the run)"
+    : `(${fmt(q.projected_clean_minutes, 1)} min projected at the end of the run)`);
   for (const [level, share] of Object.entries(q.frames_under)) setText(`under-${level}`, fmt(100 * share, 0));
   fillTable($("tsnr-table").tBodies[0], Object.entries(q.tsnr).map(([roi, t]) => [[roi], [fmt(t, 1), "num"]]));
 }
