@@ -154,10 +154,10 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path, run_decoder):
     bold = tmp_path / "bold.nii"
     shutil.copy(experiment / "test" / "bold.nii", bold)
     n_slices = nib.load(bold).shape[2]
-    tr = nib.load(bold).header.get_zooms()[3]
+    tr = float(nib.load(bold).header.get_zooms()[3])
     order = [*range(0, n_slices, 2), *range(1, n_slices, 2)]  # interleaved
     times = [order.index(z) * tr / n_slices for z in range(n_slices)]
-    (tmp_path / "bold.json").write_text(json.dumps({"SliceTiming": times, "RepetitionTime": float(tr)}))
+    (tmp_path / "bold.json").write_text(json.dumps({"SliceTiming": times, "RepetitionTime": tr}))
     cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(
         experiment, tmp_path, run_decoder, slice_timing=True
     )
