@@ -30,6 +30,8 @@ from rtdecode.config import NUISANCE_REGRESSORS, PreprocessConfig
 
 # The intercept's prior precision: effectively free, finite so the recursion can start.
 _INTERCEPT_PRECISION = 1e-8
+# The smoothing kernel is cut at this many SDs per axis.
+_TRUNCATE = 3.0
 
 
 class Despiker:
@@ -113,18 +115,25 @@ class MaskSmoother:
     def __init__(self, mask: np.ndarray, affine: np.ndarray, fwhm_mm: float) -> None:
         if not fwhm_mm > 0:
             raise ValueError(f"fwhm_mm must be > 0, got {fwhm_mm!r}")
-        self.mask = np.asarray(mask, dtype=bool)
-        self.index = np.flatnonzero(self.mask)
+        mask = np.asarray(mask, dtype=bool)
         zooms = np.linalg.norm(np.asarray(affine, np.float64)[:3, :3], axis=0)
         self.sigma = fwhm_mm / np.sqrt(8 * np.log(2)) / zooms  # in voxels, per axis
-        self._weight = self._smooth(np.ones(self.index.size, np.float32))
+        # Only the mask's bounding box, widened by the kernel's reach, is filtered: beyond it
+        # everything is zero, as the filter's constant mode assumes.
+        reach = (_TRUNCATE * self.sigma + 0.5).astype(int)
+        ijk = np.argwhere(mask)
+        lo, hi = np.maximum(ijk.min(0) - reach, 0), np.minimum(ijk.max(0) + reach + 1, mask.shape)
+        self._box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        self._shape = tuple(hi - lo)
+        self._index = np.flatnonzero(mask[self._box])  # the same order as in the whole grid
+        self._weight = self._smooth(np.ones(self._index.size, np.float32))
 
     def _smooth(self, x: np.ndarray) -> np.ndarray:
         from scipy.ndimage import gaussian_filter
 
-        grid = np.zeros(self.mask.shape, np.float32)
-        grid.flat[self.index] = x
-        return gaussian_filter(grid, self.sigma, mode="constant", truncate=3.0).flat[self.index]
+        grid = np.zeros(self._shape, np.float32)
+        grid.flat[self._index] = x
+        return gaussian_filter(grid, self.sigma, mode="constant", truncate=_TRUNCATE).flat[self._index]
 
     def update(self, x: np.ndarray) -> np.ndarray:
         """Smooth one volume's analysis voxels."""

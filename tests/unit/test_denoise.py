@@ -141,3 +141,21 @@ def test_smoothing_inside_the_mask_equals_an_explicit_normalised_convolution():
     np.testing.assert_allclose(
         MaskSmoother(mask, affine, 6.0).update(np.full(mask.sum(), 7.0)), 7.0, rtol=1e-6
     )
+
+
+def test_smoothing_a_small_mask_in_a_large_grid_equals_filtering_the_whole_grid():
+    from scipy.ndimage import gaussian_filter
+
+    from rtdecode.pipeline.denoise import MaskSmoother
+
+    rng = np.random.default_rng(4)
+    mask = np.zeros((40, 36, 30), bool)
+    mask[12:20, 10:19, 8:14] = rng.random((8, 9, 6)) < 0.7  # the cropped box is far smaller
+    x = rng.normal(50, 5, mask.sum()).astype(np.float32)
+    affine = np.diag([3.0, 3.0, 3.5, 1.0])
+    sigma = 8.0 / np.sqrt(8 * np.log(2)) / np.array([3.0, 3.0, 3.5])
+    grid, ones = np.zeros(mask.shape, np.float32), mask.astype(np.float32)
+    grid[mask] = x
+    smooth, weight = (gaussian_filter(g, sigma, mode="constant", truncate=3.0)[mask] for g in (grid, ones))
+    expected = smooth / weight
+    np.testing.assert_allclose(MaskSmoother(mask, affine, 8.0).update(x), expected, rtol=1e-5)
