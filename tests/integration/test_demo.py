@@ -139,3 +139,43 @@ def test_the_demo_reconstructs_each_block_of_photographs(tmp_path):
     gallery = page.split('<section id="reconstructions">')[1].split("</section>")[0]
     assert gallery.count("data:image/png;base64,") == 16  # each photograph beside its reconstruction
     assert "reconstructions (feature inversion of VC" in proc.stdout
+
+
+def test_sigterm_to_the_demo_with_a_dashboard_stops_every_child(tmp_path):
+    """`demo --dashboard`: SIGTERM (as a service manager sends) stops the decoder, subscriber,
+    recorder and dashboard as Ctrl-C does, and frees the dashboard's port."""
+    import signal
+    import socket
+    import time
+    import urllib.parse
+
+    cfg = tmp_path / "demo.yaml"
+    cfg.write_text(yaml.safe_dump({"simulate": {"shape": [32, 32, 18], "voxel_size_mm": 6.0}}))
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "rtdecode", "demo", "-c", str(cfg), "--out", str(tmp_path / "out"),
+         "--dashboard", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        for line in demo.stdout:  # the dashboard is up, streaming starts 10 s later
+            if "open the dashboard: " in line:
+                url = line.split("open the dashboard: ")[1].split()[0]
+                break
+        assert url, "the demo never served its dashboard"
+        children = [int(p) for p in Path(f"/proc/{demo.pid}/task/{demo.pid}/children").read_text().split()]
+        assert len(children) == 4  # decoder, subscriber, recorder, dashboard
+        demo.send_signal(signal.SIGTERM)
+        demo.stdout.read()
+        assert demo.wait(30) != 0  # interrupted, not a normal end
+        deadline = time.monotonic() + 20
+        while any(Path(f"/proc/{pid}").exists() for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not any(Path(f"/proc/{pid}").exists() for pid in children), "a child outlived the demo"
+        host = urllib.parse.urlsplit(url)
+        with socket.socket() as s:  # the port is free: nothing listens on it any more
+            assert s.connect_ex((host.hostname, host.port)) != 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        demo.stdout.close()
