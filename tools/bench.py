@@ -63,6 +63,7 @@ from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
 from rtdecode.pipeline.ranking import QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
 from rtdecode.sim.session import SimParams, simulate_session, write_session  # noqa: E402
+from rtdecode.sim.subject import slice_times  # noqa: E402
 from rtdecode.transport.zmq import Subscriber  # noqa: E402
 from rtdecode.volume import Stage, Volume, new_stamps, stamp, stamps_from_dict  # noqa: E402
 
@@ -251,11 +252,11 @@ def denoise_cost(cfg: RunConfig, bold: Path, base: dict) -> dict:
     ``motion->preprocessed``, with the quality figures (on in both) and the z-scoring.
     Medians and p99 in ms per stage, and the sum of the medians' differences.
     """
-    n = nib.load(bold).shape[2]
-    order = [*range(0, n, 2), *range(1, n, 2)]
-    tr = float(nib.load(bold).header.get_zooms()[3])
+    img = nib.load(bold)
+    tr = float(img.header.get_zooms()[3])
+    times = slice_times("interleaved", img.shape[2], tr)
     sidecar = bold.with_name(bold.name.removesuffix(".nii") + ".json")
-    sidecar.write_text(json.dumps({"SliceTiming": [order.index(z) * tr / n for z in range(n)]}))
+    sidecar.write_text(json.dumps({"SliceTiming": times.tolist()}))
     try:
         on = dataclasses.replace(
             cfg, preprocess=dataclasses.replace(cfg.preprocess, smoothing_fwhm_mm=6.0, slice_timing=True)

@@ -1,7 +1,8 @@
 """Statistics shared by ranking, training and evaluation.
 
 Z-scoring with sample statistics, row normalisation and Pearson correlation of predictions with
-candidates, and the mean per-column correlation (GOD's feature-prediction accuracy).
+candidates, the mean per-column correlation (GOD's feature-prediction accuracy), and Welford's
+running mean and variance (the causal stages' baselines).
 """
 
 from __future__ import annotations
@@ -61,3 +62,19 @@ def correlations(pred: np.ndarray, candidates: np.ndarray) -> np.ndarray:
         Shape (n, n_candidates), float32.
     """
     return (normalise_rows(pred).astype(np.float32) @ candidates.T).astype(np.float32)
+
+
+def welford(
+    mean: np.ndarray | None, m2: np.ndarray | None, x: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """One step of Welford's running mean and sum of squared deviations, taking ``x`` as value ``n``.
+
+    Starts from ``None`` (``n`` = 1); afterwards ``mean`` and ``m2`` are updated in place and
+    returned. The sample variance is ``m2 / (n - 1)``.
+    """
+    if mean is None or m2 is None:
+        return x.copy(), np.zeros_like(x)
+    d = x - mean
+    mean += d / n
+    m2 += d * (x - mean)
+    return mean, m2

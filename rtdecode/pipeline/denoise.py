@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from rtdecode.config import NUISANCE_REGRESSORS, PreprocessConfig
+from rtdecode.numerics.stats import welford
 
 # The intercept's prior precision: effectively free, finite so the recursion can start.
 _INTERCEPT_PRECISION = 1e-8
@@ -66,12 +67,7 @@ class Despiker:
         x = np.asarray(x, dtype=np.float64)
         self.n_seen_ += 1
         if self.n_seen_ <= self.warmup:  # Welford over the warm-up volumes
-            if self.level_ is None:
-                self.level_, self.var_ = x.copy(), np.zeros_like(x)
-            else:
-                d = x - self.level_
-                self.level_ += d / self.n_seen_
-                self.var_ += d * (x - self.level_)
+            self.level_, self.var_ = welford(self.level_, self.var_, x, self.n_seen_)
             if self.n_seen_ == self.warmup:
                 self.var_ /= self.warmup - 1
             return x, 0

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from rtdecode.config import NORMALISATIONS, PreprocessConfig
+from rtdecode.numerics.stats import welford
 
 
 class Preprocessor:
@@ -111,12 +112,7 @@ class Preprocessor:
         if self._scale is None:
             # Welford's running mean and variance over the baseline volumes.
             self.n_seen_ += 1
-            if self._mean is None:
-                self._mean, self._m2 = x.copy(), np.zeros_like(x)
-                return None
-            d = x - self._mean
-            self._mean += d / self.n_seen_
-            self._m2 += d * (x - self._mean)
+            self._mean, self._m2 = welford(self._mean, self._m2, x, self.n_seen_)
             if self.n_seen_ == self.baseline_volumes:
                 sd = np.sqrt(self._m2 / (self.n_seen_ - 1))
                 # A voxel with no variation (outside the head after motion) must not divide by 0.

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from rtdecode.numerics.stats import welford
+
 FD_LEVELS_MM = (0.2, 0.3, 0.5)  # FIRMM's thresholds
 
 
@@ -69,12 +71,7 @@ class QualityMonitor:
         """
         x = np.asarray(values, dtype=np.float64)
         self.n_ += 1
-        if self._mean is None:
-            self._mean, self._m2 = x.copy(), np.zeros_like(x)
-        else:
-            d = x - self._mean
-            self._mean += d / self.n_
-            self._m2 += d * (x - self._mean)
+        self._mean, self._m2 = welford(self._mean, self._m2, x, self.n_)
         level = float(np.mean(x))
         dvars = None
         if self._prev is not None and level:

@@ -88,18 +88,23 @@ class SimParams:
     @property
     def slice_times_s(self) -> np.ndarray | None:
         """Each slice's acquisition time within the TR (``slice_order``), or None."""
-        n = self.shape[2]
-        if self.slice_order == "ascending":
-            order = list(range(n))
-        elif self.slice_order == "interleaved":
-            order = [*range(0, n, 2), *range(1, n, 2)]
-        elif self.slice_order == "":
-            return None
-        else:
-            raise ValueError(
-                f"slice_order must be '', 'ascending' or 'interleaved', got {self.slice_order!r}"
-            )
-        return np.array([order.index(z) for z in range(n)]) * self.tr_s / n
+        return slice_times(self.slice_order, self.shape[2], self.tr_s)
+
+
+def slice_times(order: str, n_slices: int, tr_s: float) -> np.ndarray | None:
+    """Acquisition time of each slice within the TR, evenly over it, or None for ``""`` (at once).
+
+    ``order`` is ``ascending`` or ``interleaved`` (even slices first).
+    """
+    if order == "ascending":
+        sequence = list(range(n_slices))
+    elif order == "interleaved":
+        sequence = [*range(0, n_slices, 2), *range(1, n_slices, 2)]
+    elif order == "":
+        return None
+    else:
+        raise ValueError(f"slice_order must be '', 'ascending' or 'interleaved': {order!r}")
+    return np.array([sequence.index(z) for z in range(n_slices)]) * tr_s / n_slices
 
 
 @dataclass

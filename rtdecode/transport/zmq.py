@@ -290,12 +290,11 @@ class Publisher(_Endpoint):
 
 
 class HistoryServer(_Endpoint):
-    """What a session has published so far, for a subscriber that starts late (REP). Binds.
+    """What a session has published so far, for a subscriber that starts late (REP, binds).
 
-    A sink beside the :class:`Publisher`: it keeps a copy of the last ``keep`` messages of the
-    given ``kinds`` (heartbeats aside) and answers every request with all of them, oldest first:
-    a frame with the count, then per message a frame with its frame count and its frames. A
-    thread of its own serves, so the session only appends. :func:`fetch_history` is the client.
+    A sink beside the :class:`Publisher` keeping copies of the last ``keep`` messages of ``kinds``
+    (:func:`in_history`); a thread of its own answers each request with all of them, oldest first,
+    in the format of docs/protocol.md ("History"). :func:`fetch_history` is the client.
     """
 
     def __init__(
@@ -304,24 +303,21 @@ class HistoryServer(_Endpoint):
         self._init(zmq.REP, address, True, 0, curve)
         self._kinds = frozenset(kinds)
         self._kept: deque[list[bytes]] = deque(maxlen=keep)
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
+        self._lock, self._stop = threading.Lock(), threading.Event()
         # The socket moves to the thread here and is used by it alone until close joins it.
         self._thread = threading.Thread(target=self._serve, name="history", daemon=True)
         self._thread.start()
 
     def publish(self, msg: WireMessage) -> None:
         """Keep a copy of one message (its arrays may be reused by the session afterwards)."""
-        if msg.kind in self._kinds and not (isinstance(msg, Status) and msg.event == "heartbeat"):
+        if msg.kind in self._kinds and in_history(msg):
             frames = [bytes(memoryview(f)) for f in msg.encode()]
             with self._lock:
                 self._kept.append(frames)
 
     def _serve(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.socket, zmq.POLLIN)
         while not self._stop.is_set():
-            if not poller.poll(100):
+            if not self.socket.poll(100):
                 continue
             self.socket.recv_multipart()  # any request: the history is all there is to ask for
             with self._lock:
@@ -336,6 +332,11 @@ class HistoryServer(_Endpoint):
         self._stop.set()
         self._thread.join()
         super().close()
+
+
+def in_history(msg: WireMessage) -> bool:
+    """Whether a history keeps this message when it keeps its kind (heartbeats it never does)."""
+    return not (isinstance(msg, Status) and msg.event == "heartbeat")
 
 
 def fetch_history(address: str, timeout_s: float = 2.0) -> list[WireMessage]:

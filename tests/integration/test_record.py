@@ -16,6 +16,7 @@ from rtdecode.io.nifti import iter_volumes
 from rtdecode.io.recording import Recorder
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import evaluate_session
+from rtdecode.sim.subject import slice_times
 from rtdecode.volume import Stage
 from rtdecode.wire import messages as m
 
@@ -153,10 +154,9 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path, run_decoder):
     dcm2niix writes one) over the wire live, and from the sidecar offline."""
     bold = tmp_path / "bold.nii"
     shutil.copy(experiment / "test" / "bold.nii", bold)
-    n_slices = nib.load(bold).shape[2]
-    tr = float(nib.load(bold).header.get_zooms()[3])
-    order = [*range(0, n_slices, 2), *range(1, n_slices, 2)]  # interleaved
-    times = [order.index(z) * tr / n_slices for z in range(n_slices)]
+    img = nib.load(bold)
+    tr = float(img.header.get_zooms()[3])
+    times = slice_times("interleaved", img.shape[2], tr).tolist()
     (tmp_path / "bold.json").write_text(json.dumps({"SliceTiming": times, "RepetitionTime": tr}))
     cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(
         experiment, tmp_path, run_decoder, slice_timing=True

@@ -27,7 +27,7 @@ from websockets.http11 import Request, Response
 from rtdecode.apps.dashboard.view import TOPICS, SessionView
 from rtdecode.errors import BindError, ProtocolError, ReceiveTimeout
 from rtdecode.transport.subscription import messages
-from rtdecode.transport.zmq import fetch_history
+from rtdecode.transport.zmq import fetch_history, in_history
 from rtdecode.wire.messages import WireMessage
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,13 @@ async def _run(
             # Asked once the subscription delivers, so history and live overlap rather than miss.
             if with_history and seen is None:
                 seen = take_history()
-            if not seen or _key(msg) not in seen:
-                put(msg)
+            if seen and _key(msg) in seen:
+                continue
+            # The first live message the history would have kept but lacks: every later one is
+            # newer still (PUB keeps order), so the comparison stops here.
+            if seen and in_history(msg):
+                seen = set()
+            put(msg)
 
     async def fold() -> None:
         while True:
