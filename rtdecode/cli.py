@@ -206,6 +206,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folder", help="write files into this watched folder, as a scanner would")
     p.add_argument("--speed", type=float, default=1.0, help="1 = TR pace, N = N times faster, inf = unpaced")
     p.add_argument("--tr-s", type=float, help="TR of an export folder (for pacing)")
+    p.add_argument(
+        "--physio",
+        metavar="PHYSIO_TSV_GZ",
+        help="also send this BIDS recording as an LSL stream of type physio",
+    )
     p.set_defaults(func=commands.replay)
 
     p = sub.add_parser("demo", help="simulate, train, decode live, report")

@@ -44,7 +44,10 @@ class MotionConfig:
     fd_threshold_mm: float = 0.5
 
 
-NUISANCE_REGRESSORS = ("drift", "motion", "motion_derivatives", "global")  # run.preprocess.nuisance
+# run.preprocess.nuisance.regressors
+NUISANCE_REGRESSORS = (
+    "drift", "motion", "motion_derivatives", "global", "wm", "csf", "acompcor", "retroicor", "rvt"
+)  # fmt: skip
 
 
 @dataclass
@@ -62,6 +65,20 @@ class NuisanceConfig:
 
     regressors: list[str] = field(default_factory=list)  # some of NUISANCE_REGRESSORS; [] off
     penalty: float = 1.0  # ridge prior on the nuisance coefficients, in volumes' worth
+    # wm, csf, acompcor: masks on the decoders' grid; "" for <bundle>/wm_mask.nii.gz, csf_mask.nii.gz
+    wm_mask: str = ""
+    csf_mask: str = ""
+    compcor_components: int = 5  # aCompCor: principal components of WM + CSF over the baseline volumes
+
+
+@dataclass
+class PhysioConfig:
+    """Cardiac and respiratory recordings, for the retroicor and rvt regressors (pipeline.physio)."""
+
+    stream: str = ""  # live: the LSL stream of type "physio" of this name; "" the first found
+    file: str = ""  # offline: a BIDS _physio.tsv.gz; "" the one beside the series (<stem>_physio.tsv.gz)
+    window_s: float = 120.0  # seconds of recording that beats, breaths and the belt's histogram come from
+    max_wait_s: float = 1.0  # live: wait this long for samples up to a volume's end, then go on without
 
 
 @dataclass
@@ -136,6 +153,7 @@ class RunConfig:
     publish_input: bool = False  # republish each received volume on topic "volume" (for recorders)
     motion: MotionConfig = field(default_factory=MotionConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    physio: PhysioConfig = field(default_factory=PhysioConfig)
     lsl: LslConfig = field(default_factory=LslConfig)
     blocks: BlocksConfig = field(default_factory=BlocksConfig)
     feedback: list[FeedbackConfig] = field(default_factory=list)

@@ -121,6 +121,14 @@ def _validate(cfg: Config, where: str) -> None:
             "motion regressors need run.motion.enabled",
             r.preprocess.nuisance.regressors,
         ),
+        (
+            r.preprocess.nuisance.compcor_components >= 1,
+            "run.preprocess.nuisance.compcor_components",
+            "must be >= 1",
+            r.preprocess.nuisance.compcor_components,
+        ),
+        (r.physio.window_s > 10, "run.physio.window_s", "must be > 10 s", r.physio.window_s),
+        (r.physio.max_wait_s >= 0, "run.physio.max_wait_s", "must be >= 0", r.physio.max_wait_s),
         (cfg.train.n_voxels >= 1, "train.n_voxels", "must be >= 1", cfg.train.n_voxels),
         (
             cfg.train.n_voxels_composite >= 1,

@@ -10,6 +10,7 @@ import nibabel as nib
 from rtdecode.apps.session import LiveSession
 from rtdecode.config import RunConfig
 from rtdecode.io.nifti import iter_volumes
+from rtdecode.io.physio import physio_path_for, read_physio
 from rtdecode.io.recording import Recorder
 from rtdecode.progress import progress
 from rtdecode.volume import Stage, stamp
@@ -22,7 +23,8 @@ def decode_series(cfg: RunConfig, bold: str | Path, out: str | Path, record_inpu
     ----------
     cfg : RunConfig
     bold : str or Path
-        4-D NIfTI of the series.
+        4-D NIfTI of the series (with the retroicor or rvt regressors, its BIDS physiological
+        recording beside it or at ``run.physio.file``).
     out : str or Path
         HDF5 recording to write (see :mod:`rtdecode.io.recording`).
     record_input : bool
@@ -37,6 +39,9 @@ def decode_series(cfg: RunConfig, bold: str | Path, out: str | Path, record_inpu
     with Recorder(out, record_input, meta) as rec:
         session = LiveSession(dataclasses.replace(cfg, publish_input=record_input), rec)
         try:
+            if session.pipe.physio is not None:
+                physio = read_physio(cfg.physio.file or physio_path_for(bold))
+                session.pipe.physio.add(physio["time"], physio["cardiac"], physio["respiratory"])
             n_volumes = nib.load(str(bold)).shape[-1]
             for vol in progress(iter_volumes(bold), "decoding offline", total=n_volumes, unit="vol"):
                 stamp(vol.stamps, Stage.RECEIVED)

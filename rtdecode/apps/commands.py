@@ -284,6 +284,13 @@ def replay(args: argparse.Namespace) -> None:
 
     src = Path(args.source)
     markers = replay.events_to_markers(read_events(args.markers)) if args.markers else ()
+    physio = None
+    if args.physio:
+        from rtdecode.io.physio import read_physio
+
+        physio = read_physio(args.physio)
+    if physio is not None and (args.to is None or src.is_dir()):
+        raise ConfigError("--physio goes with a series sent --to a decoder")
     if (args.to is None) == (args.folder is None):
         raise ConfigError("replay needs exactly one of --to ADDRESS or --folder DIR")
     if src.is_dir():
@@ -293,13 +300,13 @@ def replay(args: argparse.Namespace) -> None:
     elif src.suffix in (".h5", ".hdf5"):
         if args.to is None:
             raise ConfigError("a recording replays over ZeroMQ: use --to")
-        n = replay.send_volumes(input_volumes(src), args.to, args.speed, markers=markers)
+        n = replay.send_volumes(input_volumes(src), args.to, args.speed, markers=markers, physio=physio)
     elif args.folder is not None:
         n = replay.replay_nifti_to_folder(src, args.folder, args.speed)
     else:
         n_volumes = nib.load(str(src)).shape[-1]
         n = replay.send_volumes(
-            iter_volumes(src, "replay", "run-01"), args.to, args.speed, n_volumes, markers
+            iter_volumes(src, "replay", "run-01"), args.to, args.speed, n_volumes, markers, physio=physio
         )
     print(f"replayed {n} volumes")
 

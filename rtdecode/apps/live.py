@@ -45,7 +45,13 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
         # The history keeps what a dashboard shows: every result but the per-unit arrays.
         if (history := open_history(cfg, TOPICS)) is not None:
             sink.sinks.append(stack.enter_context(history))
-        session = LiveSession(cfg, sink)
+        physio = None
+        if {"retroicor", "rvt"} & set(cfg.preprocess.nuisance.regressors):
+            from rtdecode.transport.lsl_physio import PhysioInlet
+
+            physio = PhysioInlet(cfg.physio.stream)
+            stack.callback(physio.close)
+        session = LiveSession(cfg, sink, physio)
         stack.callback(session.close)
         if cfg.lsl.outputs:
             sink.sinks.append(stack.enter_context(open_lsl_outputs(cfg, session.pipe, session.feedback)))

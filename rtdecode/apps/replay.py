@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import nibabel as nib
+import numpy as np
 
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.progress import progress
@@ -35,6 +36,7 @@ from rtdecode.volume import Stage, Volume
 
 if TYPE_CHECKING:
     from rtdecode.transport.lsl import MarkerOutlet, VolumeOutlet
+    from rtdecode.transport.lsl_physio import PhysioOutlet
 
 
 def paced(items: Iterable, tr_s: float, speed: float) -> Iterator[tuple[int, float]]:
@@ -84,6 +86,7 @@ def send_volumes(
     n_volumes: int = 0,
     markers: Sequence[tuple[float, str]] = (),
     lead_s: float | None = None,
+    physio: dict[str, np.ndarray] | None = None,
 ) -> int:
     """Send volumes at ``speed`` x their TR, then an end-of-series; return the count.
 
@@ -102,12 +105,17 @@ def send_volumes(
     lead_s : float, optional
         Seconds between opening the streams and volume 0, for receivers to connect (LSL delivers
         only to connected inlets). Default 5 s when LSL is involved, else 0.
+    physio : dict, optional
+        A physiological recording (:func:`rtdecode.io.physio.read_physio`: times from volume 0),
+        sent as an LSL stream of type ``physio`` on the volumes' clock (volume ``k`` at ``t0 + k
+        TR`` whatever the speed); each volume's samples go out with it, as a real volume arrives
+        after its acquisition has ended.
     """
     volumes = iter(volumes)
     first = next(volumes, None)
     if first is None:
         return 0
-    uses_lsl = to.startswith("lsl") or bool(markers)
+    uses_lsl = to.startswith("lsl") or bool(markers) or physio is not None
     lead = (5.0 if uses_lsl else 0.0) if lead_s is None else lead_s
     n, last = 0, None
     with contextlib.ExitStack() as stack:
@@ -123,6 +131,14 @@ def send_volumes(
             stim = MarkerOutlet()
             stim.wait_for_consumer(max((t0 - time.monotonic_ns()) / 1e9, 0.0))
         pending = list(markers)
+        pulse = None
+        if physio is not None:
+            from rtdecode.transport.lsl_physio import PhysioOutlet
+
+            rate = 1 / float(np.median(np.diff(physio["time"])))
+            pulse = stack.enter_context(contextlib.closing(PhysioOutlet("rtdecode-replay", rate)))
+            pulse.wait_for_consumers(max((t0 - time.monotonic_ns()) / 1e9, 0.0))
+            sent = 0
         volumes = itertools.chain([first], volumes)
         for vol in progress(volumes, "sending volumes", total=n_volumes or None, unit="vol"):
             offset = vol.seq * vol.tr_s / speed
@@ -130,14 +146,25 @@ def send_volumes(
             while pending and t0 + int(pending[0][0] / speed * 1e9) <= due:
                 _send_marker(stim, t0, speed, *pending.pop(0))
             _sleep_until(due)
+            if pulse is not None:  # the recording up to this volume's end
+                upto = int(np.searchsorted(physio["time"], (vol.seq + 1) * vol.tr_s, side="right"))
+                _push_physio(pulse, physio, sent, upto, t0)
+                sent = max(sent, upto)
             vol.acq_time_s = wall0 + offset
             vol.stamps[Stage.ACQUIRED], vol.acquired_from = due, "sender"
             tx.send(vol)
             n, last = n + 1, vol
         for at_s, text in pending:
             _send_marker(stim, t0, speed, at_s, text)
+        if pulse is not None:
+            _push_physio(pulse, physio, sent, physio["time"].size, t0)
         tx.send_end(last.session, last.series, n)
     return n
+
+
+def _push_physio(pulse: PhysioOutlet, physio: dict[str, np.ndarray], a: int, b: int, t0_ns: int) -> None:
+    if b > a:
+        pulse.push(t0_ns / 1e9 + physio["time"][a:b], physio["cardiac"][a:b], physio["respiratory"][a:b])
 
 
 def _sleep_until(t_ns: int) -> None:

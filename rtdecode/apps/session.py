@@ -14,6 +14,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rtdecode.apps.results import block_message, result_messages
 from rtdecode.apps.setup import build_feedback, build_pipeline, load_latents
@@ -26,10 +27,13 @@ from rtdecode.pipeline.latency import (
     drop_implausible_stamps,
     format_table,
 )
-from rtdecode.volume import SeriesEnd, Volume
+from rtdecode.volume import NOT_REACHED, SeriesEnd, Stage, Volume
 from rtdecode.wire import messages as m
 from rtdecode.wire.markers import parse_marker
 from rtdecode.wire.ports import Sink
+
+if TYPE_CHECKING:  # LSL is loaded only by sessions that read a physiological stream
+    from rtdecode.transport.lsl_physio import PhysioInlet
 
 log = logging.getLogger(__name__)
 
@@ -65,11 +69,14 @@ class LiveSession:
     cfg : RunConfig
     sink : Sink
         Where every message goes.
+    physio : PhysioInlet, optional
+        The live physiological recording, handed to the pipeline before each volume.
     """
 
-    def __init__(self, cfg: RunConfig, sink: Sink) -> None:
+    def __init__(self, cfg: RunConfig, sink: Sink, physio: PhysioInlet | None = None) -> None:
         self.cfg = cfg
         self.pipe = build_pipeline(cfg)
+        self.physio = physio
         self.sink = sink
         self.counts = MessageCounts()
         self.series: OrderedDict[str, SeriesTally] = OrderedDict()  # the recent series, for their ends
@@ -155,6 +162,10 @@ class LiveSession:
             log.info("volumes again after %.1f s", paused_s)
             self.status("pause-ended", series=vol.series, seq=vol.seq, paused_s=paused_s)
         self._last_arrival = (now, vol)
+        if self.physio is not None and self.pipe.physio is not None:
+            acquired = vol.stamps[Stage.ACQUIRED]
+            end = None if acquired == NOT_REACHED else acquired / 1e9 + vol.tr_s
+            self.physio.feed(self.pipe.physio.add, end, self.cfg.physio.max_wait_s)
         try:
             res = self.pipe.process(vol)
         except VolumeError as err:

@@ -13,14 +13,14 @@ import numpy as np
 
 from rtdecode.config import RunConfig, is_loopback
 from rtdecode.errors import BindError, ConfigError, FileError, VolumeError
-from rtdecode.io.nifti import load_volume
+from rtdecode.io.nifti import load_mask_on_grid, load_volume
 from rtdecode.models.bank import CandidateBank
-from rtdecode.models.bundle import load_bundle
+from rtdecode.models.bundle import Decoder, load_bundle
 from rtdecode.models.files import mask_checksum
 from rtdecode.models.latents import LatentDecoders
 from rtdecode.numerics.grid import match_grid, reorient
 from rtdecode.numerics.kernels import warm_up
-from rtdecode.pipeline.chain import Pipeline
+from rtdecode.pipeline.chain import Pipeline, sampled_index
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.feedback import Feedback, Score
 from rtdecode.pipeline.motion import MotionCorrector
@@ -39,11 +39,17 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     bundle = load_bundle(cfg.bundle)
     bank = CandidateBank.load(cfg.candidates or Path(cfg.bundle) / "candidates.npz")
     identifier = Identifier(bank, bundle.layer_slices, cfg.top_k, cfg.rank_precision, cfg.rank_threads)
+    try:
+        denoiser = Denoiser.from_config(
+            cfg.preprocess, bundle.mask, bundle.affine, tissue_masks(cfg, bundle), cfg.physio.window_s
+        )
+    except ValueError as err:
+        raise ConfigError(f"run.preprocess.nuisance: {err}") from err
     motion = None
     if cfg.motion.enabled:
         warm_up()
         motion = MotionCorrector(
-            np.flatnonzero(bundle.mask), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
+            sampled_index(bundle.mask, denoiser), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
         )
         if cfg.motion.reference:
             try:
@@ -55,7 +61,6 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
                 data, affine = reorient(data, ornt), bundle.affine
             motion.set_reference(data, affine)
     pre = Preprocessor.from_config(cfg.preprocess)
-    denoiser = Denoiser.from_config(cfg.preprocess, bundle.mask, bundle.affine)
     quality = QualityMonitor(bundle.rois, cfg.expected_volumes)
     timer = SliceTimer() if cfg.preprocess.slice_timing else None
     return Pipeline(
@@ -70,6 +75,24 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         quality,
         timer,
     )
+
+
+def tissue_masks(cfg: RunConfig, bundle: Decoder) -> dict[str, np.ndarray]:
+    """The white-matter and CSF masks the nuisance regressors read, on the decoders' grid.
+
+    ``run.preprocess.nuisance.wm_mask`` and ``csf_mask``, or the bundle's ``wm_mask.nii.gz`` and
+    ``csf_mask.nii.gz``; only those the regressors need are loaded.
+    """
+    nu = cfg.preprocess.nuisance
+    needed = {"wm", "csf"} & set(nu.regressors) | ({"wm", "csf"} if "acompcor" in nu.regressors else set())
+    masks = {}
+    for name in sorted(needed):
+        path = getattr(nu, f"{name}_mask") or Path(cfg.bundle) / f"{name}_mask.nii.gz"
+        try:
+            masks[name] = load_mask_on_grid(path, bundle.affine, bundle.mask.shape, f"the {name} mask")
+        except (FileError, VolumeError) as err:
+            raise ConfigError(f"run.preprocess.nuisance.{name}_mask: {str(path)!r}: {err}") from err
+    return masks
 
 
 def load_latents(cfg: RunConfig, pipe: Pipeline) -> LatentDecoders | None:

@@ -12,6 +12,7 @@ import numpy as np
 
 from rtdecode._typecheck import short
 from rtdecode.errors import FileError, VolumeError
+from rtdecode.numerics.grid import match_grid, reorient
 from rtdecode.volume import Volume
 
 
@@ -88,9 +89,31 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def load_mask(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Load a mask image as (bool array, affine)."""
-    img = nib.load(str(path))
-    return np.asarray(img.dataobj) > 0, img.affine
+    """Load a mask image as (bool array, affine).
+
+    Raises
+    ------
+    FileError
+        Not a readable image.
+    """
+    try:
+        img = nib.load(str(path))
+        return np.asarray(img.dataobj) > 0, img.affine
+    except Exception as err:  # nibabel raises many kinds for a missing, truncated or foreign file
+        raise FileError(f"{path}: not a readable mask image ({err})") from err
+
+
+def load_mask_on_grid(path: str | Path, affine: np.ndarray, shape: tuple[int, ...], what: str) -> np.ndarray:
+    """Load a mask on the grid (``affine``, ``shape``); one in another voxel order is reoriented.
+
+    Raises
+    ------
+    VolumeError
+        The mask lies on another grid (both affines named, ``what`` says which mask).
+    """
+    data, mask_affine = load_mask(path)
+    ornt = match_grid(mask_affine, data.shape, affine, shape, what)
+    return data if ornt is None else reorient(data, ornt)
 
 
 def read_events(path: str | Path) -> list[dict[str, str]]:

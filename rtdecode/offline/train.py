@@ -17,18 +17,18 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtdecode.config import Config
+from rtdecode.config import Config, RunConfig
 from rtdecode.errors import ConfigError, DataError, EventsError
-from rtdecode.io.nifti import iter_volumes, load_mask, read_events
+from rtdecode.io.nifti import iter_volumes, load_mask_on_grid, read_events
+from rtdecode.io.physio import physio_path_for, read_physio
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.classifier import LinearClassifier, fit_classifier
 from rtdecode.models.files import mask_checksum
 from rtdecode.models.latents import LatentDecoders, fit_latent_map
 from rtdecode.models.linear import LinearBundle
-from rtdecode.numerics.grid import match_grid, reorient
 from rtdecode.numerics.stats import zscore
 from rtdecode.offline.ridge import choose_alpha, fit_selected_ridge
-from rtdecode.pipeline.chain import Pipeline
+from rtdecode.pipeline.chain import Pipeline, sampled_index
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector
 from rtdecode.pipeline.preprocess import Preprocessor
@@ -161,9 +161,7 @@ def load_roi_masks(
     """
     masks = {}
     for path in sorted(Path(roi_dir).glob("*.nii*")):
-        data, mask_affine = load_mask(path)
-        ornt = match_grid(mask_affine, data.shape, affine, shape, f"ROI mask {path.name}")
-        masks[path.name.split(".")[0]] = data if ornt is None else reorient(data, ornt)
+        masks[path.name.split(".")[0]] = load_mask_on_grid(path, affine, shape, f"ROI mask {path.name}")
     if not masks:
         raise DataError(f"no ROI masks (*.nii, *.nii.gz) in {str(roi_dir)!r}")
     for name, parts in composites.items():
@@ -172,6 +170,22 @@ def load_roi_masks(
             raise DataError(f"composite ROI {name!r} needs {missing}, not found in {str(roi_dir)!r}")
         masks[name] = np.logical_or.reduce([masks[p] for p in parts])
     return masks
+
+
+def session_tissue_masks(
+    sdir: Path, rc: RunConfig, affine: np.ndarray, shape: tuple[int, ...]
+) -> dict[str, np.ndarray]:
+    """The session's white-matter and CSF masks, those present.
+
+    ``wm_mask.nii.gz`` and ``csf_mask.nii.gz`` or ``run.preprocess.nuisance``'s paths; a missing
+    one is an error only for the regressors that need it.
+    """
+    out = {}
+    for name in ("wm", "csf"):
+        path = getattr(rc.preprocess.nuisance, f"{name}_mask") or sdir / f"{name}_mask.nii.gz"
+        if Path(path).exists():
+            out[name] = load_mask_on_grid(path, affine, shape, f"the {name} mask")
+    return out
 
 
 def train_session(
@@ -205,8 +219,16 @@ def train_session(
     if unknown:
         raise ConfigError(f"train.rois names {unknown}, not among the masks {sorted(masks)}")
     mask = np.logical_or.reduce([masks[r] for r in tc.rois])
+    tissue = session_tissue_masks(sdir, rc, bold.affine, bold.shape[:3])
+    try:
+        denoiser = Denoiser.from_config(rc.preprocess, mask, bold.affine, tissue, rc.physio.window_s)
+    except ValueError as err:
+        raise ConfigError(f"run.preprocess.nuisance: {err}") from err
+    if denoiser is not None and denoiser.physio is not None:
+        rec = read_physio(rc.physio.file or physio_path_for(sdir / "bold.nii"))
+        denoiser.physio.add(rec["time"], rec["cardiac"], rec["respiratory"])
     motion = (
-        MotionCorrector(np.flatnonzero(mask), rc.motion.n_reference, rc.motion.fd_threshold_mm)
+        MotionCorrector(sampled_index(mask, denoiser), rc.motion.n_reference, rc.motion.fd_threshold_mm)
         if rc.motion.enabled
         else None
     )
@@ -214,7 +236,7 @@ def train_session(
         mask,
         Preprocessor.from_config(rc.preprocess),
         motion,
-        denoiser=Denoiser.from_config(rc.preprocess, mask, bold.affine),
+        denoiser=denoiser,
         slice_timer=SliceTimer() if rc.preprocess.slice_timing else None,
     )
     rows, times, affine, tr = [], [], None, None
@@ -260,6 +282,8 @@ def train_session(
         # run.motion.reference when the head position differs between sessions.
         nib.save(nib.Nifti1Image(motion.reference_, motion.affine_), out / "reference.nii.gz")
     CandidateBank.from_features(sdir / "features.npz").save(out / "candidates.npz")
+    for name, m in tissue.items():  # the nuisance masks travel with the bundle
+        nib.save(nib.Nifti1Image(m.astype(np.uint8), affine), out / f"{name}_mask.nii.gz")
     if tc.latents.enabled:
         train_latents(sdir, x_blocks, kept, rois, mask, cfg).save(out / "latents")
     if tc.classifier.roi:

@@ -21,11 +21,12 @@ from rtdecode.models.bundle import Decoder
 from rtdecode.numerics.grid import match_grid, orientation_between, reorient, reoriented_shape
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
+from rtdecode.pipeline.physio import Physio
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.quality import Quality, QualityMonitor
 from rtdecode.pipeline.ranking import Identifier
 from rtdecode.pipeline.slicetiming import SliceTimer
-from rtdecode.volume import Stage, Volume, series_key, stamp
+from rtdecode.volume import NOT_REACHED, Stage, Volume, series_key, stamp
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,12 @@ class Result:
     top_scores: np.ndarray | None = None
     dropped_before: int = 0  # volumes missing between the previous one and this
     series_index: int = 0  # how many series the pipeline had started when it took this volume
+
+
+def sampled_index(mask: np.ndarray, denoiser: Denoiser | None) -> np.ndarray:
+    """Flat grid indices a pipeline reads from each volume: ``mask``'s voxels, then the denoiser's."""
+    index = np.flatnonzero(np.asarray(mask, dtype=bool))
+    return index if denoiser is None else np.concatenate([index, denoiser.extra_index])
 
 
 class Pipeline:
@@ -95,6 +102,11 @@ class Pipeline:
             raise VolumeError(
                 f"decoder mask {decoder.mask.shape} differs from pipeline mask {self.mask.shape}"
             )
+        # The voxels read from each volume: the analysis voxels, then those the denoiser reads
+        # besides (its tissue masks); a motion corrector must reslice exactly these.
+        self.sampled_index = sampled_index(self.mask, denoiser)
+        if motion is not None and not np.array_equal(motion.analysis_index, self.sampled_index):
+            raise ValueError("the motion corrector must reslice sampled_index(mask, denoiser)")
         self.preprocessor = preprocessor
         self.denoiser = denoiser
         self.quality = quality
@@ -112,6 +124,11 @@ class Pipeline:
         # The last volume of every series seen: a series the sender returns to goes on from there.
         self.last_seq_of: OrderedDict[str, int] = OrderedDict()
         self.series_started = 0  # series begun so far; later stages reset their state when it changes
+
+    @property
+    def physio(self) -> Physio | None:
+        """The physiological recording the denoiser reads (None: no retroicor or rvt regressors)."""
+        return None if self.denoiser is None else self.denoiser.physio
 
     def get_state(self) -> dict[str, np.ndarray] | None:
         """What a restarted pipeline needs to continue the series, as named arrays.
@@ -262,7 +279,18 @@ class Pipeline:
             self.last_seq_of[vol.series] = self._last_seq
             raise
 
+    def _slice_offsets(self, times: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
+        # Each analysis voxel's acquisition time within its volume, from the slice times along
+        # the third axis as received; None when they are unknown or corrected away.
+        if times is None or self.slice_timer is not None:
+            return None
+        grid = np.broadcast_to(np.asarray(times, np.float64), shape)
+        if self._reorient is not None:
+            grid = reorient(grid, self._reorient)
+        return grid.take(self.index)
+
     def _stages(self, vol: Volume, res: Result) -> Result:
+        slice_times, shape = vol.slice_times_s, vol.data.shape
         if self.slice_timer is not None:  # on the slices as acquired, before any reorientation
             data = self.slice_timer.update(vol.data, vol.slice_times_s, vol.seq, vol.tr_s)
             vol = dataclasses.replace(vol, data=data)
@@ -273,11 +301,21 @@ class Pipeline:
         if self.motion is not None:
             values, res.motion = self.motion.correct(vol.data, vol.affine)
         else:
-            values = vol.data.take(self.index).astype(np.float32)
+            values = vol.data.take(self.sampled_index).astype(np.float32)
         stamp(vol.stamps, Stage.MOTION)
+        values, extra = values[: self.index.size], values[self.index.size :]
         if self.denoiser is not None:  # timed with the preprocessing
             motion = None if res.motion is None else res.motion.params
-            denoised = self.denoiser.update(values, motion, vol.seq, vol.tr_s)
+            acquired = vol.stamps[Stage.ACQUIRED]
+            denoised = self.denoiser.update(
+                values,
+                motion,
+                vol.seq,
+                vol.tr_s,
+                extra,
+                None if acquired == NOT_REACHED else acquired / 1e9,
+                self._slice_offsets(slice_times, shape) if self.denoiser.physio is not None else None,
+            )
             values, res.spikes = denoised.values, denoised.spikes
         res.values = values
         if self.quality is not None:

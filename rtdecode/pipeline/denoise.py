@@ -13,11 +13,9 @@ ridge regression refitted on all volumes so far.
   the bound so a spike neither moves the level much nor widens its own bound.
 * :class:`MaskSmoother`: a Gaussian of ``fwhm_mm`` inside the analysis mask (normalised
   convolution: voxels outside neither contribute nor receive, so the ROI edges keep their level).
-* :class:`NuisanceRegressor`: recursive least squares (an incremental GLM, as in OpenNFT and
-  Turbo-BrainVoyager) of each voxel on an intercept and the chosen regressors, with a ridge prior of
-  ``penalty`` volumes' worth on every coefficient but the intercept, so the first volumes are barely
-  changed while the fit has little to go on. The fitted nuisance (all but the intercept) is
-  subtracted from the current volume.
+* :class:`~rtdecode.pipeline.nuisance.NuisanceRegressor`: recursive least squares on drift, motion,
+  global, white-matter and CSF signals, aCompCor and the physiological regressors of
+  :class:`~rtdecode.pipeline.physio.Physio`.
 """
 
 from __future__ import annotations
@@ -26,11 +24,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from rtdecode.config import NUISANCE_REGRESSORS, PreprocessConfig
+from rtdecode.config import PreprocessConfig
 from rtdecode.numerics.stats import welford
+from rtdecode.pipeline.nuisance import TISSUE_REGRESSORS, NuisanceRegressor
+from rtdecode.pipeline.physio import Physio
 
-# The intercept's prior precision: effectively free, finite so the recursion can start.
-_INTERCEPT_PRECISION = 1e-8
 # The smoothing kernel is cut at this many SDs per axis.
 _TRUNCATE = 3.0
 
@@ -136,96 +134,6 @@ class MaskSmoother:
         return self._smooth(np.asarray(x, np.float32)) / self._weight
 
 
-class NuisanceRegressor:
-    """Regress nuisance signals out of each voxel by recursive least squares (see the module).
-
-    Parameters
-    ----------
-    regressors : sequence of str
-        Any of ``drift`` (linear, minutes since the series began), ``motion`` (the six
-        parameters, mm and degrees), ``motion_derivatives`` (their backward differences) and
-        ``global`` (mean of the analysis voxels, % change from the first volume).
-    penalty : float
-        Ridge prior on the nuisance coefficients, in volumes' worth of unit-size regressors, > 0.
-    """
-
-    def __init__(self, regressors: tuple[str, ...] | list[str], penalty: float = 1.0) -> None:
-        unknown = set(regressors) - set(NUISANCE_REGRESSORS)
-        if unknown or not regressors:
-            raise ValueError(f"regressors must be some of {NUISANCE_REGRESSORS}, got {list(regressors)}")
-        if not penalty > 0:
-            raise ValueError(f"penalty must be > 0, got {penalty!r}")
-        self.regressors = tuple(r for r in NUISANCE_REGRESSORS if r in regressors)
-        self.penalty = penalty
-        self.reset()
-
-    @property
-    def n_regressors(self) -> int:
-        """Columns of the design, the intercept included."""
-        return 1 + sum({"motion": 6, "motion_derivatives": 6}.get(r, 1) for r in self.regressors)
-
-    def reset(self) -> None:
-        """Forget the series."""
-        k = self.n_regressors
-        self.P_ = np.diag([1 / _INTERCEPT_PRECISION] + [1 / self.penalty] * (k - 1))
-        self.B_: np.ndarray | None = None
-        self._first: tuple[int, float] | None = None  # first seq and global signal of the series
-        self._prev_motion: np.ndarray | None = None
-
-    def design_row(self, x: np.ndarray, motion: np.ndarray | None, seq: int, tr_s: float) -> np.ndarray:
-        """The volume's regressors, intercept first (also the offline reference's design)."""
-        mean = float(np.mean(x))
-        if self._first is None:
-            self._first = (seq, mean)
-        row = [1.0]
-        for name in self.regressors:
-            if name == "drift":
-                row.append((seq - self._first[0]) * tr_s / 60.0)
-            elif name == "global":
-                row.append(100.0 * (mean / self._first[1] - 1.0) if self._first[1] else 0.0)
-            else:
-                if motion is None:
-                    raise ValueError(f"the {name} regressors need motion correction (run.motion.enabled)")
-                m = np.asarray(motion, np.float64)
-                row += list(
-                    m if name == "motion" else m - (m if self._prev_motion is None else self._prev_motion)
-                )
-        if motion is not None:
-            self._prev_motion = np.asarray(motion, np.float64)
-        return np.array(row)
-
-    def update(self, x: np.ndarray, motion: np.ndarray | None, seq: int, tr_s: float) -> np.ndarray:
-        """Take one volume (float64, its voxels) and return it with the fitted nuisance removed."""
-        x = np.asarray(x, dtype=np.float64)
-        r = self.design_row(x, motion, seq, tr_s)
-        if self.B_ is None:
-            self.B_ = np.zeros((r.size, x.size))
-        pr = self.P_ @ r
-        gain = pr / (1.0 + r @ pr)
-        self.B_ += np.outer(gain, x - r @ self.B_)
-        self.P_ -= np.outer(gain, pr)
-        return x - r[1:] @ self.B_[1:]
-
-    def get_state(self) -> dict[str, np.ndarray]:
-        """The fit so far (for checkpoints)."""
-        state = {"P": self.P_}
-        if self.B_ is not None:
-            state["B"] = self.B_
-        if self._first is not None:
-            state["first"] = np.array(self._first, np.float64)
-        if self._prev_motion is not None:
-            state["prev_motion"] = self._prev_motion
-        return state
-
-    def set_state(self, state: dict[str, np.ndarray]) -> None:
-        """Take what :meth:`get_state` returned."""
-        self.P_ = np.array(state["P"], np.float64)
-        self.B_ = np.array(state["B"], np.float64) if "B" in state else None
-        first = state.get("first")
-        self._first = None if first is None else (int(first[0]), float(first[1]))
-        self._prev_motion = np.array(state["prev_motion"], np.float64) if "prev_motion" in state else None
-
-
 @dataclass
 class Denoised:
     """One volume after denoising: its voxels and the count of voxels despiked."""
@@ -235,56 +143,138 @@ class Denoised:
 
 
 class Denoiser:
-    """The configured denoising steps in order: despiking, smoothing, nuisance regression."""
+    """The configured denoising steps in order: despiking, smoothing, nuisance regression.
+
+    Parameters
+    ----------
+    despiker, regressor, smoother
+        The steps, None for those off.
+    tissue_index : dict of str to numpy.ndarray, optional
+        Flat grid indices of the ``wm`` and ``csf`` voxels the regressor reads.
+    physio : Physio, optional
+        The physiological recording (for the ``retroicor`` and ``rvt`` regressors).
+    """
 
     def __init__(
         self,
         despiker: Despiker | None,
         regressor: NuisanceRegressor | None,
         smoother: MaskSmoother | None = None,
+        tissue_index: dict[str, np.ndarray] | None = None,
+        physio: Physio | None = None,
     ) -> None:
         self.despiker, self.regressor, self.smoother = despiker, regressor, smoother
+        self.tissue_index = {k: np.asarray(v, np.int64) for k, v in (tissue_index or {}).items()}
+        self.physio = physio
+        self._groups: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # offsets, times, groups
+
+    @property
+    def extra_index(self) -> np.ndarray:
+        """Flat grid indices read besides the analysis voxels: the tissue masks' in turn."""
+        return np.concatenate([np.zeros(0, np.int64), *self.tissue_index.values()])
 
     @classmethod
-    def from_config(cls, pc: PreprocessConfig, mask: np.ndarray, affine: np.ndarray) -> Denoiser | None:
+    def from_config(
+        cls,
+        pc: PreprocessConfig,
+        mask: np.ndarray,
+        affine: np.ndarray,
+        tissue_masks: dict[str, np.ndarray] | None = None,
+        physio_window_s: float = 120.0,
+    ) -> Denoiser | None:
         """The steps ``run.preprocess`` turns on, or None for none.
 
-        ``despike``, ``smoothing_fwhm_mm`` and ``nuisance``; the despiker warms up over the
-        baseline volumes, the smoother works on ``mask``'s grid (``affine``).
+        ``despike``, ``smoothing_fwhm_mm`` and ``nuisance``; the despiker and aCompCor warm up
+        over the baseline volumes, the smoother works on ``mask``'s grid (``affine``);
+        ``tissue_masks`` (``wm``, ``csf``: bool, on that grid) are needed by the ``wm``, ``csf``
+        and ``acompcor`` regressors.
+
+        Raises
+        ------
+        ValueError
+            A regressor's mask is missing or empty.
         """
         sp, nu = pc.despike, pc.nuisance
         d = Despiker(sp.threshold, sp.tau_s, pc.baseline_volumes) if sp.enabled else None
-        n = NuisanceRegressor(nu.regressors, nu.penalty) if nu.regressors else None
+        n = (
+            NuisanceRegressor(nu.regressors, nu.penalty, nu.compcor_components, max(2, pc.baseline_volumes))
+            if nu.regressors
+            else None
+        )
         s = MaskSmoother(mask, affine, pc.smoothing_fwhm_mm) if pc.smoothing_fwhm_mm > 0 else None
-        return cls(d, n, s) if d or n or s else None
+        needed = {"wm", "csf"} if "acompcor" in nu.regressors else set(nu.regressors) & set(TISSUE_REGRESSORS)
+        tissue = {}
+        for name in sorted(needed):
+            m = (tissue_masks or {}).get(name)
+            if m is None or not np.any(m):
+                users = sorted(needed & set(nu.regressors)) or ["acompcor"]
+                raise ValueError(f"the {users} regressors need a non-empty {name} mask")
+            tissue[name] = np.flatnonzero(m)
+        physio = Physio(physio_window_s) if {"retroicor", "rvt"} & set(nu.regressors) else None
+        return cls(d, n, s, tissue, physio) if d or n or s else None
 
     def reset(self) -> None:
-        """Forget the series."""
-        for step in (self.despiker, self.regressor):
+        """Forget the series (the physiological recording goes on)."""
+        for step in (self.despiker, self.regressor, self.physio):
             if step is not None:
                 step.reset()
 
-    def update(self, x: np.ndarray, motion: np.ndarray | None, seq: int, tr_s: float) -> Denoised:
-        """Denoise one volume's analysis voxels; float32 out, as the motion stage gives."""
+    def update(
+        self,
+        x: np.ndarray,
+        motion: np.ndarray | None,
+        seq: int,
+        tr_s: float,
+        extra: np.ndarray | None = None,
+        acquired_s: float | None = None,
+        slice_offsets_s: np.ndarray | None = None,
+    ) -> Denoised:
+        """Denoise one volume's analysis voxels; float32 out, as the motion stage gives.
+
+        ``extra`` holds the voxels of :attr:`extra_index`; ``acquired_s`` (the volume's start on
+        the physiological recording's clock, None: times relative to volume 0) and
+        ``slice_offsets_s`` (each analysis voxel's acquisition time within the volume, None: all
+        at its start) place the volume on the recording.
+        """
         spikes = 0
         if self.despiker is not None:
             x, spikes = self.despiker.update(x, tr_s)
         if self.smoother is not None:
             x = self.smoother.update(x)
         if self.regressor is not None:
-            x = self.regressor.update(x, motion, seq, tr_s)
+            tissue, at = {}, 0
+            for name, index in self.tissue_index.items():
+                tissue[name] = extra[at : at + index.size]
+                at += index.size
+            physio, groups = None, None
+            if self.physio is not None:
+                times, groups = self._slice_groups(slice_offsets_s, np.size(x))
+                physio = self.physio.regressors(seq, tr_s, times, acquired_s)
+            x = self.regressor.update(x, motion, seq, tr_s, tissue, physio, groups)
         return Denoised(np.asarray(x, dtype=np.float32), spikes)
 
+    def _slice_groups(self, offsets: np.ndarray | None, n: int) -> tuple[np.ndarray, np.ndarray]:
+        # The distinct acquisition times and each voxel's, kept while the offsets stay the same.
+        if offsets is None:
+            return np.zeros(1), np.zeros(n, np.intp)
+        if self._groups is None or not np.array_equal(self._groups[0], offsets):
+            times, groups = np.unique(np.round(np.asarray(offsets, np.float64), 6), return_inverse=True)
+            self._groups = (np.array(offsets), times, groups)
+        return self._groups[1], self._groups[2]
+
+    def _steps(self) -> tuple[tuple[str, object], ...]:
+        return (("despike", self.despiker), ("nuisance", self.regressor), ("physio", self.physio))
+
     def get_state(self) -> dict[str, np.ndarray]:
-        """Both steps' state, keys prefixed ``despike/`` and ``nuisance/``."""
+        """The steps' state, keys prefixed ``despike/``, ``nuisance/`` and ``physio/``."""
         state = {}
-        for name, step in (("despike", self.despiker), ("nuisance", self.regressor)):
+        for name, step in self._steps():
             if step is not None:
                 state |= {f"{name}/{k}": v for k, v in step.get_state().items()}
         return state
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         """Take what :meth:`get_state` returned."""
-        for name, step in (("despike", self.despiker), ("nuisance", self.regressor)):
+        for name, step in self._steps():
             if step is not None:
                 step.set_state({k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(f"{name}/")})

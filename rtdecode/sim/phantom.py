@@ -38,12 +38,15 @@ class Phantom:
         bool masks of shape (nx, ny, nz) for each individual ROI (disjoint).
     affine : numpy.ndarray
         Array of shape (4, 4), voxel to RAS+ mm.
+    tissue : numpy.ndarray
+        str array of shape (nx, ny, nz): ``gm``, ``wm``, ``csf`` in the brain, ``""`` outside.
     """
 
     baseline: np.ndarray
     brain: np.ndarray
     rois: dict[str, np.ndarray]
     affine: np.ndarray
+    tissue: np.ndarray
 
     def roi_mask(self, name: str) -> np.ndarray:
         """Return the mask of an individual or composite ROI."""
@@ -117,4 +120,6 @@ def make_phantom(
         mask &= brain & ~ventricles & ~taken
         taken |= mask
         rois[name] = mask
-    return Phantom(baseline=baseline, brain=brain, rois=rois, affine=affine)
+    tissue = np.where(cortex, "gm", np.where(ventricles, "csf", "wm"))
+    tissue[~brain] = ""
+    return Phantom(baseline=baseline, brain=brain, rois=rois, affine=affine, tissue=tissue)

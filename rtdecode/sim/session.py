@@ -19,6 +19,7 @@ from rtdecode.numerics.rigid import rigid_matrix
 from rtdecode.progress import progress
 from rtdecode.sim.imagery import imagery_signal
 from rtdecode.sim.latents import latent_targets
+from rtdecode.sim.physio import FS_HZ, LEAD_S, PhysioNoise, simulate_recording
 from rtdecode.sim.subject import SimParams, Subject, boxcar_response, make_subject, voxel_responses
 
 
@@ -81,8 +82,9 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         (array (n_vols, 6)), ``stimulus_features`` (dict layer -> (n_blocks, n_units): the shown
         images' features, or the imagined categories'), ``signal_pct`` (array (n_vols, n_vc), the
         noiseless task signal of VC voxels), ``spikes`` (array (n_vols,): the slice each volume's
-        spike brightened, −1 none), ``subject`` and, with ``p.latents``, ``latents``
-        (:func:`rtdecode.sim.latents.latent_targets`).
+        spike brightened, −1 none), ``subject``, with ``p.latents``, ``latents``
+        (:func:`rtdecode.sim.latents.latent_targets`) and, with ``p.physio_pct``, ``physio``
+        (:func:`rtdecode.sim.physio.simulate_recording`'s traces and the ``noise`` model).
     """
     subject = subject or make_subject(p)
     rng = np.random.default_rng([p.subject_seed, p.seed])
@@ -92,7 +94,13 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
         n_vols, signal_pct, events, feats = _perception_signal(p, subject, rng)
     else:
         raise ValueError(f"kind must be 'train', 'test' or 'imagery', got {p.kind!r}")
-    bold, motion, spikes = _render(p, subject, signal_pct, n_vols, rng)
+    physio = None
+    if p.physio_pct > 0:  # from a generator of its own, so sessions without it are unchanged
+        physio_rng = np.random.default_rng([p.subject_seed, p.seed, 11])
+        physio = simulate_recording(n_vols * p.tr_s + 2 * p.tr_s, physio_rng)
+        tissue = subject.phantom.tissue[subject.phantom.brain]
+        physio["noise"] = PhysioNoise(physio, tissue, p.physio_pct, p.tr_s, physio_rng)
+    bold, motion, spikes = _render(p, subject, signal_pct, n_vols, rng, physio)
     out = {
         "bold": bold,
         "events": events,
@@ -104,6 +112,8 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
     }
     if p.latents:
         out["latents"] = latent_targets(feats, p.subject_seed)
+    if physio is not None:
+        out["physio"] = physio
     return out
 
 
@@ -133,7 +143,12 @@ def _perception_signal(p: SimParams, subject: Subject, rng: np.random.Generator)
 
 
 def _render(
-    p: SimParams, subject: Subject, signal_pct: np.ndarray, n_vols: int, rng: np.random.Generator
+    p: SimParams,
+    subject: Subject,
+    signal_pct: np.ndarray,
+    n_vols: int,
+    rng: np.random.Generator,
+    recording: dict | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     # The brain, its drift, physiological and thermal noise, head motion and spikes around the task signal.
     ph = subject.phantom
@@ -155,6 +170,9 @@ def _render(
     late = (
         None if times is None else (times[np.unravel_index(flat_vc, p.shape)[2]] / p.tr_s).astype(np.float32)
     )
+    # Each brain voxel's acquisition time within its volume, for the physiological noise.
+    z_brain = np.unravel_index(brain_pos, p.shape)[2]
+    offset = np.zeros(brain_pos.size) if times is None else times[z_brain]
     spike_rng = np.random.default_rng([p.seed, 7])
     spikes = np.where(spike_rng.random(n_vols) < p.spike_rate, spike_rng.integers(0, p.shape[2], n_vols), -1)
     for k in progress(range(n_vols), f"simulating the {p.kind} session", unit="vol"):
@@ -164,6 +182,8 @@ def _render(
         if late is not None:
             signal = signal + late * (signal_pct[min(k + 1, n_vols - 1)] - signal)
         mod[vc_in_brain] += signal / 100.0
+        if recording is not None:
+            mod += recording["noise"].at(k * p.tr_s + offset).astype(np.float32)
         if not p.noiseless:
             innov = rng.standard_normal(brain.sum(), dtype=np.float32) * np.float32(np.sqrt(1 - p.ar1**2))
             physio = np.float32(p.ar1) * physio + innov
@@ -185,7 +205,8 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
     """Write a simulated session in a BIDS-like layout and return the directory.
 
     Layout: ``bold.nii`` (4-D, int16, TR in the header; ``bold.json`` with its ``SliceTiming`` when
-    ``p.slice_order`` is set), ``events.tsv`` (BIDS columns onset,
+    ``p.slice_order`` is set), ``physio.tsv.gz`` and ``physio.json`` (BIDS, with ``p.physio_pct``),
+    ``wm_mask.nii.gz`` and ``csf_mask.nii.gz``, ``events.tsv`` (BIDS columns onset,
     duration, trial_type plus category_index, category_label, block), ``rois/<ROI>.nii.gz``,
     ``features.npz`` (candidate bank: ``labels`` and ``feat_<layer>``), ``stimulus_features.npz``
     (``feat_<layer>`` per block), ``truth.npz`` (``motion``, ``signal_pct``, ``vc_index``, ``spikes``) and
@@ -202,6 +223,15 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
     if p.slice_times_s is not None:  # as dcm2niix writes it beside a series
         sidecar = {"RepetitionTime": p.tr_s, "SliceTiming": [round(float(t), 6) for t in p.slice_times_s]}
         (out / "bold.json").write_text(json.dumps(sidecar))
+    if "physio" in sim:  # BIDS physiological recording, times relative to the first volume
+        rec = sim["physio"]
+        np.savetxt(out / "physio.tsv.gz", np.column_stack([rec["cardiac"], rec["respiratory"]]), "%.5f", "\t")
+        sidecar = {"SamplingFrequency": FS_HZ, "StartTime": -LEAD_S, "Columns": ["cardiac", "respiratory"]}
+        (out / "physio.json").write_text(json.dumps(sidecar))
+    for tissue in ("wm", "csf"):  # nuisance masks, as a segmentation gives them
+        nib.save(
+            nib.Nifti1Image((ph.tissue == tissue).astype(np.uint8), ph.affine), out / f"{tissue}_mask.nii.gz"
+        )
     for name, mask in ph.rois.items():
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), ph.affine), out / "rois" / f"{name}.nii.gz")
     nib.save(nib.Nifti1Image(ph.brain.astype(np.uint8), ph.affine), out / "brain_mask.nii.gz")

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from scipy.stats import gamma
 
+from rtdecode.numerics.response import canonical_hrf
 from rtdecode.sim.features import FeatureBank, load_feature_bank, make_feature_bank
 from rtdecode.sim.phantom import ROIS, Phantom, make_phantom
 
@@ -56,6 +56,9 @@ class SimParams:
     # "ascending" or "interleaved": slices acquired one after another across the TR, so each slice
     # samples the task signal at its own time (written as the BIDS sidecar's SliceTiming); "" at once.
     slice_order: str = ""
+    # Cardiac and respiratory noise (rtdecode.sim.physio): its SD in grey matter, %; 0 none. The
+    # recordings are written as the BIDS physio.tsv.gz beside the series.
+    physio_pct: float = 0.0
     max_translation_mm: float = 2.0
     max_rotation_deg: float = 2.0
     jump_rate_per_min: float = 0.5
@@ -172,13 +175,6 @@ def make_subject(p: SimParams) -> Subject:
         np.sort(train),
         np.sort(test),
     )
-
-
-def canonical_hrf(dt_s: float, length_s: float = 32.0) -> np.ndarray:
-    """SPM's canonical double-gamma HRF sampled every ``dt_s`` seconds, peak-normalised to 1."""
-    t = np.arange(0.0, length_s, dt_s)
-    h = gamma.pdf(t, 6) - gamma.pdf(t, 16) / 6.0
-    return h / h.max()
 
 
 def voxel_responses(subject: Subject, feats: dict[str, np.ndarray]) -> np.ndarray:

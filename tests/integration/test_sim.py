@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from helpers import small_params
 
+from rtdecode.numerics.response import canonical_hrf
 from rtdecode.sim.features import make_feature_bank
 from rtdecode.sim.phantom import COMPOSITES, ROIS, make_phantom
 from rtdecode.sim.session import SimParams, make_subject, simulate_session
-from rtdecode.sim.subject import canonical_hrf
 
 TINY = SimParams(n_train_categories=10, n_test_categories=5, n_units=20, n_categories=100)
 

@@ -113,7 +113,7 @@ def test_denoising_is_off_by_default_and_refuses_bad_settings():
     assert Denoiser.from_config(PreprocessConfig(), np.ones((3, 1, 1), bool), np.eye(4)) is None
     with pytest.raises(ValueError, match="regressors must be some of"):
         NuisanceRegressor(["wobble"])
-    with pytest.raises(ValueError, match="penalty must be > 0"):
+    with pytest.raises(ValueError, match="penalty > 0"):
         NuisanceRegressor(["drift"], penalty=0)
     with pytest.raises(ValueError, match="need motion correction"):
         NuisanceRegressor(["motion"]).update(np.ones(3), None, 0, 2.0)
