@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import logging
 import math
 import shutil
 import time
@@ -37,6 +38,8 @@ from rtdecode.volume import Stage, Volume
 if TYPE_CHECKING:
     from rtdecode.transport.lsl import MarkerOutlet, VolumeOutlet
     from rtdecode.transport.lsl_physio import PhysioOutlet
+
+log = logging.getLogger(__name__)
 
 
 def paced(items: Iterable, tr_s: float, speed: float) -> Iterator[tuple[int, float]]:
@@ -122,23 +125,26 @@ def send_volumes(
         tx = stack.enter_context(open_sender(to, n_volumes, speed))
         t0 = time.monotonic_ns() + int(lead * 1e9)
         wall0 = time.time() + lead
-        if hasattr(tx, "prepare"):
-            tx.prepare(first, t0)
-        stim = None
+        # Every stream opens now, so receivers have the whole lead to connect to each.
+        stim, pulse = None, None
         if markers:
             from rtdecode.transport.lsl import MarkerOutlet
 
             stim = MarkerOutlet()
-            stim.wait_for_consumer(max((t0 - time.monotonic_ns()) / 1e9, 0.0))
-        pending = list(markers)
-        pulse = None
         if physio is not None:
             from rtdecode.transport.lsl_physio import PhysioOutlet
 
             rate = 1 / float(np.median(np.diff(physio["time"])))
             pulse = stack.enter_context(contextlib.closing(PhysioOutlet("rtdecode-replay", rate)))
-            pulse.wait_for_consumers(max((t0 - time.monotonic_ns()) / 1e9, 0.0))
             sent = 0
+        if hasattr(tx, "prepare"):
+            tx.prepare(first, t0)
+        for outlet in (stim, pulse):
+            if outlet is not None and not outlet.wait_for_consumer(
+                max((t0 - time.monotonic_ns()) / 1e9, 0.0)
+            ):
+                log.warning("no receiver has connected to the %s stream yet", type(outlet).__name__)
+        pending = list(markers)
         volumes = itertools.chain([first], volumes)
         for vol in progress(volumes, "sending volumes", total=n_volumes or None, unit="vol"):
             offset = vol.seq * vol.tr_s / speed

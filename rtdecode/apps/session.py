@@ -164,7 +164,10 @@ class LiveSession:
         self._last_arrival = (now, vol)
         if self.physio is not None and self.pipe.physio is not None:
             acquired = vol.stamps[Stage.ACQUIRED]
-            end = None if acquired == NOT_REACHED else acquired / 1e9 + vol.tr_s
+            if acquired == NOT_REACHED:
+                end = None
+            else:
+                end = self.pipe.physio.volume_end(vol.seq, vol.tr_s, acquired / 1e9)
             self.physio.feed(self.pipe.physio.add, end, self.cfg.physio.max_wait_s)
         try:
             res = self.pipe.process(vol)

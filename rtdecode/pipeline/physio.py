@@ -126,6 +126,13 @@ class Physio:
         self._t = np.concatenate([self._t, t[keep]])
         self._x = np.concatenate([self._x, x[keep]])
 
+    def volume_end(self, seq: int, tr_s: float, acquired_s: float | None) -> float:
+        """Where volume ``seq``'s samples end on the recording's clock (the origin left as it is)."""
+        origin = self.origin_s
+        if origin is None:
+            origin = (acquired_s if acquired_s is not None else 0.0) - seq * tr_s
+        return origin + (seq + 1) * tr_s
+
     def volume_time(self, seq: int, tr_s: float, acquired_s: float | None) -> float:
         """Volume ``seq``'s start on the recording's clock.
 

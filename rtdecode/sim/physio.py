@@ -18,6 +18,9 @@ Models (documented in docs/simulator.md):
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from rtdecode.numerics.response import rrf
@@ -67,6 +70,22 @@ def simulate_recording(duration_s: float, rng: np.random.Generator) -> dict[str,
         "breath_phase": theta,
         "rvt": rvt / rvt.mean() - 1,
     }
+
+
+def write_physio(path: str | Path, recording: dict[str, np.ndarray]) -> Path:
+    """Write ``time``, ``cardiac`` and ``respiratory`` (evenly sampled) as a BIDS recording.
+
+    As :func:`rtdecode.io.physio.read_physio` reads it: the TSV and its JSON sidecar.
+    """
+    path = Path(path)
+    t = recording["time"]
+    np.savetxt(path, np.column_stack([recording[c] for c in ("cardiac", "respiratory")]), "%.6g", "\t")
+    sidecar = {"SamplingFrequency": round(float((t.size - 1) / (t[-1] - t[0])), 6), "StartTime": float(t[0])}
+    sidecar["Columns"] = ["cardiac", "respiratory"]
+    path.with_name(path.name.removesuffix(".gz").removesuffix(".tsv") + ".json").write_text(
+        json.dumps(sidecar)
+    )
+    return path
 
 
 class PhysioNoise:

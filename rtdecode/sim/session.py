@@ -19,7 +19,7 @@ from rtdecode.numerics.rigid import rigid_matrix
 from rtdecode.progress import progress
 from rtdecode.sim.imagery import imagery_signal
 from rtdecode.sim.latents import latent_targets
-from rtdecode.sim.physio import FS_HZ, LEAD_S, PhysioNoise, simulate_recording
+from rtdecode.sim.physio import PhysioNoise, simulate_recording, write_physio
 from rtdecode.sim.subject import SimParams, Subject, boxcar_response, make_subject, voxel_responses
 
 
@@ -224,10 +224,7 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
         sidecar = {"RepetitionTime": p.tr_s, "SliceTiming": [round(float(t), 6) for t in p.slice_times_s]}
         (out / "bold.json").write_text(json.dumps(sidecar))
     if "physio" in sim:  # BIDS physiological recording, times relative to the first volume
-        rec = sim["physio"]
-        np.savetxt(out / "physio.tsv.gz", np.column_stack([rec["cardiac"], rec["respiratory"]]), "%.5f", "\t")
-        sidecar = {"SamplingFrequency": FS_HZ, "StartTime": -LEAD_S, "Columns": ["cardiac", "respiratory"]}
-        (out / "physio.json").write_text(json.dumps(sidecar))
+        write_physio(out / "physio.tsv.gz", sim["physio"])
     for tissue in ("wm", "csf"):  # nuisance masks, as a segmentation gives them
         nib.save(
             nib.Nifti1Image((ph.tissue == tissue).astype(np.uint8), ph.affine), out / f"{tissue}_mask.nii.gz"

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import deque
@@ -55,6 +56,22 @@ def monotonic_ns_to_lsl(ns: int) -> float:
 def wall_to_lsl(wall_time_s: float) -> float:
     """Convert a wall-clock time (Unix seconds) to this machine's LSL clock."""
     return pylsl.local_clock() - (time.time() - wall_time_s)
+
+
+class ClockOffset:
+    """A stream's clock minus this machine's (LSL's estimate, every 5 s); 0 for this machine's streams."""
+
+    def __init__(self, inlet: pylsl.StreamInlet, info: pylsl.StreamInfo, timeout_s: float = 2.0) -> None:
+        # A stream of this machine shares its clock: an estimate would add only noise (~20 µs).
+        self._inlet = None if info.hostname() == socket.gethostname() else inlet
+        self._value, self._at = 0.0, -np.inf
+        self.get(timeout_s)
+
+    def get(self, timeout_s: float = 2.0) -> float:
+        """The offset to add to the stream's time stamps (seconds)."""
+        if self._inlet is not None and time.monotonic() - self._at > 5.0:
+            self._value, self._at = self._inlet.time_correction(timeout=timeout_s), time.monotonic()
+        return self._value
 
 
 def describe_stream(info: pylsl.StreamInfo, fields: Mapping[str, Any]) -> None:
@@ -132,13 +149,7 @@ class VolumeOutlet:
             },
         )
         self._outlet = pylsl.StreamOutlet(info, chunk_size=1, max_buffered=max(60, int(360 / vol.tr_s)))
-        self._key = (
-            vol.session,
-            vol.series,
-            vol.data.shape,
-            vol.data.dtype,
-            np.asarray(vol.affine).tobytes(),
-        )
+        self._key = _series_of(vol)
 
     def prepare(self, first: Volume, start_ns: int) -> None:
         """Open the series' outlet for volume 0 due at ``start_ns`` (monotonic) and wait for an inlet.
@@ -154,8 +165,7 @@ class VolumeOutlet:
         if t_lsl is None:
             acq = vol.stamps[Stage.ACQUIRED]
             t_lsl = monotonic_ns_to_lsl(int(acq)) if acq != NOT_REACHED else pylsl.local_clock()
-        key = (vol.session, vol.series, vol.data.shape, vol.data.dtype, np.asarray(vol.affine).tobytes())
-        if key != self._key:
+        if _series_of(vol) != self._key:
             self._open(vol, t_lsl - vol.seq * vol.tr_s / self.speed)
         stamp(vol.stamps, Stage.SENT)
         self._outlet.push_chunk(np.ascontiguousarray(vol.data).reshape(1, -1), t_lsl)
@@ -176,6 +186,11 @@ class VolumeOutlet:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _series_of(vol: Volume) -> tuple:
+    # What a volume stream's outlet is for: a volume that differs in any of it needs a new one.
+    return (vol.session, vol.series, vol.data.shape, vol.data.dtype, np.asarray(vol.affine).tobytes())
 
 
 class VolumeInlet:
@@ -200,8 +215,6 @@ class VolumeInlet:
         self._inlet: pylsl.StreamInlet | None = None
         self._done: set[str] = set()
         self._queue: deque[Volume | SeriesEnd] = deque()
-        self._correction = 0.0
-        self._corrected_at = 0.0
 
     def _connect(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
@@ -239,19 +252,11 @@ class VolumeInlet:
             self._inlet = inlet
             self._inlet.open_stream(timeout_s)
             # The first estimate takes several round trips; get it before volumes flow.
-            self._correction = inlet.time_correction(timeout=max(timeout_s, 2.0))
-            self._corrected_at = time.monotonic()
+            self._clock = ClockOffset(inlet, info, max(timeout_s, 2.0))
             self._dtype = np.dtype(self._inlet.np_dtype)
             log.info("receiving volumes over LSL from %r (%s/%s)", info.name(), self._session, self._series)
             return
         raise ReceiveTimeout(f"no LSL stream of type {VOLUME_TYPE!r} within {timeout_s} s")
-
-    def _time_correction(self) -> float:
-        now = time.monotonic()
-        if now - self._corrected_at > 5.0:
-            self._correction = self._inlet.time_correction(timeout=2.0)
-            self._corrected_at = now
-        return self._correction
 
     def recv_volume(self, timeout_s: float) -> Volume | SeriesEnd:
         """Return the next volume (stamped ``ACQUIRED`` and ``RECEIVED``) or the end of a series.
@@ -277,7 +282,7 @@ class VolumeInlet:
         _, more = self._inlet.pull_chunk(timeout=0.0, max_samples=n - 1, dest_obj=dest[1:])
         ts = [*ts, *more]
         received = time.monotonic_ns()
-        correction = self._time_correction()
+        correction = self._clock.get()
         for row, t in zip(dest, ts):
             seq = round((t - self._start) * self._rate)
             vol = Volume(
@@ -338,24 +343,21 @@ class MarkerInlet:
     def _run(self, pred: str) -> None:
         resolver = pylsl.ContinuousResolver(pred=pred, forget_after=5.0)
         inlets: dict[str, pylsl.StreamInlet] = {}
-        corrections: dict[str, tuple[float, float]] = {}
+        clocks: dict[str, ClockOffset] = {}
         while not self._stop.is_set():
             try:
                 for info in resolver.results():
                     if info.uid() not in inlets and info.channel_format() == pylsl.cf_string:
                         inlet = pylsl.StreamInlet(info, max_buflen=360)
                         inlet.open_stream(2.0)
-                        corrections[info.uid()] = (time.monotonic(), inlet.time_correction(timeout=2.0))
+                        clocks[info.uid()] = ClockOffset(inlet, info)
                         inlets[info.uid()] = inlet
                         log.info("receiving markers from %r", info.name())
                 for uid, inlet in inlets.items():
                     samples, ts = inlet.pull_chunk(timeout=0.0)
                     if not ts:
                         continue
-                    when, corr = corrections[uid]
-                    if time.monotonic() - when > 5.0:
-                        corr = inlet.time_correction(timeout=2.0)
-                        corrections[uid] = (time.monotonic(), corr)
+                    corr = clocks[uid].get()
                     for s, t in zip(samples, ts):
                         self._queue.put((s[0], lsl_to_monotonic_ns(t + corr)))
             except Exception:  # a failing stream must not end marker input for the session

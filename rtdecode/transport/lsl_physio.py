@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from rtdecode.transport.lsl import lsl_to_monotonic_ns, monotonic_ns_to_lsl, pylsl
+from rtdecode.transport.lsl import ClockOffset, lsl_to_monotonic_ns, monotonic_ns_to_lsl, pylsl
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ class PhysioInlet:
         self._thread.start()
 
     def _run(self, pred: str) -> None:
-        inlet, channels, corr, corrected_at = None, {}, 0.0, 0.0
+        inlet, channels, clock = None, {}, None
         while not self._stop.is_set():
             try:
                 if inlet is None:
@@ -77,17 +77,17 @@ class PhysioInlet:
                     if not found:
                         continue
                     inlet = pylsl.StreamInlet(found[0], max_buflen=60)
+                    inlet.open_stream(2.0)  # samples flow from here: before the first volume's
                     channels = channel_map(_labels(inlet.info(timeout=2.0)))
                     if not channels:
                         log.error("physio stream %r names no cardiac or respiratory channel", found[0].name())
-                    corr, corrected_at = inlet.time_correction(timeout=2.0), time.monotonic()
+                    clock = ClockOffset(inlet, found[0])
                     log.info("receiving physiological recordings from %r: %s", found[0].name(), channels)
                 samples, ts = inlet.pull_chunk(timeout=0.05)
                 if not ts:
                     continue
-                if time.monotonic() - corrected_at > 5.0:
-                    corr, corrected_at = inlet.time_correction(timeout=2.0), time.monotonic()
                 x = np.asarray(samples, np.float64)
+                corr = clock.get()
                 t = np.array([lsl_to_monotonic_ns(v + corr) for v in ts]) / 1e9
                 cols = [
                     x[:, channels[c]] if c in channels else np.full(len(t), np.nan)
@@ -137,7 +137,7 @@ class PhysioOutlet:
     """
 
     def __init__(self, name: str, rate_hz: float) -> None:
-        info = pylsl.StreamInfo(name, PHYSIO_TYPE, 2, rate_hz, pylsl.cf_float32, f"{name}-physio")
+        info = pylsl.StreamInfo(name, PHYSIO_TYPE, 2, rate_hz, pylsl.cf_double64, f"{name}-physio")
         channels = info.desc().append_child("channels")
         for label in ("cardiac", "respiratory"):
             channels.append_child("channel").append_child_value("label", label)
@@ -145,11 +145,11 @@ class PhysioOutlet:
 
     def push(self, monotonic_s: np.ndarray, cardiac: np.ndarray, respiratory: np.ndarray) -> None:
         """Push samples time-stamped at ``monotonic_s`` (this machine's monotonic clock, s)."""
-        x = np.column_stack([cardiac, respiratory]).astype(np.float32)
+        x = np.column_stack([cardiac, respiratory]).astype(np.float64)
         stamps = [monotonic_ns_to_lsl(round(t * 1e9)) for t in monotonic_s]
         self._outlet.push_chunk(x.tolist(), stamps)
 
-    def wait_for_consumers(self, timeout_s: float) -> bool:
+    def wait_for_consumer(self, timeout_s: float) -> bool:
         """True once an inlet is connected."""
         return self._outlet.wait_for_consumers(timeout_s)
 

@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 from helpers import free_address, small_config, wait_for_file
 
+from rtdecode.config import NUISANCE_REGRESSORS
 from rtdecode.io.confounds import CONFOUND_COLUMNS
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.io.recording import Recorder
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import evaluate_session
+from rtdecode.sim.physio import simulate_recording, write_physio
 from rtdecode.sim.subject import slice_times
 from rtdecode.volume import Stage
 from rtdecode.wire import messages as m
@@ -92,7 +94,7 @@ def _start_decoder_and_recorder(
     cfg.run.preprocess.slice_timing = slice_timing
     if denoise:  # every denoising step on: streamed and offline must still agree
         cfg.run.preprocess.despike.enabled = True
-        cfg.run.preprocess.nuisance.regressors = ["drift", "motion", "motion_derivatives", "global"]
+        cfg.run.preprocess.nuisance.regressors = list(NUISANCE_REGRESSORS)
     cfg.run.publish_input = True
     cfg.run.transport = transport
     cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
@@ -200,13 +202,22 @@ def test_golden_live_zeromq_equals_offline(experiment, tmp_path, run_decoder):
 
 def test_golden_live_lsl_equals_offline(experiment, tmp_path, run_decoder):
     """The same series over an LSL stream of type fMRI decodes exactly as offline, with every
-    denoising step on (despiking, nuisance regression)."""
+    denoising step on: despiking and every nuisance regressor, the physiological ones from a
+    cardiac and respiratory recording streamed live over LSL (type physio) and read offline from
+    the BIDS file beside the series (live without its samples would differ from offline)."""
     cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(
         experiment, tmp_path, run_decoder, "lsl", denoise=True
     )
-    bold = experiment / "test" / "bold.nii"
+    bold = tmp_path / "bold.nii"
+    shutil.copy(experiment / "test" / "bold.nii", bold)
+    img = nib.load(bold)
+    duration = img.shape[3] * float(img.header.get_zooms()[3]) + 5
+    write_physio(tmp_path / "physio.tsv.gz", simulate_recording(duration, np.random.default_rng(5)))
     sender = subprocess.run(
-        [sys.executable, "-m", "rtdecode", "replay", str(bold), "--to", "lsl", "--speed", "50"],
+        [
+            *[sys.executable, "-m", "rtdecode", "replay", str(bold), "--to", "lsl", "--speed", "50"],
+            *["--physio", str(tmp_path / "physio.tsv.gz")],
+        ],
         capture_output=True,
         text=True,
         timeout=120,
