@@ -80,7 +80,8 @@ class Volume:
     Parameters
     ----------
     data : numpy.ndarray
-        Array of shape (nx, ny, nz), voxel values in scanner units.
+        Array of shape (nx, ny, nz), voxel values in scanner units; (nx, ny, nz, n_echoes) for a
+        multi-echo volume (``echo_times_ms``).
     affine : numpy.ndarray
         Array of shape (4, 4) mapping voxel indices to RAS+ millimetres (nibabel convention).
     seq : int
@@ -104,6 +105,8 @@ class Volume:
     slice_times_s : tuple of float or None
         When each slice along the third array axis was acquired, seconds after the volume began
         (from the scanner's headers); None when unknown.
+    echo_times_ms : tuple of float or None
+        A multi-echo volume's echo times, one per index of the fourth axis; None for one echo.
     """
 
     data: np.ndarray
@@ -117,6 +120,7 @@ class Volume:
     acquired_from: str = ""
     clock_offset_s: float | None = None
     slice_times_s: tuple[float, ...] | None = None
+    echo_times_ms: tuple[float, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -24,6 +24,7 @@ from rtdecode.pipeline.chain import Pipeline, sampled_index
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.feedback import Feedback, Score
 from rtdecode.pipeline.motion import MotionCorrector
+from rtdecode.pipeline.multiecho import EchoCombiner
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.quality import QualityMonitor
 from rtdecode.pipeline.ranking import Identifier
@@ -74,6 +75,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         denoiser,
         quality,
         timer,
+        EchoCombiner(cfg.preprocess.baseline_volumes),
     )
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,15 +34,77 @@ def iter_volumes(
 
     Acquisition times are ``start_time_s + seq * TR``. Slice times come from the BIDS sidecar
     beside it (``NAME.json``'s ``SliceTiming``, seconds per slice along the third axis), if any.
+    A BIDS multi-echo series is named by any of its echoes' files (``…_echo-1_bold.nii.gz``):
+    its volumes hold every echo along a fourth axis, with the sidecars' ``EchoTime``.
     """
-    img = nib.load(str(path))
-    if img.ndim != 4:
-        raise VolumeError(f"{path}: expected a 4-D image, got shape {img.shape}")
+    echoes = echo_files(path)
+    imgs = [nib.load(str(p)) for p, _ in echoes] if echoes else [nib.load(str(path))]
+    img = imgs[0]
+    if img.ndim != 4 or any(other.shape != img.shape for other in imgs):
+        raise VolumeError(f"{path}: expected 4-D images of one shape, got {[i.shape for i in imgs]}")
     tr = series_tr_s(img)
     times = slice_timing(path, img.shape[2])
+    te = tuple(t for _, t in echoes) if echoes else None
     for k in range(img.shape[3]):
-        data = np.asarray(img.dataobj[..., k])
-        yield Volume(data, img.affine, k, tr, start_time_s + k * tr, session, series, slice_times_s=times)
+        data = (
+            np.stack([np.asarray(i.dataobj[..., k]) for i in imgs], axis=-1)
+            if te
+            else np.asarray(img.dataobj[..., k])
+        )
+        yield Volume(
+            data,
+            img.affine,
+            k,
+            tr,
+            start_time_s + k * tr,
+            session,
+            series,
+            slice_times_s=times,
+            echo_times_ms=te,
+        )
+
+
+def session_bold(session_dir: str | Path) -> Path:
+    """A session directory's series: ``bold.nii[.gz]``, or its first echo's (``*echo-1_bold.nii*``).
+
+    Raises
+    ------
+    FileError
+        Neither is there.
+    """
+    d = Path(session_dir)
+    found = [*d.glob("bold.nii"), *d.glob("bold.nii.gz"), *sorted(d.glob("*echo-1_bold.nii*"))]
+    if not found:
+        raise FileError(f"{d}: no bold.nii[.gz] or *echo-1_bold.nii[.gz]")
+    return found[0]
+
+
+def echo_files(path: str | Path) -> list[tuple[Path, float]]:
+    """A BIDS multi-echo series' files and echo times (ms), in echo order; [] for one echo.
+
+    Raises
+    ------
+    VolumeError
+        An echo's sidecar has no ``EchoTime``, or the echo times do not increase.
+    """
+    path = Path(path)
+    match = re.fullmatch(r"(.*)echo-\d+(.*)", path.name)
+    if match is None:
+        return []
+    files = sorted(
+        path.parent.glob(f"{glob.escape(match[1])}echo-*{glob.escape(match[2])}"),
+        key=lambda p: int(re.fullmatch(r".*echo-(\d+).*", p.name)[1]),
+    )
+    out = []
+    for f in files:
+        sidecar = f.with_name(f.name.split(".")[0] + ".json")
+        try:
+            out.append((f, float(json.loads(sidecar.read_text())["EchoTime"]) * 1000))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise VolumeError(f"{f}: no EchoTime in its sidecar {sidecar.name} ({err})") from err
+    if len(out) > 1 and any(b[1] <= a[1] for a, b in zip(out, out[1:])):
+        raise VolumeError(f"{path}: echo times {[t for _, t in out]} ms do not increase with the echo number")
+    return out if len(out) > 1 else []
 
 
 def slice_timing(path: str | Path, n_slices: int) -> tuple[float, ...] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,9 @@ CHANNELS = ("cardiac", "respiratory")
 
 
 def physio_path_for(bold: str | Path) -> Path:
-    """The BIDS recording beside a series: ``…_bold.nii[.gz]`` → ``…_physio.tsv.gz``."""
+    """The BIDS recording beside a series: ``…[_echo-<k>]_bold.nii[.gz]`` → ``…_physio.tsv.gz``."""
     bold = Path(bold)
-    stem = bold.name.split(".")[0]
+    stem = re.sub(r"echo-\d+_", "", bold.name.split(".")[0])  # one recording for every echo
     stem = stem[: -len("bold")] if stem.endswith("bold") else f"{stem}_"
     return bold.with_name(f"{stem}physio.tsv.gz")
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from rtdecode.config import Config, RunConfig
 from rtdecode.errors import ConfigError, DataError, EventsError
-from rtdecode.io.nifti import iter_volumes, load_mask_on_grid, read_events
+from rtdecode.io.nifti import iter_volumes, load_mask_on_grid, read_events, session_bold
 from rtdecode.io.physio import physio_path_for, read_physio
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.classifier import LinearClassifier, fit_classifier
@@ -31,6 +31,7 @@ from rtdecode.offline.ridge import choose_alpha, fit_selected_ridge
 from rtdecode.pipeline.chain import Pipeline, sampled_index
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector
+from rtdecode.pipeline.multiecho import EchoCombiner
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.slicetiming import SliceTimer
 from rtdecode.progress import progress
@@ -211,7 +212,8 @@ def train_session(
     """
     sdir = Path(session_dir)
     tc, rc = cfg.train, cfg.run
-    bold = nib.load(str(sdir / "bold.nii"))
+    bold_path = session_bold(sdir)
+    bold = nib.load(str(bold_path))
     masks = load_roi_masks(
         sdir / "rois", {k: list(v) for k, v in tc.composites.items()}, bold.affine, bold.shape[:3]
     )
@@ -225,7 +227,7 @@ def train_session(
     except ValueError as err:
         raise ConfigError(f"run.preprocess.nuisance: {err}") from err
     if denoiser is not None and denoiser.physio is not None:
-        rec = read_physio(rc.physio.file or physio_path_for(sdir / "bold.nii"))
+        rec = read_physio(rc.physio.file or physio_path_for(bold_path))
         denoiser.physio.add(rec["time"], rec["cardiac"], rec["respiratory"])
     motion = (
         MotionCorrector(sampled_index(mask, denoiser), rc.motion.n_reference, rc.motion.fd_threshold_mm)
@@ -238,10 +240,11 @@ def train_session(
         motion,
         denoiser=denoiser,
         slice_timer=SliceTimer() if rc.preprocess.slice_timing else None,
+        echoes=EchoCombiner(rc.preprocess.baseline_volumes),
     )
     rows, times, affine, tr = [], [], None, None
     n_censored = 0
-    for res in pipe.process_series(iter_volumes(sdir / "bold.nii")):
+    for res in pipe.process_series(iter_volumes(bold_path)):
         censored = tc.scrub_censored and res.motion is not None and res.motion.censored
         n_censored += bool(censored)
         usable = res.x is not None and not censored

@@ -21,6 +21,7 @@ from rtdecode.models.bundle import Decoder
 from rtdecode.numerics.grid import match_grid, orientation_between, reorient, reoriented_shape
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
+from rtdecode.pipeline.multiecho import EchoCombiner
 from rtdecode.pipeline.physio import Physio
 from rtdecode.pipeline.preprocess import Preprocessor
 from rtdecode.pipeline.quality import Quality, QualityMonitor
@@ -95,6 +96,7 @@ class Pipeline:
         denoiser: Denoiser | None = None,
         quality: QualityMonitor | None = None,
         slice_timer: SliceTimer | None = None,
+        echoes: EchoCombiner | None = None,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
@@ -111,6 +113,7 @@ class Pipeline:
         self.denoiser = denoiser
         self.quality = quality
         self.slice_timer = slice_timer
+        self.echoes = echoes or EchoCombiner()
         self.motion = motion
         self.decoder = decoder
         self.identifier = identifier
@@ -177,9 +180,14 @@ class Pipeline:
             self.motion.set_state(motion)
         return {"session": session, "series": series, "last_seq": self._last_seq}
 
-    def _stateful(self) -> list[tuple[str, SliceTimer | Denoiser | QualityMonitor]]:
+    def _stateful(self) -> list[tuple[str, EchoCombiner | SliceTimer | Denoiser | QualityMonitor]]:
         # The optional stages with a series' state, by their checkpoint prefix.
-        steps = (("slicetiming", self.slice_timer), ("denoise", self.denoiser), ("quality", self.quality))
+        steps = (
+            ("echoes", self.echoes),
+            ("slicetiming", self.slice_timer),
+            ("denoise", self.denoiser),
+            ("quality", self.quality),
+        )
         return [(name, step) for name, step in steps if step is not None]
 
     def check(self, vol: Volume) -> int:
@@ -217,12 +225,16 @@ class Pipeline:
                 f"volume {vol.seq}: affine differs from the series' ({np.round(vol.affine, 3).tolist()} vs "
                 f"{np.round(self._series_affine, 3).tolist()}); a new grid needs a new series"
             )
-        if self._series_affine is None and self.affine is not None and vol.data.ndim == 3:
-            # The series' first volume: its grid is matched to the decoders' once.
-            self._reorient = match_grid(
-                vol.affine, vol.data.shape, self.affine, self.mask.shape, f"volume {vol.seq}"
+        shape = vol.data.shape[:3]  # a multi-echo volume's echoes lie along a fourth axis
+        n_echoes = len(vol.echo_times_ms) if vol.echo_times_ms is not None else 1
+        if vol.data.ndim != (3 if n_echoes == 1 else 4) or vol.data.shape[3:] not in ((), (n_echoes,)):
+            raise VolumeError(
+                f"volume {vol.seq}: shape {vol.data.shape} does not fit {n_echoes} echo(es) (echo_times_ms)"
             )
-        if reoriented_shape(vol.data.shape, self._reorient) != self.mask.shape:
+        if self._series_affine is None and self.affine is not None:
+            # The series' first volume: its grid is matched to the decoders' once.
+            self._reorient = match_grid(vol.affine, shape, self.affine, self.mask.shape, f"volume {vol.seq}")
+        if reoriented_shape(shape, self._reorient) != self.mask.shape:
             raise VolumeError(
                 f"volume {vol.seq}: shape {vol.data.shape} differs from expected {self.mask.shape}"
             )
@@ -290,6 +302,10 @@ class Pipeline:
         return grid.take(self.index)
 
     def _stages(self, vol: Volume, res: Result) -> Result:
+        if vol.echo_times_ms is not None:  # first: everything after sees one image per volume
+            data = self.echoes.update(vol.data, vol.echo_times_ms)
+            vol = dataclasses.replace(vol, data=data, echo_times_ms=None)
+            res.volume = vol
         slice_times, shape = vol.slice_times_s, vol.data.shape
         if self.slice_timer is not None:  # on the slices as acquired, before any reorientation
             data = self.slice_timer.update(vol.data, vol.slice_times_s, vol.seq, vol.tr_s)

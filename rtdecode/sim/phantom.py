@@ -57,6 +57,17 @@ class Phantom:
         raise KeyError(f"unknown ROI {name!r}; known: {list(self.rois) + list(COMPOSITES)}")
 
 
+def tissue_masks(phantom: Phantom) -> dict[str, np.ndarray]:
+    """White-matter and CSF masks for nuisance regression.
+
+    The white matter eroded by two voxels, as for aCompCor, so that no grey matter leaks in; the
+    ventricles as they are.
+    """
+    from scipy.ndimage import binary_erosion
+
+    return {"wm": binary_erosion(phantom.tissue == "wm", iterations=2), "csf": phantom.tissue == "csf"}
+
+
 def grid_affine(shape: tuple[int, int, int], voxel_size_mm: float) -> np.ndarray:
     """Return an RAS+ affine with isotropic voxels and the grid centre at world (0, 0, 0)."""
     affine = np.diag([voxel_size_mm] * 3 + [1.0])

@@ -19,6 +19,7 @@ from rtdecode.numerics.rigid import rigid_matrix
 from rtdecode.progress import progress
 from rtdecode.sim.imagery import imagery_signal
 from rtdecode.sim.latents import latent_targets
+from rtdecode.sim.phantom import tissue_masks
 from rtdecode.sim.physio import PhysioNoise, simulate_recording, write_physio
 from rtdecode.sim.subject import SimParams, Subject, boxcar_response, make_subject, voxel_responses
 
@@ -78,9 +79,10 @@ def simulate_session(p: SimParams, subject: Subject | None = None) -> dict:
     Returns
     -------
     dict
-        ``bold`` (int16 array (nx, ny, nz, n_vols)), ``events`` (list of dicts), ``motion``
-        (array (n_vols, 6)), ``stimulus_features`` (dict layer -> (n_blocks, n_units): the shown
-        images' features, or the imagined categories'), ``signal_pct`` (array (n_vols, n_vc), the
+        ``bold`` (int16 array (nx, ny, nz, n_vols), with ``p.echo_times_ms`` (…, n_echoes)),
+        ``events`` (list of dicts), ``motion`` (array (n_vols, 6)), ``stimulus_features`` (dict
+        layer -> (n_blocks, n_units): the shown images' features, or the imagined categories'),
+        ``signal_pct`` (array (n_vols, n_vc), the
         noiseless task signal of VC voxels), ``spikes`` (array (n_vols,): the slice each volume's
         spike brightened, −1 none), ``subject``, with ``p.latents``, ``latents``
         (:func:`rtdecode.sim.latents.latent_targets`) and, with ``p.physio_pct``, ``physio``
@@ -160,7 +162,12 @@ def _render(
     drift_map = (rng.normal(1.0, 0.5, brain.sum()) * p.drift_pct / 100.0).astype(np.float32)
     physio = np.zeros(brain.sum(), dtype=np.float32)
     grid = grid_points(p.shape)
-    bold = np.empty((*p.shape, n_vols), dtype=np.int16)
+    # Echoes: (decay relative to the reference echo time, BOLD sensitivity relative to it) each.
+    echoes = [(np.float32(1.0), np.float32(1.0))]
+    if p.echo_times_ms:
+        t2s = np.vectorize(T2STAR_MS.get)(ph.tissue).astype(np.float32)
+        echoes = [(np.exp(-(te - TE_REF_MS) / t2s), np.float32(te / TE_REF_MS)) for te in p.echo_times_ms]
+    bold = np.empty((*p.shape, n_vols, len(echoes)), dtype=np.int16)
     flat_vc = subject.voxel_index
     brain_pos = np.flatnonzero(brain)
     vc_in_brain = np.searchsorted(brain_pos, flat_vc)
@@ -176,7 +183,6 @@ def _render(
     spike_rng = np.random.default_rng([p.seed, 7])
     spikes = np.where(spike_rng.random(n_vols) < p.spike_rate, spike_rng.integers(0, p.shape[2], n_vols), -1)
     for k in progress(range(n_vols), f"simulating the {p.kind} session", unit="vol"):
-        img = base.copy()
         mod = drift_map * np.float32(t_norm[k] + 0.3 * np.cos(np.pi * t_norm[k] * 2))
         signal = signal_pct[k]
         if late is not None:
@@ -188,47 +194,62 @@ def _render(
             innov = rng.standard_normal(brain.sum(), dtype=np.float32) * np.float32(np.sqrt(1 - p.ar1**2))
             physio = np.float32(p.ar1) * physio + innov
             mod += physio * np.float32(np.sqrt(p.physio_fraction) / p.tsnr)
-        img.ravel()[brain_pos] *= 1.0 + mod
-        if p.motion:
-            img = apply_motion(img, ph.affine, motion[k], grid)
-        if spikes[k] >= 0:
-            img[:, :, spikes[k]] *= np.float32(1 + p.spike_pct / 100)
-        if not p.noiseless:
-            img += rng.standard_normal(p.shape, dtype=np.float32) * np.float32(
-                sigma * np.sqrt(1 - p.physio_fraction)
-            )
-        bold[..., k] = np.clip(np.rint(img), -32768, 32767)
-    return bold, motion, spikes
+        for e, (decay, gain) in enumerate(echoes):
+            img = base * decay
+            img.ravel()[brain_pos] *= 1.0 + mod * gain  # BOLD: a change of R2*, felt in proportion to TE
+            if p.motion:
+                img = apply_motion(img, ph.affine, motion[k], grid)
+            if spikes[k] >= 0:
+                img[:, :, spikes[k]] *= np.float32(1 + p.spike_pct / 100)
+            if not p.noiseless:  # thermal noise: the same in every echo
+                img += rng.standard_normal(p.shape, dtype=np.float32) * np.float32(
+                    sigma * np.sqrt(1 - p.physio_fraction)
+                )
+            bold[..., k, e] = np.clip(np.rint(img), -32768, 32767)
+    return (bold[..., 0] if not p.echo_times_ms else bold), motion, spikes
+
+
+# Multi-echo: T2* per tissue at 3 T (ms; outside the brain, the scalp's), and the echo time at which
+# the single-echo simulation's signal changes are defined.
+T2STAR_MS = {"gm": 45.0, "wm": 40.0, "csf": 150.0, "": 30.0}
+TE_REF_MS = 30.0
 
 
 def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
     """Write a simulated session in a BIDS-like layout and return the directory.
 
-    Layout: ``bold.nii`` (4-D, int16, TR in the header; ``bold.json`` with its ``SliceTiming`` when
-    ``p.slice_order`` is set), ``physio.tsv.gz`` and ``physio.json`` (BIDS, with ``p.physio_pct``),
-    ``wm_mask.nii.gz`` and ``csf_mask.nii.gz``, ``events.tsv`` (BIDS columns onset,
-    duration, trial_type plus category_index, category_label, block), ``rois/<ROI>.nii.gz``,
+    Layout: ``bold.nii`` (4-D, int16, TR in the header; ``bold.json`` with its ``SliceTiming``
+    when ``p.slice_order`` is set; with ``p.echo_times_ms``, ``echo-<k>_bold.nii`` and ``.json``
+    instead), ``physio.tsv.gz`` and ``physio.json`` (BIDS, with ``p.physio_pct``),
+    ``wm_mask.nii.gz`` and ``csf_mask.nii.gz``, ``events.tsv`` (BIDS columns onset, duration,
+    trial_type plus category_index, category_label, block), ``rois/<ROI>.nii.gz``,
     ``features.npz`` (candidate bank: ``labels`` and ``feat_<layer>``), ``stimulus_features.npz``
-    (``feat_<layer>`` per block), ``truth.npz`` (``motion``, ``signal_pct``, ``vc_index``, ``spikes``) and
-    ``session.json`` (all parameters).
+    (``feat_<layer>`` per block), ``truth.npz`` (``motion``, ``signal_pct``, ``vc_index``,
+    ``spikes``) and ``session.json`` (all parameters).
     """
     out = Path(out_dir)
     (out / "rois").mkdir(parents=True, exist_ok=True)
     subject: Subject = sim["subject"]
     ph = subject.phantom
-    img = nib.Nifti1Image(sim["bold"], ph.affine)
-    img.header.set_xyzt_units("mm", "sec")
-    img.header["pixdim"][4] = p.tr_s
-    nib.save(img, out / "bold.nii")
-    if p.slice_times_s is not None:  # as dcm2niix writes it beside a series
+    # One echo: bold.nii. Several: BIDS's echo-<k>_bold.nii, each with its EchoTime (s).
+    for e, te in enumerate(p.echo_times_ms or [None]):
+        img = nib.Nifti1Image(sim["bold"] if te is None else sim["bold"][..., e], ph.affine)
+        img.header.set_xyzt_units("mm", "sec")
+        img.header["pixdim"][4] = p.tr_s
+        name = "bold" if te is None else f"echo-{e + 1}_bold"
+        nib.save(img, out / f"{name}.nii")
+        if te is not None:
+            sidecar = {"EchoTime": te / 1000, "RepetitionTime": p.tr_s}
+            if p.slice_times_s is not None:
+                sidecar["SliceTiming"] = [round(float(t), 6) for t in p.slice_times_s]
+            (out / f"{name}.json").write_text(json.dumps(sidecar))
+    if p.slice_times_s is not None and not p.echo_times_ms:  # as dcm2niix writes it beside a series
         sidecar = {"RepetitionTime": p.tr_s, "SliceTiming": [round(float(t), 6) for t in p.slice_times_s]}
         (out / "bold.json").write_text(json.dumps(sidecar))
     if "physio" in sim:  # BIDS physiological recording, times relative to the first volume
         write_physio(out / "physio.tsv.gz", sim["physio"])
-    for tissue in ("wm", "csf"):  # nuisance masks, as a segmentation gives them
-        nib.save(
-            nib.Nifti1Image((ph.tissue == tissue).astype(np.uint8), ph.affine), out / f"{tissue}_mask.nii.gz"
-        )
+    for tissue, mask in tissue_masks(ph).items():  # nuisance masks, as a segmentation gives them
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), ph.affine), out / f"{tissue}_mask.nii.gz")
     for name, mask in ph.rois.items():
         nib.save(nib.Nifti1Image(mask.astype(np.uint8), ph.affine), out / "rois" / f"{name}.nii.gz")
     nib.save(nib.Nifti1Image(ph.brain.astype(np.uint8), ph.affine), out / "brain_mask.nii.gz")
@@ -253,7 +274,7 @@ def write_session(out_dir: str | Path, p: SimParams, sim: dict) -> Path:
         spikes=sim["spikes"],
     )  # fmt: skip
     meta = asdict(p)
-    meta["n_volumes"] = int(sim["bold"].shape[-1])
+    meta["n_volumes"] = int(sim["bold"].shape[3])
     meta["n_blocks"] = len(sim["events"])
     meta["train_categories"] = subject.train_categories.tolist()
     meta["test_categories"] = subject.test_categories.tolist()

@@ -59,6 +59,9 @@ class SimParams:
     # Cardiac and respiratory noise (rtdecode.sim.physio): its SD in grey matter, %; 0 none. The
     # recordings are written as the BIDS physio.tsv.gz beside the series.
     physio_pct: float = 0.0
+    # Multi-echo: the echo times (ms), e.g. (14, 30, 46); the task and noise signals are changes of
+    # R2*, so echo e sees them times TE_e / 30 ms; thermal noise is the same in every echo.
+    echo_times_ms: tuple[float, ...] = ()
     max_translation_mm: float = 2.0
     max_rotation_deg: float = 2.0
     jump_rate_per_min: float = 0.5

@@ -47,7 +47,15 @@ class VolumeMessage(WireMessage):
         "list", "acquisition time of each slice along the third axis after the volume began (for "
         "slice-timing correction)", "s", optional=True,
     )  # fmt: skip
-    data: np.ndarray = array("any real dtype", "[nx, ny, nz]", "voxel values in scanner units, C order")
+    echo_times_ms: list | None = header(
+        "list",
+        "a multi-echo volume's echo times, one per index of the data's fourth axis",
+        "ms",
+        optional=True,
+    )
+    data: np.ndarray = array(
+        "any real dtype", "[nx, ny, nz] or [nx, ny, nz, n_echoes]", "voxel values in scanner units, C order"
+    )
 
     @classmethod
     def of(cls, vol: Volume) -> VolumeMessage:
@@ -63,6 +71,7 @@ class VolumeMessage(WireMessage):
             acquired_from=vol.acquired_from or None,
             clock_offset_s=vol.clock_offset_s,
             slice_times_s=None if vol.slice_times_s is None else [float(t) for t in vol.slice_times_s],
+            echo_times_ms=None if vol.echo_times_ms is None else [float(t) for t in vol.echo_times_ms],
             data=vol.data,
         )
 
@@ -72,16 +81,31 @@ class VolumeMessage(WireMessage):
         Raises
         ------
         ProtocolError
-            A value out of range: affine not 4×4 numbers, data not 3-D, ``seq`` < 0, ``tr_s`` not
-            finite and > 0, ``acq_time_s`` not finite, stamps not integers.
+            A value out of range: affine not 4×4 numbers, data not 3-D (4-D with one echo time
+            > 0 per echo, increasing), ``seq`` < 0, ``tr_s`` not finite and > 0, ``acq_time_s`` not
+            finite, stamps not integers.
         """
         affine = self.affine
         if len(affine) != 4 or not all(
             isinstance(row, list) and len(row) == 4 and all(TYPES["number"](v) for v in row) for row in affine
         ):
             raise ProtocolError(f"volume 'affine' must be a 4x4 list of numbers, got {affine!r}")
-        if self.data.ndim != 3:
-            raise ProtocolError(f"volume data must be 3-D, got shape {self.data.shape}")
+        echoes = self.echo_times_ms
+        if echoes is None and self.data.ndim != 3:
+            raise ProtocolError(
+                f"volume data must be 3-D (4-D with echo_times_ms), got shape {self.data.shape}"
+            )
+        if echoes is not None and (
+            self.data.ndim != 4
+            or len(echoes) != self.data.shape[3]
+            or len(echoes) < 2
+            or not all(TYPES["number"](t) and 0 < t < 1000 for t in echoes)
+            or list(echoes) != sorted(set(echoes))
+        ):
+            raise ProtocolError(
+                f"volume 'echo_times_ms' must be increasing numbers in ms, one per index of the data's "
+                f"fourth axis (two or more), got {short(echoes)} for data of shape {self.data.shape}"
+            )
         if not 0 <= self.seq <= MAX_SEQ:
             raise ProtocolError(f"volume 'seq' must be an integer from 0 to {MAX_SEQ}, got {self.seq!r}")
         if not (math.isfinite(self.tr_s) and self.tr_s > 0) or not math.isfinite(self.acq_time_s):
@@ -112,6 +136,7 @@ class VolumeMessage(WireMessage):
             self.acquired_from or "",
             offset if offset is not None and math.isfinite(offset) else None,
             None if times is None else tuple(float(t) for t in times),
+            None if echoes is None else tuple(float(t) for t in echoes),
         )
 
 

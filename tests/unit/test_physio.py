@@ -18,6 +18,7 @@ from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.nuisance import NuisanceRegressor
 from rtdecode.pipeline.physio import Physio
 from rtdecode.pipeline.preprocess import Preprocessor
+from rtdecode.sim.phantom import tissue_masks
 from rtdecode.sim.physio import FS_HZ, simulate_recording
 from rtdecode.sim.session import simulate_session
 from rtdecode.sim.subject import SimParams
@@ -140,7 +141,7 @@ def _decode_values(p, sim, regressors, checkpoint_at=None):
     pc.nuisance.regressors = regressors
 
     def build():
-        d = Denoiser.from_config(pc, mask, ph.affine, {"wm": ph.tissue == "wm", "csf": ph.tissue == "csf"})
+        d = Denoiser.from_config(pc, mask, ph.affine, tissue_masks(ph))
         if d is not None and d.physio is not None:
             d.physio.add(sim["physio"]["time"], sim["physio"]["cardiac"], sim["physio"]["respiratory"])
         return Pipeline(mask, Preprocessor.from_config(pc), None, denoiser=d)
