@@ -9,7 +9,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-from helpers import free_address, small_config, wait_for_file
+from helpers import free_address, small_config, small_params, wait_for_file
 
 from rtdecode.config import NUISANCE_REGRESSORS
 from rtdecode.io.confounds import CONFOUND_COLUMNS
@@ -18,7 +18,8 @@ from rtdecode.io.recording import Recorder
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import evaluate_session
 from rtdecode.sim.physio import simulate_recording, write_physio
-from rtdecode.sim.subject import slice_times
+from rtdecode.sim.session import simulate_session, write_session
+from rtdecode.sim.subject import make_subject, slice_times
 from rtdecode.volume import Stage
 from rtdecode.wire import messages as m
 
@@ -229,6 +230,37 @@ def test_golden_live_lsl_equals_offline(experiment, tmp_path, run_decoder):
         stamps = live["volumes/stamps"][:]
     # Acquisition stamps came over LSL (its clock, time-corrected): every hop is positive.
     assert (stamps[:, Stage.RECEIVED] > stamps[:, Stage.ACQUIRED]).all()
+
+
+def test_golden_multi_echo_live_equals_offline(experiment, tmp_path, run_decoder):
+    """A multi-echo series (three echoes of the experiment's subject, BIDS echo files) sent live
+    over ZeroMQ, echoes along the fourth axis with their times in the header, decodes as offline."""
+    p = small_params("test", 3, echo_times_ms=(14.0, 30.0, 46.0))
+    write_session(tmp_path / "me", p, simulate_session(p, make_subject(small_params("train", 1))))
+    bold = tmp_path / "me" / "echo-1_bold.nii"
+    cfg, cfg_path, decoder, recorder = _start_decoder_and_recorder(experiment, tmp_path, run_decoder)
+    sender = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rtdecode",
+            "replay",
+            str(bold),
+            "--to",
+            cfg.run.input.address,
+            "--speed",
+            "100",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert sender.returncode == 0, sender.stderr
+    _finish([recorder, decoder], cfg_path, bold, tmp_path)
+    _compare_with_offline(tmp_path / "live.h5", tmp_path / "offline.h5", nib.load(bold).shape[3])
+    with h5py.File(tmp_path / "live.h5") as live:
+        assert live["input/data"].shape[1:] == (*p.shape, 3)
+        assert (live["ranking/indices"][:] >= 0).any()
 
 
 def test_golden_folder_path_equals_offline(experiment, tmp_path, run_decoder):
