@@ -9,6 +9,7 @@ import nibabel as nib
 
 from rtdecode.apps.replay import events_to_markers, send_volumes
 from rtdecode.io.nifti import iter_volumes, read_events
+from rtdecode.io.physio import physio_path_for, read_physio
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,9 @@ def stream_session(
         Also play the stimulus software: send the blocks of ``events.tsv`` (beside the NIfTI) as
         LSL markers at their times.
 
+    A physiological recording beside the series (BIDS ``_physio.tsv.gz``, as the simulator
+    writes with ``physio_pct``) goes out with it as an LSL stream of type ``physio``.
+
     Returns
     -------
     int
@@ -49,6 +53,10 @@ def stream_session(
         raise ValueError(f"speed must be > 0, got {speed!r}")
     marks = events_to_markers(read_events(Path(bold_path).with_name("events.tsv"))) if markers else ()
     n_volumes = nib.load(str(bold_path)).shape[-1]
-    n = send_volumes(iter_volumes(bold_path, session, series), address, speed, n_volumes, marks)
+    physio_path = physio_path_for(bold_path)
+    physio = read_physio(physio_path) if physio_path.exists() else None
+    n = send_volumes(
+        iter_volumes(bold_path, session, series), address, speed, n_volumes, marks, physio=physio
+    )
     log.info("streamed %d volumes of %s", n, bold_path)
     return n

@@ -170,7 +170,7 @@ class Denoiser:
 
     @property
     def extra_index(self) -> np.ndarray:
-        """Flat grid indices read besides the analysis voxels: the tissue masks' in turn."""
+        """Flat grid indices read besides the analysis voxels: the white matter's, then the CSF's."""
         return np.concatenate([np.zeros(0, np.int64), *self.tissue_index.values()])
 
     @classmethod
@@ -204,7 +204,7 @@ class Denoiser:
         s = MaskSmoother(mask, affine, pc.smoothing_fwhm_mm) if pc.smoothing_fwhm_mm > 0 else None
         needed = {"wm", "csf"} if "acompcor" in nu.regressors else set(nu.regressors) & set(TISSUE_REGRESSORS)
         tissue = {}
-        for name in sorted(needed):
+        for name in [t for t in ("wm", "csf") if t in needed]:
             m = (tissue_masks or {}).get(name)
             if m is None or not np.any(m):
                 users = sorted(needed & set(nu.regressors)) or ["acompcor"]

@@ -77,6 +77,12 @@ def _estimation_coefficients(img: np.ndarray, smooth: bool) -> np.ndarray:
 _COARSE = np.array([[2.0, 0, 0, 0.5], [0, 2.0, 0, 0.5], [0, 0, 2.0, 0.5], [0, 0, 0, 1]])
 
 
+def _gain(moved: np.ndarray, ref: np.ndarray) -> np.float32:
+    # The scale that brings the moved samples closest to the reference's.
+    den = float(moved @ moved)
+    return np.float32(float(moved @ ref) / den if den > 0 else 1.0)
+
+
 class _Level:
     """Sampling points, reference values and Gauss-Newton solver on one grid."""
 
@@ -141,14 +147,18 @@ class _Level:
         for it in range(1, max_iter + 1):  # noqa: B007 - the count is reported
             mat = (self.inv_affine @ world @ self.affine)[:3]
             resid = self._vals
+            # The volume's brightness is matched to the reference's first (least squares): the
+            # first volumes of a run, before the magnetisation settles, are brighter overall, and
+            # an image of other brightness would otherwise be "aligned" by moving it.
             if sample(coef, mat, self.points, resid):
                 # Points that left the field of view would be compared with mirrored data.
                 inside_grid(mat, self.points, self.shape, self._inside)
                 jac = self.jacobian[self._inside]
-                r = resid[self._inside] - self.ref_values[self._inside]
+                moved, ref = resid[self._inside], self.ref_values[self._inside]
+                r = _gain(moved, ref) * moved - ref
                 delta = np.linalg.solve(jac.T @ jac, jac.T @ r)
             else:
-                delta = self.solver @ (resid - self.ref_values)
+                delta = self.solver @ (_gain(resid, self.ref_values) * resid - self.ref_values)
             if it == 1 and np.abs(delta).max() > max_first_step:
                 return world, 0
             # Inverse composition: W(x; p) <- W(W(x; delta)^-1; p).

@@ -70,11 +70,13 @@ class PhysioInlet:
 
     def _run(self, pred: str) -> None:
         inlet, channels, clock = None, {}, None
+        resolver = pylsl.ContinuousResolver(pred=pred, forget_after=5.0)
         while not self._stop.is_set():
             try:
                 if inlet is None:
-                    found = pylsl.resolve_bypred(pred, 1, 0.5)
+                    found = resolver.results()
                     if not found:
+                        self._stop.wait(0.02)
                         continue
                     inlet = pylsl.StreamInlet(found[0], max_buflen=60)
                     inlet.open_stream(2.0)  # samples flow from here: before the first volume's
