@@ -28,6 +28,8 @@ N_RETROICOR = 8  # cardiac and respiratory, orders 1 and 2, cosine and sine
 _CARDIAC_MIN_INTERVAL_S = 0.33  # 180 beats per minute
 _BREATH_MIN_INTERVAL_S = 1.5  # 40 breaths per minute
 _DERIVATIVE_S = 0.25  # half-width of the belt's slope estimate
+_CARDIAC_SEARCH_S = 10.0  # at least five beats down to 30 bpm
+_BREATH_SEARCH_S = 40.0  # at least two breaths down to 3 per minute
 _RRF_LENGTH_S = 40.0
 _MARGIN_S = 60.0
 
@@ -160,26 +162,31 @@ class Physio:
         self._t, self._x = self._t[old:], self._x[old:]
         # In time from volume 0, to the microsecond: a recording on the machine's clock and the
         # same one from a file choose the same samples and give the same numbers.
-        rel = np.round(self._t - self.origin_s, 6)
         end_rel = round(seq * tr_s + tr_s, 6)
+        lo, hi = np.searchsorted(self._t, [end - self.window_s - 1e-3, end + 1e-3])
+        rel = np.round(self._t[lo:hi] - self.origin_s, 6)
         sel = (rel > end_rel - self.window_s) & (rel <= end_rel)
-        t, x = rel[sel], self._x[sel]
+        t, x = rel[sel], self._x[lo:hi][sel]
         times = seq * tr_s + np.asarray(offsets_s, np.float64)
         phase_c = phase_r = np.full(times.shape, np.nan)
         rvt = np.nan
-        card = np.isfinite(x[:, 0])
+        # Beats and breaths from the last seconds only (a few of each): the phases need the
+        # last ones, and searching the whole window for every volume would cost milliseconds.
+        card = np.isfinite(x[:, 0]) & (t > end_rel - _CARDIAC_SEARCH_S)
         if card.sum() > 10:
             phase_c = cardiac_phase(t[card][_peaks(t[card], x[card, 0], _CARDIAC_MIN_INTERVAL_S)], times)
         resp = np.isfinite(x[:, 1])
         if resp.sum() > 10:
-            tr_, belt = t[resp], x[resp, 1]
-            phase_r = respiratory_phase(tr_, belt, times)
-            rvt = self._breath_rvt(tr_, belt)
+            phase_r = respiratory_phase(t[resp], x[resp, 1], times)
+            recent = resp & (t > end_rel - _BREATH_SEARCH_S)
+            rvt = self._breath_rvt(t[recent], x[recent, 1])
         return retroicor(phase_c, phase_r), self._rvt_regressor(seq, rvt, tr_s)
 
     @staticmethod
     def _breath_rvt(t: np.ndarray, belt: np.ndarray) -> float:
         # The last complete breath: depth (its peak minus the trough before it) over its period.
+        if belt.size < 3:
+            return np.nan
         peaks = _peaks(t, belt, _BREATH_MIN_INTERVAL_S)
         if peaks.size < 2:
             return np.nan
