@@ -1,6 +1,7 @@
 """Every denoising step on the shared real scanner data: streamed equals an offline computation.
 
-The Siemens mosaics and GE slices (ten volumes each, tests/data) go through the pipeline one by
+The Siemens mosaics, Siemens XA30 enhanced (multiband) files and GE slices (ten volumes each,
+tests/data) go through the pipeline one by
 one with motion correction, despiking, smoothing inside the mask and every nuisance regressor but
 the physiological ones (no recordings come with these series; the physiological regressors are
 checked live against offline on the simulator, test_record). The offline reference is written
@@ -64,7 +65,7 @@ def _smooth_reference(x, mask, affine):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # nibabel's DICOM readers call themselves experimental
-@pytest.mark.parametrize("vendor", ["siemens", "ge"])
+@pytest.mark.parametrize("vendor", ["siemens", "siemens-xa30-enhanced", "ge"])
 def test_every_denoising_step_streamed_equals_offline_on_real_data(vendor):
     vols = [
         Volume(v.data, v.affine, v.seq, v.tr_s, 0.0, "real", v.series) for v in read_folder(DATA / vendor)
