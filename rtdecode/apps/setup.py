@@ -40,9 +40,10 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     bundle = load_bundle(cfg.bundle)
     bank = CandidateBank.load(cfg.candidates or Path(cfg.bundle) / "candidates.npz")
     identifier = Identifier(bank, bundle.layer_slices, cfg.top_k, cfg.rank_precision, cfg.rank_threads)
+    tissue = tissue_masks(cfg, bundle)
     try:
         denoiser = Denoiser.from_config(
-            cfg.preprocess, bundle.mask, bundle.affine, tissue_masks(cfg, bundle), cfg.physio.window_s
+            cfg.preprocess, bundle.mask, bundle.affine, tissue, cfg.physio.window_s
         )
     except ValueError as err:
         raise ConfigError(f"run.preprocess.nuisance: {err}") from err

@@ -74,6 +74,10 @@ def test_missing_file():
         ({"candidates": "no/such/bank.npz"}, "run.candidates"),
         ({"motion": {"reference": "no/ref.nii.gz"}}, "run.motion.reference"),
         ({"latents": "no/latents"}, "run.latents"),
+        (
+            {"preprocess": {"nuisance": {"regressors": ["wm"], "wm_mask": "no/wm.nii.gz"}}},
+            "run.preprocess.nuisance.wm_mask",
+        ),
     ],
 )
 @pytest.mark.integration
