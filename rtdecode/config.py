@@ -70,6 +70,11 @@ class NuisanceConfig:
     csf_mask: str = ""
     compcor_components: int = 5  # aCompCor: principal components of WM + CSF over the baseline volumes
 
+    @property
+    def masks_needed(self) -> tuple[str, ...]:
+        """The tissue masks the regressors read, in order: ``wm``, ``csf`` (aCompCor needs both)."""
+        return tuple(t for t in ("wm", "csf") if t in self.regressors or "acompcor" in self.regressors)
+
 
 @dataclass
 class PhysioConfig:

@@ -298,10 +298,11 @@ def check_run_files(cfg: RunConfig, where: str) -> None:
     ]
     nu = cfg.preprocess.nuisance
     for tissue in ("wm", "csf"):  # a mask named outright, or the bundle's when a regressor needs it
-        needed = tissue in nu.regressors or "acompcor" in nu.regressors
         named = getattr(nu, f"{tissue}_mask")
         path = Path(named) if named else bundle / f"{tissue}_mask.nii.gz"
-        paths.append((f"run.preprocess.nuisance.{tissue}_mask", path, bool(named) or needed))
+        paths.append(
+            (f"run.preprocess.nuisance.{tissue}_mask", path, bool(named) or tissue in nu.masks_needed)
+        )
     for key, path, needed in paths:
         if needed and not path.exists():
             raise ConfigError(f"{where}: {key}: {str(path)!r} does not exist")

@@ -87,9 +87,8 @@ def tissue_masks(cfg: RunConfig, bundle: Decoder) -> dict[str, np.ndarray]:
     ``csf_mask.nii.gz``; only those the regressors need are loaded.
     """
     nu = cfg.preprocess.nuisance
-    needed = {"wm", "csf"} & set(nu.regressors) | ({"wm", "csf"} if "acompcor" in nu.regressors else set())
     masks = {}
-    for name in sorted(needed):
+    for name in nu.masks_needed:
         path = getattr(nu, f"{name}_mask") or Path(cfg.bundle) / f"{name}_mask.nii.gz"
         try:
             masks[name] = load_mask_on_grid(path, bundle.affine, bundle.mask.shape, f"the {name} mask")

@@ -26,7 +26,7 @@ import numpy as np
 
 from rtdecode.config import PreprocessConfig
 from rtdecode.numerics.stats import welford
-from rtdecode.pipeline.nuisance import TISSUE_REGRESSORS, NuisanceRegressor
+from rtdecode.pipeline.nuisance import NuisanceRegressor
 from rtdecode.pipeline.physio import Physio
 
 # The smoothing kernel is cut at this many SDs per axis.
@@ -202,12 +202,11 @@ class Denoiser:
             else None
         )
         s = MaskSmoother(mask, affine, pc.smoothing_fwhm_mm) if pc.smoothing_fwhm_mm > 0 else None
-        needed = {"wm", "csf"} if "acompcor" in nu.regressors else set(nu.regressors) & set(TISSUE_REGRESSORS)
         tissue = {}
-        for name in [t for t in ("wm", "csf") if t in needed]:
+        for name in nu.masks_needed:
             m = (tissue_masks or {}).get(name)
             if m is None or not np.any(m):
-                users = sorted(needed & set(nu.regressors)) or ["acompcor"]
+                users = [r for r in (name, "acompcor") if r in nu.regressors]
                 raise ValueError(f"the {users} regressors need a non-empty {name} mask")
             tissue[name] = np.flatnonzero(m)
         physio = Physio(physio_window_s) if {"retroicor", "rvt"} & set(nu.regressors) else None
@@ -215,7 +214,7 @@ class Denoiser:
 
     def reset(self) -> None:
         """Forget the series (the physiological recording goes on)."""
-        for step in (self.despiker, self.regressor, self.physio):
+        for _, step in self._steps():
             if step is not None:
                 step.reset()
 

@@ -29,7 +29,6 @@ from rtdecode.pipeline.physio import N_RETROICOR
 
 # The intercept's prior precision: effectively free, finite so the recursion can start.
 _INTERCEPT_PRECISION = 1e-8
-TISSUE_REGRESSORS = ("wm", "csf", "acompcor")
 
 
 class NuisanceRegressor:

@@ -130,10 +130,13 @@ class Physio:
 
     def volume_end(self, seq: int, tr_s: float, acquired_s: float | None) -> float:
         """Where volume ``seq``'s samples end on the recording's clock (the origin left as it is)."""
-        origin = self.origin_s
-        if origin is None:
-            origin = (acquired_s if acquired_s is not None else 0.0) - seq * tr_s
-        return origin + (seq + 1) * tr_s
+        return self._origin(seq, tr_s, acquired_s) + (seq + 1) * tr_s
+
+    def _origin(self, seq: int, tr_s: float, acquired_s: float | None) -> float:
+        # The series' origin, or the one this volume would set as its first.
+        if self.origin_s is not None:
+            return self.origin_s
+        return (acquired_s if acquired_s is not None else 0.0) - seq * tr_s
 
     def volume_time(self, seq: int, tr_s: float, acquired_s: float | None) -> float:
         """Volume ``seq``'s start on the recording's clock.
@@ -142,8 +145,7 @@ class Physio:
         samples carry clock times) or 0 for volume 0 (the BIDS case, times relative to the first
         volume); later volumes follow at their TR.
         """
-        if self.origin_s is None:
-            self.origin_s = (acquired_s if acquired_s is not None else 0.0) - seq * tr_s
+        self.origin_s = self._origin(seq, tr_s, acquired_s)
         return self.origin_s + seq * tr_s
 
     def regressors(
