@@ -60,9 +60,10 @@ from rtdecode.models.bank import CandidateBank  # noqa: E402
 from rtdecode.models.files import mask_checksum  # noqa: E402
 from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
 from rtdecode.models.linear import LinearBundle  # noqa: E402
+from rtdecode.numerics.intdot import padded_width, selected  # noqa: E402
 from rtdecode.numerics.stats import normalise_rows  # noqa: E402
 from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
-from rtdecode.pipeline.ranking import QuantisedRows, top_k  # noqa: E402
+from rtdecode.pipeline.ranking import Identifier, QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
 from rtdecode.sim.physio import simulate_recording, write_physio  # noqa: E402
 from rtdecode.sim.session import SimParams, simulate_session, write_session  # noqa: E402
@@ -70,10 +71,14 @@ from rtdecode.sim.subject import slice_times  # noqa: E402
 from rtdecode.transport.zmq import Subscriber  # noqa: E402
 from rtdecode.volume import Stage, Volume, new_stamps, stamp, stamps_from_dict  # noqa: E402
 
+# The seven ROIs of GOD's visual cortex at roughly its sizes (voxels), and its three unions.
+GOD_ROIS = {"V1": 1000, "V2": 1000, "V3": 760, "V4": 740, "LOC": 540, "FFA": 570, "PPA": 360}
+GOD_UNIONS = {"LVC": ("V1", "V2", "V3"), "HVC": ("LOC", "FFA", "PPA"), "VC": tuple(GOD_ROIS)}
 WORKLOADS = {
-    "W1": {"shape": (64, 64, 50), "voxel_mm": 3.0, "voxels": 5000, "latents": False},
-    "W2": {"shape": (104, 104, 72), "voxel_mm": 2.0, "voxels": 20000, "latents": False},
-    "W3": {"shape": (64, 64, 50), "voxel_mm": 3.0, "voxels": 15000, "latents": True},
+    "W1": {"shape": (64, 64, 50), "voxel_mm": 3.0, "voxels": 5000, "latents": False, "rois": False},
+    "W2": {"shape": (104, 104, 72), "voxel_mm": 2.0, "voxels": 20000, "latents": False, "rois": False},
+    "W3": {"shape": (64, 64, 50), "voxel_mm": 3.0, "voxels": 15000, "latents": True, "rois": False},
+    "W4": {"shape": (64, 64, 50), "voxel_mm": 3.0, "voxels": 4970, "latents": False, "rois": True},
 }
 LAYERS, UNITS, PER_UNIT, CANDIDATES, TOP = 8, 1000, 500, 15372, 10
 LATENTS = {"image": (4, 40, 40), "text": (77, 768)}
@@ -92,17 +97,32 @@ def percentiles(values: list[float] | np.ndarray) -> dict[str, float]:
 # --- workload -----------------------------------------------------------------------------------
 
 
-def synthetic_bundle(mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator) -> LinearBundle:
-    """One ROI over all analysis voxels; each unit reads ``PER_UNIT`` random voxels."""
+def synthetic_bundle(
+    mask: np.ndarray, affine: np.ndarray, rng: np.random.Generator, god_rois: bool = False
+) -> LinearBundle:
+    """Decoders whose units each read ``PER_UNIT`` random voxels of their ROI (all, if fewer).
+
+    One ROI, VC, over all analysis voxels; or with ``god_rois`` the ten of GOD: seven disjoint
+    ROIs of :data:`GOD_ROIS`' sizes, in order along the analysis voxels, and their unions.
+    """
     n_vox, n_out = int(mask.sum()), LAYERS * UNITS
-    w = np.zeros((n_vox, n_out), dtype=np.float32)
-    per_unit = min(PER_UNIT, n_vox)
-    for u in range(n_out):
-        w[rng.choice(n_vox, per_unit, replace=False), u] = rng.standard_normal(per_unit) / np.sqrt(per_unit)
+    rois = {"VC": np.arange(n_vox)}
+    if god_rois:
+        ends = np.cumsum(list(GOD_ROIS.values()))
+        rois = {r: np.arange(e - n, e) for (r, n), e in zip(GOD_ROIS.items(), ends)}
+        rois |= {u: np.concatenate([rois[r] for r in parts]) for u, parts in GOD_UNIONS.items()}
+    weights = {}
+    for roi, pos in rois.items():
+        w = weights[roi] = np.zeros((pos.size, n_out), dtype=np.float32)
+        per_unit = min(PER_UNIT, pos.size)
+        for u in range(n_out):
+            w[rng.choice(pos.size, per_unit, replace=False), u] = rng.standard_normal(per_unit) / np.sqrt(
+                per_unit
+            )
     layers = [f"layer{i + 1}" for i in range(LAYERS)]
     return LinearBundle(
-        mask, affine, {"VC": np.arange(n_vox)}, layers, [UNITS] * LAYERS, {"VC": w},
-        {"VC": np.zeros(n_out, np.float32)}, {"synthetic": "bench workload"},
+        mask, affine, rois, layers, [UNITS] * LAYERS, weights,
+        {r: np.zeros(n_out, np.float32) for r in rois}, {"synthetic": "bench workload"},
     )  # fmt: skip
 
 
@@ -130,7 +150,7 @@ def prepare(name: str, work: Path) -> Path:
     mask = np.zeros(p.shape, bool)
     mask.ravel()[brain[np.argsort(dist)[: spec["voxels"]]]] = True
     print(f"{name}: decoders ({mask.sum()} voxels) and {CANDIDATES} candidates ...", flush=True)
-    bundle = synthetic_bundle(mask, ph.affine, rng)
+    bundle = synthetic_bundle(mask, ph.affine, rng, spec["rois"])
     bundle.save(d / "decoder")
     for tissue in ("wm", "csf"):  # the nuisance masks, as rtdecode train copies them into a bundle
         shutil.copy(d / "session" / f"{tissue}_mask.nii.gz", d / "decoder")
@@ -234,7 +254,11 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 
 def baseline(cfg: RunConfig, bold: Path) -> tuple[dict, list[np.ndarray], list[np.ndarray]]:
-    """The pipeline in this process on every volume: latency summary, predictions, top indices."""
+    """The pipeline in this process on every volume.
+
+    Returns the latency summary, and per volume the predictions (n_rois, units) and top indices
+    (n_rois, layers, k) of every ROI.
+    """
     pipe = build_pipeline(cfg)
     if pipe.physio is not None:
         rec = read_physio(physio_path_for(bold))
@@ -246,8 +270,8 @@ def baseline(cfg: RunConfig, bold: Path) -> tuple[dict, list[np.ndarray], list[n
         stamp(vol.stamps, Stage.PUBLISHED)
         tracker.add(vol.stamps)
         if res.predictions is not None:
-            preds.append(res.predictions[0])
-            tops.append(res.top_indices[0])
+            preds.append(res.predictions)
+            tops.append(res.top_indices)
     return tracker.summary(), preds, tops
 
 
@@ -297,50 +321,60 @@ def denoise_cost(cfg: RunConfig, bold: Path, base: dict) -> dict:
 def precision_check(d: Path, preds: list[np.ndarray], tops: list[np.ndarray], n_signal: int) -> dict:
     """Share of rankings whose top-10 equals float64's, per way of storing the bank.
 
-    Two query sets: the pipeline's predictions of the workload's volumes (unrelated to the
-    candidates: a hard case of many near-equal scores), and ``n_signal`` predictions made of a
-    candidate's features plus noise at r ~ 0.3 (the accuracy of real feature decoders).
+    Two query sets: the pipeline's predictions of the workload's volumes, every ROI (unrelated to
+    the candidates: a hard case of many near-equal scores), and ``n_signal`` predictions made of
+    a candidate's features plus noise at r ~ 0.3 (the accuracy of real feature decoders). A
+    ranking counts as identical when every layer's top-10 is.
     """
     bank = CandidateBank.load(d / "decoder" / "candidates.npz")
-    layers = list(bank.features)
-    stores = {
-        ly: {
-            "float64": normalise_rows(f.astype(np.float64)),
-            "float32": f,
-            "float16": f.astype(np.float16).astype(np.float32),  # float16 storage, float32 arithmetic
-            "int8_raw": QuantisedRows.quantise(f),  # int8 codes alone, no re-scoring
-        }
-        for ly, f in bank.features.items()
-    }
     rng = np.random.default_rng(11)
     signal = []
     for c in rng.integers(0, len(bank.labels), n_signal):
-        f = np.concatenate([bank.features[ly][c] for ly in layers])
+        f = np.concatenate([bank.features[ly][c] for ly in bank.features])
         signal.append(f + rng.normal(0, 3.0 * f.std(), f.size))
+    sets = {"pipeline": np.concatenate(preds), "signal": np.array(signal, dtype=np.float32)}
+    published = np.concatenate(tops)  # (volumes x ROIs, layers, k), as the pipeline ranked them
     out = {}
-    for qname, queries in (("pipeline", preds), ("signal", signal)):
+    for qname, queries in sets.items():
         kinds = ["float32", "float16", "int8_raw"] + (["int8_certified"] if qname == "pipeline" else [])
-        same = dict.fromkeys(kinds, 0)
-        for qi, pred in enumerate(queries):
-            ok = dict.fromkeys(kinds, True)
-            for j, ly in enumerate(layers):
-                st = stores[ly]
-                p = pred[j * UNITS : (j + 1) * UNITS][None]
-                truth = top_k(normalise_rows(p) @ st["float64"].T, TOP)[0][0]
-                p32 = normalise_rows(p).astype(np.float32)
-                got = {
-                    "float32": top_k(p32 @ st["float32"].T, TOP)[0][0],
-                    "float16": top_k(p32 @ st["float16"].T, TOP)[0][0],
-                    "int8_raw": top_k(st["int8_raw"].dot_bounds(p32)[0], TOP)[0][0],
-                }
-                if qname == "pipeline":
-                    got["int8_certified"] = tops[qi][j]  # what the pipeline published
-                for k in kinds:
-                    ok[k] &= bool(np.array_equal(got[k], truth))
-            for k in kinds:
-                same[k] += ok[k]
-        out[qname] = {"n": len(queries)} | {k: v / max(len(queries), 1) for k, v in same.items()}
+        same = {kind: np.ones(len(queries), bool) for kind in kinds}
+        for j, f in enumerate(bank.features.values()):
+            p = normalise_rows(queries[:, j * UNITS : (j + 1) * UNITS])
+            truth = top_k(p @ normalise_rows(f.astype(np.float64)).T, TOP)[0]
+            p32 = p.astype(np.float32)
+            got = {
+                "float32": top_k(p32 @ f.T, TOP)[0],
+                "float16": top_k(p32 @ f.astype(np.float16).astype(np.float32).T, TOP)[0],  # float16 storage
+                "int8_raw": top_k(QuantisedRows.quantise(f).dot_bounds(p32)[0], TOP)[0],  # no re-scoring
+            }
+            if qname == "pipeline":
+                got["int8_certified"] = published[:, j]
+            for kind in kinds:
+                same[kind] &= (got[kind] == truth).all(1)
+        out[qname] = {"n": len(queries)} | {kind: float(v.mean()) for kind, v in same.items()}
     return out
+
+
+def roi_rank_times(cfg: RunConfig, preds: list[np.ndarray]) -> dict:
+    """Ranking time per volume: all ROIs in one pass over the bank, and each ROI alone.
+
+    In this process, with the decoder's ranking settings, on the pipeline's predictions;
+    medians in ms.
+    """
+    bundle = LinearBundle.load(cfg.bundle)
+    bank = CandidateBank.load(Path(cfg.bundle) / "candidates.npz")
+    with Identifier(bank, bundle.layer_slices, cfg.top_k, cfg.rank_precision, cfg.rank_threads) as ident:
+        shared = _median_ms(partial(next, map(ident.rank, preds * 2)), len(preds))
+        alone = {
+            roi: _median_ms(partial(next, map(ident.rank, [p[i : i + 1] for p in preds] * 2)), len(preds))
+            for i, roi in enumerate(bundle.roi_names)
+        }
+    return {
+        "all_rois_ms": shared,
+        "per_roi_shared_ms": shared / len(bundle.roi_names),
+        "per_roi_alone_ms": alone,
+        "kernel": selected().isa if cfg.rank_precision == "int8" else "float32",
+    }
 
 
 # --- live ---------------------------------------------------------------------------------------
@@ -536,13 +570,16 @@ def bytes_per_volume(d: Path, cfg: RunConfig, rescored_rows: float = 0.0) -> dic
     bundle = LinearBundle.load(cfg.bundle)
     shape = bundle.mask.shape
     vol = int(np.prod(shape))
-    w, idx = bundle.sparse.get("VC", (bundle.weights["VC"], np.zeros(0, np.int32)))
+    decode = sum(
+        sum(a.nbytes for a in bundle.sparse.get(roi, (bundle.weights[roi],))) for roi in bundle.roi_names
+    )
+    row = padded_width(UNITS) if cfg.rank_precision == "int8" else 4 * UNITS  # int8 rows padded to 64 B
     out = {
         "volume": vol * 2,
         # spline coefficients (float32) built over the volume, read at <= 10,000 points per iteration
         "motion": vol * (2 + 4 * 3),
-        "decode": int(w.nbytes + idx.nbytes),
-        "rank": LAYERS * (CANDIDATES * UNITS * (1 if cfg.rank_precision == "int8" else 4)),
+        "decode": int(decode),
+        "rank": LAYERS * CANDIDATES * row,
     }
     if cfg.latents:
         lat = LatentDecoders.load(cfg.latents)
@@ -565,6 +602,8 @@ def run_workload(args: argparse.Namespace) -> dict:
     print(f"denoising (slice timing, despike, 6 mm smoothing, every regressor): {json.dumps(denoise)}")
     prec = precision_check(d, preds, tops, args.signal_queries)
     print("top-10 identical to float64:", json.dumps(prec))
+    per_roi = roi_rank_times(cfg, preds)
+    print("ranking per volume (this process):", json.dumps(per_roi))
     paced = live(cfg, bold, 1.0, work)
     print("live, paced at TR 1 s\n" + format_table(paced["stages_ms"]))
     unpaced = live(cfg, bold, float("inf"), work, args.repeat)
@@ -601,6 +640,7 @@ def run_workload(args: argparse.Namespace) -> dict:
         "denoise": denoise,
         "naive_ms": nv,
         "top10_equal_float64": prec,
+        "rank_per_roi": per_roi,
         "numpy": np.__version__,
     }  # fmt: skip
     if "latent_ms" in paced:
@@ -630,7 +670,6 @@ def scaling(repeats: int = 15) -> dict:
     """Each stage alone, one thread, over the sizes that set its cost."""
     from rtdecode.numerics.kernels import grid_points, warm_up
     from rtdecode.pipeline.motion import MotionCorrector
-    from rtdecode.pipeline.ranking import Identifier
     from rtdecode.sim.phantom import make_phantom
     from rtdecode.sim.session import apply_motion
 

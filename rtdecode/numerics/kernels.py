@@ -7,18 +7,8 @@ against which the tests check these kernels.
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
-# numba caches compiled kernels beside the source; an installed, read-only package needs another
-# place. These must be set before numba is imported.
-if not os.access(Path(__file__).parent, os.W_OK) and "NUMBA_CACHE_DIR" not in os.environ:
-    os.environ["NUMBA_CACHE_DIR"] = str(Path(tempfile.gettempdir()) / f"rtdecode-numba-{os.getuid()}")
-os.environ.setdefault("NUMBA_THREADING_LAYER", "workqueue")  # no OpenMP spin-waiting on 2 cores
-
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
+import numba
+import numpy as np
 
 _POLE = np.sqrt(3.0) - 2.0  # the cubic B-spline's pole
 _GAIN = (1.0 - _POLE) * (1.0 - 1.0 / _POLE)  # = 6
@@ -293,9 +283,9 @@ def sparse_matvec(w: np.ndarray, idx: np.ndarray, x: np.ndarray, b: np.ndarray, 
 def int8_scores(codes: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
     """``out[q, i] = sum_j codes[i, j] * query[q, j]`` in exact integer arithmetic.
 
-    ``codes`` int8 (n, m), ``query`` int16 (r, m), ``out`` int32 (r, n). The caller keeps
-    ``127 * max|query| * m`` below 2**31. Each code row is read once for all queries: the bank is
-    what costs memory bandwidth.
+    ``codes`` int8 (n, m), ``query`` int8 (r, m), ``out`` int32 (r, n). The portable kernel of
+    :mod:`rtdecode.numerics.intdot`, and the reference its CPU-specific kernels must match. Each
+    code row is read once for all queries: the bank is what costs memory bandwidth.
     """
     for i in range(codes.shape[0]):
         row = codes[i]
@@ -321,4 +311,4 @@ def warm_up() -> None:
         np.zeros(2, np.float32),
         np.empty(2, np.float32),
     )
-    int8_scores(np.ones((2, 3), np.int8), np.ones((1, 3), np.int16), np.empty((1, 2), np.int32))
+    int8_scores(np.ones((2, 3), np.int8), np.ones((1, 3), np.int8), np.empty((1, 2), np.int32))

@@ -15,8 +15,9 @@ import numpy as np
 
 from rtdecode.errors import ModelFileError
 from rtdecode.models.bank import CandidateBank
-from rtdecode.numerics.kernels import int8_scores
+from rtdecode.numerics.intdot import padded_width, selected
 from rtdecode.numerics.stats import correlations, normalise_rows
+from rtdecode.numerics.topk import certified_top_k as select_top_k
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -59,28 +60,33 @@ PRECISIONS = ("float32", "int8")
 
 @dataclass
 class QuantisedRows:
-    """Rows stored as int8 codes with one scale each: ``row ~= scale * codes``.
+    """Rows stored as int8 codes with one scale each: ``row ~= scale * codes[:m]``.
 
-    ``error`` is each row's exact L2 quantisation error, which bounds the error of any dot product
-    with a unit vector (Cauchy-Schwarz).
+    ``codes`` rows are padded with zeros to a multiple of 64 bytes, whole chunks for the integer
+    dot-product kernels (:mod:`rtdecode.numerics.intdot`). ``error`` is each row's exact L2
+    quantisation error, which bounds the error of any dot product with a unit vector
+    (Cauchy-Schwarz).
     """
 
-    codes: np.ndarray  # int8 (n, m); int16 when quantised to more than 127 levels
+    codes: np.ndarray  # int8 (n, padded_width(m)), values -127..127
     scale: np.ndarray  # float64 (n,)
     error: np.ndarray  # float64 (n,)
 
     @classmethod
-    def quantise(cls, rows: np.ndarray, levels: int = 127) -> QuantisedRows:
-        """Quantise each row symmetrically to ``-levels..levels`` (int8 up to 127, else int16)."""
+    def quantise(cls, rows: np.ndarray) -> QuantisedRows:
+        """Quantise each row symmetrically to ``-127..127`` times its own scale."""
         rows = np.asarray(rows, dtype=np.float64)
-        amax = np.abs(rows).max(axis=1) if rows.shape[1] else np.zeros(rows.shape[0])
-        scale = np.where(amax > 0, amax / levels, 1.0)
+        n, m = rows.shape
+        amax = np.abs(rows).max(axis=1) if m else np.zeros(n)
+        scale = np.where(amax > 0, amax / 127, 1.0)
         q = np.rint(rows / scale[:, None])
         error = np.linalg.norm(rows - q * scale[:, None], axis=1)
-        return cls(q.astype(np.int8 if levels <= 127 else np.int16), scale, error)
+        codes = np.zeros((n, padded_width(m)), dtype=np.int8)
+        codes[:, :m] = q
+        return cls(codes, scale, error)
 
-    def dot_bounds(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate ``rows @ p`` for each row of ``p`` and a bound on the error of each value.
+    def products(self, p: np.ndarray) -> tuple[np.ndarray, QuantisedRows, float]:
+        """Exact integer products of these codes with ``p`` quantised the same way.
 
         Parameters
         ----------
@@ -90,21 +96,41 @@ class QuantisedRows:
 
         Returns
         -------
-        approx, bound : numpy.ndarray
-            float64 (r, n): ``|rows @ p.T - approx| <= bound`` element-wise, counting the
-            quantisation of both sides and float32 rounding of an m-term dot product.
+        acc : numpy.ndarray
+            int32 (r, n): ``rows @ p.T ~= acc * query.scale[:, None] * self.scale``.
+        query : QuantisedRows
+            ``p`` as codes.
+        rounding : float
+            What float32 rounding of an m-term dot product of unit vectors can add, twice over.
         """
         m = p.shape[1]
-        # int16 query codes, as fine as int32 accumulation of m products with int8 allows.
-        limit = min(32767, (2**31 - 1) // (127 * max(m, 1)))
-        pq = QuantisedRows.quantise(p, limit)
+        query = QuantisedRows.quantise(p)
         acc = np.empty((p.shape[0], self.codes.shape[0]), dtype=np.int32)
-        int8_scores(self.codes, pq.codes, acc)
-        approx = acc * pq.scale[:, None] * self.scale[None, :]
-        p_hat_norm = np.linalg.norm(pq.codes * pq.scale[:, None], axis=1)
-        rounding = 4.0 * m * 2.0**-24  # float32 dot products of unit vectors, computed twice
-        bound = pq.error[:, None] + self.error[None, :] * p_hat_norm[:, None] + rounding
+        selected()(self.codes, query.codes, acc)  # exact: 127 * 127 * m stays far below 2**31
+        return acc, query, 4.0 * m * 2.0**-24
+
+    def dot_bounds(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate ``rows @ p`` for each row of ``p`` and a bound on the error of each value.
+
+        Parameters
+        ----------
+        p : numpy.ndarray
+            As for :meth:`products`.
+
+        Returns
+        -------
+        approx, bound : numpy.ndarray
+            float64 (r, n): ``|rows @ p.T - approx| <= bound`` element-wise, counting the
+            quantisation of both sides and float32 rounding.
+        """
+        acc, query, rounding = self.products(p)
+        approx = acc * query.scale[:, None] * self.scale[None, :]
+        bound = query.error[:, None] + self.error[None, :] * query.norms()[:, None] + rounding
         return approx, bound
+
+    def norms(self) -> np.ndarray:
+        """L2 norm of each quantised row, ``|scale * codes|``."""
+        return np.sqrt(np.einsum("ij,ij->i", self.codes, self.codes, dtype=np.float64)) * self.scale
 
 
 def certified_top_k(
@@ -112,9 +138,9 @@ def certified_top_k(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The float32 top-k of ``p @ features.T`` found through int8 codes and re-scoring.
 
-    Only the rows whose upper bound reaches the k-th best exact score of the approximate top k
-    are read in float32, so the answer is that of :func:`top_k` on the full float32 product
-    (up to float32 rounding of near-equal scores).
+    Only the rows whose error bound lets them reach the top k are read in float32
+    (:func:`rtdecode.numerics.topk.certified_top_k`), so the answer is that of :func:`top_k` on
+    the full float32 product (up to float32 rounding of near-equal scores).
 
     Parameters
     ----------
@@ -132,16 +158,15 @@ def certified_top_k(
     scores : numpy.ndarray
         float32 (r, k).
     """
-    k = min(k, features.shape[0])
-    approx, bound = quantised.dot_bounds(p)
-    idx = np.empty((p.shape[0], k), dtype=np.int32)
-    val = np.empty((p.shape[0], k), dtype=np.float32)
-    for q in range(p.shape[0]):
-        first = np.argpartition(-approx[q], k - 1)[:k]
-        threshold = (features[first] @ p[q]).min()
-        need = np.flatnonzero(approx[q] + bound[q] >= threshold)
-        top, val[q] = top_k((features[need] @ p[q])[None], k)
-        idx[q] = need[top[0]]
+    p = np.ascontiguousarray(p, dtype=np.float32)
+    r, k = p.shape[0], min(k, features.shape[0])
+    acc, query, rounding = quantised.products(p)
+    idx = np.empty((r, k), dtype=np.int32)
+    val = np.empty((r, k), dtype=np.float32)
+    select_top_k(
+        acc, quantised.scale, quantised.error, query.scale, query.error + rounding, query.norms(),
+        features, p, idx, val,
+    )  # fmt: skip
     return idx, val
 
 
@@ -194,11 +219,10 @@ class Identifier:
         self.layer_slices = layer_slices
         self.k = k
         self.precision = precision
-        self.quantised = (
-            {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layer_slices}
-            if precision == "int8"
-            else {}
-        )
+        self.quantised = {}
+        if precision == "int8":
+            self.kernel = selected().isa  # compiled and checked now, not on the first volume
+            self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layer_slices}
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rank") if threads > 1 else None
 
     def rank(self, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
