@@ -123,3 +123,14 @@ def test_identifier_parameters_are_checked():
         Identifier(bank, {"l": slice(0, 3)}, precision="float16")
     with pytest.raises(ValueError, match="threads"):
         Identifier(bank, {"l": slice(0, 3)}, threads=0)
+
+
+def test_int8_ranking_of_fewer_candidates_than_k_ranks_them_all():
+    rng = np.random.default_rng(8)
+    bank = CandidateBank([f"c{i}" for i in range(5)], {"l": rng.standard_normal((5, 70))})
+    pred = rng.standard_normal((3, 70)).astype(np.float32)
+    a = Identifier(bank, {"l": slice(0, 70)}, k=10, precision="float32").rank(pred)
+    b = Identifier(bank, {"l": slice(0, 70)}, k=10, precision="int8").rank(pred)
+    assert b[0].shape == (3, 1, 5)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[1], b[1], atol=1e-6)
