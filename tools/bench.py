@@ -12,12 +12,16 @@ from the simulator, with head motion, so motion correction does real work):
 - W2 (multiband): 104x104x72 volume, 20,000 voxels, otherwise as W1.
 - W3 (diffusion latents): W1 with 15,000 voxels and latent maps to 6,400 + 59,136 outputs (random
   factors of the exact ridge map's shapes, rank 1,200 = training blocks).
+- W4 (every ROI): W1 with GOD's ten ROIs decoded and ranked (V1-V4, LOC, FFA, PPA of roughly
+  GOD's sizes, 4,970 voxels, and their unions LVC, HVC, VC); one pass over the bank ranks all
+  ten ROIs' predictions.
 
 One run of a workload:
 
 1. the machine's read bandwidth, one and two threads;
-2. the pipeline in this process, no sockets, on every volume (the baseline), and the top-10 of
-   every volume checked against float64 rankings (plus float16 / raw int8 storage, emulated);
+2. the pipeline in this process, no sockets, on every volume (the baseline), the top-10 of every
+   volume and ROI checked against float64 rankings (plus float16 / raw int8 storage, emulated),
+   and the ranking timed for all ROIs at once and for each ROI alone;
 3. live: a sender process, ``rtdecode run`` and a subscriber process on loopback ZeroMQ, paced at
    the TR (1 s) and unpaced; the decoder's RSS sampled from /proc;
 4. the naive pipeline (SimpleITK rigid registration, scikit-learn ``predict``, one
@@ -177,7 +181,7 @@ def prepare(name: str, work: Path) -> Path:
     return d
 
 
-def run_config(d: Path, precision: str, threads: int) -> RunConfig:
+def run_config(d: Path, precision: str, threads: int, decode_threads: int = 1) -> RunConfig:
     """The decoder settings of a workload."""
     return dataclasses.replace(
         RunConfig(),
@@ -185,6 +189,7 @@ def run_config(d: Path, precision: str, threads: int) -> RunConfig:
         top_k=TOP,
         rank_precision=precision,
         rank_threads=threads,
+        decode_threads=decode_threads,
         latents=str(d / "latents") if (d / "latents").exists() else "",
     )
 
@@ -592,7 +597,7 @@ def run_workload(args: argparse.Namespace) -> dict:
     work = Path(args.work)
     d = prepare(args.workload, work)
     bold = d / "session" / "bold.nii"
-    cfg = run_config(d, args.precision, args.rank_threads)
+    cfg = run_config(d, args.precision, args.rank_threads, args.decode_threads)
     bw = read_bandwidth()
     print(f"read bandwidth: {bw['one_thread_gbs']:.1f} GB/s one thread, {bw['two_threads_gbs']:.1f} two")
     base, preds, tops = baseline(cfg, bold)
@@ -621,6 +626,7 @@ def run_workload(args: argparse.Namespace) -> dict:
                                             "candidates": CANDIDATES},
         "rank_precision": args.precision,
         "rank_threads": args.rank_threads,
+        "decode_threads": args.decode_threads,
         "end_to_end_ms": e2e,
         "naive_end_to_end_ms": nv["end_to_end"] if nv else None,
         "speedup_vs_naive": nv["end_to_end"]["p50"] / e2e["p50"] if nv else None,
@@ -729,6 +735,7 @@ def main() -> None:
     ap.add_argument("--work", default="bench-out", help="working directory (reused)")
     ap.add_argument("--precision", choices=["int8", "float32"], default="int8")
     ap.add_argument("--rank-threads", type=int, default=2, help="decoder's run.rank_threads")
+    ap.add_argument("--decode-threads", type=int, default=2, help="decoder's run.decode_threads")
     ap.add_argument("--repeat", type=int, default=1, help="unpaced run: send the series N times")
     ap.add_argument("--naive-volumes", type=int, default=10, help="0: skip the naive pipeline")
     ap.add_argument("--signal-queries", type=int, default=200)

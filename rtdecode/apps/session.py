@@ -294,6 +294,8 @@ class LiveSession:
         return {**dataclasses.asdict(self.cfg), **files, "n_candidates": n_candidates}
 
     def close(self) -> None:
-        """Release the ranking threads; safe twice."""
+        """Release the decoding and ranking threads; safe twice."""
         if self.pipe.identifier is not None:
             self.pipe.identifier.close()
+        if self.pipe.decode_workers is not None:
+            self.pipe.decode_workers.shutdown()
