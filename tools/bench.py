@@ -226,7 +226,7 @@ def watch_rss(proc: subprocess.Popen, period_s: float) -> tuple[list[tuple[float
     while proc.poll() is None:
         try:
             samples.append((time.monotonic() - t0, *rss_kib(proc.pid)))
-        except (FileNotFoundError, ProcessLookupError):
+        except (FileNotFoundError, ProcessLookupError, KeyError):  # KeyError: exited, not yet reaped
             break
         time.sleep(period_s)
     return samples, time.monotonic() - t0

@@ -287,11 +287,13 @@ class LiveSession:
         return {**self.counts.fields(), "latency_ms": self.tracker.summary()}
 
     def settings(self) -> dict:
-        """The run configuration and the candidate count, as the ``started`` and ``end`` events carry them."""
-        n_candidates = len(self.pipe.identifier.bank.labels) if self.pipe.identifier is not None else 0
+        """The run configuration, candidate count and int8 kernel, as ``started`` and ``end`` carry them."""
+        ident = self.pipe.identifier
+        n_candidates = len(ident.bank.labels) if ident is not None else 0
         # Absolute paths: a report or an evaluation reads them from any directory.
         files = {k: str(Path(v).resolve()) for k in ("bundle", "candidates") if (v := getattr(self.cfg, k))}
-        return {**dataclasses.asdict(self.cfg), **files, "n_candidates": n_candidates}
+        kernel = getattr(ident, "kernel", None)  # the instructions the int8 ranking runs on
+        return {**dataclasses.asdict(self.cfg), **files, "n_candidates": n_candidates, "int8_kernel": kernel}
 
     def close(self) -> None:
         """Release the decoding and ranking threads; safe twice."""

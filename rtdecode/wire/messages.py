@@ -301,7 +301,10 @@ class Status(WireMessage):
         optional=True,
     )
     settings: dict | None = header(
-        "object", "`started`, `end`: the `run` configuration and `n_candidates`", optional=True
+        "object",
+        "`started`, `end`: the `run` configuration, `n_candidates` and `int8_kernel` (the int8 ranking's "
+        "instructions: `avx512vnni`, `avxvnni`, `avx2`, `portable`; null with float32 ranking)",
+        optional=True,
     )
 
 

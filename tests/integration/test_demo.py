@@ -11,6 +11,7 @@ from helpers import ARTIFACTS, open_page, page_errors
 
 from rtdecode.apps.report import Recording, truth_from_blocks
 from rtdecode.io.nifti import read_events
+from rtdecode.numerics.intdot import selected
 
 
 @pytest.fixture(scope="module", params=["zmq", "lsl"])
@@ -72,6 +73,7 @@ def test_the_demo_report_opens_in_chromium_and_agrees_with_the_summary(demo, bro
     transport, _, s = demo
     rec = Recording.load(s["recording"])
     assert rec.seq.size == s["volumes"]["processed"] and rec.settings["n_candidates"] > 1
+    assert rec.settings["int8_kernel"] == selected().isa  # what the ranking ran on, in the record
     open_page(browser, Path(s["report"]).resolve().as_uri())
     assert page_errors(browser) == []
     ids = [e.get_attribute("id") for e in browser.find_elements("css selector", "section")]
