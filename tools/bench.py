@@ -181,7 +181,7 @@ def prepare(name: str, work: Path) -> Path:
     return d
 
 
-def run_config(d: Path, precision: str, threads: int, decode_threads: int = 1) -> RunConfig:
+def run_config(d: Path, precision: str, threads: int) -> RunConfig:
     """The decoder settings of a workload."""
     return dataclasses.replace(
         RunConfig(),
@@ -189,7 +189,6 @@ def run_config(d: Path, precision: str, threads: int, decode_threads: int = 1) -
         top_k=TOP,
         rank_precision=precision,
         rank_threads=threads,
-        decode_threads=decode_threads,
         latents=str(d / "latents") if (d / "latents").exists() else "",
     )
 
@@ -597,7 +596,7 @@ def run_workload(args: argparse.Namespace) -> dict:
     work = Path(args.work)
     d = prepare(args.workload, work)
     bold = d / "session" / "bold.nii"
-    cfg = run_config(d, args.precision, args.rank_threads, args.decode_threads)
+    cfg = run_config(d, args.precision, args.rank_threads)
     bw = read_bandwidth()
     print(f"read bandwidth: {bw['one_thread_gbs']:.1f} GB/s one thread, {bw['two_threads_gbs']:.1f} two")
     base, preds, tops = baseline(cfg, bold)
@@ -626,7 +625,6 @@ def run_workload(args: argparse.Namespace) -> dict:
                                             "candidates": CANDIDATES},
         "rank_precision": args.precision,
         "rank_threads": args.rank_threads,
-        "decode_threads": args.decode_threads,
         "end_to_end_ms": e2e,
         "naive_end_to_end_ms": nv["end_to_end"] if nv else None,
         "speedup_vs_naive": nv["end_to_end"]["p50"] / e2e["p50"] if nv else None,
@@ -735,7 +733,6 @@ def main() -> None:
     ap.add_argument("--work", default="bench-out", help="working directory (reused)")
     ap.add_argument("--precision", choices=["int8", "float32"], default="int8")
     ap.add_argument("--rank-threads", type=int, default=2, help="decoder's run.rank_threads")
-    ap.add_argument("--decode-threads", type=int, default=2, help="decoder's run.decode_threads")
     ap.add_argument("--repeat", type=int, default=1, help="unpaced run: send the series N times")
     ap.add_argument("--naive-volumes", type=int, default=10, help="0: skip the naive pipeline")
     ap.add_argument("--signal-queries", type=int, default=200)

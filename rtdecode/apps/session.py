@@ -296,8 +296,6 @@ class LiveSession:
         return {**dataclasses.asdict(self.cfg), **files, "n_candidates": n_candidates, "int8_kernel": kernel}
 
     def close(self) -> None:
-        """Release the decoding and ranking threads; safe twice."""
+        """Release the ranking threads; safe twice."""
         if self.pipe.identifier is not None:
             self.pipe.identifier.close()
-        if self.pipe.decode_workers is not None:
-            self.pipe.decode_workers.shutdown()

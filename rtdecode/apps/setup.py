@@ -7,7 +7,6 @@ Everything here reads files or opens sockets once, before the first volume; the 
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -66,9 +65,6 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     pre = Preprocessor.from_config(cfg.preprocess)
     quality = QualityMonitor(bundle.rois, cfg.expected_volumes)
     timer = SliceTimer() if cfg.preprocess.slice_timing else None
-    decode_workers = None
-    if cfg.decode_threads > 1:
-        decode_workers = ThreadPoolExecutor(cfg.decode_threads, thread_name_prefix="decode")
     return Pipeline(
         bundle.mask,
         pre,
@@ -81,7 +77,6 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         quality,
         timer,
         EchoCombiner(cfg.preprocess.baseline_volumes),
-        decode_workers,
     )
 
 

@@ -8,7 +8,6 @@ are typed against :class:`Decoder`, not against either class.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from pathlib import Path
 from typing import Protocol
 
@@ -36,11 +35,8 @@ class Decoder(Protocol):
     def layer_slices(self) -> dict[str, slice]:
         """Each layer's units within a prediction row."""
 
-    def predict(self, x: np.ndarray, workers: Executor | None = None) -> np.ndarray:
-        """float32 (n_rois, sum(n_units)) from one preprocessed analysis vector (n_voxels,).
-
-        ``workers``: threads the decoder may share its work with (same result).
-        """
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """float32 (n_rois, sum(n_units)) from one preprocessed analysis vector (n_voxels,)."""
 
 
 def load_bundle(directory: str | Path) -> Decoder:

@@ -12,9 +12,7 @@ SHA-256 checksums); see ``docs/formats.md``.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -91,16 +89,13 @@ class LinearBundle:
         """Number of analysis voxels."""
         return int(self.mask.sum())
 
-    def predict(self, x: np.ndarray, workers: Executor | None = None) -> np.ndarray:
+    def predict(self, x: np.ndarray) -> np.ndarray:
         """Predict the features of all layers from every ROI.
 
         Parameters
         ----------
         x : numpy.ndarray
             float32, shape (n_voxels,): preprocessed analysis voxels.
-        workers : concurrent.futures.Executor, optional
-            Threads to share the work: each ROI's units in two halves (the kernels release the
-            GIL; every unit is computed as without them).
 
         Returns
         -------
@@ -110,25 +105,16 @@ class LinearBundle:
         """
         if x.shape != (self.n_voxels,):
             raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {x.shape}")
-        n_out = sum(self.n_units)
-        out = np.empty((len(self.roi_names), n_out), dtype=np.float32)
-        cuts = (0, n_out) if workers is None else (0, n_out // 2, n_out)
-        parts = [(i, slice(a, b)) for i in range(len(self.roi_names)) for a, b in zip(cuts[:-1], cuts[1:])]
-        run = partial(self._predict_units, x, out)
-        for _ in map(run, parts) if workers is None else workers.map(run, parts):
-            pass
+        out = np.empty((len(self.roi_names), sum(self.n_units)), dtype=np.float32)
+        for i, roi in enumerate(self.roi_names):
+            xr = x[self.rois[roi]]
+            if roi in self.sparse:
+                w, idx = self.sparse[roi]
+                sparse_matvec(w, idx, xr, self.intercepts[roi], out[i])
+            else:
+                np.dot(xr, self.weights[roi], out=out[i])
+                out[i] += self.intercepts[roi]
         return out
-
-    def _predict_units(self, x: np.ndarray, out: np.ndarray, part: tuple[int, slice]) -> None:
-        i, units = part
-        roi = self.roi_names[i]
-        xr = x[self.rois[roi]]
-        if roi in self.sparse:
-            w, idx = self.sparse[roi]
-            sparse_matvec(w[units], idx[units], xr, self.intercepts[roi][units], out[i, units])
-        else:
-            np.dot(xr, self.weights[roi][:, units], out=out[i, units])
-            out[i, units] += self.intercepts[roi][units]
 
     def save(self, directory: str | Path) -> Path:
         """Write ``decoder.npz`` and ``decoder.json`` into ``directory``."""

@@ -9,7 +9,6 @@ state dict read with ``torch.load(weights_only=True)``. torch is an optional ext
 
 from __future__ import annotations
 
-from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,12 +59,8 @@ class MLPBundle:
         """Number of analysis voxels."""
         return int(self.mask.sum())
 
-    def predict(self, x: np.ndarray, workers: Executor | None = None) -> np.ndarray:
-        """Features of all layers from every ROI, float32 (n_rois, sum(n_units)).
-
-        ``workers`` is accepted for the :class:`~rtdecode.models.bundle.Decoder` protocol and not
-        used: torch runs one thread in the real-time path.
-        """
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Features of all layers from every ROI, float32 (n_rois, sum(n_units))."""
         if x.shape != (self.n_voxels,):
             raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {x.shape}")
         out = np.empty((len(self.roi_names), sum(self.n_units)), dtype=np.float32)

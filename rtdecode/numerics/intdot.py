@@ -6,8 +6,7 @@ do 32 (AVX2 ``vpmaddubsw``) or 64 (AVX-512 VNNI ``vpdpbusd``) and keep up with m
 are written in LLVM IR and compiled at start-up by llvmlite (which numba brings) for the host CPU:
 
 - ``avx512vnni``: ``vpdpbusd`` on 512 bits. It multiplies unsigned by signed bytes, so the bank
-  byte is made unsigned (``c + 128``, one ``xor`` shared by all queries) and ``128 * sum(q)`` is
-  subtracted at the end;
+  byte is made unsigned (``c + 128``, one ``xor``) and ``128 * sum(q)`` is subtracted at the end;
 - ``avxvnni``: the same on 256 bits (VEX-encoded VNNI of CPUs without AVX-512);
 - ``avx2``: ``vpmaddubsw`` then ``vpmaddwd``. The query's sign moves onto the bank byte
   (``vpsignb``) so the unsigned operand is ``|q|``; with both sides in -127..127 the pairs
@@ -15,7 +14,7 @@ are written in LLVM IR and compiled at start-up by llvmlite (which numba brings)
 - ``portable``: :func:`rtdecode.numerics.kernels.int8_scores`, the numba loop.
 
 All four compute the same exact integer sums. The best one the CPU has is chosen at start-up, and
-only after it has matched the portable kernel on random data (:func:`select`).
+only after it has matched the portable kernel on random data (:func:`selected`).
 """
 
 from __future__ import annotations

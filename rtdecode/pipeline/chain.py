@@ -12,7 +12,6 @@ import logging
 import math
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Executor
 from dataclasses import dataclass
 
 import numpy as np
@@ -98,7 +97,6 @@ class Pipeline:
         quality: QualityMonitor | None = None,
         slice_timer: SliceTimer | None = None,
         echoes: EchoCombiner | None = None,
-        decode_workers: Executor | None = None,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
@@ -118,7 +116,6 @@ class Pipeline:
         self.echoes = echoes or EchoCombiner()
         self.motion = motion
         self.decoder = decoder
-        self.decode_workers = decode_workers
         self.identifier = identifier
         self.max_gap_volumes = max_gap_volumes
         self.affine = None if affine is None else np.asarray(affine, dtype=np.float64)
@@ -344,7 +341,7 @@ class Pipeline:
         stamp(vol.stamps, Stage.PREPROCESSED)
         if res.x is None or self.decoder is None:
             return res
-        res.predictions = self.decoder.predict(res.x, self.decode_workers)
+        res.predictions = self.decoder.predict(res.x)
         stamp(vol.stamps, Stage.DECODED)
         if self.identifier is not None:
             res.top_indices, res.top_scores = self.identifier.rank(res.predictions)

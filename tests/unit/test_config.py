@@ -23,7 +23,6 @@ def test_shipped_configs_load():
         ("run: [1, 2", "not valid YAML"),
         ("run:\n  top_k: 0\n", r"broken.yaml: run.top_k: must be between 1 and 1000, got 0"),
         ("run:\n  top_k: five\n", r"run.top_k: must be an integer, got 'five'"),
-        ("run:\n  decode_threads: 0\n", r"run.decode_threads: must be between 1 and 64, got 0"),
         (
             "run:\n  motion:\n    enabled: yes\n    fd_threshold: 1\n",
             r"run.motion: unknown key\(s\) \['fd_threshold'\]",

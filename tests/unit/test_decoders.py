@@ -1,5 +1,4 @@
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -78,7 +77,3 @@ def test_units_on_few_voxels_are_applied_sparsely_with_the_dense_result():
     np.testing.assert_allclose(out[0], x @ w + b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[1], x @ dense_w + b, rtol=1e-5, atol=1e-5)
     assert out[0, 7] == b[7]
-    with ThreadPoolExecutor(2) as workers:  # each ROI's units in two halves on two threads
-        shared = bundle.predict(x, workers)
-    np.testing.assert_array_equal(shared[0], out[0])  # sparse: the same arithmetic per unit
-    np.testing.assert_allclose(shared[1], out[1], rtol=1e-5, atol=1e-5)  # BLAS blocks differ
