@@ -104,9 +104,11 @@ class QuantisedRows:
             What float32 rounding of an m-term dot product of unit vectors can add, twice over.
         """
         m = p.shape[1]
+        if 127 * 127 * self.codes.shape[1] >= 2**31:
+            raise ValueError(f"{m} units per row overflow int32 sums of int8 products; rank in float32")
         query = QuantisedRows.quantise(p)
         acc = np.empty((p.shape[0], self.codes.shape[0]), dtype=np.int32)
-        selected()(self.codes, query.codes, acc)  # exact: 127 * 127 * m stays far below 2**31
+        selected()(self.codes, query.codes, acc)  # exact: the sums stay below 2**31 (checked above)
         return acc, query, 4.0 * m * 2.0**-24
 
     def dot_bounds(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -210,6 +212,8 @@ class Identifier:
             if layer not in bank.features:
                 raise ModelFileError(f"candidate bank has no layer {layer!r}; it has {list(bank.features)}")
             n = sl.stop - sl.start
+            if precision == "int8" and 127 * 127 * padded_width(n) >= 2**31:
+                raise ModelFileError(f"layer {layer!r}: {n} units are too many for int8 ranking; use float32")
             if bank.features[layer].shape[1] != n:
                 raise ModelFileError(
                     f"layer {layer!r}: decoder predicts {n} units, candidates have "

@@ -123,6 +123,10 @@ def test_identifier_parameters_are_checked():
         Identifier(bank, {"l": slice(0, 3)}, precision="float16")
     with pytest.raises(ValueError, match="threads"):
         Identifier(bank, {"l": slice(0, 3)}, threads=0)
+    wide = CandidateBank(["a", "b"], {"l": np.eye(2, 140_000)})  # int8 sums would overflow int32
+    with pytest.raises(ModelFileError, match="too many for int8 ranking"):
+        Identifier(wide, {"l": slice(0, 140_000)})
+    assert Identifier(wide, {"l": slice(0, 140_000)}, precision="float32").rank(np.ones((1, 140_000)))[0].size
 
 
 def test_int8_ranking_of_fewer_candidates_than_k_ranks_them_all():
