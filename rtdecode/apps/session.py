@@ -292,7 +292,7 @@ class LiveSession:
         n_candidates = len(ident.bank.labels) if ident is not None else 0
         # Absolute paths: a report or an evaluation reads them from any directory.
         files = {k: str(Path(v).resolve()) for k in ("bundle", "candidates") if (v := getattr(self.cfg, k))}
-        kernel = getattr(ident, "kernel", None)  # the instructions the int8 ranking runs on
+        kernel = ident.kernel if ident is not None else None
         return {**dataclasses.asdict(self.cfg), **files, "n_candidates": n_candidates, "int8_kernel": kernel}
 
     def close(self) -> None:

@@ -34,6 +34,8 @@ from rtdecode.numerics.kernels import int8_scores as portable_scores
 log = logging.getLogger(__name__)
 
 ROW_ALIGN = 64  # bytes: the widest kernel's chunk; rows of codes and queries are padded to it
+# The widest row whose sums of 127 * 127 products stay exact in int32.
+MAX_WIDTH = (2**31 - 1) // (127 * 127) // ROW_ALIGN * ROW_ALIGN
 # The bank is read ahead by this much: measured ~15 % faster than the hardware prefetcher alone
 # on one thread (AMD EPYC Zen 3, 1,000-byte rows).
 PREFETCH_BYTES = 2048
@@ -208,7 +210,7 @@ class Int8Kernel:
         ----------
         codes : numpy.ndarray
             int8 (n, width), C-contiguous, values in -127..127, width a multiple of 64 (rows
-            padded with zeros: see :func:`padded_width`).
+            padded with zeros: see :func:`padded_width`) and at most :data:`MAX_WIDTH`.
         query : numpy.ndarray
             int8 (r, width), the same.
         out : numpy.ndarray
@@ -227,6 +229,8 @@ class Int8Kernel:
             raise ValueError(f"codes {codes.shape} and query {query.shape} must be 2-D of one width")
         if codes.shape[1] % ROW_ALIGN:
             raise ValueError(f"row width {codes.shape[1]} is not a multiple of {ROW_ALIGN}: pad with zeros")
+        if codes.shape[1] > MAX_WIDTH:
+            raise ValueError(f"row width {codes.shape[1]} overflows int32 sums (at most {MAX_WIDTH})")
         if out.shape != (query.shape[0], codes.shape[0]):
             raise ValueError(f"out {out.shape} must be {(query.shape[0], codes.shape[0])}")
         if not (codes.flags.c_contiguous and query.flags.c_contiguous and out.flags.c_contiguous):
@@ -262,8 +266,9 @@ def compile_kernel(isa: str) -> Int8Kernel:
         # _engine keeps the machine code alive as long as this function. vpdpbusd read each bank
         # byte as c + 128: the bias takes the 128 * sum(q) that adds back off.
         r, (n, width) = query.shape[0], codes.shape
+        # Each kernel reads only one of these: the bias (VNNI) or |q| (AVX2, -127..127: no overflow).
         bias = 128 * query.sum(1, dtype=np.int32) if vnni else np.zeros(r, np.int32)
-        absq = np.abs(query)  # -127..127: no overflow
+        absq = query if vnni else np.abs(query)
         fn(
             codes.ctypes.data,
             query.ctypes.data,

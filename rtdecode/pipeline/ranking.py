@@ -15,7 +15,7 @@ import numpy as np
 
 from rtdecode.errors import ModelFileError
 from rtdecode.models.bank import CandidateBank
-from rtdecode.numerics.intdot import padded_width, selected
+from rtdecode.numerics.intdot import MAX_WIDTH, padded_width, selected
 from rtdecode.numerics.stats import correlations, normalise_rows
 from rtdecode.numerics.topk import certified_top_k as select_top_k
 
@@ -104,11 +104,9 @@ class QuantisedRows:
             What float32 rounding of an m-term dot product of unit vectors can add, twice over.
         """
         m = p.shape[1]
-        if 127 * 127 * self.codes.shape[1] >= 2**31:
-            raise ValueError(f"{m} units per row overflow int32 sums of int8 products; rank in float32")
         query = QuantisedRows.quantise(p)
         acc = np.empty((p.shape[0], self.codes.shape[0]), dtype=np.int32)
-        selected()(self.codes, query.codes, acc)  # exact: the sums stay below 2**31 (checked above)
+        selected()(self.codes, query.codes, acc)  # exact integer sums (the kernel refuses wider rows)
         return acc, query, 4.0 * m * 2.0**-24
 
     def dot_bounds(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -212,7 +210,7 @@ class Identifier:
             if layer not in bank.features:
                 raise ModelFileError(f"candidate bank has no layer {layer!r}; it has {list(bank.features)}")
             n = sl.stop - sl.start
-            if precision == "int8" and 127 * 127 * padded_width(n) >= 2**31:
+            if precision == "int8" and padded_width(n) > MAX_WIDTH:
                 raise ModelFileError(f"layer {layer!r}: {n} units are too many for int8 ranking; use float32")
             if bank.features[layer].shape[1] != n:
                 raise ModelFileError(
@@ -224,6 +222,7 @@ class Identifier:
         self.k = k
         self.precision = precision
         self.quantised = {}
+        self.kernel = None  # the int8 kernel's instruction set, with int8 ranking
         if precision == "int8":
             self.kernel = selected().isa  # compiled and checked now, not on the first volume
             self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layer_slices}
