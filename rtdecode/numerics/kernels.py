@@ -15,59 +15,58 @@ _GAIN = (1.0 - _POLE) * (1.0 - 1.0 / _POLE)  # = 6
 
 
 @numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
-def _filter_axis0(c: np.ndarray) -> None:
+def _filter_middle(c: np.ndarray) -> None:
     # Unser's recursive filter (Thevenaz et al. 2000), causal then anti-causal, mirror boundary,
-    # run along axis 0 over whole planes so that the inner loop walks contiguous memory.
-    n, ny, nz = c.shape
+    # along the middle axis of a C-contiguous (a, n, b) array: the inner loops walk b contiguous
+    # values, which numba vectorises only when it knows the layout is C.
+    na, n, nb = c.shape
     if n == 1:
         return
     z = _POLE
-    for m in range(n):
-        for j in range(ny):
-            for k in range(nz):
-                c[m, j, k] *= _GAIN
-    if n > 30:  # |z|^30 < 1e-17: a truncated sum is exact in float64
-        for j in range(ny):
-            for k in range(nz):
-                s = c[0, j, k]
+    for i in range(na):
+        for m in range(n):
+            for k in range(nb):
+                c[i, m, k] *= _GAIN
+        if n > 30:  # |z|^30 < 1e-17: a truncated sum is exact in float64
+            for k in range(nb):
+                s = c[i, 0, k]
                 zn = z
                 for m in range(1, 30):
-                    s += zn * c[m, j, k]
+                    s += zn * c[i, m, k]
                     zn *= z
-                c[0, j, k] = s
-    else:  # short lines: the exact mirror-symmetric initial value
-        iz = 1.0 / z
-        for j in range(ny):
-            for k in range(nz):
+                c[i, 0, k] = s
+        else:  # short lines: the exact mirror-symmetric initial value
+            iz = 1.0 / z
+            for k in range(nb):
                 zn = z
                 z2n = z ** (n - 1)
-                s = c[0, j, k] + z2n * c[n - 1, j, k]
+                s = c[i, 0, k] + z2n * c[i, n - 1, k]
                 z2n *= z2n * iz
                 for m in range(1, n - 1):
-                    s += (zn + z2n) * c[m, j, k]
+                    s += (zn + z2n) * c[i, m, k]
                     zn *= z
                     z2n *= iz
-                c[0, j, k] = s / (1.0 - zn * zn)
-    for m in range(1, n):
-        for j in range(ny):
-            for k in range(nz):
-                c[m, j, k] += z * c[m - 1, j, k]
-    f = z / (z * z - 1.0)
-    for j in range(ny):
-        for k in range(nz):
-            c[n - 1, j, k] = f * (z * c[n - 2, j, k] + c[n - 1, j, k])
-    for m in range(n - 2, -1, -1):
-        for j in range(ny):
-            for k in range(nz):
-                c[m, j, k] = z * (c[m + 1, j, k] - c[m, j, k])
+                c[i, 0, k] = s / (1.0 - zn * zn)
+        for m in range(1, n):
+            for k in range(nb):
+                c[i, m, k] += z * c[i, m - 1, k]
+        f = z / (z * z - 1.0)
+        for k in range(nb):
+            c[i, n - 1, k] = f * (z * c[i, n - 2, k] + c[i, n - 1, k])
+        for m in range(n - 2, -1, -1):
+            for k in range(nb):
+                c[i, m, k] = z * (c[i, m + 1, k] - c[i, m, k])
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy")
-def _prefilter(c: np.ndarray) -> None:
-    nx, ny, nz = c.shape
-    _filter_axis0(np.transpose(c, (2, 0, 1)))
-    _filter_axis0(np.transpose(c, (1, 0, 2)))
-    _filter_axis0(c)
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _transpose(src: np.ndarray, dst: np.ndarray) -> None:
+    # dst = src.T in 16 x 16 tiles: 3-4x faster than numpy's copy for a (short, long) source.
+    a, b = src.shape
+    for i0 in range(0, a, 16):
+        for j0 in range(0, b, 16):
+            for i in range(i0, min(i0 + 16, a)):
+                for j in range(j0, min(j0 + 16, b)):
+                    dst[j, i] = src[i, j]
 
 
 def spline_coefficients(img: np.ndarray) -> np.ndarray:
@@ -83,8 +82,15 @@ def spline_coefficients(img: np.ndarray) -> np.ndarray:
     numpy.ndarray
         float32 array of the same shape, C-contiguous.
     """
-    c = np.array(img, dtype=np.float32, order="C")
-    _prefilter(c)
+    nx, ny, nz = img.shape
+    # z, the contiguous axis, is filtered on a transposed copy (made while converting to
+    # float32), so that each of the three passes reads contiguous rows.
+    t = np.array(np.asarray(img).reshape(nx * ny, nz).T, dtype=np.float32, order="C")
+    _filter_middle(t.reshape(1, nz, nx * ny))
+    c = np.empty((nx, ny, nz), dtype=np.float32)
+    _transpose(t, c.reshape(nx * ny, nz))
+    _filter_middle(c)
+    _filter_middle(c.reshape(1, nx, ny * nz))
     return c
 
 

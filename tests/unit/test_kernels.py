@@ -7,9 +7,14 @@ from scipy.ndimage import map_coordinates, spline_filter
 from rtdecode.numerics.kernels import grid_points, resample, sample, sample_gradient, spline_coefficients
 
 
-@pytest.mark.parametrize("shape", [(17, 12, 9), (5, 1, 4), (64, 64, 36)])
-def test_prefilter_equals_scipy_mirror(shape):
+@pytest.mark.parametrize("shape", [(17, 12, 9), (5, 1, 4), (64, 64, 36), (33, 40, 47), (3, 70, 1)])
+@pytest.mark.parametrize("layout", ["float32", "int16, Fortran order"])
+def test_prefilter_equals_scipy_mirror(shape, layout):
+    # Lines shorter and longer than 30 (the two initial values), sizes that are not whole tiles of
+    # the transposes, and an input of another type and memory order.
     img = np.random.default_rng(0).standard_normal(shape).astype(np.float32) * 100
+    if layout != "float32":
+        img = np.asfortranarray(img.astype(np.int16))
     expected = spline_filter(img.astype(float), 3, mode="mirror")
     # float32 coefficients: agreement to about 1e-5 of the range
     np.testing.assert_allclose(spline_coefficients(img), expected, atol=2e-5 * np.abs(expected).max())
