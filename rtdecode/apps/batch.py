@@ -17,7 +17,7 @@ from rtdecode.volume import Stage, stamp
 
 
 def decode_series(cfg: RunConfig, bold: str | Path, out: str | Path, record_input: bool = False) -> dict:
-    """Decode every volume of a 4-D NIfTI with the live session's step, into an HDF5 recording.
+    """Decode every volume of a 4-D NIfTI with the live session's steps, into an HDF5 recording.
 
     Parameters
     ----------
@@ -43,9 +43,14 @@ def decode_series(cfg: RunConfig, bold: str | Path, out: str | Path, record_inpu
                 physio = read_physio(cfg.physio.file or physio_path_for(bold))
                 session.pipe.physio.add(physio["time"], physio["cardiac"], physio["respiratory"])
             n_volumes = nib.load(str(bold)).shape[-1]
+            batch = []  # run.batch_volumes at a time, ranked in one pass over the bank
             for vol in progress(iter_volumes(bold), "decoding offline", total=n_volumes, unit="vol"):
                 stamp(vol.stamps, Stage.RECEIVED)
-                session.step(vol)
+                batch.append(vol)
+                if len(batch) == cfg.batch_volumes:
+                    session.step_many(batch)
+                    batch = []
+            session.step_many(batch)
             summary = session.summary()
             session.status("end", settings=session.settings(), **summary)
         finally:

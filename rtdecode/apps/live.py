@@ -13,7 +13,7 @@ from rtdecode.apps.setup import open_history, open_lsl_outputs, open_publisher, 
 from rtdecode.config import RunConfig
 from rtdecode.errors import PeerDisconnected, ProtocolError, ReceiveTimeout
 from rtdecode.pipeline.reorder import ReorderBuffer
-from rtdecode.volume import SeriesEnd
+from rtdecode.volume import SeriesEnd, Volume
 from rtdecode.wire.ports import Fanout
 
 log = logging.getLogger(__name__)
@@ -66,43 +66,60 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
         log.info("decoder listening on %s, publishing on %s", where, pub.last_endpoint)
         session.status("started", resumed=session.resumed, settings=session.settings())
         order = ReorderBuffer(cfg.reorder_ms / 1000, cfg.max_gap_volumes)
+        # Volumes ready for the pipeline. While more are waiting in the input, up to
+        # run.batch_volumes are gathered and ranked in one pass over the bank (a backlog after a
+        # stall clears faster); otherwise each goes on at once.
+        ready: list[Volume] = []
+
+        def flush() -> None:
+            session.step_many(ready[:])
+            ready.clear()
+
         while not stop.requested:
             due = order.next_deadline()
             timeout = (
                 cfg.heartbeat_s if due is None else min(cfg.heartbeat_s, max(0.0, due - time.monotonic()))
             )
             try:
-                item = source.recv_volume(timeout)
+                item = source.recv_volume(0.0 if ready else timeout)
             except ReceiveTimeout:
+                if ready:  # nothing more is waiting
+                    flush()
+                    continue
                 if due is not None:
-                    for vol in order.due(time.monotonic()):
-                        session.step(vol)
+                    session.step_many(order.due(time.monotonic()))
                     continue
                 session.status("heartbeat", **session.counts.fields())
                 session.idle()
                 continue
             except ProtocolError as err:
+                flush()
                 session.counts.received += 1
                 session.skip(f"malformed message: {err}", context=err.context)
                 continue
             except PeerDisconnected as err:
+                flush()
                 log.info("%s", err)
                 session.status("sender-disconnected", reason=str(err))
                 continue
             finally:
                 # Markers before the volume: a block may end with it.
-                for text, t_ns in markers.poll() if markers is not None else ():
+                texts = markers.poll() if markers is not None else ()
+                if texts:
+                    flush()
+                for text, t_ns in texts:
                     session.marker(text, t_ns)
             if isinstance(item, SeriesEnd):
-                for vol in order.flush():
-                    session.step(vol)
+                ready.extend(order.flush())
+                flush()
                 if session.end_series(item) and exit_after_series:
                     break
                 continue
             now = time.monotonic()
-            for vol in order.push(item, now) + order.due(now):
-                session.step(vol)
-        for vol in order.flush():  # stopped while waiting for a gap to fill: the held volumes still count
-            session.step(vol)
+            ready.extend(order.push(item, now) + order.due(now))
+            if len(ready) >= cfg.batch_volumes:
+                flush()
+        ready.extend(order.flush())  # stopped while waiting for a gap to fill: the held volumes still count
+        flush()
         session.status("stopped", **session.counts.fields())
     return session.summary()

@@ -22,6 +22,7 @@ from rtdecode.config import RunConfig
 from rtdecode.errors import CheckpointError, ProtocolError, VolumeError
 from rtdecode.io.checkpoint import Checkpoint
 from rtdecode.pipeline.blocks import BlockDecoder
+from rtdecode.pipeline.chain import Result
 from rtdecode.pipeline.latency import (
     LatencyTracker,
     drop_implausible_stamps,
@@ -59,6 +60,10 @@ class SeriesTally:
     counts: MessageCounts = dataclasses.field(default_factory=MessageCounts)
     session: str = ""
     last_seq_seen: int = -1  # the highest index received, processed or not
+
+
+# A volume between the pipeline and publishing: its series' tally, the result, stamps left out.
+_Prepared = tuple[Volume, SeriesTally, Result, list[str]]
 
 
 class LiveSession:
@@ -147,6 +152,23 @@ class LiveSession:
 
     def step(self, vol: Volume) -> None:
         """Process and publish one received volume; a refused volume is answered with a skip."""
+        self.step_many([vol])
+
+    def step_many(self, vols: list[Volume]) -> None:
+        """Process volumes that arrived together, in order, ranking them in one pass over the bank.
+
+        Each volume goes through the pipeline up to its predictions, then all are ranked at once
+        (:meth:`~rtdecode.pipeline.chain.Pipeline.identify`: each gets the ranking it would get
+        alone), then each is published. A refused volume is answered with a skip and costs no
+        other volume its output.
+        """
+        prepared = [p for vol in vols if (p := self._prepare(vol)) is not None]
+        for vol, tally, res, stamps_dropped in self._identify(prepared):
+            self._finish(vol, tally, res, stamps_dropped)
+        if self.checkpoint is not None and prepared:
+            self.checkpoint.save(self.pipe.get_state())
+
+    def _prepare(self, vol: Volume) -> _Prepared | None:
         self.counts.received += 1
         tally = self._tally(vol)
         tally.counts.received += 1
@@ -170,14 +192,28 @@ class LiveSession:
                 end = self.pipe.physio.volume_end(vol.seq, vol.tr_s, acquired / 1e9)
             self.physio.feed(self.pipe.physio.add, end, self.cfg.physio.max_wait_s)
         try:
-            res = self.pipe.process(vol)
+            return vol, tally, self.pipe.prepare(vol), stamps_dropped
         except VolumeError as err:
             self.skip(str(err), vol)
-            return
         except Exception as err:  # a bug must cost one volume, not the session
             log.exception("internal error on a volume")
             self.skip(f"internal error: {type(err).__name__}: {err}", vol)
-            return
+        return None
+
+    def _identify(self, prepared: list[_Prepared]) -> list[_Prepared]:
+        # The ranking of them all, or, should it fail, of each alone: a bug costs one volume.
+        try:
+            self.pipe.identify([res for _, _, res, _ in prepared])
+            return prepared
+        except Exception:
+            if len(prepared) == 1:
+                vol = prepared[0][0]
+                log.exception("internal error on a volume")
+                self.skip("internal error in the ranking", vol)
+                return []
+        return [p for one in prepared for p in self._identify([one])]
+
+    def _finish(self, vol: Volume, tally: SeriesTally, res: Result, stamps_dropped: list[str]) -> None:
         if self._series_index is not None and res.series_index != self._series_index:
             self.feedback.reset()  # a new series: per-series state starts over
             if self.blocks is not None:
@@ -214,8 +250,6 @@ class LiveSession:
             )
         if not stamps_dropped:
             self.tracker.add(vol.stamps)
-        if self.checkpoint is not None:
-            self.checkpoint.save(self.pipe.get_state())
         if self.blocks is not None:
             censored = bool(res.motion.censored) if res.motion is not None else False
             raw = {name: raw for name, (raw, _) in scores.items()}

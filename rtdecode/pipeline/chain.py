@@ -38,8 +38,8 @@ MAX_ABS_VALUE = 1e15  # larger voxel values overflow float32 sums of squares in 
 class Result:
     """What the pipeline made of one volume.
 
-    ``status`` is ``"ok"`` when features and a ranking were produced, ``"baseline"`` while the
-    baseline is being collected. Arrays are None where a stage did not run.
+    ``status`` is ``"ok"`` when features were produced (and ranked, by :meth:`Pipeline.identify`),
+    ``"baseline"`` while the baseline is being collected. Arrays are None where a stage did not run.
     """
 
     volume: Volume
@@ -278,6 +278,18 @@ class Pipeline:
         VolumeError
             If :meth:`check` refuses the volume; the pipeline state is unchanged then.
         """
+        res = self.prepare(vol)
+        self.identify([res])
+        return res
+
+    def prepare(self, vol: Volume) -> Result:
+        """Every stage but the ranking, which :meth:`identify` does for one or several volumes.
+
+        Raises
+        ------
+        VolumeError
+            If :meth:`check` refuses the volume; the pipeline state is unchanged then.
+        """
         dropped = self.check(vol)
         if dropped:
             log.warning("series %r: %d volume(s) missing before volume %d", vol.series, dropped, vol.seq)
@@ -290,6 +302,21 @@ class Pipeline:
             self._last_seq, self._series_affine = self._undo
             self.last_seq_of[vol.series] = self._last_seq
             raise
+
+    def identify(self, results: list[Result]) -> None:
+        """Rank the predictions of :meth:`prepare`'s results, all in one pass over the bank.
+
+        Volumes that queued up while the decoder was busy are ranked together, at much less than
+        the cost of ranking each (the bank is read once); each ranking is the one it would get
+        alone. Results without predictions (the baseline) are left as they are.
+        """
+        todo = [r for r in results if r.predictions is not None]
+        if self.identifier is None or not todo:
+            return
+        ranked = self.identifier.rank_many([r.predictions for r in todo])
+        for res, (indices, scores) in zip(todo, ranked):
+            res.top_indices, res.top_scores = indices, scores
+            stamp(res.volume.stamps, Stage.IDENTIFIED)
 
     def _slice_offsets(self, times: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray | None:
         # Each analysis voxel's acquisition time within its volume, from the slice times along
@@ -343,9 +370,6 @@ class Pipeline:
             return res
         res.predictions = self.decoder.predict(res.x)
         stamp(vol.stamps, Stage.DECODED)
-        if self.identifier is not None:
-            res.top_indices, res.top_scores = self.identifier.rank(res.predictions)
-            stamp(vol.stamps, Stage.IDENTIFIED)
         res.status = "ok"
         return res
 

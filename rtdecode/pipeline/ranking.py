@@ -243,14 +243,37 @@ class Identifier:
         scores : numpy.ndarray
             float32, shape (n_rois, n_layers, k), Pearson correlations.
         """
+        return self.rank_many([predictions])[0]
+
+    def rank_many(self, predictions: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`rank` for several volumes, with one pass over the int8 bank for all of them.
+
+        The answer for each volume is :meth:`rank`'s for it alone: int8 sums are exact and every
+        row is re-scored by itself; float32 ranking ranks each volume's rows on their own (a
+        matrix product over more rows could round differently).
+
+        Parameters
+        ----------
+        predictions : list of numpy.ndarray
+            Each of shape (n_rois, n_units_total).
+
+        Returns
+        -------
+        list of (indices, scores)
+            One pair per volume, as :meth:`rank` returns them.
+        """
+        sizes = [p.shape[0] for p in predictions]
+        rows = np.concatenate(predictions) if len(predictions) > 1 else predictions[0]
         layers = list(self.layer_slices)
+        args = (layers, [rows] * len(layers), [sizes] * len(layers))
         ranked = (
-            self._pool.map(self._rank_layer, layers, [predictions] * len(layers))
+            self._pool.map(self._rank_layer, *args)
             if self._pool is not None
-            else map(self._rank_layer, layers, [predictions] * len(layers))
+            else map(self._rank_layer, *args)
         )
         idx, val = zip(*ranked)
-        return np.stack(idx, axis=1), np.stack(val, axis=1)
+        cut = np.cumsum(sizes)[:-1]
+        return list(zip(np.split(np.stack(idx, axis=1), cut), np.split(np.stack(val, axis=1), cut)))
 
     def close(self) -> None:
         """Stop the ranking threads; safe to call twice."""
@@ -264,10 +287,14 @@ class Identifier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _rank_layer(self, layer: str, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _rank_layer(self, layer: str, rows: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
         k = min(self.k, len(self.bank.labels))
-        pred = predictions[:, self.layer_slices[layer]]
+        pred = rows[:, self.layer_slices[layer]]
         if self.precision == "int8":
             p = normalise_rows(pred).astype(np.float32)
             return certified_top_k(p, self.bank.features[layer], self.quantised[layer], k)
-        return top_k(correlations(pred, self.bank.features[layer]), k)
+        ranked = [
+            top_k(correlations(part, self.bank.features[layer]), k)
+            for part in np.split(pred, np.cumsum(sizes)[:-1])
+        ]
+        return np.concatenate([i for i, _ in ranked]), np.concatenate([v for _, v in ranked])

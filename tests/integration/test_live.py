@@ -13,6 +13,7 @@ from rtdecode import wire
 from rtdecode.apps.setup import build_pipeline
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.transport.zmq import Subscriber, VolumeSender
+from rtdecode.volume import NOT_REACHED, Stage, stamps_from_dict
 
 
 @pytest.fixture
@@ -146,3 +147,43 @@ def test_a_sender_that_exits_right_after_sending_delivers_every_volume_intact():
         assert sender.wait(30) == 0
     assert seqs == list(range(n))
     assert all(intact)
+
+
+def test_a_backlog_is_ranked_in_batches_with_the_rankings_of_volumes_taken_one_by_one(
+    experiment, run_decoder
+):
+    # Every volume sent at once: they queue while the decoder sets up its reference, and are taken
+    # up to run.batch_volumes at a time, ranked in one pass over the bank.
+    cfg = small_config()
+    cfg.run.bundle = str(experiment / "decoder")
+    cfg.run.batch_volumes = 5
+    cfg.run.input.address, cfg.run.output.address = free_address(), free_address()
+    vols = list(iter_volumes(experiment / "test" / "bold.nii"))
+    proc = run_decoder(cfg, "--exit-after-series")
+    with Subscriber(cfg.run.output.address) as sub:
+        collect(sub, lambda m: m.topic == "status", 60)
+        with VolumeSender(cfg.run.input.address) as tx:
+            for vol in vols:
+                tx.send(vol)
+            tx.send_end(vols[0].session, vols[0].series, len(vols))
+        msgs = collect(sub)
+    assert proc.wait(30) == 0
+    rankings = {m.header["seq"]: m for m in msgs if m.topic == "ranking"}
+    assert sorted(rankings) == list(range(len(vols)))
+    stamps = [stamps_from_dict(m.header["stamps"]) for m in msgs if m.topic == "latency"]
+    assert len(stamps) == len(vols)
+    # Volume i+1 decoded before volume i was ranked: the two were ranked together.
+    together = [
+        s[Stage.DECODED] != NOT_REACHED and t[Stage.DECODED] < s[Stage.IDENTIFIED]
+        for s, t in zip(stamps, stamps[1:])
+    ]
+    runs = "".join("1" if x else "0" for x in together).split("0")
+    assert max(len(r) for r in runs) + 1 == cfg.run.batch_volumes  # batches formed, none beyond the limit
+
+    pipe = build_pipeline(cfg.run)
+    for res in pipe.process_series(iter_volumes(experiment / "test" / "bold.nii")):
+        live = rankings[res.volume.seq]
+        assert live.header["status"] == res.status
+        if res.status == "ok":
+            np.testing.assert_array_equal(live.arrays["indices"], res.top_indices)
+            np.testing.assert_allclose(live.arrays["scores"], res.top_scores, atol=1e-6)

@@ -104,6 +104,27 @@ def test_int8_ranking_equals_float32_ranking():
     assert codes.shape == (2000, 320) and not codes[:, 300:].any()  # 300 codes, zero-padded to 64 bytes
 
 
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_ranking_volumes_together_gives_each_the_ranking_it_gets_alone(precision, threads):
+    # Several volumes of near-tied predictions (copies of one plus noise far below the int8 step):
+    # one pass over the bank for all of them must give each exactly its own ranking.
+    fb, bank = _structured_bank()
+    slices = {ly: slice(i * 300, (i + 1) * 300) for i, ly in enumerate(fb.layers)}
+    rng = np.random.default_rng(6)
+    base = np.concatenate([fb.category_features[ly][[5, 9]] for ly in fb.layers], axis=1)
+    preds = [(base + rng.normal(0, s, base.shape)).astype(np.float32) for s in (1e-4, 1e-3, 0.3, 1e-4, 3.0)]
+    preds.append(preds[0][:1])  # a volume with fewer rows
+    with Identifier(bank, slices, k=7, precision=precision, threads=threads) as ident:
+        together = ident.rank_many(preds)
+        alone = [ident.rank(p) for p in preds]
+    assert len(together) == len(preds)
+    for (ti, ts), (ai, as_), p in zip(together, alone, preds):
+        assert ti.shape == (p.shape[0], len(fb.layers), 7)
+        np.testing.assert_array_equal(ti, ai)
+        np.testing.assert_array_equal(ts, as_)
+
+
 def test_int8_ranking_rescores_near_ties_instead_of_guessing():
     # 40 candidates whose scores differ by ~1e-4, far less than the int8 error bound (~1e-2).
     rng = np.random.default_rng(5)

@@ -61,6 +61,40 @@ def test_each_stage_runs_in_order_and_the_outputs_are_the_bundle_and_the_ranking
                 np.testing.assert_allclose(r.top_scores[i, j], np.sort(raw)[::-1][:4], atol=1e-5)
 
 
+@pytest.mark.parametrize("precision", ["int8", "float32"])
+def test_volumes_ranked_together_get_the_results_of_volumes_processed_one_by_one(precision):
+    rng = np.random.default_rng(2)
+    bundle, bank = _parts(rng)
+    vols = _volumes(rng, 12)
+    pipes = [
+        Pipeline(
+            bundle.mask,
+            Preprocessor(BASELINE, 30.0),
+            None,
+            bundle,
+            Identifier(bank, bundle.layer_slices, 4, precision),
+        )
+        for _ in range(2)
+    ]
+    alone = [pipes[0].process(v) for v in vols]
+    together = []
+    for part in (vols[:2], vols[2:7], vols[7:]):  # the baseline and decoded volumes mixed
+        batch = [pipes[1].prepare(v) for v in part]
+        pipes[1].identify(batch)
+        together += batch
+    assert [r.status for r in together] == [r.status for r in alone]
+    for a, b in zip(alone, together):
+        for name in ("predictions", "top_indices", "top_scores"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None) == (y is None)
+            if x is not None:
+                np.testing.assert_array_equal(x, y)
+        if b.top_indices is not None:
+            assert b.volume.stamps[Stage.IDENTIFIED] >= b.volume.stamps[Stage.DECODED]
+    # The second batch's first decoded volume is ranked once the batch's last one is decoded.
+    assert together[BASELINE].volume.stamps[Stage.IDENTIFIED] >= together[6].volume.stamps[Stage.DECODED]
+
+
 def test_refused_volumes_leave_the_state_alone_and_gaps_are_counted():
     rng = np.random.default_rng(1)
     pipe = _pipeline(*_parts(rng))
