@@ -632,6 +632,7 @@ def run_workload(args: argparse.Namespace) -> dict:
                                             "candidates": CANDIDATES},
         "rank_precision": args.precision,
         "rank_threads": args.rank_threads,
+        "batch_volumes": cfg.batch_volumes,  # a backlog (the unpaced run) is ranked this many at a time
         "end_to_end_ms": e2e,
         "naive_end_to_end_ms": nv["end_to_end"] if nv else None,
         "speedup_vs_naive": nv["end_to_end"]["p50"] / e2e["p50"] if nv else None,
