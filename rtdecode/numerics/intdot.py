@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -83,16 +84,93 @@ declare i32 @llvm.vector.reduce.add.v8i32(<8 x i32>)
 """
 
 
+# Queries scored per pass over a row, widest first and ending with one (so every query is scored):
+# the row's chunks are loaded once per pass.
+QUERY_BLOCKS = (4, 2, 1)
+
+
+def _query_pass(chunk: int, body: str, size: int, pred: str, first: str) -> str:
+    # IR of the loop that scores the row %crow against ``size`` queries at a time while that many
+    # are left: block q{size}, entered from block ``pred`` with the next query's index ``first``,
+    # leaves to block q{size}.next.
+    lanes, vec, acc, t = chunk // 4, f"<{chunk} x i8>", f"<{chunk // 4} x i32>", f"q{size}"
+    queries = [f"{t}.{n}" for n in range(size)]
+
+    def own(text: str, s: str) -> str:  # the chunk body with query s's own names, %c shared
+        return re.sub(r"%(\w+)", lambda m: f"%c.{t}" if m.group(1) == "c" else f"%{m.group(1)}.{s}", text)
+
+    lines = [
+        f"{t}:",
+        f"  %j.{t} = phi i64 [{first}, %{pred}], [%jn.{t}, %{t}.end]",
+        f"  %left.{t} = sub i64 %r, %j.{t}",
+        f"  %go.{t} = icmp uge i64 %left.{t}, {size}",
+        f"  br i1 %go.{t}, label %{t}.start, label %{t}.next",
+        f"{t}.start:",
+    ]
+    for n, s in enumerate(queries):
+        lines += [
+            f"  %jq.{s} = add i64 %j.{t}, {n}",
+            f"  %qoff.{s} = mul i64 %jq.{s}, %width",
+            f"  %qrow.{s} = getelementptr i8, ptr %query, i64 %qoff.{s}",
+            f"  %urow.{s} = getelementptr i8, ptr %absquery, i64 %qoff.{s}",
+        ]
+    lines += [
+        f"  br label %{t}.chunk",
+        f"{t}.chunk:",
+        f"  %k.{t} = phi i64 [0, %{t}.start], [%k1.{t}, %{t}.chunk]",
+        *[f"  %acc.{s} = phi {acc} [zeroinitializer, %{t}.start], [%a2.{s}, %{t}.chunk]" for s in queries],
+        f"  %off.{t} = mul i64 %k.{t}, {chunk}",
+        f"  %cp.{t} = getelementptr i8, ptr %crow, i64 %off.{t}",
+        f"  %ahead.{t} = getelementptr i8, ptr %cp.{t}, i64 {PREFETCH_BYTES}",
+        f"  call void @llvm.prefetch.p0(ptr %ahead.{t}, i32 0, i32 0, i32 1)",
+        f"  %c.{t} = load {vec}, ptr %cp.{t}, align 1",
+    ]
+    for s in queries:
+        lines += [
+            f"  %qp.{s} = getelementptr i8, ptr %qrow.{s}, i64 %off.{t}",
+            f"  %up.{s} = getelementptr i8, ptr %urow.{s}, i64 %off.{t}",
+            f"  %q.{s} = load {vec}, ptr %qp.{s}, align 1",
+            f"  %u.{s} = load {vec}, ptr %up.{s}, align 1",
+            own(body, s).strip("\n"),
+        ]
+    lines += [
+        f"  %k1.{t} = add i64 %k.{t}, 1",
+        f"  %kdone.{t} = icmp eq i64 %k1.{t}, %chunks",
+        f"  br i1 %kdone.{t}, label %{t}.end, label %{t}.chunk",
+        f"{t}.end:",
+    ]
+    for s in queries:
+        lines += [
+            f"  %sum.{s} = call i32 @llvm.vector.reduce.add.v{lanes}i32({acc} %a2.{s})",
+            f"  %bp.{s} = getelementptr i32, ptr %bias, i64 %jq.{s}",
+            f"  %b.{s} = load i32, ptr %bp.{s}",
+            f"  %s.{s} = sub i32 %sum.{s}, %b.{s}",
+            f"  %oi0.{s} = mul i64 %jq.{s}, %n",
+            f"  %oi.{s} = add i64 %oi0.{s}, %i",
+            f"  %op.{s} = getelementptr i32, ptr %out, i64 %oi.{s}",
+            f"  store i32 %s.{s}, ptr %op.{s}",
+        ]
+    lines += [f"  %jn.{t} = add i64 %j.{t}, {size}", f"  br label %{t}", f"{t}.next:"]
+    return "\n".join(lines)
+
+
 def kernel_ir(isa: str) -> str:
     """LLVM IR of ``scores(codes, query, absquery, bias, out, n, r, width)`` for one instruction set.
 
     ``out[q * n + i] = sum_j codes[i * width + j] * query[q * width + j] - bias[q]``, where the VNNI
     kernels see each bank byte as ``c + 128`` and need ``bias = 128 * sum(q)`` (0 otherwise);
-    ``absquery`` is ``|query|``; ``width`` is a multiple of the chunk and n, r >= 1.
+    ``absquery`` is ``|query|``; ``width`` is a multiple of the chunk and n, r >= 1. A row is
+    scored against four queries per pass while four are left, then two, then one: its chunks are
+    loaded once per pass (with one query per pass, ten queries cost twice as much on AVX2).
     """
     _, chunk, body = _ISAS[isa]
-    lanes = chunk // 4
-    vec, acc = f"<{chunk} x i8>", f"<{lanes} x i32>"
+    passes, came_from, first = [], "row", "0"
+    for size in QUERY_BLOCKS:  # each pass starts at the query the one before stopped at
+        if passes:
+            passes.append(f"  br label %q{size}")
+        passes.append(_query_pass(chunk, body, size, came_from, first))
+        came_from, first = f"q{size}.next", f"%j.q{size}"
+    body_ir = "\n".join(passes)
     return f"""{_DECLARE}
 define void @scores(ptr noalias nocapture readonly %codes, ptr noalias nocapture readonly %query,
                     ptr noalias nocapture readonly %absquery, ptr noalias nocapture readonly %bias,
@@ -102,44 +180,11 @@ entry:
   %chunks = udiv i64 %width, {chunk}
   br label %row
 row:
-  %i = phi i64 [0, %entry], [%i1, %row_end]
+  %i = phi i64 [0, %entry], [%i1, %{came_from}]
   %rowoff = mul i64 %i, %width
   %crow = getelementptr i8, ptr %codes, i64 %rowoff
-  br label %query_start
-query_start:
-  %j = phi i64 [0, %row], [%j1, %query_end]
-  %qoff = mul i64 %j, %width
-  %qrow = getelementptr i8, ptr %query, i64 %qoff
-  %urow = getelementptr i8, ptr %absquery, i64 %qoff
-  br label %chunk
-chunk:
-  %k = phi i64 [0, %query_start], [%k1, %chunk]
-  %acc = phi {acc} [zeroinitializer, %query_start], [%a2, %chunk]
-  %off = mul i64 %k, {chunk}
-  %cp = getelementptr i8, ptr %crow, i64 %off
-  %qp = getelementptr i8, ptr %qrow, i64 %off
-  %up = getelementptr i8, ptr %urow, i64 %off
-  %ahead = getelementptr i8, ptr %cp, i64 {PREFETCH_BYTES}
-  call void @llvm.prefetch.p0(ptr %ahead, i32 0, i32 0, i32 1)
-  %c = load {vec}, ptr %cp, align 1
-  %q = load {vec}, ptr %qp, align 1
-  %u = load {vec}, ptr %up, align 1{body}
-  %k1 = add i64 %k, 1
-  %kdone = icmp eq i64 %k1, %chunks
-  br i1 %kdone, label %query_end, label %chunk
-query_end:
-  %sum = call i32 @llvm.vector.reduce.add.v{lanes}i32({acc} %a2)
-  %bp = getelementptr i32, ptr %bias, i64 %j
-  %b = load i32, ptr %bp
-  %s = sub i32 %sum, %b
-  %oi0 = mul i64 %j, %n
-  %oi = add i64 %oi0, %i
-  %op = getelementptr i32, ptr %out, i64 %oi
-  store i32 %s, ptr %op
-  %j1 = add i64 %j, 1
-  %qdone = icmp eq i64 %j1, %r
-  br i1 %qdone, label %row_end, label %query_start
-row_end:
+  br label %q{QUERY_BLOCKS[0]}
+{body_ir}
   %i1 = add i64 %i, 1
   %idone = icmp eq i64 %i1, %n
   br i1 %idone, label %exit, label %row

@@ -18,7 +18,9 @@ def _exact(codes, query):
 
 
 @pytest.mark.parametrize("isa", HOST)
-@pytest.mark.parametrize(("n", "r", "width"), [(1, 1, 64), (67, 3, 192), (1000, 10, 1024), (5, 12, 4096)])
+@pytest.mark.parametrize(
+    ("n", "r", "width"), [(1, 1, 64), (67, 3, 192), (33, 7, 128), (1000, 10, 1024), (5, 12, 4096)]
+)
 def test_every_kernel_this_cpu_runs_gives_the_exact_integer_sums(isa, n, r, width):
     rng = np.random.default_rng(n + r)
     codes = rng.integers(-127, 128, (n, width), dtype=np.int8)
