@@ -8,6 +8,9 @@ it reach the top k: the ranking is the float32 ranking, at a quarter of the byte
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -184,7 +187,10 @@ class Identifier:
         How the bank is read: float32 products, or int8 codes with certified float32
         re-scoring (same ranking, a quarter of the memory traffic, plus a quarter more memory).
     threads : int
-        Layers ranked at once; the kernels release the GIL, and idle threads sleep (no spinning).
+        Threads ranking the layers of a volume, the calling thread one of them; the kernels
+        release the GIL, and idle threads sleep (no spinning). A layer still running on a thread
+        long after the others are done (the system paused it) is ranked again by an idle one and
+        the first answer kept (both are the same): one stalled core does not hold up the volume.
 
     Raises
     ------
@@ -226,7 +232,8 @@ class Identifier:
         if precision == "int8":
             self.kernel = selected().isa  # compiled and checked now, not on the first volume
             self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layer_slices}
-        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="rank") if threads > 1 else None
+        self.threads = threads
+        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="rank") if threads > 1 else None
 
     def rank(self, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-k candidates per ROI and layer.
@@ -265,13 +272,11 @@ class Identifier:
         sizes = [p.shape[0] for p in predictions]
         rows = np.concatenate(predictions) if len(predictions) > 1 else predictions[0]
         layers = list(self.layer_slices)
-        args = (layers, [rows] * len(layers), [sizes] * len(layers))
-        ranked = (
-            self._pool.map(self._rank_layer, *args)
-            if self._pool is not None
-            else map(self._rank_layer, *args)
-        )
-        idx, val = zip(*ranked)
+        work = _SharedWork(lambda i: self._rank_layer(layers[i], rows, sizes), len(layers))
+        if self._pool is not None:
+            for _ in range(self.threads - 1):
+                self._pool.submit(work.run)
+        idx, val = zip(*work.run_and_wait())
         cut = np.cumsum(sizes)[:-1]
         return list(zip(np.split(np.stack(idx, axis=1), cut), np.split(np.stack(val, axis=1), cut)))
 
@@ -298,3 +303,75 @@ class Identifier:
             for part in np.split(pred, np.cumsum(sizes)[:-1])
         ]
         return np.concatenate([i for i, _ in ranked]), np.concatenate([v for _, v in ranked])
+
+
+class _SharedWork:
+    """``fn(0) ... fn(n - 1)``, shared by every thread that calls :meth:`run`.
+
+    A thread takes the next task not yet started. When none is left, it waits up to 1.5 times the
+    longest task so far for the others to finish, then runs again the unfinished task that the
+    fewest threads are running. The first result of each task is kept: ``fn`` must give the same
+    answer every time (it does here: exact integer sums, fixed re-scoring order).
+    """
+
+    def __init__(self, fn: Callable[[int], object], n: int) -> None:
+        self.fn, self.n = fn, n
+        self.lock = threading.Lock()
+        self.results: list[object] = [None] * n
+        self.finished = [False] * n
+        self.running = [0] * n
+        self.next = 0
+        self.left = n
+        self.longest = 0.0
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+        if n == 0:
+            self.done.set()
+
+    def _take(self) -> int | None:
+        waited = False
+        while True:
+            with self.lock:
+                if self.done.is_set():
+                    return None
+                if self.next < self.n:
+                    i, self.next = self.next, self.next + 1
+                elif waited:
+                    unfinished = [j for j in range(self.n) if not self.finished[j]]
+                    i = min(unfinished, key=self.running.__getitem__)
+                else:
+                    patience = 1.5 * self.longest
+                    i = None
+                if i is not None:
+                    self.running[i] += 1
+                    return i
+            self.done.wait(patience)
+            waited = True
+
+    def run(self) -> None:
+        """Run tasks until every one has a result (or one has failed)."""
+        while (i := self._take()) is not None:
+            t0 = time.perf_counter()
+            try:
+                result = self.fn(i)
+            except BaseException as err:  # handed to the thread that waits
+                with self.lock:
+                    self.error = self.error or err
+                self.done.set()
+                return
+            with self.lock:
+                self.longest = max(self.longest, time.perf_counter() - t0)
+                self.running[i] -= 1
+                if not self.finished[i]:
+                    self.results[i], self.finished[i] = result, True
+                    self.left -= 1
+                    if self.left == 0:
+                        self.done.set()
+
+    def run_and_wait(self) -> list:
+        """:meth:`run` on this thread, then wait for the others; the results in task order."""
+        self.run()
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.results
