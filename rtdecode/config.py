@@ -151,7 +151,7 @@ class RunConfig:
     candidates: str = ""  # default: <bundle>/candidates.npz
     top_k: int = 5
     rank_precision: str = "int8"  # int8: certified int8 pre-ranking, same result as float32, 1/4 the reads
-    rank_threads: int = 1  # layers ranked in parallel (2 on a quiet two-core machine)
+    rank_threads: int = 1  # threads ranking a volume's layers, the caller's included (2 on two cores)
     batch_volumes: int = 8  # volumes already waiting when one arrives are ranked together, up to this many
     heartbeat_s: float = 0.5
     pause_trs: float = 10.0  # no volume for this many TRs: announce a scanner pause (status "paused")

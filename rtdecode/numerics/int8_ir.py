@@ -85,6 +85,22 @@ declare i32 @llvm.vector.reduce.add.v8i32(<8 x i32>)
 """
 
 
+def _row(ptr: str, index: str, base: str) -> list[str]:
+    # IR: %ptr, the start of row ``index`` of the array %base (rows of %width bytes).
+    return [
+        f"  %{ptr}.o = mul i64 {index}, %width",
+        f"  %{ptr} = getelementptr i8, ptr %{base}, i64 %{ptr}.o",
+    ]
+
+
+def _load(value: str, row: str, vec: str) -> list[str]:
+    # IR: %value, the chunk at byte %off of the row %row (its address is %value.p).
+    return [
+        f"  %{value}.p = getelementptr i8, ptr %{row}, i64 %off",
+        f"  %{value} = load {vec}, ptr %{value}.p, align 1",
+    ]
+
+
 def _tile(isa: Isa, rows: int, queries: int) -> str:
     # IR of @tile.R.Q: rows i, i + h, ..., i + (R-1) h of the bank against queries j..j+Q-1, all
     # R * Q sums accumulated in one pass over the chunks (each row chunk and query chunk loaded
@@ -108,16 +124,11 @@ def _tile(isa: Isa, rows: int, queries: int) -> str:
         lines += [
             f"  %ah{a} = mul i64 %h, {a}",
             f"  %ia{a} = add i64 %i, %ah{a}",
-            f"  %ro{a} = mul i64 %ia{a}, %width",
-            f"  %crow{a} = getelementptr i8, ptr %codes, i64 %ro{a}",
+            *_row(f"crow{a}", f"%ia{a}", "codes"),
         ]
     for s in range(queries):
-        lines += [
-            f"  %jq{s} = add i64 %j, {s}",
-            f"  %qo{s} = mul i64 %jq{s}, %width",
-            f"  %qrow{s} = getelementptr i8, ptr %query, i64 %qo{s}",
-            f"  %urow{s} = getelementptr i8, ptr %absquery, i64 %qo{s}",
-        ]
+        lines += [f"  %jq{s} = add i64 %j, {s}", *_row(f"qrow{s}", f"%jq{s}", "query")]
+        lines += _row(f"urow{s}", f"%jq{s}", "absquery")
     lines += [
         "  br label %chunk",
         "chunk:",
@@ -126,22 +137,14 @@ def _tile(isa: Isa, rows: int, queries: int) -> str:
         f"  %off = mul i64 %k, {b}",
     ]
     for a in range(rows):
-        lines += [
-            f"  %cp{a} = getelementptr i8, ptr %crow{a}, i64 %off",
-            f"  %c{a} = load {vec}, ptr %cp{a}, align 1",
-        ]
+        lines += _load(f"c{a}", f"crow{a}", vec)
         if isa.prefetch:
             lines += [
-                f"  %ahead{a} = getelementptr i8, ptr %cp{a}, i64 {isa.prefetch}",
+                f"  %ahead{a} = getelementptr i8, ptr %c{a}.p, i64 {isa.prefetch}",
                 f"  call void @llvm.prefetch.p0(ptr %ahead{a}, i32 0, i32 0, i32 1)",
             ]
     for s in range(queries):
-        lines += [
-            f"  %qp{s} = getelementptr i8, ptr %qrow{s}, i64 %off",
-            f"  %up{s} = getelementptr i8, ptr %urow{s}, i64 %off",
-            f"  %q{s} = load {vec}, ptr %qp{s}, align 1",
-            f"  %u{s} = load {vec}, ptr %up{s}, align 1",
-        ]
+        lines += _load(f"q{s}", f"qrow{s}", vec) + _load(f"u{s}", f"urow{s}", vec)
     lines += [own(a, s).strip("\n") for a, s in pairs]
     lines += [
         "  %k1 = add i64 %k, 1",
