@@ -310,43 +310,41 @@ class _SharedWork:
 
     A thread takes the next task not yet started. When none is left, it waits up to 1.5 times the
     longest task so far for the others to finish, then runs again the unfinished task that the
-    fewest threads are running. The first result of each task is kept: ``fn`` must give the same
+    fewest threads are running (before any task has finished there is nothing to judge a stall
+    by, and it only waits). The first result of each task is kept: ``fn`` must give the same
     answer every time (it does here: exact integer sums, fixed re-scoring order).
     """
 
     def __init__(self, fn: Callable[[int], object], n: int) -> None:
-        self.fn, self.n = fn, n
-        self.lock = threading.Lock()
+        self.fn = fn
+        self.changed = threading.Condition()  # guards the state below; notified as tasks end
         self.results: list[object] = [None] * n
         self.finished = [False] * n
         self.running = [0] * n
         self.next = 0
-        self.left = n
         self.longest = 0.0
         self.error: BaseException | None = None
-        self.done = threading.Event()
-        if n == 0:
-            self.done.set()
+
+    @property
+    def done(self) -> bool:
+        return self.error is not None or all(self.finished)
 
     def _take(self) -> int | None:
-        waited = False
-        while True:
-            with self.lock:
-                if self.done.is_set():
-                    return None
-                if self.next < self.n:
+        with self.changed:
+            while not self.done:
+                if self.next < len(self.results):
                     i, self.next = self.next, self.next + 1
-                elif waited:
-                    unfinished = [j for j in range(self.n) if not self.finished[j]]
-                    i = min(unfinished, key=self.running.__getitem__)
+                elif not self.longest:  # no task has ended: nothing to judge a stall by
+                    self.changed.wait()
+                    continue
+                elif self.changed.wait(1.5 * self.longest) or self.done:  # one ended: look again
+                    continue
                 else:
-                    patience = 1.5 * self.longest
-                    i = None
-                if i is not None:
-                    self.running[i] += 1
-                    return i
-            self.done.wait(patience)
-            waited = True
+                    unfinished = [j for j, ended in enumerate(self.finished) if not ended]
+                    i = min(unfinished, key=self.running.__getitem__)
+                self.running[i] += 1
+                return i
+            return None
 
     def run(self) -> None:
         """Run tasks until every one has a result (or one has failed)."""
@@ -355,23 +353,22 @@ class _SharedWork:
             try:
                 result = self.fn(i)
             except BaseException as err:  # handed to the thread that waits
-                with self.lock:
+                with self.changed:
                     self.error = self.error or err
-                self.done.set()
+                    self.changed.notify_all()
                 return
-            with self.lock:
+            with self.changed:
                 self.longest = max(self.longest, time.perf_counter() - t0)
                 self.running[i] -= 1
                 if not self.finished[i]:
                     self.results[i], self.finished[i] = result, True
-                    self.left -= 1
-                    if self.left == 0:
-                        self.done.set()
+                self.changed.notify_all()
 
     def run_and_wait(self) -> list:
         """:meth:`run` on this thread, then wait for the others; the results in task order."""
         self.run()
-        self.done.wait()
+        with self.changed:
+            self.changed.wait_for(lambda: self.done)
         if self.error is not None:
             raise self.error
         return self.results
