@@ -42,6 +42,7 @@ class MotionConfig:
     reference: str = ""  # a NIfTI volume; empty: the first volume(s) of the series
     n_reference: int = 1
     fd_threshold_mm: float = 0.5
+    threads: int = 1  # 2: each volume's reslicing coefficients on a second thread while its pose is estimated
 
 
 # run.preprocess.nuisance.regressors
@@ -152,7 +153,7 @@ class RunConfig:
     top_k: int = 5
     rank_precision: str = "int8"  # int8: certified int8 pre-ranking, same result as float32, 1/4 the reads
     rank_threads: int = 1  # threads ranking a volume's layers, the caller's included (2 on two cores)
-    batch_volumes: int = 8  # volumes already waiting when one arrives are ranked together, up to this many
+    batch_volumes: int = 8  # volumes already waiting are decoded and ranked together, up to this many
     heartbeat_s: float = 0.5
     pause_trs: float = 10.0  # no volume for this many TRs: announce a scanner pause (status "paused")
     reorder_ms: float = 100.0  # hold a volume that follows a gap this long, for late ones to catch up

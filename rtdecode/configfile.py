@@ -68,6 +68,7 @@ def _validate(cfg: Config, where: str) -> None:
         ),
         (r.motion.n_reference >= 1, "run.motion.n_reference", "must be >= 1", r.motion.n_reference),
         (r.motion.fd_threshold_mm > 0, "run.motion.fd_threshold_mm", "must be > 0", r.motion.fd_threshold_mm),
+        (r.motion.threads in (1, 2), "run.motion.threads", "must be 1 or 2", r.motion.threads),
         (
             r.preprocess.baseline_volumes >= 2,
             "run.preprocess.baseline_volumes",

@@ -188,6 +188,7 @@ def run_config(d: Path, precision: str, threads: int) -> RunConfig:
         top_k=TOP,
         rank_precision=precision,
         rank_threads=threads,
+        motion=dataclasses.replace(RunConfig().motion, threads=min(threads, 2)),
         latents=str(d / "latents") if (d / "latents").exists() else "",
     )
 

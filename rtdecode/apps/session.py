@@ -157,13 +157,13 @@ class LiveSession:
     def step_many(self, vols: list[Volume]) -> None:
         """Process volumes that arrived together, in order, ranking them in one pass over the bank.
 
-        Each volume goes through the pipeline up to its predictions, then all are ranked at once
-        (:meth:`~rtdecode.pipeline.chain.Pipeline.identify`: each gets the ranking it would get
-        alone), then each is published. A refused volume is answered with a skip and costs no
-        other volume its output.
+        Each volume goes through the pipeline up to its preprocessed voxels, then all are decoded
+        and ranked at once (:meth:`~rtdecode.pipeline.chain.Pipeline.decode_and_rank`: each gets
+        the features and ranking it would get alone), then each is published. A refused volume is
+        answered with a skip and costs no other volume its output.
         """
         prepared = [p for vol in vols if (p := self._prepare(vol)) is not None]
-        for vol, tally, res, stamps_dropped in self._identify(prepared):
+        for vol, tally, res, stamps_dropped in self._decode_and_rank(prepared):
             self._finish(vol, tally, res, stamps_dropped)
         if self.checkpoint is not None and prepared:
             self.checkpoint.save(self.pipe.get_state())
@@ -200,18 +200,18 @@ class LiveSession:
             self.skip(f"internal error: {type(err).__name__}: {err}", vol)
         return None
 
-    def _identify(self, prepared: list[_Prepared]) -> list[_Prepared]:
-        # The ranking of them all, or, should it fail, of each alone: a bug costs one volume.
+    def _decode_and_rank(self, prepared: list[_Prepared]) -> list[_Prepared]:
+        # The decoding and ranking of them all, or, should it fail, of each alone: a bug costs one volume.
         try:
-            self.pipe.identify([res for _, _, res, _ in prepared])
+            self.pipe.decode_and_rank([res for _, _, res, _ in prepared])
             return prepared
         except Exception:
             if len(prepared) == 1:
                 vol = prepared[0][0]
                 log.exception("internal error on a volume")
-                self.skip("internal error in the ranking", vol)
+                self.skip("internal error in decoding or ranking", vol)
                 return []
-        return [p for one in prepared for p in self._identify([one])]
+        return [p for one in prepared for p in self._decode_and_rank([one])]
 
     def _finish(self, vol: Volume, tally: SeriesTally, res: Result, stamps_dropped: list[str]) -> None:
         if self._series_index is not None and res.series_index != self._series_index:
@@ -330,6 +330,5 @@ class LiveSession:
         return {**dataclasses.asdict(self.cfg), **files, "n_candidates": n_candidates, "int8_kernel": kernel}
 
     def close(self) -> None:
-        """Release the ranking threads; safe twice."""
-        if self.pipe.identifier is not None:
-            self.pipe.identifier.close()
+        """Release the pipeline's threads; safe twice."""
+        self.pipe.close()

@@ -51,7 +51,10 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
     if cfg.motion.enabled:
         warm_up()
         motion = MotionCorrector(
-            sampled_index(bundle.mask, denoiser), cfg.motion.n_reference, cfg.motion.fd_threshold_mm
+            sampled_index(bundle.mask, denoiser),
+            cfg.motion.n_reference,
+            cfg.motion.fd_threshold_mm,
+            threads=cfg.motion.threads,
         )
         if cfg.motion.reference:
             try:

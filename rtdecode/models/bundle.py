@@ -38,6 +38,9 @@ class Decoder(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 (n_rois, sum(n_units)) from one preprocessed analysis vector (n_voxels,)."""
 
+    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+        """float32 (n, n_rois, sum(n_units)) from (n, n_voxels); row i the same bits as ``predict(xs[i])``."""
+
 
 def load_bundle(directory: str | Path) -> Decoder:
     """The bundle in ``directory``, of whichever kind its ``decoder.json`` names.

@@ -19,7 +19,7 @@ import numpy as np
 
 from rtdecode.errors import ModelFileError, VolumeError
 from rtdecode.models.files import mask_checksum, read_model, write_model
-from rtdecode.numerics.kernels import sparse_matvec
+from rtdecode.numerics.sparsedot import SparseMap, kernels
 
 BUNDLE_FORMAT = "rtdecode-decoder"
 BUNDLE_VERSION = 1
@@ -78,11 +78,13 @@ class LinearBundle:
                     f"{pos.size} voxels x {n_out} units"
                 )
         self.roi_names = list(self.rois)
-        self.sparse = {}
+        self.sparse: dict[str, SparseMap] = {}
         for roi in self.roi_names:
             sp = sparse_columns(self.weights[roi])
             if sp is not None:
-                self.sparse[roi] = sp
+                self.sparse[roi] = SparseMap(*sp, self.intercepts[roi], self.rois[roi].size)
+        if self.sparse:
+            kernels()  # compiled now, not on the first volume
 
     @property
     def n_voxels(self) -> int:
@@ -103,17 +105,38 @@ class LinearBundle:
             float32, shape (n_rois, sum(n_units)); row order ``roi_names``, columns split by
             ``layer_slices``.
         """
-        if x.shape != (self.n_voxels,):
-            raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {x.shape}")
-        out = np.empty((len(self.roi_names), sum(self.n_units)), dtype=np.float32)
+        if np.shape(x) != (self.n_voxels,):
+            raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {np.shape(x)}")
+        return self.predict_many(np.asarray(x)[None])[0]
+
+    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+        """:meth:`predict` for several volumes at once; each row the same bits as :meth:`predict`'s.
+
+        Sparse ROIs read their weights once for up to 16 volumes
+        (:class:`~rtdecode.numerics.sparsedot.SparseMap`); dense ones take one product per volume.
+
+        Parameters
+        ----------
+        xs : numpy.ndarray
+            float32, shape (n_volumes, n_voxels).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32, shape (n_volumes, n_rois, sum(n_units)).
+        """
+        if np.ndim(xs) != 2 or np.shape(xs)[1] != self.n_voxels:
+            raise VolumeError(f"expected (n, {self.n_voxels}) analysis voxels, got shape {np.shape(xs)}")
+        xs = np.asarray(xs, dtype=np.float32)
+        out = np.empty((len(xs), len(self.roi_names), sum(self.n_units)), dtype=np.float32)
         for i, roi in enumerate(self.roi_names):
-            xr = x[self.rois[roi]]
+            xr = xs[:, self.rois[roi]]
             if roi in self.sparse:
-                w, idx = self.sparse[roi]
-                sparse_matvec(w, idx, xr, self.intercepts[roi], out[i])
-            else:
-                np.dot(xr, self.weights[roi], out=out[i])
-                out[i] += self.intercepts[roi]
+                out[:, i] = self.sparse[roi].apply(xr)
+                continue
+            for v, row in enumerate(xr):  # one product per volume: the bits do not depend on the batch
+                np.dot(row, self.weights[roi], out=out[v, i])
+                out[v, i] += self.intercepts[roi]
         return out
 
     def save(self, directory: str | Path) -> Path:

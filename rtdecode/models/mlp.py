@@ -71,6 +71,17 @@ class MLPBundle:
                 out[i] = self.nets[roi](xz[None])[0].numpy() * n["y_sd"] + n["y_mean"]
         return out
 
+    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+        """:meth:`predict` of each row of ``xs`` (n, n_voxels): float32 (n, n_rois, sum(n_units)).
+
+        One volume at a time: a batched matrix product may sum in another order, and a volume's
+        features must not depend on what it was decoded with.
+        """
+        out = np.empty((len(xs), len(self.roi_names), sum(self.n_units)), dtype=np.float32)
+        for i, x in enumerate(xs):
+            out[i] = self.predict(x)
+        return out
+
     def save(self, directory: str | Path) -> Path:
         """Write ``decoder.json``, ``decoder.npz`` and ``mlp.pt``."""
         d = Path(directory)

@@ -3,8 +3,8 @@
 Ranking multiplies a bank of int8 codes with a few int8 queries. A loop in numba gets sign
 extension and ``vpmaddwd`` (16 products per instruction) at best; the instructions made for this
 do 32 (AVX2 ``vpmaddubsw``) or 64 (AVX-512 VNNI ``vpdpbusd``) and keep up with memory. The kernels
-are written in LLVM IR (:mod:`rtdecode.numerics.int8_ir`) and compiled at start-up by llvmlite
-(which numba brings) for the host CPU:
+are written in LLVM IR (:mod:`rtdecode.numerics.int8_ir`) and compiled at start-up for the host
+CPU (:mod:`rtdecode.numerics.llvmjit`):
 
 - ``avx512vnni``: ``vpdpbusd`` on 512 bits. It multiplies unsigned by signed bytes, so the bank
   byte is made unsigned (``c + 128``, one ``xor``) and ``128 * sum(q)`` is subtracted at the end;
@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-import llvmlite.binding as llvm
 import numpy as np
 
 from rtdecode.numerics.int8_ir import ISAS, MAX_WIDTH, ROW_ALIGN, kernel_ir
 from rtdecode.numerics.kernels import int8_scores as portable_scores
+from rtdecode.numerics.llvmjit import compile_ir, host_features, optimised, target_machine
 
 log = logging.getLogger(__name__)
 
@@ -41,37 +41,13 @@ _SIGNATURE = ctypes.CFUNCTYPE(
 )  # fmt: skip
 
 
-def _target_machine(cpu: str | None = None) -> llvm.TargetMachine:
-    # The host, with the features it reports (a VM may hide some its CPU model has), or a named CPU.
-    features = llvm.get_host_cpu_features().flatten() if cpu is None else ""
-    return llvm.Target.from_triple(llvm.get_process_triple()).create_target_machine(
-        cpu=cpu or llvm.get_host_cpu_name(), features=features, opt=3
-    )
-
-
 def assembly(isa: str, cpu: str) -> str:
     """The machine code of one kernel compiled for a named CPU (``llc -mcpu``), as text.
 
     Lets a machine without the instructions check what a machine with them would run.
     """
-    machine = _target_machine(cpu)
-    return machine.emit_assembly(_optimised_module(isa, machine))
-
-
-def _optimised_module(isa: str, machine: llvm.TargetMachine) -> llvm.ModuleRef:
-    # LLVM's -O3 pipeline for the machine: the chunk loop unrolled and interleaved.
-    _init_llvm()
-    module = llvm.parse_assembly(kernel_ir(isa))
-    module.verify()
-    builder = llvm.create_pass_builder(machine, llvm.PipelineTuningOptions(speed_level=3))
-    builder.getModulePassManager().run(module, builder)
-    return module
-
-
-@cache
-def _init_llvm() -> None:
-    llvm.initialize_native_target()
-    llvm.initialize_native_asmprinter()
+    machine = target_machine(cpu)
+    return machine.emit_assembly(optimised(kernel_ir(isa), machine))
 
 
 @dataclass(frozen=True)
@@ -142,9 +118,7 @@ def compile_kernel(isa: str) -> Int8Kernel:
         return Int8Kernel(isa, portable_scores)
     if isa not in available():  # LLVM would abort the process, not raise
         raise RuntimeError(f"this CPU lacks {ISAS[isa].needs}")
-    machine = _target_machine()
-    engine = llvm.create_mcjit_compiler(_optimised_module(isa, machine), machine)
-    engine.finalize_object()
+    engine = compile_ir(kernel_ir(isa))
     fn = _SIGNATURE(engine.get_function_address("scores"))
     vnni = "vnni" in isa
 
@@ -171,7 +145,7 @@ def compile_kernel(isa: str) -> Int8Kernel:
 
 def available() -> list[str]:
     """The kernels this CPU can run, fastest first (``portable`` always)."""
-    have = {k for k, v in llvm.get_host_cpu_features().items() if v}
+    have = host_features()
     return [isa for isa, spec in ISAS.items() if have.issuperset(spec.needs)] + ["portable"]
 
 

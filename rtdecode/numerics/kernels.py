@@ -280,20 +280,26 @@ def resample(img: np.ndarray, mat: np.ndarray, points: np.ndarray | None = None)
     return out.reshape(img.shape)
 
 
-@numba.njit(nogil=True, cache=True, fastmath=True, error_model="numpy", boundscheck=False)
-def sparse_matvec(w: np.ndarray, idx: np.ndarray, x: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """``out[u] = b[u] + sum_k w[u, k] * x[idx[u, k]]``: a decoder whose units read few voxels.
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def sparse_blocks(w: np.ndarray, idx: np.ndarray, x: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """``out[u, c] = b[u] + sum_k w[u, k] * x[idx[u, k], c]``, summed in order of k.
 
-    ``w`` (float32) and ``idx`` (int32) have shape (n_units, n_per_unit); rows with fewer
-    voxels are padded with weight 0.
+    The portable kernel of :mod:`rtdecode.numerics.sparsedot`, and the reference its compiled
+    kernels must match bit for bit: ``w`` (float32) and ``idx`` (int32) are in blocks of units,
+    shape (blocks, k, lanes), unit ``u = block * lanes + lane``; ``x`` (n_inputs, columns),
+    ``b`` (blocks * lanes,), ``out`` (blocks * lanes, columns). No fastmath: each product is
+    rounded, then added, in order of k (the lanes of a block are summed side by side).
     """
-    for u in range(w.shape[0]):
-        wu = w[u]
-        iu = idx[u]
-        acc = np.float32(0.0)
-        for k in range(wu.size):
-            acc += wu[k] * x[iu[k]]
-        out[u] = acc + b[u]
+    n_blocks, k, lanes = w.shape
+    acc = np.empty(lanes, np.float32)
+    for c in range(x.shape[1]):
+        for blk in range(n_blocks):
+            acc[:] = 0
+            for j in range(k):
+                for n in range(lanes):
+                    acc[n] += w[blk, j, n] * x[idx[blk, j, n], c]
+            for n in range(lanes):
+                out[blk * lanes + n, c] = acc[n] + b[blk * lanes + n]
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -321,11 +327,11 @@ def warm_up() -> None:
     pts = grid_points(img.shape)
     sample(coef, np.eye(4)[:3], pts, np.empty(len(pts), dtype=np.float32))
     sample_gradient(coef, pts, np.empty((len(pts), 3)))
-    sparse_matvec(
-        np.ones((2, 2), np.float32),
-        np.zeros((2, 2), np.int32),
-        np.ones(2, np.float32),
+    sparse_blocks(
+        np.ones((1, 2, 2), np.float32),
+        np.zeros((1, 2, 2), np.int32),
+        np.ones((2, 1), np.float32),
         np.zeros(2, np.float32),
-        np.empty(2, np.float32),
+        np.empty((2, 1), np.float32),
     )
     int8_scores(np.ones((2, 3), np.int8), np.ones((1, 3), np.int8), np.empty((1, 2), np.int32))

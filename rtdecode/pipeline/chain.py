@@ -38,7 +38,7 @@ MAX_ABS_VALUE = 1e15  # larger voxel values overflow float32 sums of squares in 
 class Result:
     """What the pipeline made of one volume.
 
-    ``status`` is ``"ok"`` when features were produced (and ranked, by :meth:`Pipeline.identify`),
+    ``status`` is ``"ok"`` when features were produced (and ranked, by :meth:`Pipeline.decode_and_rank`),
     ``"baseline"`` while the baseline is being collected. Arrays are None where a stage did not run.
     """
 
@@ -270,6 +270,12 @@ class Pipeline:
             self.last_seq_of.popitem(last=False)
         return dropped
 
+    def close(self) -> None:
+        """Stop the threads of the stages that have them (motion, ranking); safe to call twice."""
+        for stage in (self.motion, self.identifier):
+            if stage is not None:
+                stage.close()
+
     def process(self, vol: Volume) -> Result:
         """Run all stages on one volume, stamping each.
 
@@ -279,11 +285,11 @@ class Pipeline:
             If :meth:`check` refuses the volume; the pipeline state is unchanged then.
         """
         res = self.prepare(vol)
-        self.identify([res])
+        self.decode_and_rank([res])
         return res
 
     def prepare(self, vol: Volume) -> Result:
-        """Every stage but the ranking, which :meth:`identify` does for one or several volumes.
+        """Every stage up to the preprocessed voxels; :meth:`decode_and_rank` does the rest.
 
         Raises
         ------
@@ -303,15 +309,22 @@ class Pipeline:
             self.last_seq_of[vol.series] = self._last_seq
             raise
 
-    def identify(self, results: list[Result]) -> None:
-        """Rank the predictions of :meth:`prepare`'s results, all in one pass over the bank.
+    def decode_and_rank(self, results: list[Result]) -> None:
+        """Decode and rank :meth:`prepare`'s results, all volumes in one pass over the weights and the bank.
 
-        Volumes that queued up while the decoder was busy are ranked together, at much less than
-        the cost of ranking each (the bank is read once); each ranking is the one it would get
-        alone. Results without predictions (the baseline) are left as they are.
+        Volumes that queued up while the decoder was busy are decoded and ranked together, at much
+        less than the cost of each alone (the weights and the bank are read once); each gets the
+        features and ranking it would get alone. Results without preprocessed voxels (the baseline)
+        are left as they are.
         """
-        todo = [r for r in results if r.predictions is not None]
-        if self.identifier is None or not todo:
+        todo = [r for r in results if r.x is not None]
+        if self.decoder is None or not todo:
+            return
+        predictions = self.decoder.predict_many(np.stack([r.x for r in todo]))
+        for res, pred in zip(todo, predictions):
+            res.predictions, res.status = pred, "ok"
+            stamp(res.volume.stamps, Stage.DECODED)
+        if self.identifier is None:
             return
         ranked = self.identifier.rank_many([r.predictions for r in todo])
         for res, (indices, scores) in zip(todo, ranked):
@@ -366,11 +379,6 @@ class Pipeline:
             res.quality = self.quality.update(values, fd, censored, vol.tr_s)
         res.x = self.preprocessor.update(values, vol.tr_s)
         stamp(vol.stamps, Stage.PREPROCESSED)
-        if res.x is None or self.decoder is None:
-            return res
-        res.predictions = self.decoder.predict(res.x)
-        stamp(vol.stamps, Stage.DECODED)
-        res.status = "ok"
         return res
 
     def process_series(self, volumes: Iterable[Volume]) -> Iterator[Result]:

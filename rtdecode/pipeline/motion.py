@@ -13,6 +13,7 @@ Parameter convention: :mod:`rtdecode.numerics.rigid`.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,6 +195,10 @@ class MotionCorrector:
     smooth : bool
         Estimate on B-spline approximations of the images (smoothed by the cubic B-spline
         kernel) rather than interpolations; reslicing always interpolates.
+    threads : int
+        2: the interpolating B-spline coefficients of each volume (its reslicing needs them, its
+        pose does not) are computed on a second thread while the pose is estimated. The result
+        is the same; a volume is done ~0.8 ms (64x64x50) sooner.
     """
 
     def __init__(
@@ -207,6 +212,7 @@ class MotionCorrector:
         coarse: bool = True,
         jump_threshold: float = 1.0,
         smooth: bool = True,
+        threads: int = 1,
     ) -> None:
         if n_reference < 1:
             raise ValueError(f"n_reference must be >= 1, got {n_reference!r}")
@@ -214,6 +220,8 @@ class MotionCorrector:
             raise ValueError(f"fd_threshold_mm must be > 0, got {fd_threshold_mm!r}")
         if max_points < 100:
             raise ValueError(f"max_points must be >= 100, got {max_points!r}")
+        if threads not in (1, 2):
+            raise ValueError(f"threads must be 1 or 2, got {threads!r}")
         self.analysis_index = np.asarray(analysis_index, dtype=np.int64)
         self.n_reference = n_reference
         self.fd_threshold_mm = fd_threshold_mm
@@ -223,6 +231,7 @@ class MotionCorrector:
         self.coarse = coarse
         self.jump_threshold = jump_threshold
         self.smooth = smooth
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="motion") if threads == 2 else None
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._prev_params: np.ndarray | None = None
         self._n_seen = 0
@@ -351,8 +360,13 @@ class MotionCorrector:
         """
         if not hasattr(self, "fine_"):
             self.set_reference(data, affine)
-        params, it = self.estimate(data)
-        coef = spline_coefficients(data)
+        if self._helper is None:
+            params, it = self.estimate(data)
+            coef = spline_coefficients(data)
+        else:  # the numba kernels release the GIL: both run at once
+            pending = self._helper.submit(spline_coefficients, data)
+            params, it = self.estimate(data)
+            coef = pending.result()
         self._n_seen += 1
         if self.n_reference > 1 and self._n_seen <= self.n_reference:
             self._pending.append((coef, params))
@@ -364,6 +378,12 @@ class MotionCorrector:
         self._prev_params = params
         values = self.reslice_points(coef, params, self._analysis_points)
         return values, MotionEstimate(params, fd, fd > self.fd_threshold_mm, it)
+
+    def close(self) -> None:
+        """Stop the helper thread, if any; safe to call twice."""
+        if self._helper is not None:
+            self._helper.shutdown()
+            self._helper = None
 
     def _average_reference(self) -> None:
         # Mean of the first volumes, each resliced onto the first volume's grid with its pose; the

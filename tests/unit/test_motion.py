@@ -119,14 +119,21 @@ def test_recovered_time_courses_follow_the_truth():
 def test_warm_start_follows_a_moving_head(phantom):
     img, affine = phantom
     rng = np.random.default_rng(4)
-    mc = MotionCorrector(np.arange(10))
+    mc = MotionCorrector(np.arange(0, img.size, 97))
+    helped = MotionCorrector(mc.analysis_index, threads=2)  # coefficients on a second thread
     path = np.cumsum(rng.normal(0, 0.1, (15, 6)), axis=0)
     path[0] = 0
     iterations, errors = [], []
     for truth in path:
-        _, est = mc.correct(_moved(img, affine, truth, rng), affine)
+        moved = _moved(img, affine, truth, rng)
+        values, est = mc.correct(moved, affine)
+        values2, est2 = helped.correct(moved, affine)
+        np.testing.assert_array_equal(values2, values)
+        np.testing.assert_array_equal(est2.params, est.params)
         iterations.append(est.iterations)
         errors.append(_fd_error(truth, est.params))
+    helped.close()
+    helped.close()
     assert max(errors) < 0.1 and np.median(iterations[1:]) <= 3
     fd = framewise_displacement(path)
     assert abs(est.fd_mm - fd[-1]) < 0.1
@@ -193,6 +200,7 @@ def test_errors_are_clear():
         ({"n_reference": 0}, "n_reference"),
         ({"fd_threshold_mm": 0}, "fd_threshold_mm"),
         ({"max_points": 5}, "max_points"),
+        ({"threads": 3}, "threads"),
     ],
 )
 def test_parameters_are_validated(kwargs, match):

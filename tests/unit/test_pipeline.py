@@ -20,8 +20,10 @@ def _parts(rng):
     mask.flat[rng.choice(mask.size, 40, replace=False)] = True
     rois = {"A": np.arange(0, 25), "B": np.arange(15, 40)}
     weights = {r: rng.normal(0, 1, (25, 7)).astype(np.float32) for r in rois}
+    weights["A"] *= rng.permuted(np.arange(25) < 5 * np.ones((7, 1)), axis=1).T  # 5 voxels a unit: sparse
     intercepts = {r: rng.normal(0, 1, 7).astype(np.float32) for r in rois}
     bundle = LinearBundle(mask, np.eye(4), rois, ["l1", "l2"], [3, 4], weights, intercepts)
+    assert list(bundle.sparse) == ["A"]
     bank = CandidateBank(
         [f"c{i}" for i in range(12)], {"l1": rng.normal(size=(12, 3)), "l2": rng.normal(size=(12, 4))}
     )
@@ -80,7 +82,7 @@ def test_volumes_ranked_together_get_the_results_of_volumes_processed_one_by_one
     together = []
     for part in (vols[:2], vols[2:7], vols[7:]):  # the baseline and decoded volumes mixed
         batch = [pipes[1].prepare(v) for v in part]
-        pipes[1].identify(batch)
+        pipes[1].decode_and_rank(batch)
         together += batch
     assert [r.status for r in together] == [r.status for r in alone]
     for a, b in zip(alone, together):
