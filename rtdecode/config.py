@@ -153,7 +153,7 @@ class RunConfig:
     top_k: int = 5
     rank_precision: str = "int8"  # int8: certified int8 pre-ranking, same result as float32, 1/4 the reads
     rank_threads: int = 1  # threads ranking a volume's layers, the caller's included (2 on two cores)
-    batch_volumes: int = 8  # volumes already waiting are decoded and ranked together, up to this many
+    batch_volumes: int = 16  # volumes already waiting are decoded and ranked together, up to this many
     heartbeat_s: float = 0.5
     pause_trs: float = 10.0  # no volume for this many TRs: announce a scanner pause (status "paused")
     reorder_ms: float = 100.0  # hold a volume that follows a gap this long, for late ones to catch up

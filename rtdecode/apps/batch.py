@@ -43,7 +43,7 @@ def decode_series(cfg: RunConfig, bold: str | Path, out: str | Path, record_inpu
                 physio = read_physio(cfg.physio.file or physio_path_for(bold))
                 session.pipe.physio.add(physio["time"], physio["cardiac"], physio["respiratory"])
             n_volumes = nib.load(str(bold)).shape[-1]
-            batch = []  # run.batch_volumes at a time, ranked in one pass over the bank
+            batch = []  # run.batch_volumes at a time, decoded and ranked in one pass over weights and bank
             for vol in progress(iter_volumes(bold), "decoding offline", total=n_volumes, unit="vol"):
                 stamp(vol.stamps, Stage.RECEIVED)
                 batch.append(vol)

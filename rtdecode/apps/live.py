@@ -67,8 +67,8 @@ def serve(cfg: RunConfig, exit_after_series: bool = False) -> dict:
         session.status("started", resumed=session.resumed, settings=session.settings())
         order = ReorderBuffer(cfg.reorder_ms / 1000, cfg.max_gap_volumes)
         # Volumes ready for the pipeline. While more are waiting in the input, up to
-        # run.batch_volumes are gathered and ranked in one pass over the bank (a backlog after a
-        # stall clears faster); otherwise each goes on at once.
+        # run.batch_volumes are gathered, then decoded and ranked in one pass over the weights and
+        # the bank (a backlog after a stall clears faster); otherwise each goes on at once.
         ready: list[Volume] = []
 
         def flush() -> None:
