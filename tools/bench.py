@@ -583,7 +583,8 @@ def bytes_per_volume(d: Path, cfg: RunConfig, rescored_rows: float = 0.0) -> dic
     shape = bundle.mask.shape
     vol = int(np.prod(shape))
     decode = sum(
-        sum(a.nbytes for a in bundle.sparse.get(roi, (bundle.weights[roi],))) for roi in bundle.roi_names
+        bundle.sparse[roi].nbytes if roi in bundle.sparse else bundle.weights[roi].nbytes
+        for roi in bundle.roi_names
     )
     row = padded_width(UNITS) if cfg.rank_precision == "int8" else 4 * UNITS  # int8 rows padded to 64 B
     out = {
