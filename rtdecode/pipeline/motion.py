@@ -360,13 +360,10 @@ class MotionCorrector:
         """
         if not hasattr(self, "fine_"):
             self.set_reference(data, affine)
-        if self._helper is None:
-            params, it = self.estimate(data)
-            coef = spline_coefficients(data)
-        else:  # the numba kernels release the GIL: both run at once
-            pending = self._helper.submit(spline_coefficients, data)
-            params, it = self.estimate(data)
-            coef = pending.result()
+        # With a helper the coefficients are made beside the estimate (numba releases the GIL).
+        pending = self._helper.submit(spline_coefficients, data) if self._helper is not None else None
+        params, it = self.estimate(data)
+        coef = spline_coefficients(data) if pending is None else pending.result()
         self._n_seen += 1
         if self.n_reference > 1 and self._n_seen <= self.n_reference:
             self._pending.append((coef, params))
