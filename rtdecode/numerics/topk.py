@@ -1,15 +1,88 @@
 """The exact top k of float32 scores found from approximate ones with an error bound.
 
 Ranking scores every candidate approximately from int8 codes (:mod:`rtdecode.numerics.intdot`)
-and knows how far each approximate score can be from the float32 one. This kernel turns that into
-the float32 top k, re-scoring as few rows as the bound allows, in one pass of compiled code
-without the GIL (so the layers of a volume are selected on both cores at once).
+and knows how far each approximate score can be from the float32 one. :func:`certified_top_k`
+turns that into the float32 top k, re-scoring as few rows as the bound allows, in one pass of
+compiled code without the GIL (so the layers of a volume are selected on both cores at once).
+:func:`quantise_rows` makes the codes and their error bounds, and :func:`normalise_and_quantise`
+makes a query's, in one compiled pass: a volume arrives after the decoder has idled most of a
+TR, and a dozen small numpy calls per layer then cost more than the pass itself.
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def quantise_rows(
+    rows: np.ndarray, codes: np.ndarray, scale: np.ndarray, error: np.ndarray, norm: np.ndarray
+) -> None:
+    """Quantise each row symmetrically: ``rows[i] ~= scale[i] * codes[i, :m]``, codes in -127..127.
+
+    Parameters
+    ----------
+    rows : numpy.ndarray
+        float32 or float64 (n, m).
+    codes : numpy.ndarray
+        int8 (n, width), width >= m, zeros beyond m: filled up to m.
+    scale, error, norm : numpy.ndarray
+        float64 (n,): filled with each row's scale, the L2 norm of its quantisation error
+        (computed in float64 from the values as given) and the L2 norm of ``scale * codes``.
+    """
+    n, m = rows.shape
+    for i in range(n):
+        amax = 0.0
+        for j in range(m):
+            v = abs(np.float64(rows[i, j]))
+            if v > amax:
+                amax = v
+        s = amax / 127 if amax > 0 else 1.0
+        e2 = 0.0
+        c2 = 0.0  # an exact integer sum in float64
+        for j in range(m):
+            x = np.float64(rows[i, j])
+            q = np.rint(x / s)
+            codes[i, j] = np.int8(q)
+            e2 += (x - q * s) ** 2
+            c2 += q * q
+        scale[i], error[i], norm[i] = s, np.sqrt(e2), np.sqrt(c2) * s
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def normalise_and_quantise(
+    pred: np.ndarray, p: np.ndarray, codes: np.ndarray, scale: np.ndarray, error: np.ndarray, norm: np.ndarray
+) -> None:
+    """Centre and unit-normalise each row of ``pred`` into float32 ``p``, then :func:`quantise_rows` it.
+
+    ``p`` is :func:`rtdecode.numerics.stats.normalise_rows` of ``pred`` (in float64, rows with no
+    variation become zeros) cast to float32, up to the order of the float64 sums.
+
+    Parameters
+    ----------
+    pred : numpy.ndarray
+        float32 or float64 (r, m).
+    p : numpy.ndarray
+        float32 (r, m): filled.
+    codes, scale, error, norm : numpy.ndarray
+        As for :func:`quantise_rows`.
+    """
+    r, m = pred.shape
+    c = np.empty(m)
+    for i in range(r):
+        mean = 0.0
+        for j in range(m):
+            mean += pred[i, j]
+        mean /= m
+        ss = 0.0
+        for j in range(m):
+            c[j] = pred[i, j] - mean
+            ss += c[j] * c[j]
+        length = np.sqrt(ss)
+        for j in range(m):
+            p[i, j] = c[j] / length if length > 0 else 0.0
+    quantise_rows(p, codes, scale, error, norm)
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)

@@ -19,8 +19,9 @@ import numpy as np
 from rtdecode.errors import ModelFileError
 from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.intdot import MAX_WIDTH, padded_width, selected
-from rtdecode.numerics.stats import correlations, normalise_rows
+from rtdecode.numerics.stats import correlations
 from rtdecode.numerics.topk import certified_top_k as select_top_k
+from rtdecode.numerics.topk import normalise_and_quantise, quantise_rows
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -68,28 +69,62 @@ class QuantisedRows:
     ``codes`` rows are padded with zeros to a multiple of 64 bytes, whole chunks for the integer
     dot-product kernels (:mod:`rtdecode.numerics.intdot`). ``error`` is each row's exact L2
     quantisation error, which bounds the error of any dot product with a unit vector
-    (Cauchy-Schwarz).
+    (Cauchy-Schwarz); ``norm`` is the L2 norm of each quantised row, ``|scale * codes|``.
     """
 
     codes: np.ndarray  # int8 (n, padded_width(m)), values -127..127
     scale: np.ndarray  # float64 (n,)
     error: np.ndarray  # float64 (n,)
+    norm: np.ndarray  # float64 (n,)
+
+    @classmethod
+    def empty(cls, n: int, m: int) -> QuantisedRows:
+        """Room for ``n`` rows of ``m`` values, to be filled by :mod:`rtdecode.numerics.topk`."""
+        return cls(np.zeros((n, padded_width(m)), np.int8), np.empty(n), np.empty(n), np.empty(n))
 
     @classmethod
     def quantise(cls, rows: np.ndarray) -> QuantisedRows:
         """Quantise each row symmetrically to ``-127..127`` times its own scale."""
-        rows = np.asarray(rows, dtype=np.float64)
-        n, m = rows.shape
-        amax = np.abs(rows).max(axis=1) if m else np.zeros(n)
-        scale = np.where(amax > 0, amax / 127, 1.0)
-        q = np.rint(rows / scale[:, None])
-        error = np.linalg.norm(rows - q * scale[:, None], axis=1)
-        codes = np.zeros((n, padded_width(m)), dtype=np.int8)
-        codes[:, :m] = q
-        return cls(codes, scale, error)
+        rows = np.asarray(rows)
+        if rows.dtype not in (np.float32, np.float64):
+            rows = rows.astype(np.float64)
+        out = cls.empty(*rows.shape)
+        quantise_rows(rows, out.codes, out.scale, out.error, out.norm)
+        return out
 
-    def products(self, p: np.ndarray) -> tuple[np.ndarray, QuantisedRows, float]:
-        """Exact integer products of these codes with ``p`` quantised the same way.
+    @classmethod
+    def queries(cls, pred: np.ndarray) -> tuple[np.ndarray, QuantisedRows]:
+        """Predicted features as ranking queries: centred, unit-norm float32 rows and their codes.
+
+        Parameters
+        ----------
+        pred : numpy.ndarray
+            float32 or float64 (r, m), raw predicted features.
+
+        Returns
+        -------
+        p : numpy.ndarray
+            float32 (r, m), :func:`~rtdecode.numerics.stats.normalise_rows` of ``pred``.
+        query : QuantisedRows
+            ``p`` quantised.
+        """
+        if pred.dtype not in (np.float32, np.float64):
+            pred = pred.astype(np.float64)
+        p, query = np.empty(pred.shape, np.float32), cls.empty(*pred.shape)
+        normalise_and_quantise(pred, p, query.codes, query.scale, query.error, query.norm)
+        return p, query
+
+    def products(self, query: QuantisedRows) -> np.ndarray:
+        """Exact integer products, int32 (r, n): ``rows @ p.T ~= acc * query.scale[:, None] * self.scale``.
+
+        ``query`` holds r rows quantised like these (unit norm or zero, as these are).
+        """
+        acc = np.empty((query.codes.shape[0], self.codes.shape[0]), dtype=np.int32)
+        selected()(self.codes, query.codes, acc)  # exact integer sums (the kernel refuses wider rows)
+        return acc
+
+    def dot_bounds(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Approximate ``rows @ p`` for each row of ``p`` and a bound on the error of each value.
 
         Parameters
         ----------
@@ -99,58 +134,37 @@ class QuantisedRows:
 
         Returns
         -------
-        acc : numpy.ndarray
-            int32 (r, n): ``rows @ p.T ~= acc * query.scale[:, None] * self.scale``.
-        query : QuantisedRows
-            ``p`` as codes.
-        rounding : float
-            What float32 rounding of an m-term dot product of unit vectors can add, twice over.
-        """
-        m = p.shape[1]
-        query = QuantisedRows.quantise(p)
-        acc = np.empty((p.shape[0], self.codes.shape[0]), dtype=np.int32)
-        selected()(self.codes, query.codes, acc)  # exact integer sums (the kernel refuses wider rows)
-        return acc, query, 4.0 * m * 2.0**-24
-
-    def dot_bounds(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Approximate ``rows @ p`` for each row of ``p`` and a bound on the error of each value.
-
-        Parameters
-        ----------
-        p : numpy.ndarray
-            As for :meth:`products`.
-
-        Returns
-        -------
         approx, bound : numpy.ndarray
             float64 (r, n): ``|rows @ p.T - approx| <= bound`` element-wise, counting the
             quantisation of both sides and float32 rounding.
         """
-        acc, query, rounding = self.products(p)
-        approx = acc * query.scale[:, None] * self.scale[None, :]
-        bound = query.error[:, None] + self.error[None, :] * query.norms()[:, None] + rounding
+        query = QuantisedRows.quantise(p)
+        approx = self.products(query) * query.scale[:, None] * self.scale[None, :]
+        bound = query.error[:, None] + self.error[None, :] * query.norm[:, None] + rounding(p.shape[1])
         return approx, bound
 
-    def norms(self) -> np.ndarray:
-        """L2 norm of each quantised row, ``|scale * codes|``."""
-        return np.sqrt(np.einsum("ij,ij->i", self.codes, self.codes, dtype=np.float64)) * self.scale
+
+def rounding(m: int) -> float:
+    """What float32 rounding of an m-term dot product of unit vectors can add, twice over."""
+    return 4.0 * m * 2.0**-24
 
 
 def certified_top_k(
-    p: np.ndarray, features: np.ndarray, quantised: QuantisedRows, k: int
+    pred: np.ndarray, features: np.ndarray, quantised: QuantisedRows, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The float32 top-k of ``p @ features.T`` found through int8 codes and re-scoring.
+    """The float32 top-k correlations of ``pred`` with ``features``, through int8 codes and re-scoring.
 
     Only the rows whose error bound lets them reach the top k are read in float32
     (:func:`rtdecode.numerics.topk.certified_top_k`), so the answer is that of :func:`top_k` on
-    the full float32 product (up to float32 rounding of near-equal scores).
+    the full float32 product of the normalised predictions (up to float32 rounding of near-equal
+    scores).
 
     Parameters
     ----------
-    p : numpy.ndarray
-        float32 (r, m), centred, unit-norm rows (from :func:`normalise_rows`).
+    pred : numpy.ndarray
+        (r, m) raw predicted features, normalised here (:meth:`QuantisedRows.queries`).
     features : numpy.ndarray
-        float32 (n, m), the rows ``quantised`` was made from.
+        float32 (n, m), centred unit-norm rows, those ``quantised`` was made from.
     quantised : QuantisedRows
     k : int
 
@@ -161,13 +175,13 @@ def certified_top_k(
     scores : numpy.ndarray
         float32 (r, k).
     """
-    p = np.ascontiguousarray(p, dtype=np.float32)
+    p, query = QuantisedRows.queries(pred)
     r, k = p.shape[0], min(k, features.shape[0])
-    acc, query, rounding = quantised.products(p)
+    acc = quantised.products(query)
     idx = np.empty((r, k), dtype=np.int32)
     val = np.empty((r, k), dtype=np.float32)
     select_top_k(
-        acc, quantised.scale, quantised.error, query.scale, query.error + rounding, query.norms(),
+        acc, quantised.scale, quantised.error, query.scale, query.error + rounding(p.shape[1]), query.norm,
         features, p, idx, val,
     )  # fmt: skip
     return idx, val
@@ -296,8 +310,7 @@ class Identifier:
         k = min(self.k, len(self.bank.labels))
         pred = rows[:, self.layer_slices[layer]]
         if self.precision == "int8":
-            p = normalise_rows(pred).astype(np.float32)
-            return certified_top_k(p, self.bank.features[layer], self.quantised[layer], k)
+            return certified_top_k(pred, self.bank.features[layer], self.quantised[layer], k)
         ranked = [
             top_k(correlations(part, self.bank.features[layer]), k)
             for part in np.split(pred, np.cumsum(sizes)[:-1])

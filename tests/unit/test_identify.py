@@ -86,6 +86,29 @@ def test_quantised_dot_products_stay_within_their_bound():
     assert np.median(bound) < 0.05 and np.abs(exact - approx).max() > 0  # a real, not a vacuous bound
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_quantisation_is_the_numpy_formula(dtype):
+    # The compiled passes against the formulas written out in numpy: codes and scales exactly,
+    # error and norm to float64 rounding (the sums run in another order); zero rows stay zero.
+    rng = np.random.default_rng(8)
+    pred = (rng.standard_normal((6, 203)) ** 3 * 5 + 2).astype(dtype)
+    pred[2] = 7.0  # no variation
+    p, query = QuantisedRows.queries(pred)
+    want_p = normalise_rows(pred).astype(np.float32)
+    np.testing.assert_allclose(p, want_p, rtol=2**-23, atol=0)
+    assert not p[2].any() and p.dtype == np.float32
+    for rows, q in ((p, query), (pred, QuantisedRows.quantise(pred))):
+        x = rows.astype(np.float64)
+        amax = np.abs(x).max(axis=1)
+        scale = np.where(amax > 0, amax / 127, 1.0)
+        codes = np.rint(x / scale[:, None])
+        np.testing.assert_array_equal(q.scale, scale)
+        np.testing.assert_array_equal(q.codes[:, :203], codes)
+        assert q.codes.shape == (6, 256) and not q.codes[:, 203:].any()
+        np.testing.assert_allclose(q.error, np.linalg.norm(x - codes * scale[:, None], axis=1), rtol=1e-12)
+        np.testing.assert_allclose(q.norm, np.linalg.norm(codes * scale[:, None], axis=1), rtol=1e-12)
+
+
 def test_int8_ranking_equals_float32_ranking():
     fb, bank = _structured_bank()
     slices = {ly: slice(i * 300, (i + 1) * 300) for i, ly in enumerate(fb.layers)}
