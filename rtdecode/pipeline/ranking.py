@@ -85,9 +85,7 @@ class QuantisedRows:
     @classmethod
     def quantise(cls, rows: np.ndarray) -> QuantisedRows:
         """Quantise each row symmetrically to ``-127..127`` times its own scale."""
-        rows = np.asarray(rows)
-        if rows.dtype not in (np.float32, np.float64):
-            rows = rows.astype(np.float64)
+        rows = _compiled_float(rows)
         out = cls.empty(*rows.shape)
         quantise_rows(rows, out.codes, out.scale, out.error, out.norm)
         return out
@@ -108,8 +106,7 @@ class QuantisedRows:
         query : QuantisedRows
             ``p`` quantised.
         """
-        if pred.dtype not in (np.float32, np.float64):
-            pred = pred.astype(np.float64)
+        pred = _compiled_float(pred)
         p, query = np.empty(pred.shape, np.float32), cls.empty(*pred.shape)
         normalise_and_quantise(pred, p, query.codes, query.scale, query.error, query.norm)
         return p, query
@@ -142,6 +139,12 @@ class QuantisedRows:
         approx = self.products(query) * query.scale[:, None] * self.scale[None, :]
         bound = query.error[:, None] + self.error[None, :] * query.norm[:, None] + rounding(p.shape[1])
         return approx, bound
+
+
+def _compiled_float(a: np.ndarray) -> np.ndarray:
+    # The compiled passes take float32 or float64 as given; anything else is read as float64.
+    a = np.asarray(a)
+    return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
 def rounding(m: int) -> float:
@@ -307,12 +310,11 @@ class Identifier:
         self.close()
 
     def _rank_layer(self, layer: str, rows: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        k = min(self.k, len(self.bank.labels))
-        pred = rows[:, self.layer_slices[layer]]
+        pred = rows[:, self.layer_slices[layer]]  # both rankings cap k at the number of candidates
         if self.precision == "int8":
-            return certified_top_k(pred, self.bank.features[layer], self.quantised[layer], k)
+            return certified_top_k(pred, self.bank.features[layer], self.quantised[layer], self.k)
         ranked = [
-            top_k(correlations(part, self.bank.features[layer]), k)
+            top_k(correlations(part, self.bank.features[layer]), self.k)
             for part in np.split(pred, np.cumsum(sizes)[:-1])
         ]
         return np.concatenate([i for i, _ in ranked]), np.concatenate([v for _, v in ranked])
