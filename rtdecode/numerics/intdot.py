@@ -14,7 +14,9 @@ CPU (:mod:`rtdecode.numerics.llvmjit`):
   ``vpmaddubsw`` adds in int16 stay below 2 * 127 * 127 < 2**15 and never saturate;
 - ``portable``: :func:`rtdecode.numerics.kernels.int8_scores`, the numba loop.
 
-All four compute the same exact integer sums. The best one the CPU has is chosen at start-up, and
+All four compute the same exact integer sums, and each is a C function of one signature
+(:data:`SIGNATURE`), so compiled code calls whichever was chosen without the GIL
+(:func:`rtdecode.numerics.topk.rank_layers`). The best one the CPU has is chosen at start-up, and
 only after it has matched the portable kernel on random data (:func:`selected`).
 """
 
@@ -23,10 +25,10 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 
+import numba
 import numpy as np
 
 from rtdecode.numerics.int8_ir import ISAS, MAX_WIDTH, ROW_ALIGN, kernel_ir
@@ -35,10 +37,32 @@ from rtdecode.numerics.llvmjit import compile_ir, host_features, optimised, targ
 
 log = logging.getLogger(__name__)
 
-_SIGNATURE = ctypes.CFUNCTYPE(
+# scores(codes, query, absquery, bias, out, n, r, width): every kernel, the portable one too.
+SIGNATURE = ctypes.CFUNCTYPE(
     None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
     ctypes.c_int64, ctypes.c_int64, ctypes.c_int64,
 )  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def query_operands(query: np.ndarray, biased: bool) -> tuple[np.ndarray, np.ndarray]:
+    """What a kernel reads besides the codes: ``|query|`` and the bias it subtracts from each sum.
+
+    The AVX2 kernel reads the absolute values (-127..127: no overflow). The VNNI kernels read
+    each bank byte as ``c + 128`` (``vpdpbusd`` takes one unsigned side) and need the bias
+    ``128 * sum(q)`` (``biased``); every other kernel subtracts 0.
+    """
+    r, width = query.shape
+    absq = np.empty((r, width), np.int8)
+    bias = np.zeros(r, np.int32)
+    for q in range(r):
+        total = 0
+        for j in range(width):
+            absq[q, j] = abs(query[q, j])
+            total += query[q, j]
+        if biased:
+            bias[q] = 128 * total
+    return absq, bias
 
 
 def assembly(isa: str, cpu: str) -> str:
@@ -58,12 +82,20 @@ class Int8Kernel:
     ----------
     isa : str
         ``"avx512vnni"``, ``"avxvnni"``, ``"avx2"`` or ``"portable"``.
-    run : callable
-        ``run(codes, query, out)`` on checked arrays.
+    function : ctypes function
+        The kernel, a C function of :data:`SIGNATURE`.
+    code : object
+        What holds ``function``'s machine code, kept alive as long as the kernel.
     """
 
     isa: str
-    run: Callable[[np.ndarray, np.ndarray, np.ndarray], None]
+    function: ctypes._CFuncPtr
+    code: object = field(default=None, repr=False, compare=False)
+
+    @property
+    def biased(self) -> bool:
+        """Whether :func:`query_operands` must give this kernel its bias."""
+        return "vnni" in self.isa
 
     def __call__(self, codes: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
         """Exact ``out[q, i] = sum_j codes[i, j] * query[q, j]``.
@@ -98,7 +130,12 @@ class Int8Kernel:
         if not (codes.flags.c_contiguous and query.flags.c_contiguous and out.flags.c_contiguous):
             raise ValueError("codes, query and out must be C-contiguous")
         if codes.shape[0] and query.shape[0]:
-            self.run(codes, query, out)
+            (n, width), r = codes.shape, query.shape[0]
+            absq, bias = query_operands(query, self.biased)
+            self.function(
+                codes.ctypes.data, query.ctypes.data, absq.ctypes.data, bias.ctypes.data, out.ctypes.data,
+                n, r, width,
+            )  # fmt: skip
 
 
 def padded_width(m: int) -> int:
@@ -115,32 +152,26 @@ def compile_kernel(isa: str) -> Int8Kernel:
         If LLVM cannot compile it here.
     """
     if isa == "portable":
-        return Int8Kernel(isa, portable_scores)
+        return Int8Kernel(isa, _portable())
     if isa not in available():  # LLVM would abort the process, not raise
         raise RuntimeError(f"this CPU lacks {ISAS[isa].needs}")
     engine = compile_ir(kernel_ir(isa))
-    fn = _SIGNATURE(engine.get_function_address("scores"))
-    vnni = "vnni" in isa
+    return Int8Kernel(isa, SIGNATURE(engine.get_function_address("scores")), engine)
 
-    def run(codes: np.ndarray, query: np.ndarray, out: np.ndarray, _engine: object = engine) -> None:
-        # _engine keeps the machine code alive as long as this function. vpdpbusd read each bank
-        # byte as c + 128: the bias takes the 128 * sum(q) that adds back off.
-        r, (n, width) = query.shape[0], codes.shape
-        # Each kernel reads only one of these: the bias (VNNI) or |q| (AVX2, -127..127: no overflow).
-        bias = 128 * query.sum(1, dtype=np.int32) if vnni else np.zeros(r, np.int32)
-        absq = query if vnni else np.abs(query)
-        fn(
-            codes.ctypes.data,
-            query.ctypes.data,
-            absq.ctypes.data,
-            bias.ctypes.data,
-            out.ctypes.data,
-            n,
-            r,
-            width,
+
+@cache
+def _portable() -> ctypes._CFuncPtr:
+    # The numba loop behind the kernels' C signature, compiled (or loaded from the disk cache)
+    # only when asked for.
+    @numba.cfunc(numba.types.void(*[numba.types.voidptr] * 5, *[numba.types.int64] * 3), cache=True)
+    def scores(codes, query, absquery, bias, out, n, r, width):  # noqa: D103
+        portable_scores(
+            numba.carray(codes, (n, width), np.int8),
+            numba.carray(query, (r, width), np.int8),
+            numba.carray(out, (r, n), np.int32),
         )
 
-    return Int8Kernel(isa, run)
+    return scores.ctypes
 
 
 def available() -> list[str]:

@@ -2,17 +2,26 @@
 
 Ranking scores every candidate approximately from int8 codes (:mod:`rtdecode.numerics.intdot`)
 and knows how far each approximate score can be from the float32 one. :func:`certified_top_k`
-turns that into the float32 top k, re-scoring as few rows as the bound allows, in one pass of
-compiled code without the GIL (so the layers of a volume are selected on both cores at once).
+turns that into the float32 top k, re-scoring as few rows as the bound allows.
 :func:`quantise_rows` makes the codes and their error bounds, and :func:`normalise_and_quantise`
-makes a query's, in one compiled pass: a volume arrives after the decoder has idled most of a
-TR, and a dozen small numpy calls per layer then cost more than the pass itself.
+makes a query's. :func:`rank_layers` does all of it for several layers in one call without the
+GIL: a volume arrives after the decoder has idled most of a TR, and every time a ranking thread
+hands the GIL back and forth with the other, it risks waiting for a virtual CPU to wake (a tenth
+of a millisecond typically, several now and then).
 """
 
 from __future__ import annotations
 
 import numba
 import numpy as np
+
+from rtdecode.numerics.intdot import query_operands
+
+
+@numba.njit(cache=True)
+def rounding(m: int) -> float:
+    """What float32 rounding of an m-term dot product of unit vectors can add, twice over."""
+    return 4.0 * m * 2.0**-24
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -160,3 +169,67 @@ def certified_top_k(
             val[q, j] = exact[order[j]]
         scored[q] = c
     return scored
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def rank_layers(
+    scores: object, biased: bool, rows: np.ndarray, starts: np.ndarray, stops: np.ndarray,
+    codes: list, scale: list, error: list, features: list, k: int,
+) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The float32 top k of every row of predictions against several layers' candidates.
+
+    For each layer t: the predictions' columns ``starts[t]:stops[t]`` are normalised and
+    quantised (:func:`normalise_and_quantise`), scored against the layer's codes by the int8
+    kernel ``scores`` (:mod:`rtdecode.numerics.intdot`), and the top k certified and re-scored
+    in float32 (:func:`certified_top_k`).
+
+    Parameters
+    ----------
+    scores : ctypes function
+        An int8 kernel's C function (:data:`rtdecode.numerics.intdot.SIGNATURE`).
+    biased : bool
+        That kernel's :attr:`~rtdecode.numerics.intdot.Int8Kernel.biased`.
+    rows : numpy.ndarray
+        float32 or float64 (r, units), raw predicted features.
+    starts, stops : numpy.ndarray
+        int64 (layers,): each layer's columns in ``rows``.
+    codes, scale, error, features : numba.typed.List
+        Per layer: the candidates' int8 codes, their scales and quantisation errors (a
+        :class:`~rtdecode.pipeline.ranking.QuantisedRows`), and their float32 centred unit-norm rows.
+    k : int
+        At most the number of candidates of every layer.
+
+    Returns
+    -------
+    idx, val : numpy.ndarray
+        int32 and float32 (r, layers, k), best first.
+    """
+    r = rows.shape[0]
+    idx = np.empty((r, len(codes), k), dtype=np.int32)
+    val = np.empty((r, len(codes), k), dtype=np.float32)
+    for t in range(len(codes)):
+        bank = codes[t]
+        n, width = bank.shape
+        pred = rows[:, starts[t] : stops[t]]
+        m = pred.shape[1]
+        p = np.empty((r, m), dtype=np.float32)
+        query = np.zeros((r, width), dtype=np.int8)
+        q_scale, q_error, q_norm = np.empty(r), np.empty(r), np.empty(r)
+        normalise_and_quantise(pred, p, query, q_scale, q_error, q_norm)
+        absq, bias = query_operands(query, biased)
+        acc = np.empty((r, n), dtype=np.int32)
+        if n and r:
+            scores(bank.ctypes, query.ctypes, absq.ctypes, bias.ctypes, acc.ctypes, n, r, width)
+        certified_top_k(
+            acc,
+            scale[t],
+            error[t],
+            q_scale,
+            q_error + rounding(m),
+            q_norm,
+            features[t],
+            p,
+            idx[:, t],
+            val[:, t],
+        )
+    return idx, val

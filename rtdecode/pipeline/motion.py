@@ -13,7 +13,6 @@ Parameter convention: :mod:`rtdecode.numerics.rigid`.
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +20,7 @@ import numpy as np
 from rtdecode.errors import NotFittedError, VolumeError
 from rtdecode.numerics.kernels import grid_points, inside_grid, sample, sample_gradient, spline_coefficients
 from rtdecode.numerics.rigid import framewise_displacement, grid_centre_mm, params_from_matrix, rigid_matrix
+from rtdecode.pipeline.helpers import HelperThreads
 
 # Generators of rotations about x, y, z (derivative of R at 0, per radian).
 _GENERATORS = np.array(
@@ -231,7 +231,7 @@ class MotionCorrector:
         self.coarse = coarse
         self.jump_threshold = jump_threshold
         self.smooth = smooth
-        self._helper = ThreadPoolExecutor(1, thread_name_prefix="motion") if threads == 2 else None
+        self._helper = HelperThreads(1, "motion") if threads == 2 else None
         self._pending: list[tuple[np.ndarray, np.ndarray]] = []
         self._prev_params: np.ndarray | None = None
         self._n_seen = 0

@@ -11,17 +11,17 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from rtdecode.errors import ModelFileError
 from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.intdot import MAX_WIDTH, padded_width, selected
 from rtdecode.numerics.stats import correlations
-from rtdecode.numerics.topk import certified_top_k as select_top_k
-from rtdecode.numerics.topk import normalise_and_quantise, quantise_rows
+from rtdecode.numerics.topk import normalise_and_quantise, quantise_rows, rank_layers, rounding
+from rtdecode.pipeline.helpers import HelperThreads
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -147,49 +147,6 @@ def _compiled_float(a: np.ndarray) -> np.ndarray:
     return a if a.dtype in (np.float32, np.float64) else a.astype(np.float64)
 
 
-def rounding(m: int) -> float:
-    """What float32 rounding of an m-term dot product of unit vectors can add, twice over."""
-    return 4.0 * m * 2.0**-24
-
-
-def certified_top_k(
-    pred: np.ndarray, features: np.ndarray, quantised: QuantisedRows, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """The float32 top-k correlations of ``pred`` with ``features``, through int8 codes and re-scoring.
-
-    Only the rows whose error bound lets them reach the top k are read in float32
-    (:func:`rtdecode.numerics.topk.certified_top_k`), so the answer is that of :func:`top_k` on
-    the full float32 product of the normalised predictions (up to float32 rounding of near-equal
-    scores).
-
-    Parameters
-    ----------
-    pred : numpy.ndarray
-        (r, m) raw predicted features, normalised here (:meth:`QuantisedRows.queries`).
-    features : numpy.ndarray
-        float32 (n, m), centred unit-norm rows, those ``quantised`` was made from.
-    quantised : QuantisedRows
-    k : int
-
-    Returns
-    -------
-    indices : numpy.ndarray
-        int32 (r, k), best first.
-    scores : numpy.ndarray
-        float32 (r, k).
-    """
-    p, query = QuantisedRows.queries(pred)
-    r, k = p.shape[0], min(k, features.shape[0])
-    acc = quantised.products(query)
-    idx = np.empty((r, k), dtype=np.int32)
-    val = np.empty((r, k), dtype=np.float32)
-    select_top_k(
-        acc, quantised.scale, quantised.error, query.scale, query.error + rounding(p.shape[1]), query.norm,
-        features, p, idx, val,
-    )  # fmt: skip
-    return idx, val
-
-
 class Identifier:
     """Rank every candidate for every ROI x layer prediction of a volume.
 
@@ -242,15 +199,20 @@ class Identifier:
                 )
         self.bank = bank
         self.layer_slices = layer_slices
-        self.k = k
+        self.k = min(k, len(bank.labels))  # both rankings give at most every candidate
         self.precision = precision
         self.quantised = {}
         self.kernel = None  # the int8 kernel's instruction set, with int8 ranking
+        self.threads = threads
+        layers = list(layer_slices)
         if precision == "int8":
             self.kernel = selected().isa  # compiled and checked now, not on the first volume
-            self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layer_slices}
-        self.threads = threads
-        self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="rank") if threads > 1 else None
+            self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layers}
+            # One task per thread: layers of about equal bytes, each set ranked in one compiled call.
+            self._tasks = [self._compiled(group) for group in _balanced(layers, self.quantised, threads)]
+        else:
+            self._tasks = [self._float32(i) for i in range(len(layers))]
+        self._pool = HelperThreads(threads - 1, "rank") if threads > 1 else None
 
     def rank(self, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-k candidates per ROI and layer.
@@ -288,14 +250,16 @@ class Identifier:
         """
         sizes = [p.shape[0] for p in predictions]
         rows = np.concatenate(predictions) if len(predictions) > 1 else predictions[0]
-        layers = list(self.layer_slices)
-        work = _SharedWork(lambda i: self._rank_layer(layers[i], rows, sizes), len(layers))
+        work = _SharedWork(lambda i: self._tasks[i][1](rows, sizes), len(self._tasks))
         if self._pool is not None:
             for _ in range(self.threads - 1):
                 self._pool.submit(work.run)
-        idx, val = zip(*work.run_and_wait())
+        shape = (rows.shape[0], len(self.layer_slices), self.k)
+        idx, val = np.empty(shape, np.int32), np.empty(shape, np.float32)
+        for (positions, _), (i, v) in zip(self._tasks, work.run_and_wait()):
+            idx[:, positions], val[:, positions] = i, v
         cut = np.cumsum(sizes)[:-1]
-        return list(zip(np.split(np.stack(idx, axis=1), cut), np.split(np.stack(val, axis=1), cut)))
+        return list(zip(np.split(idx, cut), np.split(val, cut)))
 
     def close(self) -> None:
         """Stop the ranking threads; safe to call twice."""
@@ -309,15 +273,53 @@ class Identifier:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _rank_layer(self, layer: str, rows: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-        pred = rows[:, self.layer_slices[layer]]  # both rankings cap k at the number of candidates
-        if self.precision == "int8":
-            return certified_top_k(pred, self.bank.features[layer], self.quantised[layer], self.k)
-        ranked = [
-            top_k(correlations(part, self.bank.features[layer]), self.k)
-            for part in np.split(pred, np.cumsum(sizes)[:-1])
+    def _compiled(self, positions: list[int]) -> tuple[list[int], Callable]:
+        # These layers' arrays as the compiled pass takes them, and the call that ranks them.
+        layers = [list(self.layer_slices)[i] for i in positions]
+        starts, stops = (
+            np.array([getattr(self.layer_slices[ly], end) for ly in layers]) for end in ("start", "stop")
+        )
+        q = [self.quantised[ly] for ly in layers]
+        arrays = [
+            [x.codes for x in q],
+            [x.scale for x in q],
+            [x.error for x in q],
+            [self.bank.features[ly] for ly in layers],
         ]
-        return np.concatenate([i for i, _ in ranked]), np.concatenate([v for _, v in ranked])
+        lists = [numba.typed.List(a) for a in arrays]
+        kernel = selected()
+
+        def rank(rows: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            return rank_layers(
+                kernel.function, kernel.biased, _compiled_float(rows), starts, stops, *lists, self.k
+            )
+
+        return positions, rank
+
+    def _float32(self, position: int) -> tuple[list[int], Callable]:
+        features = self.bank.features[list(self.layer_slices)[position]]
+        columns = list(self.layer_slices.values())[position]
+
+        def rank(rows: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+            # Each volume's rows on their own: a matrix product over more rows could round differently.
+            parts = np.split(rows[:, columns], np.cumsum(sizes)[:-1])
+            ranked = [top_k(correlations(part, features), self.k) for part in parts]
+            return np.concatenate([i for i, _ in ranked])[:, None], np.concatenate([v for _, v in ranked])[
+                :, None
+            ]
+
+        return [position], rank
+
+
+def _balanced(layers: list[str], quantised: dict[str, QuantisedRows], groups: int) -> list[list[int]]:
+    # Layer positions in at most ``groups`` sets of about equal bytes, largest layers placed first.
+    sets: list[list[int]] = [[] for _ in range(min(groups, len(layers)))]
+    load = [0] * len(sets)
+    for i in sorted(range(len(layers)), key=lambda i: -quantised[layers[i]].codes.nbytes):
+        j = load.index(min(load))
+        sets[j].append(i)
+        load[j] += quantised[layers[i]].codes.nbytes
+    return [sorted(s) for s in sets]
 
 
 class _SharedWork:

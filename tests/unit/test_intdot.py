@@ -1,5 +1,6 @@
 """The int8 dot-product kernels: each against exact int64 products, and the choice among them."""
 
+import ctypes
 import os
 import re
 import subprocess
@@ -48,10 +49,14 @@ def test_the_fastest_kernel_this_cpu_has_is_selected_and_agrees():
 
 
 def test_a_kernel_with_wrong_sums_is_caught_by_the_start_up_check():
-    def off_by_one(codes, query, out):
-        intdot.compile_kernel("portable")(codes, query, out)
-        out[-1, -1] += 1
+    portable = intdot.compile_kernel("portable").function
 
+    @intdot.SIGNATURE
+    def off_by_one(codes, query, absquery, bias, out, n, r, width):
+        portable(codes, query, absquery, bias, out, n, r, width)
+        ctypes.cast(out, ctypes.POINTER(ctypes.c_int32))[r * n - 1] += 1
+
+    assert intdot.agrees_with_portable(intdot.compile_kernel("portable"))
     assert not intdot.agrees_with_portable(intdot.Int8Kernel("broken", off_by_one))
 
 
