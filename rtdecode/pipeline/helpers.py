@@ -1,4 +1,4 @@
-"""Helper threads that start on another CPU than the thread that wakes them.
+"""Helper threads that start on another CPU than the thread that wakes them, and work they share.
 
 Motion correction and ranking split a volume's work between the calling thread and a helper. A
 helper idles for most of a TR, and Linux wakes a thread near its waker: measured on these 2-vCPU
@@ -14,6 +14,7 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -78,3 +79,73 @@ def _pin(tid: int, cpus: set[int]) -> None:
         os.sched_setaffinity(tid, cpus)
     except OSError:
         pass
+
+
+class SharedWork:
+    """``fn(0) ... fn(n - 1)``, shared by every thread that calls :meth:`run`.
+
+    A thread takes the next task not yet started. When none is left, it waits up to 1.5 times the
+    longest task so far for the others to finish, then runs again the unfinished task that the
+    fewest threads are running (before any task has finished there is nothing to judge a stall
+    by, and it only waits). The first result of each task is kept: ``fn`` must give the same
+    answer every time (ranking's do: exact integer sums, a fixed re-scoring order).
+    """
+
+    def __init__(self, fn: Callable[[int], object], n: int) -> None:
+        self.fn = fn
+        self.changed = threading.Condition()  # guards the state below; notified as tasks end
+        self.results: list[object] = [None] * n
+        self.finished = [False] * n
+        self.running = [0] * n
+        self.next = 0
+        self.longest = 0.0
+        self.error: BaseException | None = None
+
+    @property
+    def done(self) -> bool:
+        """Whether every task has a result, or one has failed."""
+        return self.error is not None or all(self.finished)
+
+    def _take(self) -> int | None:
+        with self.changed:
+            while not self.done:
+                if self.next < len(self.results):
+                    i, self.next = self.next, self.next + 1
+                elif not self.longest:  # no task has ended: nothing to judge a stall by
+                    self.changed.wait()
+                    continue
+                elif self.changed.wait(1.5 * self.longest) or self.done:  # one ended: look again
+                    continue
+                else:
+                    unfinished = [j for j, ended in enumerate(self.finished) if not ended]
+                    i = min(unfinished, key=self.running.__getitem__)
+                self.running[i] += 1
+                return i
+            return None
+
+    def run(self) -> None:
+        """Run tasks until every one has a result (or one has failed)."""
+        while (i := self._take()) is not None:
+            t0 = time.perf_counter()
+            try:
+                result = self.fn(i)
+            except BaseException as err:  # handed to the thread that waits
+                with self.changed:
+                    self.error = self.error or err
+                    self.changed.notify_all()
+                return
+            with self.changed:
+                self.longest = max(self.longest, time.perf_counter() - t0)
+                self.running[i] -= 1
+                if not self.finished[i]:
+                    self.results[i], self.finished[i] = result, True
+                self.changed.notify_all()
+
+    def run_and_wait(self) -> list:
+        """:meth:`run` on this thread, then wait for the others; the results in task order."""
+        self.run()
+        with self.changed:
+            self.changed.wait_for(lambda: self.done)
+        if self.error is not None:
+            raise self.error
+        return self.results

@@ -8,8 +8,6 @@ it reach the top k: the ranking is the float32 ranking, at a quarter of the byte
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,7 +19,7 @@ from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.intdot import MAX_WIDTH, padded_width, selected
 from rtdecode.numerics.stats import correlations
 from rtdecode.numerics.topk import normalise_and_quantise, quantise_rows, rank_layers, rounding
-from rtdecode.pipeline.helpers import HelperThreads
+from rtdecode.pipeline.helpers import HelperThreads, SharedWork
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -161,10 +159,13 @@ class Identifier:
         How the bank is read: float32 products, or int8 codes with certified float32
         re-scoring (same ranking, a quarter of the memory traffic, plus a quarter more memory).
     threads : int
-        Threads ranking the layers of a volume, the calling thread one of them; the kernels
-        release the GIL, and idle threads sleep (no spinning). A layer still running on a thread
-        long after the others are done (the system paused it) is ranked again by an idle one and
-        the first answer kept (both are the same): one stalled core does not hold up the volume.
+        Threads ranking a volume, the calling thread one of them. With int8 the layers are split
+        into this many sets of about equal bytes, each ranked in one compiled call without the
+        GIL (a thread that hands the GIL back and forth waits for a CPU to wake each time);
+        float32 ranks one layer per task. Idle threads sleep (no spinning). A task still running
+        on a thread long after the others are done (the system paused it) is run again by an
+        idle one and the first answer kept (both are the same): one stalled core does not hold
+        up the volume.
 
     Raises
     ------
@@ -210,6 +211,12 @@ class Identifier:
             self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layers}
             # One task per thread: layers of about equal bytes, each set ranked in one compiled call.
             self._tasks = [self._compiled(group) for group in _balanced(layers, self.quantised, threads)]
+            probe = np.zeros((1, max(sl.stop for sl in layer_slices.values())), np.float32)  # as predicted
+            for layer, sl in layer_slices.items():
+                probe[0, sl] = bank.features[layer][0]  # a candidate: a ranking with little to re-score
+            self._tasks[0][1](
+                probe, [1]
+            )  # compiled (or loaded from the disk cache) now, not on the first volume
         else:
             self._tasks = [self._float32(i) for i in range(len(layers))]
         self._pool = HelperThreads(threads - 1, "rank") if threads > 1 else None
@@ -250,7 +257,7 @@ class Identifier:
         """
         sizes = [p.shape[0] for p in predictions]
         rows = np.concatenate(predictions) if len(predictions) > 1 else predictions[0]
-        work = _SharedWork(lambda i: self._tasks[i][1](rows, sizes), len(self._tasks))
+        work = SharedWork(lambda i: self._tasks[i][1](rows, sizes), len(self._tasks))
         if self._pool is not None:
             for _ in range(self.threads - 1):
                 self._pool.submit(work.run)
@@ -320,72 +327,3 @@ def _balanced(layers: list[str], quantised: dict[str, QuantisedRows], groups: in
         sets[j].append(i)
         load[j] += quantised[layers[i]].codes.nbytes
     return [sorted(s) for s in sets]
-
-
-class _SharedWork:
-    """``fn(0) ... fn(n - 1)``, shared by every thread that calls :meth:`run`.
-
-    A thread takes the next task not yet started. When none is left, it waits up to 1.5 times the
-    longest task so far for the others to finish, then runs again the unfinished task that the
-    fewest threads are running (before any task has finished there is nothing to judge a stall
-    by, and it only waits). The first result of each task is kept: ``fn`` must give the same
-    answer every time (it does here: exact integer sums, fixed re-scoring order).
-    """
-
-    def __init__(self, fn: Callable[[int], object], n: int) -> None:
-        self.fn = fn
-        self.changed = threading.Condition()  # guards the state below; notified as tasks end
-        self.results: list[object] = [None] * n
-        self.finished = [False] * n
-        self.running = [0] * n
-        self.next = 0
-        self.longest = 0.0
-        self.error: BaseException | None = None
-
-    @property
-    def done(self) -> bool:
-        return self.error is not None or all(self.finished)
-
-    def _take(self) -> int | None:
-        with self.changed:
-            while not self.done:
-                if self.next < len(self.results):
-                    i, self.next = self.next, self.next + 1
-                elif not self.longest:  # no task has ended: nothing to judge a stall by
-                    self.changed.wait()
-                    continue
-                elif self.changed.wait(1.5 * self.longest) or self.done:  # one ended: look again
-                    continue
-                else:
-                    unfinished = [j for j, ended in enumerate(self.finished) if not ended]
-                    i = min(unfinished, key=self.running.__getitem__)
-                self.running[i] += 1
-                return i
-            return None
-
-    def run(self) -> None:
-        """Run tasks until every one has a result (or one has failed)."""
-        while (i := self._take()) is not None:
-            t0 = time.perf_counter()
-            try:
-                result = self.fn(i)
-            except BaseException as err:  # handed to the thread that waits
-                with self.changed:
-                    self.error = self.error or err
-                    self.changed.notify_all()
-                return
-            with self.changed:
-                self.longest = max(self.longest, time.perf_counter() - t0)
-                self.running[i] -= 1
-                if not self.finished[i]:
-                    self.results[i], self.finished[i] = result, True
-                self.changed.notify_all()
-
-    def run_and_wait(self) -> list:
-        """:meth:`run` on this thread, then wait for the others; the results in task order."""
-        self.run()
-        with self.changed:
-            self.changed.wait_for(lambda: self.done)
-        if self.error is not None:
-            raise self.error
-        return self.results

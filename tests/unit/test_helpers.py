@@ -1,4 +1,4 @@
-"""Helper threads: a pool like any other, whose idle threads wake on a CPU other than the caller's."""
+"""Helper threads (idle ones wake on a CPU other than the caller's) and the work they share."""
 
 import ctypes
 import os
@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from rtdecode.pipeline.helpers import HelperThreads
+from rtdecode.pipeline.helpers import HelperThreads, SharedWork
 
 
 def test_results_and_errors_come_back_as_from_any_pool():
@@ -47,3 +47,52 @@ def test_an_idle_helper_starts_off_the_callers_cpu_and_may_go_anywhere_after():
     t.join()
     assert caller_cpu not in seen
     assert all(cpus == allowed for cpus in after)
+
+
+def test_shared_work_gives_every_result_in_task_order_on_any_number_of_threads():
+    for n_threads in (1, 2, 3):
+        work = SharedWork(lambda i: i * i, 9)
+        helpers = [threading.Thread(target=work.run) for _ in range(n_threads - 1)]
+        for t in helpers:
+            t.start()
+        assert work.run_and_wait() == [i * i for i in range(9)]
+        for t in helpers:
+            t.join()
+    assert SharedWork(lambda i: i, 0).run_and_wait() == []
+
+
+def test_a_task_stalled_on_another_thread_is_run_again_instead_of_waited_for():
+    # The helper takes task 0 and stalls in it (a paused core) until the caller has its answer:
+    # the caller runs task 0 itself once the others are done and keeps the first answer.
+    release, first_call = threading.Event(), threading.Event()
+    calls = []
+
+    def fn(i):
+        calls.append(i)
+        if i == 0 and not first_call.is_set():
+            first_call.set()
+            release.wait(60)
+            return "stalled"
+        return f"task {i}"
+
+    work = SharedWork(fn, 3)
+    helper = threading.Thread(target=work.run)
+    helper.start()
+    first_call.wait(60)  # the helper holds task 0
+    results = work.run_and_wait()  # would wait 60 s for the helper without the re-run
+    stalled_still = not release.is_set()
+    release.set()
+    helper.join()
+    assert stalled_still
+    assert results == ["task 0", "task 1", "task 2"]
+    assert calls.count(0) == 2
+
+
+def test_an_error_in_a_shared_task_reaches_the_caller():
+    def fn(i):
+        if i == 2:
+            raise ValueError("layer 2 failed")
+        return i
+
+    with pytest.raises(ValueError, match="layer 2 failed"):
+        SharedWork(fn, 4).run_and_wait()

@@ -1,12 +1,10 @@
-import threading
-
 import numpy as np
 import pytest
 
 from rtdecode.errors import ModelFileError
 from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.stats import correlations, normalise_rows
-from rtdecode.pipeline.ranking import Identifier, QuantisedRows, _SharedWork, pairwise_identification, top_k
+from rtdecode.pipeline.ranking import Identifier, QuantisedRows, pairwise_identification, top_k
 
 
 def test_correlations_equal_numpy_corrcoef():
@@ -184,52 +182,3 @@ def test_int8_ranking_of_fewer_candidates_than_k_ranks_them_all():
     assert b[0].shape == (3, 1, 5)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1], atol=1e-6)
-
-
-def test_shared_work_gives_every_result_in_task_order_on_any_number_of_threads():
-    for n_threads in (1, 2, 3):
-        work = _SharedWork(lambda i: i * i, 9)
-        helpers = [threading.Thread(target=work.run) for _ in range(n_threads - 1)]
-        for t in helpers:
-            t.start()
-        assert work.run_and_wait() == [i * i for i in range(9)]
-        for t in helpers:
-            t.join()
-    assert _SharedWork(lambda i: i, 0).run_and_wait() == []
-
-
-def test_a_task_stalled_on_another_thread_is_run_again_instead_of_waited_for():
-    # The helper takes task 0 and stalls in it (a paused core) until the caller has its answer:
-    # the caller runs task 0 itself once the others are done and keeps the first answer.
-    release, first_call = threading.Event(), threading.Event()
-    calls = []
-
-    def fn(i):
-        calls.append(i)
-        if i == 0 and not first_call.is_set():
-            first_call.set()
-            release.wait(60)
-            return "stalled"
-        return f"task {i}"
-
-    work = _SharedWork(fn, 3)
-    helper = threading.Thread(target=work.run)
-    helper.start()
-    first_call.wait(60)  # the helper holds task 0
-    results = work.run_and_wait()  # would wait 60 s for the helper without the re-run
-    stalled_still = not release.is_set()
-    release.set()
-    helper.join()
-    assert stalled_still
-    assert results == ["task 0", "task 1", "task 2"]
-    assert calls.count(0) == 2
-
-
-def test_an_error_in_a_shared_task_reaches_the_caller():
-    def fn(i):
-        if i == 2:
-            raise ValueError("layer 2 failed")
-        return i
-
-    with pytest.raises(ValueError, match="layer 2 failed"):
-        _SharedWork(fn, 4).run_and_wait()
