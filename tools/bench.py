@@ -403,11 +403,19 @@ def looped(bold: Path, repeat: int) -> list[Volume]:
 
 
 def role_send(args: argparse.Namespace) -> None:
-    """Sender process: stream the series to the decoder."""
+    """Sender process: stream the series to the decoder, then stay until the run is over.
+
+    A scanner keeps running after its last volume; this process's exit (0.5 s of CPU tearing down
+    the interpreter, measured) would otherwise take a core from the decoder while it clears the
+    unpaced backlog.
+    """
     vols = looped(Path(args.bold), args.repeat)
     time.sleep(args.lead)
     n = send_volumes(iter(vols), args.to, args.speed)
     print(json.dumps({"sent": n}), flush=True)
+    deadline = time.monotonic() + 300
+    while args.hold and not Path(args.hold).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def role_listen(args: argparse.Namespace) -> None:
@@ -445,6 +453,7 @@ def start_decoder_and_listener(
     )
     cfg_path, ready, rec = work / f"{tag}-run.yaml", work / f"{tag}.ready", work / f"{tag}-listener.json"
     ready.unlink(missing_ok=True)
+    rec.unlink(missing_ok=True)  # the sender holds on until the listener writes it
     cfg_path.write_text(yaml.safe_dump({"run": to_dict(Config(run=cfg))["run"]}))
     decoder = subprocess.Popen(
         [sys.executable, "-m", "rtdecode", "run", "-c", str(cfg_path), "--exit-after-series"],
@@ -487,7 +496,7 @@ def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) 
     try:
         sender = subprocess.Popen(
             me + ["send", "--bold", str(bold), "--to", cfg.input.address, "--speed", str(speed),
-                  "--repeat", str(repeat)]
+                  "--repeat", str(repeat), "--hold", str(rec)]
         )  # fmt: skip
         rss, wall = watch_rss(decoder, 0.25)
         sender.wait(60)
@@ -735,6 +744,7 @@ def main() -> None:
     s.add_argument("--speed", type=float, default=1.0)
     s.add_argument("--repeat", type=int, default=1)
     s.add_argument("--lead", type=float, default=0.2)
+    s.add_argument("--hold", help="exit only once this file exists (the subscriber's record)")
     li = sub.add_parser("listen", help="(internal) the subscriber process")
     li.add_argument("--address", required=True)
     li.add_argument("--out", required=True)
