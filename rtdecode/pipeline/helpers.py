@@ -56,6 +56,12 @@ class HelperThreads(ThreadPoolExecutor):
                         _pin(tid, others)
         return super().submit(self._run, fn, *args, **kwargs)
 
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """As :meth:`ThreadPoolExecutor.shutdown`; the helpers' thread ids are forgotten first."""
+        with self._lock:
+            self._idle.clear()  # an ended thread's id may be reused by another thread or process
+        super().shutdown(wait, cancel_futures=cancel_futures)
+
     def _started(self) -> None:
         with self._lock:
             self._idle[threading.get_native_id()] = True
