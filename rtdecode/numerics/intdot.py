@@ -15,8 +15,8 @@ CPU (:mod:`rtdecode.numerics.llvmjit`):
 - ``portable``: :func:`rtdecode.numerics.kernels.int8_scores`, the numba loop.
 
 All four compute the same exact integer sums, and each is a C function of one signature
-(:data:`SIGNATURE`), so compiled code calls whichever was chosen without the GIL
-(:func:`rtdecode.numerics.topk.rank_layers`). The best one the CPU has is chosen at start-up, and
+(:data:`SIGNATURE`), so compiled code calls whichever was chosen without the GIL (:func:`products`,
+which :func:`rtdecode.numerics.topk.rank_layers` calls). The best one the CPU has is chosen at start-up, and
 only after it has matched the portable kernel on random data (:func:`selected`).
 """
 
@@ -45,13 +45,10 @@ SIGNATURE = ctypes.CFUNCTYPE(
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
-def query_operands(query: np.ndarray, biased: bool) -> tuple[np.ndarray, np.ndarray]:
-    """What a kernel reads besides the codes: ``|query|`` and the bias it subtracts from each sum.
-
-    The AVX2 kernel reads the absolute values (-127..127: no overflow). The VNNI kernels read
-    each bank byte as ``c + 128`` (``vpdpbusd`` takes one unsigned side) and need the bias
-    ``128 * sum(q)`` (``biased``); every other kernel subtracts 0.
-    """
+def _query_operands(query: np.ndarray, biased: bool) -> tuple[np.ndarray, np.ndarray]:
+    # What a kernel reads besides the codes: |query| (AVX2; -127..127, no overflow) and the bias
+    # it subtracts from each sum, 128 * sum(q) for the VNNI kernels (vpdpbusd takes one unsigned
+    # side, so each bank byte is read as c + 128), 0 for the others.
     r, width = query.shape
     absq = np.empty((r, width), np.int8)
     bias = np.zeros(r, np.int32)
@@ -63,6 +60,25 @@ def query_operands(query: np.ndarray, biased: bool) -> tuple[np.ndarray, np.ndar
         if biased:
             bias[q] = 128 * total
     return absq, bias
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
+def products(function: object, biased: bool, codes: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
+    """``out = query @ codes.T`` by one kernel's C function, callable from compiled code.
+
+    Parameters
+    ----------
+    function : ctypes function
+        A kernel's :attr:`Int8Kernel.function`.
+    biased : bool
+        Its :attr:`Int8Kernel.biased`.
+    codes, query, out : numpy.ndarray
+        As :meth:`Int8Kernel.__call__` takes them, unchecked.
+    """
+    (n, width), r = codes.shape, query.shape[0]
+    if n and r:
+        absq, bias = _query_operands(query, biased)
+        function(codes.ctypes, query.ctypes, absq.ctypes, bias.ctypes, out.ctypes, n, r, width)
 
 
 def assembly(isa: str, cpu: str) -> str:
@@ -94,7 +110,7 @@ class Int8Kernel:
 
     @property
     def biased(self) -> bool:
-        """Whether :func:`query_operands` must give this kernel its bias."""
+        """Whether the kernel subtracts ``128 * sum(q)`` from each sum (the VNNI kernels)."""
         return "vnni" in self.isa
 
     def __call__(self, codes: np.ndarray, query: np.ndarray, out: np.ndarray) -> None:
@@ -129,13 +145,7 @@ class Int8Kernel:
             raise ValueError(f"out {out.shape} must be {(query.shape[0], codes.shape[0])}")
         if not (codes.flags.c_contiguous and query.flags.c_contiguous and out.flags.c_contiguous):
             raise ValueError("codes, query and out must be C-contiguous")
-        if codes.shape[0] and query.shape[0]:
-            (n, width), r = codes.shape, query.shape[0]
-            absq, bias = query_operands(query, self.biased)
-            self.function(
-                codes.ctypes.data, query.ctypes.data, absq.ctypes.data, bias.ctypes.data, out.ctypes.data,
-                n, r, width,
-            )  # fmt: skip
+        products(self.function, self.biased, codes, query, out)
 
 
 def padded_width(m: int) -> int:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from rtdecode.numerics.intdot import query_operands
+from rtdecode.numerics.intdot import products
 
 
 @numba.njit(cache=True)
@@ -61,8 +61,8 @@ def quantise_rows(
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
 def normalise_and_quantise(
-    pred: np.ndarray, p: np.ndarray, codes: np.ndarray, scale: np.ndarray, error: np.ndarray, norm: np.ndarray
-) -> None:
+    pred: np.ndarray, width: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre and unit-normalise each row of ``pred`` into float32 ``p``, then :func:`quantise_rows` it.
 
     ``p`` is :func:`rtdecode.numerics.stats.normalise_rows` of ``pred`` (in float64, rows with no
@@ -72,12 +72,20 @@ def normalise_and_quantise(
     ----------
     pred : numpy.ndarray
         float32 or float64 (r, m).
+    width : int
+        Bytes per row of codes, at least m (zeros beyond m).
+
+    Returns
+    -------
     p : numpy.ndarray
-        float32 (r, m): filled.
+        float32 (r, m).
     codes, scale, error, norm : numpy.ndarray
-        As for :func:`quantise_rows`.
+        ``p`` quantised, as :func:`quantise_rows` fills them.
     """
     r, m = pred.shape
+    p = np.empty((r, m), dtype=np.float32)
+    codes = np.zeros((r, width), dtype=np.int8)
+    scale, error, norm = np.empty(r), np.empty(r), np.empty(r)
     c = np.empty(m)
     for i in range(r):
         mean = 0.0
@@ -92,6 +100,7 @@ def normalise_and_quantise(
         for j in range(m):
             p[i, j] = c[j] / length if length > 0 else 0.0
     quantise_rows(p, codes, scale, error, norm)
+    return p, codes, scale, error, norm
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
@@ -185,10 +194,9 @@ def rank_layers(
 
     Parameters
     ----------
-    scores : ctypes function
-        An int8 kernel's C function (:data:`rtdecode.numerics.intdot.SIGNATURE`).
-    biased : bool
-        That kernel's :attr:`~rtdecode.numerics.intdot.Int8Kernel.biased`.
+    scores, biased
+        The int8 kernel's C function and whether it takes a bias
+        (:func:`rtdecode.numerics.intdot.products`).
     rows : numpy.ndarray
         float32 or float64 (r, units), raw predicted features.
     starts, stops : numpy.ndarray
@@ -210,16 +218,10 @@ def rank_layers(
     for t in range(len(codes)):
         bank = codes[t]
         n, width = bank.shape
-        pred = rows[:, starts[t] : stops[t]]
-        m = pred.shape[1]
-        p = np.empty((r, m), dtype=np.float32)
-        query = np.zeros((r, width), dtype=np.int8)
-        q_scale, q_error, q_norm = np.empty(r), np.empty(r), np.empty(r)
-        normalise_and_quantise(pred, p, query, q_scale, q_error, q_norm)
-        absq, bias = query_operands(query, biased)
+        m = stops[t] - starts[t]
+        p, query, q_scale, q_error, q_norm = normalise_and_quantise(rows[:, starts[t] : stops[t]], width)
         acc = np.empty((r, n), dtype=np.int32)
-        if n and r:
-            scores(bank.ctypes, query.ctypes, absq.ctypes, bias.ctypes, acc.ctypes, n, r, width)
+        products(scores, biased, bank, query, acc)
         certified_top_k(
             acc,
             scale[t],

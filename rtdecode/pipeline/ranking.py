@@ -104,10 +104,8 @@ class QuantisedRows:
         query : QuantisedRows
             ``p`` quantised.
         """
-        pred = _compiled_float(pred)
-        p, query = np.empty(pred.shape, np.float32), cls.empty(*pred.shape)
-        normalise_and_quantise(pred, p, query.codes, query.scale, query.error, query.norm)
-        return p, query
+        p, *query = normalise_and_quantise(_compiled_float(pred), padded_width(pred.shape[1]))
+        return p, cls(*query)
 
     def products(self, query: QuantisedRows) -> np.ndarray:
         """Exact integer products, int32 (r, n): ``rows @ p.T ~= acc * query.scale[:, None] * self.scale``.
@@ -283,37 +281,31 @@ class Identifier:
     def _compiled(self, positions: list[int]) -> tuple[list[int], Callable]:
         # These layers' arrays as the compiled pass takes them, and the call that ranks them.
         layers = [list(self.layer_slices)[i] for i in positions]
-        starts, stops = (
-            np.array([getattr(self.layer_slices[ly], end) for ly in layers]) for end in ("start", "stop")
-        )
+        starts = np.array([self.layer_slices[ly].start for ly in layers])
+        stops = np.array([self.layer_slices[ly].stop for ly in layers])
         q = [self.quantised[ly] for ly in layers]
-        arrays = [
-            [x.codes for x in q],
-            [x.scale for x in q],
-            [x.error for x in q],
-            [self.bank.features[ly] for ly in layers],
+        lists = [
+            numba.typed.List(a)
+            for a in ([x.codes for x in q], [x.scale for x in q], [x.error for x in q])
+            + ([self.bank.features[ly] for ly in layers],)
         ]
-        lists = [numba.typed.List(a) for a in arrays]
         kernel = selected()
 
         def rank(rows: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
-            return rank_layers(
-                kernel.function, kernel.biased, _compiled_float(rows), starts, stops, *lists, self.k
-            )
+            rows = _compiled_float(rows)
+            return rank_layers(kernel.function, kernel.biased, rows, starts, stops, *lists, self.k)
 
         return positions, rank
 
     def _float32(self, position: int) -> tuple[list[int], Callable]:
-        features = self.bank.features[list(self.layer_slices)[position]]
-        columns = list(self.layer_slices.values())[position]
+        layer = list(self.layer_slices)[position]
+        features, columns = self.bank.features[layer], self.layer_slices[layer]
 
         def rank(rows: np.ndarray, sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
             # Each volume's rows on their own: a matrix product over more rows could round differently.
             parts = np.split(rows[:, columns], np.cumsum(sizes)[:-1])
-            ranked = [top_k(correlations(part, features), self.k) for part in parts]
-            return np.concatenate([i for i, _ in ranked])[:, None], np.concatenate([v for _, v in ranked])[
-                :, None
-            ]
+            idx, val = zip(*(top_k(correlations(part, features), self.k) for part in parts))
+            return np.concatenate(idx)[:, None], np.concatenate(val)[:, None]
 
         return [position], rank
 
