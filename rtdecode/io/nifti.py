@@ -36,6 +36,10 @@ def iter_volumes(
     beside it (``NAME.json``'s ``SliceTiming``, seconds per slice along the third axis), if any.
     A BIDS multi-echo series is named by any of its echoes' files (``…_echo-1_bold.nii.gz``):
     its volumes hold every echo along a fourth axis, with the sidecars' ``EchoTime``.
+
+    The data come in C order, as on the wire and as the pipeline's kernels read them (NIfTI stores
+    Fortran order): one transposing copy here rather than one in every consumer (0.55 ms for a
+    64x64x50 int16 volume, measured when a replay's sender did it for each volume as it sent it).
     """
     echoes = echo_files(path)
     imgs = [nib.load(str(p)) for p, _ in echoes] if echoes else [nib.load(str(path))]
@@ -49,7 +53,7 @@ def iter_volumes(
         data = (
             np.stack([np.asarray(i.dataobj[..., k]) for i in imgs], axis=-1)
             if te
-            else np.asarray(img.dataobj[..., k])
+            else np.ascontiguousarray(img.dataobj[..., k])
         )
         yield Volume(
             data,
