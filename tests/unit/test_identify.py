@@ -4,6 +4,7 @@ import pytest
 from rtdecode.errors import ModelFileError
 from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.stats import correlations, normalise_rows
+from rtdecode.numerics.topk import certified_top_k
 from rtdecode.pipeline.ranking import Identifier, QuantisedRows, pairwise_identification, top_k
 
 
@@ -182,3 +183,47 @@ def test_int8_ranking_of_fewer_candidates_than_k_ranks_them_all():
     assert b[0].shape == (3, 1, 5)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[1], b[1], atol=1e-6)
+
+
+def _certified_in_python(acc, row_scale, row_error, q_scale, q_slack, q_norm, features, p, k):
+    # certified_top_k's search written out in Python and numpy, a row at a time.
+    out = []
+    for q in range(acc.shape[0]):
+        kept, first, low = [], [], 0
+        for i in range(acc.shape[1]):
+            v = acc[q, i] * row_scale[i]
+            if i < k:
+                kept.append(v)
+                first.append(i)
+            elif v > kept[low]:
+                kept[low], first[low] = v, i
+            if i >= k - 1:
+                low = int(np.argmin(kept))
+        floor = min(np.dot(features[i], p[q]) for i in first) - q_slack[q]
+        upper = acc[q] * row_scale * q_scale[q] + row_error * q_norm[q]
+        need = np.flatnonzero(upper >= floor)
+        exact = features[need] @ p[q]
+        order = np.argsort(-exact, kind="mergesort")[:k]
+        out.append((need[order], exact[order], len(need)))
+    return out
+
+
+def test_certified_top_k_rescores_exactly_the_rows_whose_bound_reaches_the_floor():
+    # Values on a grid of 1/8: every float32 dot product is exact, so any summation order agrees,
+    # and scores tie often (ties must resolve the same way, lower row first).
+    rng = np.random.default_rng(9)
+    features = (rng.integers(-3, 4, (1000, 64)) / 8).astype(np.float32)
+    p = (rng.integers(-3, 4, (5, 64)) / 8).astype(np.float32)
+    features[700] = features[3] = p[1]  # the best rows of one query far from the first block
+    rows, query = QuantisedRows.quantise(features), QuantisedRows.quantise(p)
+    acc = (rows.codes.astype(np.int32) @ query.codes.T.astype(np.int32)).T.copy()
+    slack = query.error + 1e-3
+    idx, val = np.empty((5, 7), np.int32), np.empty((5, 7), np.float32)
+    bounds = (rows.scale, rows.error, query.scale, slack, query.norm)
+    scored = certified_top_k(acc, *bounds, features, p, idx, val)
+    want = _certified_in_python(acc, *bounds, features, p, 7)
+    for q, (i, v, n) in enumerate(want):
+        np.testing.assert_array_equal(idx[q], i)
+        np.testing.assert_array_equal(val[q], v)
+        assert scored[q] == n
+    assert idx[1, :2].tolist() == [3, 700]
