@@ -214,7 +214,7 @@ def test_certified_top_k_rescores_exactly_the_rows_whose_bound_reaches_the_floor
     rng = np.random.default_rng(9)
     features = (rng.integers(-3, 4, (1000, 64)) / 8).astype(np.float32)
     p = (rng.integers(-3, 4, (5, 64)) / 8).astype(np.float32)
-    features[700] = features[3] = p[1]  # the best rows of one query far from the first block
+    features[700] = features[3] = p[1]  # two equal rows, the best for query 1: a tie, far apart
     rows, query = QuantisedRows.quantise(features), QuantisedRows.quantise(p)
     acc = (rows.codes.astype(np.int32) @ query.codes.T.astype(np.int32)).T.copy()
     slack = query.error + 1e-3
