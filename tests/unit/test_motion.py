@@ -194,6 +194,19 @@ def test_errors_are_clear():
         MotionCorrector(np.arange(3)).set_reference(np.zeros((8, 8, 8)), np.eye(4))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_first_volume_refused_as_reference_leaves_the_next_to_be_it(phantom, threads):
+    img, affine = phantom
+    mc = MotionCorrector(np.arange(10), threads=threads)
+    with pytest.raises(VolumeError, match="only 0 voxels"):
+        mc.correct(np.zeros(img.shape, np.float32), affine)
+    values, est = mc.correct(img, affine)
+    np.testing.assert_array_equal(mc.reference_, img.astype(np.float32))
+    assert np.abs(est.params).max() < 1e-3 and est.fd_mm == 0.0
+    np.testing.assert_allclose(values, img.ravel()[:10], rtol=1e-4, atol=1e-3 * np.abs(img).max())
+    mc.close()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
