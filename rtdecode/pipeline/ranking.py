@@ -76,15 +76,11 @@ class QuantisedRows:
     norm: np.ndarray  # float64 (n,)
 
     @classmethod
-    def empty(cls, n: int, m: int) -> QuantisedRows:
-        """Room for ``n`` rows of ``m`` values, to be filled by :mod:`rtdecode.numerics.topk`."""
-        return cls(np.zeros((n, padded_width(m)), np.int8), np.empty(n), np.empty(n), np.empty(n))
-
-    @classmethod
     def quantise(cls, rows: np.ndarray) -> QuantisedRows:
         """Quantise each row symmetrically to ``-127..127`` times its own scale."""
         rows = _compiled_float(rows)
-        out = cls.empty(*rows.shape)
+        n, m = rows.shape
+        out = cls(np.zeros((n, padded_width(m)), np.int8), np.empty(n), np.empty(n), np.empty(n))
         quantise_rows(rows, out.codes, out.scale, out.error, out.norm)
         return out
 
