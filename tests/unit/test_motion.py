@@ -155,11 +155,11 @@ def test_mean_reference_and_nifti_reference(phantom, tmp_path):
     first_ref = None
     for truth in ([0, 0, 0, 0, 0, 0], [0.3, 0, 0, 0, 0, 0], [0.6, 0, 0, 0, 0, 0]):
         mc.correct(_moved(img, affine, np.array(truth, float), rng), affine)
-        first_ref = mc.fine_.ref_values if first_ref is None else first_ref
+        first_ref = mc.reference_ if first_ref is None else first_ref
     # The reference is now the mean of the three realigned volumes, on the first volume's grid:
     # less noisy, and poses stay relative to the first volume.
     est, _ = mc.estimate(_moved(img, affine, np.array([1.0, 0, 0, 0, 0, 0]), rng))
-    assert mc.fine_.ref_values is not first_ref
+    assert mc.reference_ is not first_ref
     np.testing.assert_allclose(est, [1.0, 0, 0, 0, 0, 0], atol=0.06)
     nib.save(nib.Nifti1Image(img, affine), tmp_path / "ref.nii")
     ref = nib.load(tmp_path / "ref.nii")
@@ -204,6 +204,23 @@ def test_a_first_volume_refused_as_reference_leaves_the_next_to_be_it(phantom, t
     np.testing.assert_array_equal(mc.reference_, img.astype(np.float32))
     assert np.abs(est.params).max() < 1e-3 and est.fd_mm == 0.0
     np.testing.assert_allclose(values, img.ravel()[:10], rtol=1e-4, atol=1e-3 * np.abs(img).max())
+    mc.close()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_reference_with_nothing_to_align_on_is_given_up_for_the_next_volume(phantom, threads):
+    img, affine = phantom
+    mc = MotionCorrector(np.arange(10), threads=threads)
+    # A flat volume passes the brightness check, but has no gradient: its solver is singular.
+    mc.correct(np.full(img.shape, 100.0, np.float32), affine)
+    with pytest.raises(VolumeError, match="cannot be aligned to"):
+        mc.correct(img, affine)
+    assert mc.get_state() is None
+    mc.correct(img, affine)
+    np.testing.assert_array_equal(mc.reference_, img.astype(np.float32))
+    est = mc.correct(apply_motion(img, affine, np.array([0.5, 0, 0, 0, 1.0, 0])), affine)[1]
+    np.testing.assert_allclose(est.params, [0.5, 0, 0, 0, 1.0, 0], atol=0.05)
+    assert est.fd_mm > 0
     mc.close()
 
 
