@@ -66,7 +66,7 @@ from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
 from rtdecode.models.linear import LinearBundle  # noqa: E402
 from rtdecode.numerics.intdot import padded_width, selected  # noqa: E402
 from rtdecode.numerics.stats import normalise_rows  # noqa: E402
-from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
+from rtdecode.pipeline.latency import LatencyTracker, format_table, stage_durations_ms  # noqa: E402
 from rtdecode.pipeline.ranking import Identifier, QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
 from rtdecode.sim.physio import simulate_recording, write_physio  # noqa: E402
@@ -489,6 +489,12 @@ def start_decoder_and_listener(
     return cfg, decoder, listener, rec
 
 
+def slowest(stamps: np.ndarray, n: int) -> list[dict]:
+    """The ``n`` volumes with the longest end to end time (the ones that set p99 at ~200 volumes)."""
+    e2e = [stage_durations_ms(s).get("end_to_end", -1.0) for s in stamps]
+    return [{"volume": int(i), "end_to_end_ms": float(e2e[i])} for i in np.argsort(e2e)[::-1][:n]]
+
+
 def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) -> dict:
     """Sender, decoder and subscriber processes; summaries from the subscriber's record."""
     cfg, decoder, listener, rec = start_decoder_and_listener(cfg, work, "bench", __file__)
@@ -520,6 +526,7 @@ def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) 
         "wall_s": wall,
         "messages": got["messages"],
         "peak_rss_mb": max(r[2] for r in rss) / 1024 if rss else None,
+        "slowest": slowest(stamps, 3),
     }
     if got["latent_ms"]:
         out["latent_ms"] = percentiles(got["latent_ms"])
