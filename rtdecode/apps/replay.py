@@ -121,6 +121,11 @@ def send_volumes(
     uses_lsl = to.startswith("lsl") or bool(markers) or physio is not None
     lead = (5.0 if uses_lsl else 0.0) if lead_s is None else lead_s
     n, last = 0, None
+    # The bar is set up before the clock starts: that takes ~9 ms (measured), which volume 0
+    # would otherwise carry as the sender's lateness (``acquired->sent``).
+    volumes = progress(
+        itertools.chain([first], volumes), "sending volumes", total=n_volumes or None, unit="vol"
+    )
     with contextlib.ExitStack() as stack:
         tx = stack.enter_context(open_sender(to, n_volumes, speed))
         t0 = time.monotonic_ns() + int(lead * 1e9)
@@ -145,8 +150,7 @@ def send_volumes(
             ):
                 log.warning("no receiver has connected to the %s stream yet", type(outlet).__name__)
         pending = list(markers)
-        volumes = itertools.chain([first], volumes)
-        for vol in progress(volumes, "sending volumes", total=n_volumes or None, unit="vol"):
+        for vol in volumes:
             offset = vol.seq * vol.tr_s / speed
             due = t0 + int(offset * 1e9)
             while pending and t0 + int(pending[0][0] / speed * 1e9) <= due:
