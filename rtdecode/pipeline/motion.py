@@ -143,8 +143,8 @@ class MotionCorrector:
         if self.coarse and min(ref.shape) >= 8:
             grids.append((downsample(ref), affine @ _COARSE))
         points = [sampling_points(img) for img, _ in grids]  # a refused reference is refused here
-        # The solvers take ~10 ms, and up to 40 ms with cold caches: made off the reference
-        # volume's path, it is not the slowest volume of a run.
+        # The solvers take ~10 ms, 40-57 ms with cold caches in a live run; made beside the
+        # reference volume's own path, they no longer make it the slowest volume of a run.
         max_points, smooth = self.max_points, self.smooth
         self._levels = SharedWork(
             lambda i: GridAligner(*grids[i], points[i], affine, ref.shape, max_points, smooth), len(grids)
