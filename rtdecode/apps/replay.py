@@ -121,13 +121,14 @@ def send_volumes(
     uses_lsl = to.startswith("lsl") or bool(markers) or physio is not None
     lead = (5.0 if uses_lsl else 0.0) if lead_s is None else lead_s
     n, last = 0, None
-    # The bar is set up before the clock starts: that takes ~9 ms (measured), which volume 0
-    # would otherwise carry as the sender's lateness (``acquired->sent``).
-    volumes = progress(
-        itertools.chain([first], volumes), "sending volumes", total=n_volumes or None, unit="vol"
-    )
     with contextlib.ExitStack() as stack:
         tx = stack.enter_context(open_sender(to, n_volumes, speed))
+        # The bar is set up before the clock starts: that takes ~9 ms (measured), which volume 0
+        # would otherwise carry as the sender's lateness (``acquired->sent``).
+        total = n_volumes or None
+        volumes = stack.enter_context(
+            progress(itertools.chain([first], volumes), "sending volumes", total=total, unit="vol")
+        )
         t0 = time.monotonic_ns() + int(lead * 1e9)
         wall0 = time.time() + lead
         # Every stream opens now, so receivers have the whole lead to connect to each.
