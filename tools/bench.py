@@ -66,7 +66,7 @@ from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
 from rtdecode.models.linear import LinearBundle  # noqa: E402
 from rtdecode.numerics.intdot import padded_width, selected  # noqa: E402
 from rtdecode.numerics.stats import normalise_rows  # noqa: E402
-from rtdecode.pipeline.latency import LatencyTracker, format_table, stage_durations_ms  # noqa: E402
+from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
 from rtdecode.pipeline.ranking import Identifier, QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
 from rtdecode.sim.physio import simulate_recording, write_physio  # noqa: E402
@@ -489,11 +489,13 @@ def start_decoder_and_listener(
     return cfg, decoder, listener, rec
 
 
-def slowest(stamps: np.ndarray, n: int) -> list[dict]:
-    """The ``n`` volumes of longest end to end time (they set p99 at ~200 volumes), each by stage."""
-    stages = [stage_durations_ms(s) for s in stamps]
-    e2e = [d.get("end_to_end", -1.0) for d in stages]
-    return [{"volume": int(i), "stages_ms": stages[i]} for i in np.argsort(e2e)[::-1][:n]]
+def slowest(durations: list[dict[str, float]], n: int) -> list[dict]:
+    """The ``n`` volumes of longest end to end time (they set p99 at ~200 volumes), each by stage.
+
+    ``durations``: each volume's stage durations, as :meth:`LatencyTracker.add` returns them.
+    """
+    e2e = [d.get("end_to_end", -1.0) for d in durations]
+    return [{"volume": int(i), "stages_ms": durations[i]} for i in np.argsort(e2e)[::-1][:n]]
 
 
 def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) -> dict:
@@ -514,9 +516,8 @@ def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) 
                 p.kill()
     got = json.loads(rec.read_text())
     tracker = LatencyTracker()
-    for s in got["stamps"]:
-        tracker.add(np.array(s, dtype=np.int64))
     stamps = np.array(got["stamps"], dtype=np.int64)
+    durations = [tracker.add(s) for s in stamps]
     n = len(stamps)
     span_s = (stamps[-1, Stage.PUBLISHED] - stamps[0, Stage.RECEIVED]) / 1e9 if n > 1 else float("nan")
     out = {
@@ -527,7 +528,7 @@ def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) 
         "wall_s": wall,
         "messages": got["messages"],
         "peak_rss_mb": max(r[2] for r in rss) / 1024 if rss else None,
-        "slowest": slowest(stamps, 3),
+        "slowest": slowest(durations, 3),
     }
     if got["latent_ms"]:
         out["latent_ms"] = percentiles(got["latent_ms"])

@@ -123,6 +123,7 @@ class GridAligner:
         self.jacobian = jac
         self.solver = np.linalg.solve(jac.T @ jac, jac.T)  # (6, n)
         self.shape = ref.shape
+        self.centre_affine, self.centre_shape = centre_affine, centre_shape
         self._inside = np.empty(len(pts), dtype=bool)
         self._vals = np.empty(len(pts), dtype=np.float32)
 
@@ -130,8 +131,6 @@ class GridAligner:
         self,
         coef: np.ndarray,
         world: np.ndarray,
-        centre_affine: np.ndarray,
-        centre_shape: tuple,
         max_iter: int,
         tol: float,
         max_first_step: float = np.inf,
@@ -160,7 +159,7 @@ class GridAligner:
             if it == 1 and np.abs(delta).max() > max_first_step:
                 return world, 0
             # Inverse composition: W(x; p) <- W(W(x; delta)^-1; p).
-            world = world @ np.linalg.inv(rigid_matrix(delta, centre_affine, centre_shape))
+            world = world @ np.linalg.inv(rigid_matrix(delta, self.centre_affine, self.centre_shape))
             if np.abs(delta).max() < tol:
                 break
         return world, it

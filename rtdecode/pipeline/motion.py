@@ -209,13 +209,11 @@ class MotionCorrector:
         start = self.pose_
         coef = estimation_coefficients(data, self.smooth)
         jump = self.jump_threshold if coarse else np.inf
-        world, it = fine.align(coef, start, self.affine_, self.shape_, self.max_iter, self.tol, jump)
+        world, it = fine.align(coef, start, self.max_iter, self.tol, jump)
         if it == 0:  # a jump: align on the coarse grid first, then finish on the fine one
             coarse_coef = estimation_coefficients(downsample(data), self.smooth)
-            world, _ = coarse[0].align(
-                coarse_coef, start, self.affine_, self.shape_, self.max_iter, 10 * self.tol
-            )
-            world, it = fine.align(coef, world, self.affine_, self.shape_, self.max_iter, self.tol)
+            world, _ = coarse[0].align(coarse_coef, start, self.max_iter, 10 * self.tol)
+            world, it = fine.align(coef, world, self.max_iter, self.tol)
         if not np.isfinite(world).all():
             raise VolumeError("motion estimate diverged (non-finite pose); the previous pose is kept")
         self.pose_ = world
