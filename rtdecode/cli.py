@@ -232,6 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--reconstruct", action="store_true", help="real photographs seen, each block reconstructed"
     )
+    p.add_argument(
+        "--reuse",
+        action="store_true",
+        help="use the sessions and decoders in --out again if made with the same settings",
+    )
     p.set_defaults(func=commands.demo)
     return ap
 

@@ -317,5 +317,5 @@ def demo(args: argparse.Namespace) -> None:
 
     run_demo(
         load_config(args.config), args.out, args.summary, args.transport, args.dashboard, args.imagery,
-        args.reconstruct,
+        args.reconstruct, args.reuse,
     )  # fmt: skip

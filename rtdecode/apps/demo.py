@@ -11,11 +11,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from rtdecode import __version__
 from rtdecode.apps.demo_summary import live_block_summary, print_summary
 from rtdecode.apps.report import write_report
 from rtdecode.apps.simulate import stream_session
@@ -23,9 +25,13 @@ from rtdecode.config import Config, FeedbackConfig, to_dict
 from rtdecode.errors import ConfigError
 from rtdecode.io.nifti import read_events
 from rtdecode.models.bank import CandidateBank
+from rtdecode.models.bundle import Decoder, load_bundle
 from rtdecode.offline.evaluate import block_top_k, identification_table, training_labels
 from rtdecode.offline.train import train_session
-from rtdecode.sim.session import SimParams, simulate_session, write_session
+from rtdecode.sim.session import simulate_session, write_session
+from rtdecode.sim.subject import SimParams, Subject, make_subject
+
+MADE_WITH = "made-with.json"  # in a demo folder: the settings its sessions and decoders were made with
 
 
 def free_tcp_address() -> str:
@@ -62,6 +68,46 @@ def _wait(proc: subprocess.Popen, timeout_s: float, name: str) -> int:
         raise TimeoutError(f"{name} did not finish within {timeout_s} s") from err
 
 
+def _made_with(cfg: Config, p_train: SimParams, p_test: SimParams) -> dict:
+    # What a demo folder's sessions and decoders depend on, as plain JSON values.
+    config = {k: v for k, v in to_dict(cfg).items() if k != "demo"}  # the demo's pace changes nothing
+    made = {"rtdecode": __version__, "sessions": [dataclasses.asdict(p) for p in (p_train, p_test)]}
+    return json.loads(json.dumps(made | {"config": config}, default=str))
+
+
+def _read_made_with(out: Path) -> dict | None:
+    try:
+        return json.loads((out / MADE_WITH).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _simulate_and_train(
+    cfg: Config, out: Path, p_train: SimParams, p_test: SimParams, timings: dict, step: Callable[[str], None]
+) -> tuple[Subject, Decoder]:
+    # The demo's training and test sessions in out/train and out/test, decoders in out/decoder;
+    # the simulated subject and the bundle.
+    step(
+        f"simulating the training session ({p_train.n_train_categories} categories x "
+        f"{p_train.train_blocks_per_category} blocks of {p_train.block_volumes * p_train.tr_s:g} s)"
+    )
+    t = time.monotonic()
+    sim_train = simulate_session(p_train)
+    write_session(out / "train", p_train, sim_train)
+    step(f"simulating the test session ({p_test.n_test_categories} categories never trained on)")
+    write_session(out / "test", p_test, simulate_session(p_test, sim_train["subject"]))
+    timings["simulate_s"] = time.monotonic() - t
+    subject = sim_train["subject"]
+    del sim_train
+
+    step("training decoders (motion correction, causal preprocessing, per-unit voxel selection, ridge)")
+    t = time.monotonic()
+    bundle = train_session(out / "train", out / "decoder", cfg)
+    timings["train_s"] = time.monotonic() - t
+    step(f"trained {len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers in {timings['train_s']:.1f} s")
+    return subject, bundle
+
+
 def run_demo(
     cfg: Config,
     out_dir: str | Path,
@@ -70,6 +116,7 @@ def run_demo(
     dashboard_port: int | None = None,
     imagery: bool = False,
     reconstruct: bool = False,
+    reuse: bool = False,
 ) -> dict:
     """Run the whole demo and return its summary (also written to ``summary_path``).
 
@@ -81,7 +128,9 @@ def run_demo(
     ``imagery``, an imagery run of the test categories is decoded and scored too
     (:mod:`rtdecode.apps.demo_imagery`). With ``reconstruct``, the subject sees real photographs,
     blocks are decoded live from LSL markers, and ``rtdecode reconstruct`` turns each into an image
-    (:mod:`rtdecode.apps.demo_photos`); the report shows them beside the photographs.
+    (:mod:`rtdecode.apps.demo_photos`); the report shows them beside the photographs. With
+    ``reuse``, sessions and decoders in ``out_dir`` made by this version with the same settings
+    (``made-with.json``) are used again.
     """
     if transport not in ("zmq", "lsl"):
         raise ConfigError(f"demo transport must be zmq or lsl, got {transport!r}")
@@ -106,24 +155,17 @@ def run_demo(
         transport = "lsl"  # every panel of the page has something to show: blocks need markers
     p_train = sim_params(cfg, kind="train", seed=1, **overrides)
     p_test = sim_params(cfg, kind="test", seed=2, **overrides)
-    step(
-        f"simulating the training session ({p_train.n_train_categories} categories x "
-        f"{p_train.train_blocks_per_category} blocks of {p_train.block_volumes * p_train.tr_s:g} s)"
-    )
-    t = time.monotonic()
-    sim_train = simulate_session(p_train)
-    write_session(out / "train", p_train, sim_train)
-    step(f"simulating the test session ({p_test.n_test_categories} categories never trained on)")
-    write_session(out / "test", p_test, simulate_session(p_test, sim_train["subject"]))
-    timings["simulate_s"] = time.monotonic() - t
-    subject = sim_train["subject"]
-    del sim_train
-
-    step("training decoders (motion correction, causal preprocessing, per-unit voxel selection, ridge)")
-    t = time.monotonic()
-    bundle = train_session(out / "train", out / "decoder", cfg)
-    timings["train_s"] = time.monotonic() - t
-    step(f"trained {len(bundle.roi_names)} ROIs x {len(bundle.layers)} layers in {timings['train_s']:.1f} s")
+    made_with = _made_with(cfg, p_train, p_test)
+    if reuse and _read_made_with(out) == made_with:
+        step(f"reusing the simulated sessions and trained decoders in {out} (made with the same settings)")
+        subject = make_subject(p_train) if imagery else None
+        bundle = load_bundle(out / "decoder")
+    else:
+        if reuse:
+            step(f"nothing in {out} was made with these settings: simulating and training")
+        (out / MADE_WITH).unlink(missing_ok=True)  # written again once sessions and decoders agree
+        subject, bundle = _simulate_and_train(cfg, out, p_train, p_test, timings, step)
+        (out / MADE_WITH).write_text(json.dumps(made_with, indent=1))
 
     # The photo demo's decoder ranks the test photographs (GOD: not the training categories).
     candidates = str(out / "bank" / "test-candidates.npz") if reconstruct else ""

@@ -1,6 +1,7 @@
 """The demo end to end, as a user runs it: one command, separate processes, a summary and a report."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,22 +14,32 @@ from rtdecode.apps.report import Recording, truth_from_blocks
 from rtdecode.io.nifti import read_events
 from rtdecode.numerics.intdot import selected
 
+_DEMO_OUT: dict[str, Path] = {}  # each transport's demo folder, once it has run
+
 
 @pytest.fixture(scope="module", params=["zmq", "lsl"])
 def demo(request, tmp_path_factory):
     """Run ``rtdecode demo`` once per transport (with the imagery run over ZeroMQ); its process
-    result, summary and output folder."""
+    result, summary and output folder. The LSL run starts from a copy of the ZeroMQ run's sessions
+    and decoders (``--reuse``), which the ZeroMQ run made from scratch."""
     transport, tmp = request.param, tmp_path_factory.mktemp(f"demo-{request.param}")
-    summary, cfg = tmp / "summary.json", tmp / "demo.yaml"
+    summary, cfg, out = tmp / "summary.json", tmp / "demo.yaml", tmp / "out"
     cfg.write_text(yaml.safe_dump({"demo": {"speed": 40.0}}))  # the built-in settings, streamed 2x faster
+    reused = transport == "lsl" and "zmq" in _DEMO_OUT
+    if reused:
+        for name in ("train", "test", "decoder"):
+            shutil.copytree(_DEMO_OUT["zmq"] / name, out / name)
+        shutil.copy(_DEMO_OUT["zmq"] / "made-with.json", out)
     proc = subprocess.run(
-        [sys.executable, "-m", "rtdecode", "demo", "-c", str(cfg), "--out", str(tmp / "out"), "--summary",
-         str(summary), "--transport", transport, *(["--imagery"] if transport == "zmq" else [])],
+        [sys.executable, "-m", "rtdecode", "demo", "-c", str(cfg), "--out", str(out), "--summary",
+         str(summary), "--transport", transport, "--reuse", *(["--imagery"] if transport == "zmq" else [])],
         capture_output=True,
         text=True,
         timeout=600,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ("reusing the simulated sessions and trained decoders" in proc.stdout) == reused, proc.stdout
+    _DEMO_OUT[transport] = out
     return transport, proc, json.loads(summary.read_text())
 
 
@@ -202,10 +213,12 @@ def test_with_physiological_noise_denoising_raises_the_demos_accuracy(tmp_path):
         summary = tmp_path / f"{name}.json"
         proc = subprocess.run(
             [*[sys.executable, "-m", "rtdecode", "demo", "-c", str(cfg)],
-             *["--out", str(tmp_path / name), "--summary", str(summary)]],
+             *["--out", str(tmp_path / "out"), "--summary", str(summary), "--reuse"]],
             capture_output=True, text=True, timeout=600,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
+        # The second run's regressors change its training: the first run's decoders are not reused.
+        assert "was made with these settings: simulating and training" in proc.stdout, proc.stdout
         if nuisance:  # the decoder took the recording from the start
             assert "no receiver has connected to the PhysioOutlet" not in proc.stderr, proc.stderr[-3000:]
         accuracy[name] = json.loads(summary.read_text())["identification_accuracy"]["mean"]
