@@ -141,7 +141,7 @@ def test_dashboard_follows_a_live_session_in_chromium(experiment, tmp_path, brow
         _wait(listening.is_set, 60, "the test's subscriber did not connect")
         procs["sender"] = subprocess.Popen(
             [*exe, "simulate", "--out", str(experiment / "test"), "--stream", cfg.run.input.address,
-             "--markers", "--speed", "10"], stdout=logs["sender"], stderr=subprocess.STDOUT,
+             "--markers", "--speed", "20"], stdout=logs["sender"], stderr=subprocess.STDOUT,
         )  # fmt: skip
         samples, live_shot = [], False
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
