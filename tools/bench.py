@@ -46,7 +46,6 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -67,6 +66,7 @@ from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
 from rtdecode.models.linear import LinearBundle  # noqa: E402
 from rtdecode.numerics.intdot import padded_width, selected  # noqa: E402
 from rtdecode.numerics.stats import normalise_rows  # noqa: E402
+from rtdecode.pipeline.helpers import HelperThreads, SharedWork  # noqa: E402
 from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
 from rtdecode.pipeline.ranking import Identifier, QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
@@ -414,19 +414,18 @@ def rank_vs_reading_codes(ident: Identifier, preds: list[np.ndarray], rounds: in
     layers = list(ident.quantised)
     groups = [layers[i :: ident.threads] for i in range(ident.threads)]
 
-    def read(group: list[str]) -> None:
-        for layer in group:
+    def read(i: int) -> None:
+        for layer in groups[i]:
             ident.quantised[layer].codes.view(np.int64).sum()
 
+    def read_all() -> None:  # shared out as the ranking's layer sets are
+        work = SharedWork(read, len(groups))
+        for _ in range(ident.threads - 1):
+            pool.submit(work.run)
+        work.run_and_wait()
+
     rank_ms, read_ms = [], []
-    with ThreadPoolExecutor(max(1, ident.threads - 1)) as pool:  # threads waiting, as the ranking's
-
-        def read_all() -> None:
-            futures = [pool.submit(read, g) for g in groups[1:]]
-            read(groups[0])
-            for f in futures:
-                f.result()
-
+    with HelperThreads(max(1, ident.threads - 1), "read") as pool:
         for i in range(rounds):
             time.sleep(0.3)
             rank_ms.append(_median_ms(partial(ident.rank, preds[i % len(preds)]), 1))
