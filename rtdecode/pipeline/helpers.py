@@ -7,6 +7,13 @@ machines, a helper woken after an idle second waited 1-4 ms on the caller's CPU,
 halves ran one after the other. :class:`HelperThreads` lets an idle helper onto every CPU but the
 caller's just before waking it, and the helper lets itself back onto all of them as it starts:
 the scheduler still balances as it likes, it only cannot queue the helper behind its waker.
+
+The same happens the other way round while the two share a volume's work: a W1 run traced with
+``sched_switch`` events showed the helper, on taking the GIL, wake the caller onto the helper's own
+CPU, where the two took turns for 5-13 ms while the caller's CPU idled (an idle vCPU here counts
+as busy to the scheduler's wake-up choice, and is found idle only by a later balancing pass).
+:meth:`HelperThreads.alongside` therefore holds the caller on its CPU and the helpers on the others
+until the shared work is done; :class:`SharedWork` reruns a task whose thread was held up there.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ import ctypes
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 # Where the calling thread runs (glibc, through the vDSO); None where there is no such call.
@@ -37,7 +45,8 @@ class HelperThreads(ThreadPoolExecutor):
     -----
     The helpers run on the CPUs the thread that made the pool could use. They are placed only
     where Linux lets a thread name its CPUs (elsewhere this is a plain pool), only with more than
-    one such CPU, and only while waiting for work (a busy helper is left alone).
+    one such CPU, and only while waiting for work (a busy helper is left alone), except in
+    :meth:`alongside`.
     """
 
     def __init__(self, workers: int, name: str) -> None:
@@ -48,13 +57,35 @@ class HelperThreads(ThreadPoolExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         """Schedule ``fn(*args, **kwargs)``; an idle helper will wake on a CPU other than this one."""
-        if len(self._cpus) > 1:
-            others = self._cpus - {_getcpu()}
-            with self._lock:
-                for tid, idle in self._idle.items():
-                    if idle:
-                        _pin(tid, others)
-        return super().submit(self._run, fn, *args, **kwargs)
+        return super().submit(self._run, self._wake_elsewhere(), False, fn, *args, **kwargs)
+
+    @contextmanager
+    def alongside(self, *fns: Callable[[], object]) -> Iterator[list[Future]]:
+        """Start each of ``fns`` on a helper; this thread and the helpers stay apart until the block ends.
+
+        This thread stays on the CPU it is on and the helpers on the others, so that neither can
+        wake the other onto its own CPU while they work side by side (module notes). Affinity is
+        restored as the block ends.
+
+        Parameters
+        ----------
+        *fns : callable
+            Called without arguments, one per helper task.
+
+        Yields
+        ------
+        list of concurrent.futures.Future
+            One per function.
+        """
+        mine = os.sched_getaffinity(0) if len(self._cpus) > 1 else None
+        if mine is not None:
+            _pin(0, {_getcpu()})
+        submit = super().submit
+        try:
+            yield [submit(self._run, self._wake_elsewhere(), True, fn) for fn in fns]
+        finally:
+            if mine is not None:
+                _pin(0, mine)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """As :meth:`ThreadPoolExecutor.shutdown`; the helpers' thread ids are forgotten first."""
@@ -66,12 +97,24 @@ class HelperThreads(ThreadPoolExecutor):
         with self._lock:
             self._idle[threading.get_native_id()] = True
 
-    def _run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    def _wake_elsewhere(self) -> set[int]:
+        # The CPUs other than this thread's, where idle helpers are let wake; empty if not placed.
+        others = self._cpus - {_getcpu()} if len(self._cpus) > 1 else set()
+        if others:
+            with self._lock:
+                for tid, idle in self._idle.items():
+                    if idle:
+                        _pin(tid, others)
+        return others
+
+    def _run(self, others: set[int], stay: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         tid = threading.get_native_id()
         with self._lock:
             self._idle[tid] = False
-        if len(self._cpus) > 1:
-            _pin(0, self._cpus)  # placed; from here on the scheduler's to move
+        if others:
+            # Placed: from here on the scheduler's to move, or (``stay``) kept off the caller's CPU;
+            # a helper started by this task inherited the caller's CPUs and is placed only here.
+            _pin(0, others if stay else self._cpus)
         try:
             return fn(*args, **kwargs)
         finally:

@@ -9,6 +9,7 @@ Parameter convention: :mod:`rtdecode.numerics.rigid`.
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,10 +259,9 @@ class MotionCorrector:
             # A helper that has not started by the time the estimate is done (its CPU busy with
             # another process) is not waited for: this thread makes them itself.
             coefficients = SharedWork(lambda _: spline_coefficients(data), 1)
-            if self._helper is not None:
-                self._helper.submit(coefficients.run)
-            params, it = self.estimate(data)
-            (coef,) = coefficients.run_and_wait()
+            with self._helper.alongside(coefficients.run) if self._helper else nullcontext():
+                params, it = self.estimate(data)
+                (coef,) = coefficients.run_and_wait()
         self._n_seen += 1
         if self.n_reference > 1 and self._n_seen <= self.n_reference:
             self._pending.append((coef, params))

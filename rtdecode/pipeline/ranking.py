@@ -9,6 +9,7 @@ it reach the top k: the ranking is the float32 ranking, at a quarter of the byte
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numba
@@ -252,12 +253,11 @@ class Identifier:
         sizes = [p.shape[0] for p in predictions]
         rows = np.concatenate(predictions) if len(predictions) > 1 else predictions[0]
         work = SharedWork(lambda i: self._tasks[i][1](rows, sizes), len(self._tasks))
-        if self._pool is not None:
-            for _ in range(self.threads - 1):
-                self._pool.submit(work.run)
+        with self._pool.alongside(*[work.run] * (self.threads - 1)) if self._pool else nullcontext():
+            results = work.run_and_wait()
         shape = (rows.shape[0], len(self.layer_slices), self.k)
         idx, val = np.empty(shape, np.int32), np.empty(shape, np.float32)
-        for (positions, _), (i, v) in zip(self._tasks, work.run_and_wait()):
+        for (positions, _), (i, v) in zip(self._tasks, results):
             idx[:, positions], val[:, positions] = i, v
         cut = np.cumsum(sizes)[:-1]
         return list(zip(np.split(idx, cut), np.split(val, cut)))

@@ -18,9 +18,12 @@ def test_results_and_errors_come_back_as_from_any_pool():
         assert pool.submit(sum, [1, 2], start=3).result() == 6
 
 
-@pytest.mark.skipif(
+two_cpus = pytest.mark.skipif(
     not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs"
 )
+
+
+@two_cpus
 def test_an_idle_helper_starts_off_the_callers_cpu_and_may_go_anywhere_after():
     getcpu = ctypes.CDLL(None).sched_getcpu
     allowed = os.sched_getaffinity(0)
@@ -47,6 +50,36 @@ def test_an_idle_helper_starts_off_the_callers_cpu_and_may_go_anywhere_after():
     t.join()
     assert caller_cpu not in seen
     assert all(cpus == allowed for cpus in after)
+
+
+@two_cpus
+def test_alongside_keeps_caller_and_helper_on_different_cpus_until_the_block_ends():
+    getcpu = ctypes.CDLL(None).sched_getcpu
+    allowed = os.sched_getaffinity(0)
+    inside, helper, after = [], [], []
+
+    def work() -> None:
+        helper.append((getcpu(), os.sched_getaffinity(0)))
+        np.ones(4_000_000).sum()  # busy beside the caller: the scheduler may not bring them together
+
+    def caller() -> None:
+        with HelperThreads(1, "t") as pool:
+            for _ in range(5):  # the first block also starts the helper thread
+                with pool.alongside(work) as (job,):
+                    cpu = getcpu()
+                    inside.append((cpu, os.sched_getaffinity(0)))
+                    np.ones(4_000_000).sum()
+                    job.result()
+                after.append(os.sched_getaffinity(0))
+        after.append(os.sched_getaffinity(0))
+
+    t = threading.Thread(target=caller)
+    t.start()
+    t.join()
+    assert [cpus for _, cpus in inside] == [{cpu} for cpu, _ in inside]
+    assert all(cpus == allowed - {mine} for (mine, _), (_, cpus) in zip(inside, helper))
+    assert all(cpu != mine for (mine, _), (cpu, _) in zip(inside, helper))
+    assert after == [allowed] * 6
 
 
 def test_shared_work_gives_every_result_in_task_order_on_any_number_of_threads():
