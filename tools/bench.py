@@ -544,6 +544,19 @@ def slowest(durations: list[dict[str, float]], n: int) -> list[dict]:
     return [{"volume": int(i), "stages_ms": durations[i]} for i in np.argsort(e2e)[::-1][:n]]
 
 
+def slow_stretches(e2e: np.ndarray, factor: float = 2.0) -> list[list[int]]:
+    """First and last index of each run of consecutive volumes slower than ``factor`` x the median.
+
+    Tells a volume held up by the decoder from a stretch in which the machine itself ran slow:
+    traced, those lasted 5-20 s and slowed every stage and process alike.
+    """
+    slow = np.flatnonzero(e2e > factor * np.median(e2e))
+    breaks = np.flatnonzero(np.diff(slow) > 1)
+    if not slow.size:
+        return []
+    return [[int(a), int(b)] for a, b in zip(slow[np.r_[0, breaks + 1]], slow[np.r_[breaks, -1]])]
+
+
 def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) -> dict:
     """Sender, decoder and subscriber processes; summaries from the subscriber's record."""
     cfg, decoder, listener, rec = start_decoder_and_listener(cfg, work, "bench", __file__)
@@ -577,6 +590,7 @@ def live(cfg: RunConfig, bold: Path, speed: float, work: Path, repeat: int = 1) 
         "messages": got["messages"],
         "peak_rss_mb": max(r[2] for r in rss) / 1024 if rss else None,
         "slowest": slowest(durations, 3),
+        "over_2x_p50": slow_stretches(np.array([d.get("end_to_end", np.nan) for d in durations])),
         "steal_s": stolen,  # the hypervisor's share of both CPUs while the decoder ran
     }
     if got["latent_ms"]:
@@ -687,6 +701,7 @@ def run_workload(args: argparse.Namespace) -> dict:
     paced = live(cfg, bold, 1.0, work)
     print(f"live, paced at TR 1 s (CPU time the host took: {paced['steal_s']:.2f} s)")
     print(format_table(paced["stages_ms"]))
+    print("volumes over 2x the median end to end, first-last:", paced["over_2x_p50"])
     unpaced = live(cfg, bold, float("inf"), work, args.repeat)
     print(f"live, unpaced: {unpaced['volumes_per_s']:.1f} volumes/s over {unpaced['volumes']} volumes")
     nv = naive(d, bold, args.naive_volumes, cfg.preprocess.baseline_volumes) if args.naive_volumes else None
