@@ -35,6 +35,10 @@ class Decoder(Protocol):
     def layer_slices(self) -> dict[str, slice]:
         """Each layer's units within a prediction row."""
 
+    @property
+    def n_voxels(self) -> int:
+        """Number of analysis voxels."""
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 (n_rois, sum(n_units)) from one preprocessed analysis vector (n_voxels,)."""
 
