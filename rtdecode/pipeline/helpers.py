@@ -9,11 +9,12 @@ caller's just before waking it, and the helper lets itself back onto all of them
 the scheduler still balances as it likes, it only cannot queue the helper behind its waker.
 
 The same happens the other way round while the two share a volume's work: a W1 run traced with
-``sched_switch`` events showed the helper, on taking the GIL, wake the caller onto the helper's own
-CPU, where the two took turns for 5-13 ms while the caller's CPU idled (an idle vCPU here counts
-as busy to the scheduler's wake-up choice, and is found idle only by a later balancing pass).
-:meth:`HelperThreads.alongside` therefore holds the caller on its CPU and the helpers on the others
-until the shared work is done; :class:`SharedWork` reruns a task whose thread was held up there.
+``sched_switch`` events showed the helper, releasing the GIL the caller waited for, wake the
+caller onto the helper's own CPU, where the two took turns for 5-13 ms while the caller's CPU
+idled (the wake-up passed over the idle vCPU, which only a later balancing pass found).
+:meth:`HelperThreads.alongside` therefore holds the caller on its CPU and the helpers on the
+others until the shared work is done; :class:`SharedWork` reruns a task whose thread was held
+up there.
 """
 
 from __future__ import annotations
