@@ -204,11 +204,8 @@ class Identifier:
         if precision == "int8":
             self.kernel = selected().isa  # compiled and checked now, not on the first volume
             self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layers}
-            # With helpers, one task per layer: a thread whose CPU runs slow for a moment (traced:
-            # one share taking 17 ms of CPU for 5 ms of work while the other CPU idled) then
-            # leaves the rest to the other thread. Alone, all layers in one compiled call.
-            groups = 1 if threads == 1 else len(layers)
-            self._tasks = [self._compiled(group) for group in _balanced(layers, self.quantised, groups)]
+            # One task per thread: layers of about equal bytes, each set ranked in one compiled call.
+            self._tasks = [self._compiled(group) for group in _balanced(layers, self.quantised, threads)]
             # Compiled (or loaded from the disk cache) now, not on the first volume: a float32
             # prediction equal to a candidate, which leaves little to re-score.
             probe = np.zeros((1, max(sl.stop for sl in layer_slices.values())), np.float32)
