@@ -412,7 +412,7 @@ def rank_vs_reading_codes(ident: Identifier, preds: list[np.ndarray], rounds: in
     every code it reads: with many ROIs (W4) it does that much more per byte. Medians in ms.
     """
     layers = list(ident.quantised)
-    groups = [layers[i :: ident.threads] for i in range(ident.threads)]
+    groups = [[layers[i] for i in positions] for positions, _ in ident._tasks]  # the ranking's own tasks
 
     def read(i: int) -> None:
         for layer in groups[i]:
@@ -420,9 +420,8 @@ def rank_vs_reading_codes(ident: Identifier, preds: list[np.ndarray], rounds: in
 
     def read_all() -> None:  # shared out as the ranking's layer sets are
         work = SharedWork(read, len(groups))
-        for _ in range(ident.threads - 1):
-            pool.submit(work.run)
-        work.run_and_wait()
+        with pool.alongside(*[work.run] * (ident.threads - 1)):
+            work.run_and_wait()
 
     rank_ms, read_ms = [], []
     with HelperThreads(max(1, ident.threads - 1), "read") as pool:
