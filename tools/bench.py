@@ -549,10 +549,10 @@ def slow_stretches(e2e: np.ndarray, factor: float = 2.0) -> list[list[int]]:
     Tells a volume held up by the decoder from a stretch in which the machine itself ran slow:
     traced, those lasted 5-20 s and slowed every stage and process alike.
     """
-    slow = np.flatnonzero(e2e > factor * np.median(e2e))
-    breaks = np.flatnonzero(np.diff(slow) > 1)
+    slow = np.flatnonzero(e2e > factor * np.nanmedian(e2e))  # NaN: a volume without the stamps
     if not slow.size:
         return []
+    breaks = np.flatnonzero(np.diff(slow) > 1)
     return [[int(a), int(b)] for a, b in zip(slow[np.r_[0, breaks + 1]], slow[np.r_[breaks, -1]])]
 
 

@@ -200,21 +200,21 @@ class Identifier:
         self.quantised = {}
         self.kernel = None  # the int8 kernel's instruction set, with int8 ranking
         self.threads = threads
+        self._pool = HelperThreads(threads - 1, "rank") if threads > 1 else None
         layers = list(layer_slices)
         if precision == "int8":
             self.kernel = selected().isa  # compiled and checked now, not on the first volume
             self.quantised = {layer: QuantisedRows.quantise(bank.features[layer]) for layer in layers}
             # One task per thread: layers of about equal bytes, each set ranked in one compiled call.
             self._tasks = [self._compiled(group) for group in _balanced(layers, self.quantised, threads)]
-            # Compiled (or loaded from the disk cache) now, not on the first volume: a float32
-            # prediction equal to a candidate, which leaves little to re-score.
+            # Compiled (or loaded from the disk cache) and the helpers started now, not on the
+            # first volume: a float32 prediction equal to a candidate, which leaves little to re-score.
             probe = np.zeros((1, max(sl.stop for sl in layer_slices.values())), np.float32)
             for layer, sl in layer_slices.items():
                 probe[0, sl] = bank.features[layer][0]
-            self._tasks[0][1](probe, [1])
+            self.rank(probe)
         else:
             self._tasks = [self._float32(i) for i in range(len(layers))]
-        self._pool = HelperThreads(threads - 1, "rank") if threads > 1 else None
 
     def rank(self, predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Top-k candidates per ROI and layer.
