@@ -153,6 +153,7 @@ class RunConfig:
     top_k: int = 5
     rank_precision: str = "int8"  # int8: certified int8 pre-ranking, same result as float32, 1/4 the reads
     rank_threads: int = 1  # threads ranking a volume's layers, the caller's included (2 on two cores)
+    decode_threads: int = 1  # threads decoding a volume's ROIs and weight pieces, the caller's included
     batch_volumes: int = 16  # volumes already waiting are decoded and ranked together, up to this many
     heartbeat_s: float = 0.5
     pause_trs: float = 10.0  # no volume for this many TRs: announce a scanner pause (status "paused")

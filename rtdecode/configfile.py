@@ -42,6 +42,7 @@ def _validate(cfg: Config, where: str) -> None:
         ),
         (1 <= r.top_k <= 1000, "run.top_k", "must be between 1 and 1000", r.top_k),
         (1 <= r.rank_threads <= 64, "run.rank_threads", "must be between 1 and 64", r.rank_threads),
+        (1 <= r.decode_threads <= 64, "run.decode_threads", "must be between 1 and 64", r.decode_threads),
         (1 <= r.batch_volumes <= 256, "run.batch_volumes", "must be between 1 and 256", r.batch_volumes),
         (0 < r.heartbeat_s <= 60, "run.heartbeat_s", "must be > 0 and <= 60", r.heartbeat_s),
         (0 < r.pause_trs <= 1e6, "run.pause_trs", "must be > 0 and <= 1e6", r.pause_trs),

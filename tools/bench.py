@@ -67,7 +67,7 @@ from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
 from rtdecode.models.linear import LinearBundle  # noqa: E402
 from rtdecode.numerics.intdot import padded_width, selected  # noqa: E402
 from rtdecode.numerics.stats import normalise_rows  # noqa: E402
-from rtdecode.pipeline.helpers import HelperThreads, SharedWork  # noqa: E402
+from rtdecode.pipeline.helpers import HelperThreads, share  # noqa: E402
 from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
 from rtdecode.pipeline.ranking import Identifier, QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
@@ -190,6 +190,7 @@ def run_config(d: Path, precision: str, threads: int) -> RunConfig:
         top_k=TOP,
         rank_precision=precision,
         rank_threads=threads,
+        decode_threads=threads,
         motion=dataclasses.replace(RunConfig().motion, threads=min(threads, 2)),
         latents=str(d / "latents") if (d / "latents").exists() else "",
     )
@@ -437,9 +438,7 @@ def rank_vs_reading_codes(ident: Identifier, preds: list[np.ndarray], rounds: in
             ident.quantised[layer].codes.view(np.int64).sum()
 
     def read_all() -> None:  # shared out as the ranking's layer sets are
-        work = SharedWork(read, len(groups))
-        with pool.alongside(*[work.run] * (ident.threads - 1)):
-            work.run_and_wait()
+        share(pool, read, len(groups))
 
     rank_ms, read_ms = [], []
     with HelperThreads(max(1, ident.threads - 1), "read") as pool:

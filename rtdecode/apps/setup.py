@@ -65,10 +65,6 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
             if ornt is not None:  # the same grid saved in another voxel order (dcm2niix, SPM)
                 data, affine = reorient(data, ornt), bundle.affine
             motion.set_reference(data, affine)
-    # The decoders' first call (kernels loaded from the disk cache) made now, not on the first
-    # decoded volume, as the Identifier does its own: in a live W1 run that volume's decode had
-    # taken 26 ms against 3 ms after it.
-    bundle.predict(np.random.default_rng(0).standard_normal(bundle.n_voxels).astype(np.float32))
     pre = Preprocessor.from_config(cfg.preprocess)
     quality = QualityMonitor(bundle.rois, cfg.expected_volumes)
     timer = SliceTimer() if cfg.preprocess.slice_timing else None
@@ -84,6 +80,7 @@ def build_pipeline(cfg: RunConfig) -> Pipeline:
         quality,
         timer,
         EchoCombiner(cfg.preprocess.baseline_volumes),
+        cfg.decode_threads,
     )
 
 

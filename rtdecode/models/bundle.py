@@ -15,7 +15,7 @@ import numpy as np
 
 from rtdecode.errors import ModelFileError
 from rtdecode.models.files import read_format
-from rtdecode.models.linear import LinearBundle
+from rtdecode.models.linear import LinearBundle, Share
 
 
 class Decoder(Protocol):
@@ -42,8 +42,11 @@ class Decoder(Protocol):
     def predict(self, x: np.ndarray) -> np.ndarray:
         """float32 (n_rois, sum(n_units)) from one preprocessed analysis vector (n_voxels,)."""
 
-    def predict_many(self, xs: np.ndarray) -> np.ndarray:
-        """float32 (n, n_rois, sum(n_units)) from (n, n_voxels); row i the same bits as ``predict(xs[i])``."""
+    def predict_many(self, xs: np.ndarray, share: Share | None = None) -> np.ndarray:
+        """float32 (n, n_rois, sum(n_units)) from (n, n_voxels); row i the same bits as ``predict(xs[i])``.
+
+        ``share`` runs the work's independent tasks on its threads; the bits do not depend on it.
+        """
 
 
 def load_bundle(directory: str | Path) -> Decoder:

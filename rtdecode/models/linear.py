@@ -12,7 +12,9 @@ SHA-256 checksums); see ``docs/formats.md``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,17 @@ from rtdecode.numerics.sparsedot import SparseMap, kernels
 BUNDLE_FORMAT = "rtdecode-decoder"
 BUNDLE_VERSION = 1
 SPARSE_BELOW = 0.25  # apply a ROI's map in sparse form when no unit uses more than this share of voxels
+TASK_BYTES = 8 * 2**20  # a sparse map is decoded in pieces of about this many bytes of weights, for threads
+
+# ``share(fn, n)`` runs ``fn(0) ... fn(n - 1)`` (each once, or again with the same result) and
+# returns when all have run, on as many threads as it has: :func:`rtdecode.pipeline.helpers.share`.
+Share = Callable[[Callable[[int], object], int], object]
+
+
+def in_turn(fn: Callable[[int], object], n: int) -> None:
+    """:data:`Share` on the calling thread alone: ``fn(0) ... fn(n - 1)`` in turn."""
+    for i in range(n):
+        fn(i)
 
 
 @dataclass
@@ -109,7 +122,7 @@ class LinearBundle:
             raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {np.shape(x)}")
         return self.predict_many(np.asarray(x)[None])[0]
 
-    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+    def predict_many(self, xs: np.ndarray, share: Share | None = None) -> np.ndarray:
         """:meth:`predict` for several volumes at once; each row the same bits as :meth:`predict`'s.
 
         Sparse ROIs read their weights once for up to 16 volumes
@@ -119,6 +132,10 @@ class LinearBundle:
         ----------
         xs : numpy.ndarray
             float32, shape (n_volumes, n_voxels).
+        share : callable, optional
+            Runs the work's independent tasks (:data:`Share`), largest first: one per dense ROI
+            and one per :data:`TASK_BYTES` of each sparse ROI's weights, all without the GIL. The
+            bits do not depend on it. None runs them in turn.
 
         Returns
         -------
@@ -129,15 +146,27 @@ class LinearBundle:
             raise VolumeError(f"expected (n, {self.n_voxels}) analysis voxels, got shape {np.shape(xs)}")
         xs = np.asarray(xs, dtype=np.float32)
         out = np.empty((len(xs), len(self.roi_names), sum(self.n_units)), dtype=np.float32)
+        tasks: list[tuple[float, Callable[[], None]]] = []  # (bytes read, call)
         for i, roi in enumerate(self.roi_names):
-            xr = xs[:, self.rois[roi]]
+            # C order: a row of numpy's (n, m) pick of columns is strided for n > 1, and BLAS
+            # sums a strided vector in another order, so a volume's dense features would
+            # depend on its batch.
+            xr = np.ascontiguousarray(xs[:, self.rois[roi]])
             if roi in self.sparse:
-                out[:, i] = self.sparse[roi].apply(xr)
-                continue
-            for v, row in enumerate(xr):  # one product per volume: the bits do not depend on the batch
-                np.dot(row, self.weights[roi], out=out[v, i])
-                out[v, i] += self.intercepts[roi]
+                sp = self.sparse[roi]
+                calls = sp.tasks(xr, out[:, i], round(sp.nbytes / TASK_BYTES))
+                tasks += [(sp.nbytes * len(xs) / len(calls), call) for call in calls]
+            else:
+                tasks.append((self.weights[roi].nbytes * len(xs), partial(self._dense, roi, xr, out[:, i])))
+        calls = [call for _, call in sorted(tasks, key=lambda t: -t[0])]
+        (share or in_turn)(lambda j: calls[j](), len(calls))
         return out
+
+    def _dense(self, roi: str, xr: np.ndarray, out: np.ndarray) -> None:
+        # One product per volume (the bits do not depend on the batch), each row written whole
+        # rather than added to in place: a task run twice (SharedWork) writes the same bits.
+        for v, row in enumerate(xr):
+            out[v] = np.dot(row, self.weights[roi]) + self.intercepts[roi]
 
     def save(self, directory: str | Path) -> Path:
         """Write ``decoder.npz`` and ``decoder.json`` into ``directory``."""

@@ -10,6 +10,7 @@ state dict read with ``torch.load(weights_only=True)``. torch is an optional ext
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch import nn
 
 from rtdecode.errors import ModelFileError, VolumeError
 from rtdecode.models.files import mask_checksum, read_model, write_model
+from rtdecode.models.linear import Share, in_turn
 from rtdecode.numerics.stats import zscore
 
 MLP_FORMAT = "rtdecode-mlp"
@@ -63,24 +65,26 @@ class MLPBundle:
         """Features of all layers from every ROI, float32 (n_rois, sum(n_units))."""
         if x.shape != (self.n_voxels,):
             raise VolumeError(f"expected {self.n_voxels} analysis voxels, got shape {x.shape}")
-        out = np.empty((len(self.roi_names), sum(self.n_units)), dtype=np.float32)
-        with torch.inference_mode():
-            for i, roi in enumerate(self.roi_names):
-                n = self.norms[roi]
-                xz = torch.from_numpy(((x[self.rois[roi]] - n["x_mean"]) / n["x_sd"]).astype(np.float32))
-                out[i] = self.nets[roi](xz[None])[0].numpy() * n["y_sd"] + n["y_mean"]
-        return out
+        return self.predict_many(x[None])[0]
 
-    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+    def predict_many(self, xs: np.ndarray, share: Share | None = None) -> np.ndarray:
         """:meth:`predict` of each row of ``xs`` (n, n_voxels): float32 (n, n_rois, sum(n_units)).
 
         One volume at a time: a batched matrix product may sum in another order, and a volume's
-        features must not depend on what it was decoded with.
+        features must not depend on what it was decoded with. ``share`` (:data:`Share`) runs
+        one task per ROI; None runs them in turn.
         """
         out = np.empty((len(xs), len(self.roi_names), sum(self.n_units)), dtype=np.float32)
-        for i, x in enumerate(xs):
-            out[i] = self.predict(x)
+        (share or in_turn)(partial(self._roi, xs, out), len(self.roi_names))
         return out
+
+    def _roi(self, xs: np.ndarray, out: np.ndarray, i: int) -> None:
+        roi = self.roi_names[i]
+        n = self.norms[roi]
+        with torch.inference_mode():
+            for v, x in enumerate(xs):
+                xz = torch.from_numpy(((x[self.rois[roi]] - n["x_mean"]) / n["x_sd"]).astype(np.float32))
+                out[v, i] = self.nets[roi](xz[None])[0].numpy() * n["y_sd"] + n["y_mean"]
 
     def save(self, directory: str | Path) -> Path:
         """Write ``decoder.json``, ``decoder.npz`` and ``mlp.pt``."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ctypes
 import logging
 from collections.abc import Callable
-from functools import cache
+from functools import cache, partial
 
 import numpy as np
 
@@ -230,11 +230,39 @@ class SparseMap:
         numpy.ndarray
             float32 (n, n_units).
         """
+        out = np.empty((len(xs), self.n_units), np.float32)
+        for task in self.tasks(xs, out):
+            task()
+        return out
+
+    def tasks(self, xs: np.ndarray, out: np.ndarray, pieces: int = 1) -> list[Callable[[], None]]:
+        """Independent calls that together write :meth:`apply`'s answer into ``out``.
+
+        Each takes about ``1 / pieces`` of the units, for all of ``xs``, and runs without the GIL
+        on the compiled kernels: threads can share them. Every unit is summed as :meth:`apply`
+        sums it, whatever the pieces, and a call run twice writes the same bits twice.
+
+        Parameters
+        ----------
+        xs : numpy.ndarray
+            float32 (n, n_inputs).
+        out : numpy.ndarray
+            float32 (n, n_units), written by the calls.
+        pieces : int
+            Calls per pass over the weights (at most one per block of :data:`LANES` units).
+
+        Raises
+        ------
+        ValueError
+            If ``xs`` or ``out`` has the wrong shape.
+        """
         xs = np.asarray(xs, dtype=np.float32)
         if xs.ndim != 2 or xs.shape[1] != self.n_inputs:
             raise ValueError(f"expected (n, {self.n_inputs}) inputs, got shape {xs.shape}")
-        out = np.empty((len(xs), self.n_units), np.float32)
-        run, done = kernels(), 0
+        if out.shape != (len(xs), self.n_units) or out.dtype != np.float32:
+            raise ValueError(f"out must be float32 {(len(xs), self.n_units)}, got {out.dtype} {out.shape}")
+        run, done, calls = kernels(), 0, []
+        edges = np.linspace(0, len(self.weights), min(max(pieces, 1), len(self.weights)) + 1).astype(int)
         while done < len(xs):
             # The narrowest pass that takes what is left (at most the widest).
             columns = next(c for c in COLUMNS if c >= min(len(xs) - done, COLUMNS[-1]))
@@ -242,7 +270,14 @@ class SparseMap:
             x = np.zeros((self.n_inputs, columns), np.float32)
             x[:, : len(part)] = part.T
             y = np.empty((len(self.bias), columns), np.float32)
-            run[columns](self.weights, self.rows, x, self.bias, y)
-            out[done : done + len(part)] = y[: self.n_units, : len(part)].T
+            for lo, hi in zip(edges[:-1], edges[1:]):
+                calls.append(partial(self._blocks, run[columns], x, y, out[done : done + len(part)], lo, hi))
             done += len(part)
-        return out
+        return calls
+
+    def _blocks(self, run: Kernel, x: np.ndarray, y: np.ndarray, out: np.ndarray, lo: int, hi: int) -> None:
+        # Blocks lo..hi-1 of one pass, and their units' sums copied out; each block is summed alone.
+        a, b = lo * LANES, hi * LANES
+        run(self.weights[lo:hi], self.rows[lo:hi], x, self.bias[a:b], y[a:b])
+        b = min(b, self.n_units)
+        out[:, a:b] = y[a:b, : len(out)].T

@@ -19,6 +19,7 @@ import numpy as np
 from rtdecode.errors import VolumeError
 from rtdecode.models.bundle import Decoder
 from rtdecode.numerics.grid import match_grid, orientation_between, reorient, reoriented_shape
+from rtdecode.pipeline.decoding import Decoding
 from rtdecode.pipeline.denoise import Denoiser
 from rtdecode.pipeline.motion import MotionCorrector, MotionEstimate
 from rtdecode.pipeline.multiecho import EchoCombiner
@@ -82,6 +83,8 @@ class Pipeline:
         Shape (4, 4): the grid ``mask`` is on (the decoders'). A series on the same grid in another
         voxel order is reoriented to it, exactly; one on any other grid is refused by name. None
         takes every series as it comes (training, whose grid is the session's own).
+    decode_threads : int
+        Threads decoding a volume or a backlog (:class:`~rtdecode.pipeline.decoding.Decoding`).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Pipeline:
         quality: QualityMonitor | None = None,
         slice_timer: SliceTimer | None = None,
         echoes: EchoCombiner | None = None,
+        decode_threads: int = 1,
     ) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         self.index = np.flatnonzero(self.mask)
@@ -116,6 +120,7 @@ class Pipeline:
         self.echoes = echoes or EchoCombiner()
         self.motion = motion
         self.decoder = decoder
+        self.decoding = None if decoder is None else Decoding(decoder, decode_threads)
         self.identifier = identifier
         self.max_gap_volumes = max_gap_volumes
         self.affine = None if affine is None else np.asarray(affine, dtype=np.float64)
@@ -271,8 +276,8 @@ class Pipeline:
         return dropped
 
     def close(self) -> None:
-        """Stop the threads of the stages that have them (motion, ranking); safe to call twice."""
-        for stage in (self.motion, self.identifier):
+        """Stop the threads of the stages that have them (motion, decoding, ranking); safe to call twice."""
+        for stage in (self.motion, self.decoding, self.identifier):
             if stage is not None:
                 stage.close()
 
@@ -320,7 +325,7 @@ class Pipeline:
         todo = [r for r in results if r.x is not None]
         if self.decoder is None or not todo:
             return
-        predictions = self.decoder.predict_many(np.stack([r.x for r in todo]))
+        predictions = self.decoding.predict_many(np.stack([r.x for r in todo]))
         for res, pred in zip(todo, predictions):
             res.predictions, res.status = pred, "ok"
             stamp(res.volume.stamps, Stage.DECODED)

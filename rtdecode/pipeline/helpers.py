@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 # Where the calling thread runs (glibc, through the vDSO); None where there is no such call.
@@ -51,6 +51,7 @@ class HelperThreads(ThreadPoolExecutor):
     """
 
     def __init__(self, workers: int, name: str) -> None:
+        self.workers = workers
         self._cpus = os.sched_getaffinity(0) if _getcpu is not None else set()
         self._idle: dict[int, bool] = {}  # native thread id -> waiting for work
         self._lock = threading.Lock()
@@ -199,3 +200,15 @@ class SharedWork:
         if self.error is not None:
             raise self.error
         return self.results
+
+
+def share(pool: HelperThreads | None, fn: Callable[[int], object], n: int) -> list:
+    """``[fn(0), ..., fn(n - 1)]``, shared (:class:`SharedWork`) by this thread and every helper of ``pool``.
+
+    The helpers run :meth:`HelperThreads.alongside`; without a pool this thread runs every task.
+    ``fn`` must give the same answer, and leave the same bits wherever it writes, every time it
+    is called with the same ``i`` (a stalled task is run again).
+    """
+    work = SharedWork(fn, n)
+    with pool.alongside(*[work.run] * pool.workers) if pool else nullcontext():
+        return work.run_and_wait()

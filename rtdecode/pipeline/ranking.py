@@ -9,7 +9,6 @@ it reach the top k: the ranking is the float32 ranking, at a quarter of the byte
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numba
@@ -20,7 +19,7 @@ from rtdecode.models.bank import CandidateBank
 from rtdecode.numerics.intdot import MAX_WIDTH, padded_width, selected
 from rtdecode.numerics.stats import correlations
 from rtdecode.numerics.topk import normalise_and_quantise, quantise_rows, rank_layers, rounding
-from rtdecode.pipeline.helpers import HelperThreads, SharedWork
+from rtdecode.pipeline.helpers import HelperThreads, share
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -252,9 +251,7 @@ class Identifier:
         """
         sizes = [p.shape[0] for p in predictions]
         rows = np.concatenate(predictions) if len(predictions) > 1 else predictions[0]
-        work = SharedWork(lambda i: self._tasks[i][1](rows, sizes), len(self._tasks))
-        with self._pool.alongside(*[work.run] * (self.threads - 1)) if self._pool else nullcontext():
-            results = work.run_and_wait()
+        results = share(self._pool, lambda i: self._tasks[i][1](rows, sizes), len(self._tasks))
         shape = (rows.shape[0], len(self.layer_slices), self.k)
         idx, val = np.empty(shape, np.int32), np.empty(shape, np.float32)
         for (positions, _), (i, v) in zip(self._tasks, results):

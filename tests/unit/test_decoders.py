@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from rtdecode.errors import ModelFileError, VolumeError
-from rtdecode.models.linear import LinearBundle
+from rtdecode.models.linear import TASK_BYTES, LinearBundle
+from rtdecode.pipeline.decoding import Decoding
 
 
 def _bundle(rng):
@@ -77,3 +78,32 @@ def test_units_on_few_voxels_are_applied_sparsely_with_the_dense_result():
     np.testing.assert_allclose(out[0], x @ w + b, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(out[1], x @ dense_w + b, rtol=1e-5, atol=1e-5)
     assert out[0, 7] == b[7]
+
+
+def test_decoding_on_two_threads_gives_the_bits_of_one(monkeypatch):
+    # Two sparse ROIs (one in several pieces) and a dense one, shared out over a real helper.
+    monkeypatch.setattr("rtdecode.models.linear.TASK_BYTES", TASK_BYTES // 2**12)  # 2 KiB pieces
+    rng = np.random.default_rng(3)
+    mask = np.ones((10, 10, 6), bool)
+    rois = {"S": np.arange(600), "T": np.arange(0, 600, 3), "D": np.arange(100, 400)}
+    w, b = {}, {}
+    for r, pos in rois.items():
+        w[r] = rng.standard_normal((pos.size, 100)).astype(np.float32)
+        if r != "D":
+            w[r][rng.random(w[r].shape) > 0.05] = 0  # about 5 % of the voxels per unit: sparse
+        b[r] = rng.standard_normal(100).astype(np.float32)
+    bundle = LinearBundle(mask, np.eye(4), rois, ["l1", "l2"], [60, 40], w, b)
+    assert sorted(bundle.sparse) == ["S", "T"]
+    xs = rng.standard_normal((20, 600)).astype(np.float32)
+    one, two = Decoding(bundle), Decoding(bundle, threads=2)
+    try:
+        alone = np.concatenate([one.predict_many(x[None]) for x in xs])
+        for n in (1, 3, 20):
+            np.testing.assert_array_equal(two.predict_many(xs[:n]), alone[:n])
+            np.testing.assert_array_equal(one.predict_many(xs[:n]), alone[:n])
+    finally:
+        for d in (one, two, two):
+            d.close()
+    np.testing.assert_allclose(alone[:, 2], xs[:, 100:400] @ w["D"] + b["D"], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        Decoding(bundle, threads=0)

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 import pytest
 
-from rtdecode.pipeline.helpers import HelperThreads, SharedWork
+from rtdecode.pipeline.helpers import HelperThreads, SharedWork, share
 
 
 def test_results_and_errors_come_back_as_from_any_pool():
@@ -92,6 +92,24 @@ def test_shared_work_gives_every_result_in_task_order_on_any_number_of_threads()
         for t in helpers:
             t.join()
     assert SharedWork(lambda i: i, 0).run_and_wait() == []
+
+
+def test_share_runs_every_task_on_the_caller_and_the_pools_helpers_at_once():
+    # Tasks 0-2 each wait for the other two: they can only finish on three threads at once.
+    with HelperThreads(2, "share") as pool:
+        together = threading.Barrier(3, timeout=60)
+        threads = {}
+
+        def task(i):
+            if i < 3:
+                together.wait()
+            threads[i] = threading.get_ident()
+            return i + 1
+
+        assert share(pool, task, 40) == list(range(1, 41))
+        assert len({threads[i] for i in range(3)}) == 3 and threading.get_ident() in threads.values()
+    assert share(None, lambda i: i + 1, 3) == [1, 2, 3]
+    assert share(None, lambda i: i, 0) == []
 
 
 def test_a_task_stalled_on_another_thread_is_run_again_instead_of_waited_for():

@@ -82,6 +82,30 @@ def test_a_volume_decoded_in_any_batch_gets_the_bits_it_gets_alone(n_units):
     assert m.apply(xs[:0]).shape == (0, n_units)
 
 
+@pytest.mark.parametrize("pieces", [1, 2, 3, 100])
+def test_a_map_split_into_pieces_writes_the_bits_of_the_whole_in_any_order(pieces):
+    rng = np.random.default_rng(pieces)
+    W = _dense(rng, 200, 70, 15)  # 5 blocks, the last one partly padding
+    nz = W != 0
+    k = int(nz.sum(0).max())
+    weights, rows = np.zeros((70, k), np.float32), np.zeros((70, k), np.int64)
+    for u in range(70):
+        r = np.flatnonzero(nz[:, u])
+        weights[u, : r.size], rows[u, : r.size] = W[r, u], r
+    m = SparseMap(weights, rows, rng.standard_normal(70), 200)
+    for n in (1, 5, 19):  # one pass, and two (16 + 3 volumes)
+        xs = rng.standard_normal((n, 200)).astype(np.float32)
+        out = np.full((n, 70), np.nan, np.float32)
+        calls = m.tasks(xs, out, pieces)
+        passes = 1 if n <= 16 else 2
+        assert len(calls) == passes * min(pieces, 5)
+        for call in calls[::-1] + calls[:1]:  # any order, and one call twice
+            call()
+        np.testing.assert_array_equal(out, m.apply(xs))
+    with pytest.raises(ValueError, match=r"out must be float32 \(2, 70\)"):
+        m.tasks(xs[:2], np.empty((2, 69), np.float32))
+
+
 def test_a_sparse_map_refuses_what_does_not_fit():
     with pytest.raises(ValueError, match="0..9"):
         SparseMap(np.ones((2, 3)), np.full((2, 3), 10), np.zeros(2), 10)
