@@ -146,7 +146,7 @@ class LinearBundle:
             raise VolumeError(f"expected (n, {self.n_voxels}) analysis voxels, got shape {np.shape(xs)}")
         xs = np.asarray(xs, dtype=np.float32)
         out = np.empty((len(xs), len(self.roi_names), sum(self.n_units)), dtype=np.float32)
-        tasks: list[tuple[float, Callable[[], None]]] = []  # (bytes read, call)
+        tasks: list[tuple[float, Callable[[], None]]] = []  # (rough size, to start the largest first; call)
         for i, roi in enumerate(self.roi_names):
             # C order: a row of numpy's (n, m) pick of columns is strided for n > 1, and BLAS
             # sums a strided vector in another order, so a volume's dense features would
