@@ -67,7 +67,7 @@ from rtdecode.models.latents import LatentDecoders, LatentMap  # noqa: E402
 from rtdecode.models.linear import LinearBundle  # noqa: E402
 from rtdecode.numerics.intdot import padded_width, selected  # noqa: E402
 from rtdecode.numerics.stats import normalise_rows  # noqa: E402
-from rtdecode.pipeline.helpers import HelperThreads, share  # noqa: E402
+from rtdecode.pipeline.helpers import share  # noqa: E402
 from rtdecode.pipeline.latency import LatencyTracker, format_table  # noqa: E402
 from rtdecode.pipeline.ranking import Identifier, QuantisedRows, top_k  # noqa: E402
 from rtdecode.sim.features import make_feature_bank  # noqa: E402
@@ -427,7 +427,7 @@ def rank_vs_reading_codes(ident: Identifier, preds: list[np.ndarray], rounds: in
 
     Each after 0.3 s idle, as a paced volume's ranking comes: the sum reads every code once and
     does nothing else, so it is the read time of these bytes in this process at that moment (the
-    bound uses a separate array, best of five). The ranking scores each ROI's prediction against
+    bound uses a separate array: :func:`median_bandwidth`). The ranking scores each ROI's prediction against
     every code it reads: with many ROIs (W4) it does that much more per byte. Medians in ms.
     """
     layers = list(ident.quantised)
@@ -437,16 +437,15 @@ def rank_vs_reading_codes(ident: Identifier, preds: list[np.ndarray], rounds: in
         for layer in groups[i]:
             ident.quantised[layer].codes.view(np.int64).sum()
 
-    def read_all() -> None:  # shared out as the ranking's layer sets are
-        share(pool, read, len(groups))
+    def read_all() -> None:  # shared out as the ranking's layer sets are, on its own threads
+        share(ident._pool, read, len(groups))
 
     rank_ms, read_ms = [], []
-    with HelperThreads(max(1, ident.threads - 1), "read") as pool:
-        for i in range(rounds):
-            time.sleep(0.3)
-            rank_ms.append(_median_ms(partial(ident.rank, preds[i % len(preds)]), 1))
-            time.sleep(0.3)
-            read_ms.append(_median_ms(read_all, 1))
+    for i in range(rounds):
+        time.sleep(0.3)
+        rank_ms.append(_median_ms(partial(ident.rank, preds[i % len(preds)]), 1))
+        time.sleep(0.3)
+        read_ms.append(_median_ms(read_all, 1))
     rank, codes = float(np.median(rank_ms)), float(np.median(read_ms))
     return {"rank_ms": rank, "read_codes_ms": codes, "ratio": rank / codes}
 
