@@ -81,7 +81,7 @@ def test_units_on_few_voxels_are_applied_sparsely_with_the_dense_result():
 
 
 def test_decoding_on_two_threads_gives_the_bits_of_one(monkeypatch):
-    # Two sparse ROIs (one in several pieces) and a dense one, shared out over a real helper.
+    # Two sparse ROIs (each in several pieces) and a dense one, shared out over a real helper.
     monkeypatch.setattr("rtdecode.models.linear.TASK_BYTES", TASK_BYTES // 2**12)  # 2 KiB pieces
     rng = np.random.default_rng(3)
     mask = np.ones((10, 10, 6), bool)
