@@ -427,8 +427,9 @@ def rank_vs_reading_codes(ident: Identifier, preds: list[np.ndarray], rounds: in
 
     Each after 0.3 s idle, as a paced volume's ranking comes: the sum reads every code once and
     does nothing else, so it is the read time of these bytes in this process at that moment (the
-    bound uses a separate array: :func:`median_bandwidth`). The ranking scores each ROI's prediction against
-    every code it reads: with many ROIs (W4) it does that much more per byte. Medians in ms.
+    bound uses a separate array: :func:`median_bandwidth`). The ranking scores each ROI's
+    prediction against every code it reads: with many ROIs (W4) it does that much more per byte.
+    Medians in ms.
     """
     layers = list(ident.quantised)
     groups = [[layers[i] for i in positions] for positions, _ in ident._tasks]  # the ranking's own tasks

@@ -148,10 +148,9 @@ class LinearBundle:
         out = np.empty((len(xs), len(self.roi_names), sum(self.n_units)), dtype=np.float32)
         tasks: list[tuple[float, Callable[[], None]]] = []  # (rough size, to start the largest first; call)
         for i, roi in enumerate(self.roi_names):
-            # C order: a row of numpy's (n, m) pick of columns is strided for n > 1, and BLAS
-            # sums a strided vector in another order, so a volume's dense features would
-            # depend on its batch.
-            xr = np.ascontiguousarray(xs[:, self.rois[roi]])
+            # take, not xs[:, positions]: that copy's rows are strided for n > 1, and BLAS sums a
+            # strided vector in another order, so a volume's dense features would depend on its batch.
+            xr = xs.take(self.rois[roi], axis=1)
             if roi in self.sparse:
                 sp = self.sparse[roi]
                 calls = sp.tasks(xr, out[:, i], round(sp.nbytes / TASK_BYTES))

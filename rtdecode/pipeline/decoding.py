@@ -5,13 +5,15 @@ weights: :meth:`~rtdecode.models.linear.LinearBundle.predict_many`) that run wit
 At GOD scale with all ten ROIs (W4) they read about 280 MB of weights per volume, which one
 thread reads at its own bandwidth; two threads read it in a little over half the time.
 
-Dense ROIs are numpy products, whose BLAS would start threads of its own: they are held to one
-BLAS thread each, which also keeps a product's bits from depending on how many BLAS threads it
-happened to get (a product split over threads sums in another order).
+Dense ROIs are numpy products, whose BLAS would start threads of its own: where it would
+(``rtdecode run`` already sets one BLAS thread), they are held to one BLAS thread each, which also
+keeps a product's bits from depending on how many BLAS threads it happened to get (a product
+split over threads sums in another order).
 """
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from functools import partial
 
 import numpy as np
@@ -42,14 +44,15 @@ class Decoding:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads!r}")
         self.decoder = decoder
-        self.threads = threads
         self._pool = HelperThreads(threads - 1, "decode") if threads > 1 else None
-        self._blas = ThreadpoolController().select(user_api="blas")
+        blas = ThreadpoolController().select(user_api="blas")
+        # Limited around each call only where some BLAS would use more than one thread.
+        self._blas = blas if any(lib["num_threads"] > 1 for lib in blas.info()) else None
         self.predict_many(np.random.default_rng(0).standard_normal((1, decoder.n_voxels)).astype(np.float32))
 
     def predict_many(self, xs: np.ndarray) -> np.ndarray:
         """float32 (n, n_rois, sum(n_units)) from (n, n_voxels), as the decoder's own."""
-        with self._blas.limit(limits=1):
+        with self._blas.limit(limits=1) if self._blas else nullcontext():
             return self.decoder.predict_many(xs, share=partial(share, self._pool))
 
     def close(self) -> None:
