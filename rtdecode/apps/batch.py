@@ -11,7 +11,7 @@ from rtdecode.apps.session import LiveSession
 from rtdecode.config import RunConfig
 from rtdecode.io.nifti import iter_volumes
 from rtdecode.io.physio import physio_path_for, read_physio
-from rtdecode.io.recording import Recorder
+from rtdecode.io.recorder import Recorder
 from rtdecode.progress import progress
 from rtdecode.volume import Stage, stamp
 
@@ -36,7 +36,7 @@ def decode_series(cfg: RunConfig, bold: str | Path, out: str | Path, record_inpu
         Counts and the latency summary.
     """
     meta = {"mode": "offline", "bold": str(Path(bold).resolve()), "bundle": str(Path(cfg.bundle).resolve())}
-    with Recorder(out, record_input, meta) as rec:
+    with Recorder(out, record_input, meta, flush_s=2.0) as rec:  # a backlog, written in runs of rows
         session = LiveSession(dataclasses.replace(cfg, publish_input=record_input), rec)
         try:
             if session.pipe.physio is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Callable
@@ -174,21 +175,20 @@ def record_live(
         The file could not be written (a full disk): the recorder stops and says how far it got;
         the decoder, a separate process, is not affected.
     """
-    from rtdecode.io.recording import Recorder
+    from rtdecode.io.recorder import Recorder
 
     rec = Recorder(out, record_input=True, meta={"mode": "live", "address": address})
     # No limit on the recorder's own queue: a disk that stalls must not cost volumes (the
     # decoder's side still drops beyond 1,000 messages, so only the recorder's memory grows).
-    for msg in messages(address, ready_file, until_end, timeout_s, queue=0):
+    for msg in itertools.chain(messages(address, ready_file, until_end, timeout_s, queue=0), [None]):
         if isinstance(msg, m.Status) and msg.event == "heartbeat":
             continue
         try:
-            rec.publish(msg)
+            rec.close() if msg is None else rec.publish(msg)  # close: the events after the last volume
         except (OSError, RuntimeError) as err:  # h5py reports failed writes as either
             # The file is left as last flushed: closing HDF5 after a failed write can crash it.
             raise RecordingError(
                 f"cannot write {str(out)!r} ({err}); recording stopped at volume "
                 f"{getattr(msg, 'seq', None)!r} after {rec.n_volumes} volumes"
             ) from err
-    rec.close()
     return rec.n_volumes

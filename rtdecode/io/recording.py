@@ -1,18 +1,13 @@
-"""The HDF5 recording of a session: one writer (:class:`Recorder`), one reader (:class:`Recording`).
+"""A session's HDF5 recording read back; the writer is :class:`rtdecode.io.recorder.Recorder`.
 
-The :class:`Recorder` is a sink with the same ``publish(message)`` method as the ZeroMQ
-publisher, so the live recorder (fed by a subscriber) and ``rtdecode offline`` (fed by the
-session directly) write the same file, plus a BIDS-style confounds TSV beside it. Everything
-that reads a recording back (evaluate, report, replay) goes through :class:`Recording`. The
-layout is in ``docs/formats.md``.
+Everything that reads a recording (evaluate, report, replay) goes through :class:`Recording`.
+The layout is in ``docs/formats.md``.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,184 +15,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from rtdecode import __version__
 from rtdecode.errors import RecordingError
-from rtdecode.io.confounds import write_confounds
 from rtdecode.io.hdf5 import Intact, open_hdf5
-from rtdecode.volume import NOT_REACHED, Stage, Volume, stamps_from_dict
-from rtdecode.wire import messages as m
+from rtdecode.volume import NOT_REACHED, Stage, Volume
 
 RECORDING_FORMAT = "rtdecode-recording"
 RECORDING_VERSION = 1
 QA_ARRAYS = ("dvars_pct", "global_signal", "clean_minutes", "spikes", "tsnr")  # datasets under qa/
-
-
-class Recorder:
-    """Write the results of one series to HDF5 as they arrive.
-
-    Parameters
-    ----------
-    path : str or Path
-        The HDF5 file to create.
-    record_input : bool
-        Also store the input volumes (topic ``volume``).
-    meta : dict, optional
-        Stored as JSON in the file's ``meta`` attribute (configuration, bundle, ...), with the
-        time recording started, the command and rtdecode's version (the report's provenance).
-    """
-
-    def __init__(self, path: str | Path, record_input: bool = False, meta: dict | None = None) -> None:
-        self.path = Path(path)
-        self.record_input = record_input
-        self._f = h5py.File(self.path, "w", libver=("v110", "latest"))
-        self._f.attrs["format"] = RECORDING_FORMAT
-        self._f.attrs["version"] = RECORDING_VERSION
-        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        provenance = {"started": started, "command": " ".join(sys.argv), "rtdecode_version": __version__}
-        self._f.attrs["meta"] = json.dumps({**provenance, **(meta or {})})
-        self._f.attrs["stages"] = [s.name.lower() for s in Stage]
-        # Every group now, so that the root's header is whole at the start of the file, where a
-        # copy cut short keeps it (see rtdecode.io.hdf5); HDF5 1.10's chunk index (libver
-        # above) keeps each chunk's address where it was first written, which the old B-tree
-        # moves as it grows.
-        for name in ("volumes", "motion", "features", "ranking", "qa", *["input"] * record_input):
-            self._f.create_group(name)
-        for name in ("status/events", "blocks/headers"):
-            self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype())
-        self._rows: dict[int, int] = {}
-        self._motion: dict[int, tuple[list[float], float]] = {}
-        self.closed = False
-
-    # The sink interface shared with rtdecode.transport.zmq.Publisher.
-    def publish(self, msg: m.WireMessage) -> None:
-        """File one declared message under its volume (status events and blocks as JSON)."""
-        if isinstance(msg, m.Status):
-            self._append_str("status/events", json.dumps(msg.header()))
-            return
-        if isinstance(msg, m.Block):  # headers only: the block's ranking and label ranks, not its predictions
-            if not msg.running:  # a running block's result is superseded by its final one
-                self._append_str("blocks/headers", json.dumps(msg.header()))
-            return
-        if isinstance(msg, m.VolumeMessage):
-            if self.record_input:
-                row = self._row(msg.seq)
-                self._put("input/data", row, msg.data)
-                self._put("input/affine", row, np.asarray(msg.affine, dtype=np.float64))
-                self._put("input/acq_time_s", row, np.array(msg.acq_time_s, dtype=np.float64))
-                self._put("input/tr_s", row, np.array(msg.tr_s, dtype=np.float64))
-            return
-        if not isinstance(msg, m.Features | m.Ranking | m.Motion | m.Qa | m.Latency):
-            return  # feedback and latents are not recorded
-        row = self._row(msg.seq)
-        if isinstance(msg, m.Features):
-            self._put(f"features/{msg.roi}/{msg.layer}", row, msg.features)
-        elif isinstance(msg, m.Ranking):
-            self._put_str("volumes/status", row, msg.status)
-            if msg.indices is not None:
-                self._put("ranking/indices", row, msg.indices, fill=-1)
-                self._put("ranking/scores", row, msg.scores)
-                g = self._f["ranking"]
-                if "rois" not in g.attrs:
-                    g.attrs["rois"], g.attrs["layers"] = msg.rois, msg.layers
-                self._put_str("ranking/top_labels", row, json.dumps(msg.labels))
-            self._put("volumes/censored", row, np.array(msg.censored))
-            self._put("volumes/tr_s", row, np.array(msg.tr_s, dtype=np.float64))
-            self._put("volumes/acq_time_s", row, np.array(msg.acq_time_s, dtype=np.float64))
-        elif isinstance(msg, m.Qa):
-            self._put_qa(row, msg)
-        elif isinstance(msg, m.Motion):
-            self._put("motion/params", row, np.asarray(msg.params, dtype=np.float64))
-            self._f["motion/params"].attrs["fd_threshold_mm"] = msg.fd_threshold_mm
-            self._put("motion/fd_mm", row, np.array(msg.fd_mm, dtype=np.float64))
-            self._motion[msg.seq] = (msg.params, msg.fd_mm)
-        else:
-            self._put("volumes/stamps", row, stamps_from_dict(msg.stamps), fill=-1)
-            if msg.acquired_from:
-                self._put_str("volumes/acquired_from", row, msg.acquired_from)
-            # The last message of a volume: write it out now, so that a full disk shows here (HDF5
-            # would otherwise fail later, inside its cache, where the error cannot be caught) and
-            # a recorder that is killed keeps every volume but the last.
-            self._f.flush()
-
-    def _put_qa(self, row: int, msg: m.Qa) -> None:
-        g = self._f["qa"]
-        if "rois" not in g.attrs:
-            g.attrs["rois"], g.attrs["fd_levels_mm"] = list(msg.tsnr), [float(k) for k in msg.frames_under]
-        for name in ("dvars_pct", "global_signal", "clean_minutes"):
-            value = getattr(msg, name)
-            self._put(f"qa/{name}", row, np.array(np.nan if value is None else value, np.float64))
-        self._put("qa/spikes", row, np.array(-1 if msg.spikes is None else msg.spikes, np.int64))
-        tsnr = [msg.tsnr.get(roi) for roi in g.attrs["rois"]]
-        self._put("qa/tsnr", row, np.array([np.nan if v is None else v for v in tsnr], np.float64))
-
-    def _row(self, seq: int) -> int:
-        row = self._rows.get(seq)
-        if row is None:
-            row = self._rows[seq] = len(self._rows)
-            self._put("volumes/seq", row, np.array(seq, dtype=np.int64))
-        return row
-
-    def _dataset(self, name: str, example: np.ndarray, fill: float) -> h5py.Dataset:
-        if name not in self._f:
-            fillvalue = fill if example.dtype.kind in "iuf" else None
-            if example.dtype.kind == "f":
-                fillvalue = np.nan if fill == -1 else fill
-            self._f.create_dataset(
-                name,
-                shape=(0, *example.shape),
-                maxshape=(None, *example.shape),
-                dtype=example.dtype,
-                chunks=(max(1, 2**16 // max(example.nbytes, 1)), *example.shape),
-                fillvalue=fillvalue,
-            )
-        return self._f[name]
-
-    def _put(self, name: str, row: int, value: np.ndarray, fill: float = -1) -> None:
-        value = np.asarray(value)
-        ds = self._dataset(name, value, fill)
-        if ds.shape[0] <= row:
-            ds.resize(row + 1, axis=0)
-        ds[row] = value
-
-    def _put_str(self, name: str, row: int, value: str) -> None:
-        if name not in self._f:
-            self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype())
-        ds = self._f[name]
-        if ds.shape[0] <= row:
-            ds.resize(row + 1, axis=0)
-        ds[row] = value
-
-    def _append_str(self, name: str, value: str) -> None:
-        self._put_str(name, self._f[name].shape[0], value)
-
-    def close(self) -> None:
-        """Finish the file and write ``<name>_desc-confounds_timeseries.tsv`` beside it; safe twice."""
-        if self.closed:
-            return
-        self.closed = True
-        self._f.close()
-        if self._motion:
-            write_confounds(self.confounds_path, self._motion)
-
-    @property
-    def n_volumes(self) -> int:
-        """Volumes recorded so far."""
-        return len(self._rows)
-
-    @property
-    def confounds_path(self) -> Path:
-        """Where the confounds TSV goes: beside the recording."""
-        return self.path.with_name(self.path.stem + "_desc-confounds_timeseries.tsv")
-
-    def __enter__(self) -> Recorder:
-        return self
-
-    def __exit__(self, exc_type: type | None, *exc: object) -> None:
-        try:
-            self.close()
-        except OSError:
-            if exc_type is None:
-                raise  # else the error that stopped the recording is the one to report
 
 
 @dataclass

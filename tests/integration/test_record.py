@@ -14,7 +14,7 @@ from helpers import free_address, small_config, small_params, wait_for_file
 from rtdecode.config import NUISANCE_REGRESSORS
 from rtdecode.io.confounds import CONFOUND_COLUMNS
 from rtdecode.io.nifti import iter_volumes
-from rtdecode.io.recording import Recorder
+from rtdecode.io.recorder import Recorder
 from rtdecode.models.bank import CandidateBank
 from rtdecode.offline.evaluate import evaluate_session
 from rtdecode.sim.physio import simulate_recording, write_physio
@@ -66,6 +66,64 @@ def test_recorder_layout_and_confounds(tmp_path):
     assert tuple(rows[0]) == CONFOUND_COLUMNS
     assert rows[1][-1] == "n/a" and float(rows[3][-1]) == 2.0
     assert float(rows[2][5]) == np.float64(np.pi / 2).round(6)  # rotations in radians, as fMRIPrep
+
+
+def test_rows_written_in_runs_equal_rows_written_one_volume_at_a_time(tmp_path):
+    # A backlog's messages interleave volumes, a baseline volume has no features or ranking, and
+    # a volume can come before an earlier one: written once at the end (offline) or at each
+    # volume's end (live), every dataset holds the same rows.
+    rng = np.random.default_rng(0)
+    order = [0, 1, 3, 2, 4, 5, 6]
+    msgs = []
+    for seq in order:
+        base = {
+            "seq": seq,
+            "session": "s",
+            "series": "r",
+            "status": "ok",
+            "acq_time_s": 1e9 + seq,
+            "tr_s": 2.0,
+        }
+        msgs.append(m.Motion(**base, params=list(rng.normal(size=6)), fd_mm=0.1 * seq, censored=False,
+                             fd_threshold_mm=0.5, iterations=2))  # fmt: skip
+        if seq != 4:  # 4 is a baseline volume: not decoded
+            msgs.append(
+                m.Features(**base, roi="VC", layer="cnn1", features=rng.normal(size=3).astype(np.float32))
+            )
+        msgs.append(m.Status(event="heartbeat"))
+    for seq in order:  # the backlog's rankings and latencies after all its volumes' features
+        base = {
+            "seq": seq,
+            "session": "s",
+            "series": "r",
+            "status": "ok",
+            "acq_time_s": 1e9 + seq,
+            "tr_s": 2.0,
+        }
+        ranked = {"indices": np.array([[[seq, 1]]], np.int32), "scores": np.ones((1, 1, 2), np.float32)}
+        msgs.append(m.Ranking(**base, censored=False, rois=["VC"], layers=["cnn1"], labels=[[["a", "b"]]],
+                              **(ranked if seq != 4 else {"indices": None, "scores": None})))  # fmt: skip
+        msgs.append(m.Latency(**base, stamps={"received": seq}, ms={}, acquired_from="trigger" * (seq % 2)))
+    files = {}
+    for flush_s in (0.0, np.inf):
+        files[flush_s] = tmp_path / f"rec-{flush_s}.h5"
+        with Recorder(files[flush_s], flush_s=flush_s) as rec:
+            for msg in msgs:
+                rec.publish(msg)
+    datasets = {}
+    for flush_s, path in files.items():
+        with h5py.File(path) as f:
+            found = {}
+            f.visititems(
+                lambda k, v, found=found: found.update({k: v[()]}) if isinstance(v, h5py.Dataset) else None
+            )
+            datasets[flush_s] = found
+            assert f["motion/params"].attrs["fd_threshold_mm"] == 0.5
+    assert datasets[0.0].keys() == datasets[np.inf].keys() and len(datasets[0.0]) > 10
+    for name, rows in datasets[0.0].items():
+        np.testing.assert_array_equal(rows, datasets[np.inf][name], err_msg=name)
+    np.testing.assert_array_equal(datasets[0.0]["volumes/seq"], order)
+    assert np.isnan(datasets[0.0]["features/VC/cnn1"][order.index(4)]).all()
 
 
 def _compare_with_offline(live_path, off_path, n):

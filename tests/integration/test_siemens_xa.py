@@ -28,7 +28,8 @@ from helpers import (
 from rtdecode import wire
 from rtdecode.apps.report import build_report
 from rtdecode.errors import VolumeError
-from rtdecode.io.recording import Recorder, Recording
+from rtdecode.io.recorder import Recorder
+from rtdecode.io.recording import Recording
 from rtdecode.models.bank import CandidateBank
 from rtdecode.models.linear import LinearBundle
 from rtdecode.scanner.assemble import Assembler, read_folder, to_nifti
