@@ -28,7 +28,9 @@ def _replay(bold, address, env, n):
         f"vols = itertools.islice(iter_volumes({str(bold)!r}, 's', 'r'), {n})\n"
         f"print(send_volumes(vols, {address!r}, 200.0))\n"
     )
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def _status_counts(sub, timeout_s, first=False):
@@ -88,13 +90,15 @@ def test_curve_admits_listed_clients_and_refuses_strangers_and_plaintext(
             assert _status_counts(sub, 60, first=True) is not None  # heartbeats reach a listed subscriber
             # A stranger's key and a plaintext sender: the handshake fails, nothing reaches the
             # decoder (the sender may have queued its volumes before it failed, or time out).
-            for e in (env("stranger"), base_env):
-                _replay(bold, cfg.run.input.address, e, 5)
+            refused = [_replay(bold, cfg.run.input.address, e, 5) for e in (env("stranger"), base_env)]
+            for proc in refused:  # both at once: each waits out its send timeout
+                proc.communicate(timeout=120)
             counts = _status_counts(sub, 3)
             assert counts["received"] == 0 and counts["processed"] == 0
             # The listed sender's volumes are decoded.
             proc = _replay(bold, cfg.run.input.address, env("sender"), 12)
-            assert proc.returncode == 0, proc.stderr
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err
             deadline = time.monotonic() + 60
             while (counts := _status_counts(sub, 2))["processed"] < 12 and time.monotonic() < deadline:
                 pass
