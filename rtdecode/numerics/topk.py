@@ -142,31 +142,33 @@ def certified_top_k(
     first = np.empty(k, dtype=np.int64)
     need = np.empty(n, dtype=np.int64)
     exact = np.empty(n, dtype=np.float32)
+    approx = np.empty(n)
     scored = np.empty(r, dtype=np.int64)
     for q in range(r):
-        pq = p[q]
-        low = 0  # position of the smallest of the k kept; replaced only by a larger one (rare)
-        for i in range(n):
-            v = acc[q, i] * row_scale[i]
-            if i < k or v > kept[low]:
-                slot = i if i < k else low
-                kept[slot] = v
-                first[slot] = i
-                if i >= k - 1:
-                    low = 0
-                    for j in range(1, k):
-                        if kept[j] < kept[low]:
-                            low = j
+        pq, aq = p[q], acc[q]
+        for i in range(n):  # in one loop that vectorises, not in each of the two below
+            approx[i] = aq[i] * row_scale[i]
+        for i in range(k):
+            kept[i], first[i] = approx[i], i
+        low = _lowest(kept)  # the smallest kept one, replaced only by a larger one (rare)
+        least = kept[low]
+        for i in range(k, n):
+            if approx[i] > least:
+                kept[low], first[low] = approx[i], i
+                low = _lowest(kept)
+                least = kept[low]
         floor = np.inf
         for j in range(k):
             floor = min(floor, np.dot(features[first[j]], pq))
         floor -= q_slack[q]
+        qs, qn = q_scale[q], q_norm[q]
         c = 0
         for i in range(n):
-            if acc[q, i] * row_scale[i] * q_scale[q] + row_error[i] * q_norm[q] >= floor:
+            if approx[i] * qs + row_error[i] * qn >= floor:
                 need[c] = i
-                exact[c] = np.dot(features[i], pq)
                 c += 1
+        for j in range(c):
+            exact[j] = np.dot(features[need[j]], pq)
         if c < k:  # only if rounding defeated the bound: score every row
             c = n
             for i in range(n):
@@ -178,6 +180,16 @@ def certified_top_k(
             val[q, j] = exact[order[j]]
         scored[q] = c
     return scored
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False, inline="always")
+def _lowest(kept: np.ndarray) -> int:
+    # The position of the smallest value, the first of equal ones.
+    low = 0
+    for j in range(1, kept.size):
+        if kept[j] < kept[low]:
+            low = j
+    return low
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy", boundscheck=False)
