@@ -9,6 +9,7 @@ back with strict JSON types, and prints its table for ``docs/protocol.md``
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
@@ -40,6 +41,15 @@ def array(dtype: str, shape: str, meaning: str, optional: bool = False) -> Any:
     return dataclasses.field(default=None, metadata=meta) if optional else dataclasses.field(metadata=meta)
 
 
+@functools.cache
+def _declared(cls: type, where: str) -> tuple[tuple[str, bool], ...]:
+    # (name, optional) of a message class's header fields or arrays, in declaration order: read
+    # once per class, not for every message sent (a volume's results are a dozen messages).
+    return tuple(
+        (f.name, f.metadata["optional"]) for f in dataclasses.fields(cls) if f.metadata["where"] == where
+    )
+
+
 @dataclasses.dataclass(kw_only=True)
 class WireMessage:
     """Base of every declared message: header fields and arrays as dataclass fields."""
@@ -54,20 +64,16 @@ class WireMessage:
     def header(self) -> dict[str, Any]:
         """The JSON header fields, ``kind`` first; unset optional fields are left out."""
         out: dict[str, Any] = {"kind": self.kind}
-        for f in dataclasses.fields(self):
-            if f.metadata["where"] == "header":
-                value = getattr(self, f.name)
-                if value is not None or not f.metadata["optional"]:
-                    out[f.name] = value
+        for name, optional in _declared(type(self), "header"):
+            value = getattr(self, name)
+            if value is not None or not optional:
+                out[name] = value
         return out
 
     def arrays(self) -> dict[str, np.ndarray]:
         """The array frames by name, in declaration order; unset optional arrays are left out."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.metadata["where"] == "array" and getattr(self, f.name) is not None
-        }
+        found = ((name, getattr(self, name)) for name, _ in _declared(type(self), "array"))
+        return {name: value for name, value in found if value is not None}
 
     def encode(self) -> list[bytes | memoryview]:
         """Frames for ``send_multipart`` (arrays are not copied)."""
