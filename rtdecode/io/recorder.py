@@ -155,8 +155,11 @@ class Recorder:
         return row
 
     def _put(self, name: str, row: int, value: np.ndarray | str, fill: float = -1) -> None:
-        """File ``value`` (an array, or a string) as row ``row`` of dataset ``name`` at the next flush."""
-        self._pending.setdefault(name, {})[row] = value if isinstance(value, str) else np.asarray(value)
+        """File ``value`` (an array, or a string) as row ``row`` of dataset ``name`` at the next flush.
+
+        Arrays are copied: the sender may reuse their memory before the flush.
+        """
+        self._pending.setdefault(name, {})[row] = value if isinstance(value, str) else np.array(value)
         self._fill.setdefault(name, fill)
         self._length[name] = max(self._length.get(name, 0), row + 1)
 

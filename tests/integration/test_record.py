@@ -71,10 +71,11 @@ def test_recorder_layout_and_confounds(tmp_path):
 def test_rows_written_in_runs_equal_rows_written_one_volume_at_a_time(tmp_path):
     # A backlog's messages interleave volumes, a baseline volume has no features or ranking, and
     # a volume can come before an earlier one: written once at the end (offline) or at each
-    # volume's end (live), every dataset holds the same rows.
+    # volume's end (live), every dataset holds the same rows. The sender reuses each features
+    # array as soon as it is published: what was published is what is written.
     rng = np.random.default_rng(0)
     order = [0, 1, 3, 2, 4, 5, 6]
-    msgs = []
+    msgs, published = [], {}
     for seq in order:
         base = {
             "seq": seq,
@@ -109,7 +110,12 @@ def test_rows_written_in_runs_equal_rows_written_one_volume_at_a_time(tmp_path):
         files[flush_s] = tmp_path / f"rec-{flush_s}.h5"
         with Recorder(files[flush_s], flush_s=flush_s) as rec:
             for msg in msgs:
+                if isinstance(msg, m.Features):
+                    published[msg.seq] = msg.features.copy()
                 rec.publish(msg)
+                if isinstance(msg, m.Features):
+                    msg.features[:] = np.nan  # reused at once
+                    msg.features = published[msg.seq].copy()  # for the next recorder
     datasets = {}
     for flush_s, path in files.items():
         with h5py.File(path) as f:
@@ -123,6 +129,9 @@ def test_rows_written_in_runs_equal_rows_written_one_volume_at_a_time(tmp_path):
     for name, rows in datasets[0.0].items():
         np.testing.assert_array_equal(rows, datasets[np.inf][name], err_msg=name)
     np.testing.assert_array_equal(datasets[0.0]["volumes/seq"], order)
+    for row, seq in enumerate(order):
+        if seq != 4:
+            np.testing.assert_array_equal(datasets[np.inf]["features/VC/cnn1"][row], published[seq])
     assert np.isnan(datasets[0.0]["features/VC/cnn1"][order.index(4)]).all()
 
 
