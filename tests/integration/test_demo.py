@@ -223,3 +223,23 @@ def test_with_physiological_noise_denoising_raises_the_demos_accuracy(tmp_path):
             assert "no receiver has connected to the PhysioOutlet" not in proc.stderr, proc.stderr[-3000:]
         accuracy[name] = json.loads(summary.read_text())["identification_accuracy"]["mean"]
     assert accuracy["on"] > accuracy["off"] + 0.02, accuracy
+
+
+def test_a_demo_folder_is_reused_only_with_the_same_sessions_and_settings(tmp_path):
+    """``demo --reuse`` keeps a folder's sessions and decoders only if they were made with these
+    settings: other denoising regressors retrain, another streaming pace does not."""
+    from rtdecode.apps.demo import MADE_WITH, _made_with, _read_made_with, sim_params
+    from rtdecode.configfile import config_from_data
+
+    def made_with(data):
+        cfg = config_from_data(data, "test")
+        return _made_with(cfg, sim_params(cfg, kind="train", seed=1), sim_params(cfg, kind="test", seed=2))
+
+    base = {"simulate": {"physio_pct": 4.0}}
+    (tmp_path / MADE_WITH).write_text(json.dumps(made_with(base)))
+    kept = _read_made_with(tmp_path)
+    assert kept == made_with(base) == made_with({**base, "demo": {"speed": 80.0}})
+    assert kept != made_with({**base, "run": {"preprocess": {"nuisance": {"regressors": ["retroicor"]}}}})
+    assert kept != made_with({"simulate": {"physio_pct": 2.0}})
+    (tmp_path / MADE_WITH).write_text("{not json")
+    assert _read_made_with(tmp_path) is None
