@@ -24,6 +24,7 @@ def stage_durations_ms(stamps: np.ndarray) -> dict[str, float]:
     stamps : numpy.ndarray
         int64, shape (len(Stage),).
     """
+    stamps = stamps.tolist()  # Python ints: a dozen lookups per volume, each a numpy scalar otherwise
     out = {}
     prev = None
     for s in Stage:
@@ -44,8 +45,8 @@ def stage_durations_ms(stamps: np.ndarray) -> dict[str, float]:
     return out
 
 
-def _first_reached(stamps: np.ndarray, stages: tuple[Stage, ...]) -> int:
-    return next((int(stamps[s]) for s in stages if stamps[s] != NOT_REACHED), NOT_REACHED)
+def _first_reached(stamps: list[int], stages: tuple[Stage, ...]) -> int:
+    return next((stamps[s] for s in stages if stamps[s] != NOT_REACHED), NOT_REACHED)
 
 
 MAX_STAMP_AGE_S = 86_400.0  # a sender stamp older than a day is a broken clock, not a slow network
