@@ -76,8 +76,9 @@ def test_rows_written_in_runs_equal_rows_written_one_volume_at_a_time(tmp_path):
     rng = np.random.default_rng(0)
     order = [0, 1, 3, 2, 4, 5, 6]
     msgs, published = [], {}
-    for seq in order:
-        base = {
+
+    def base(seq):
+        return {
             "seq": seq,
             "session": "s",
             "series": "r",
@@ -85,26 +86,29 @@ def test_rows_written_in_runs_equal_rows_written_one_volume_at_a_time(tmp_path):
             "acq_time_s": 1e9 + seq,
             "tr_s": 2.0,
         }
-        msgs.append(m.Motion(**base, params=list(rng.normal(size=6)), fd_mm=0.1 * seq, censored=False,
+
+    for seq in order:
+        msgs.append(m.Motion(**base(seq), params=list(rng.normal(size=6)), fd_mm=0.1 * seq, censored=False,
                              fd_threshold_mm=0.5, iterations=2))  # fmt: skip
         if seq != 4:  # 4 is a baseline volume: not decoded
             msgs.append(
-                m.Features(**base, roi="VC", layer="cnn1", features=rng.normal(size=3).astype(np.float32))
+                m.Features(
+                    **base(seq), roi="VC", layer="cnn1", features=rng.normal(size=3).astype(np.float32)
+                )
             )
         msgs.append(m.Status(event="heartbeat"))
     for seq in order:  # the backlog's rankings and latencies after all its volumes' features
-        base = {
-            "seq": seq,
-            "session": "s",
-            "series": "r",
-            "status": "ok",
-            "acq_time_s": 1e9 + seq,
-            "tr_s": 2.0,
-        }
         ranked = {"indices": np.array([[[seq, 1]]], np.int32), "scores": np.ones((1, 1, 2), np.float32)}
-        msgs.append(m.Ranking(**base, censored=False, rois=["VC"], layers=["cnn1"], labels=[[["a", "b"]]],
-                              **(ranked if seq != 4 else {"indices": None, "scores": None})))  # fmt: skip
-        msgs.append(m.Latency(**base, stamps={"received": seq}, ms={}, acquired_from="trigger" * (seq % 2)))
+        if seq == 4:
+            ranked = {"indices": None, "scores": None}
+        msgs.append(
+            m.Ranking(
+                **base(seq), censored=False, rois=["VC"], layers=["cnn1"], labels=[[["a", "b"]]], **ranked
+            )
+        )
+        msgs.append(
+            m.Latency(**base(seq), stamps={"received": seq}, ms={}, acquired_from="trigger" * (seq % 2))
+        )
     files = {}
     for flush_s in (0.0, np.inf):
         files[flush_s] = tmp_path / f"rec-{flush_s}.h5"
