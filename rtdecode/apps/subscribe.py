@@ -184,7 +184,10 @@ def record_live(
         if isinstance(msg, m.Status) and msg.event == "heartbeat":
             continue
         try:
-            rec.close() if msg is None else rec.publish(msg)  # close: the events after the last volume
+            if msg is None:  # the stream has ended: closing writes the events after the last volume
+                rec.close()
+            else:
+                rec.publish(msg)
         except (OSError, RuntimeError) as err:  # h5py reports failed writes as either
             # The file is left as last flushed: closing HDF5 after a failed write can crash it.
             raise RecordingError(
