@@ -74,9 +74,8 @@ class Recorder:
         # Rows wait here until a volume ends: then each dataset is grown and written once per run
         # of rows, which costs a fraction of a write per row (a volume has ~100 rows to file).
         self._pending: dict[str, dict[int, np.ndarray | str]] = {}
-        self._fill: dict[str, float] = {}
-        self._attrs: dict[str, dict] = {}
-        self._length: dict[str, int] = {}
+        self._attrs: dict[str, dict] = {}  # object -> attributes, written (once) at the next flush
+        self._qa_rois: list[str] | None = None  # the columns of qa/tsnr, from the first qa message
         self._rows: dict[int, int] = {}
         self._motion: dict[int, tuple[list[float], float]] = {}
         self._flushed_at = -np.inf
@@ -109,11 +108,9 @@ class Recorder:
         elif isinstance(msg, m.Ranking):
             self._put("volumes/status", row, msg.status)
             if msg.indices is not None:
-                self._put("ranking/indices", row, msg.indices, fill=-1)
+                self._put("ranking/indices", row, msg.indices)
                 self._put("ranking/scores", row, msg.scores)
-                g = self._f["ranking"]
-                if "rois" not in g.attrs:
-                    g.attrs["rois"], g.attrs["layers"] = msg.rois, msg.layers
+                self._attrs.setdefault("ranking", {"rois": msg.rois, "layers": msg.layers})
                 self._put("ranking/top_labels", row, json.dumps(msg.labels))
             self._put("volumes/censored", row, np.array(msg.censored))
             self._put("volumes/tr_s", row, np.array(msg.tr_s, dtype=np.float64))
@@ -122,11 +119,11 @@ class Recorder:
             self._put_qa(row, msg)
         elif isinstance(msg, m.Motion):
             self._put("motion/params", row, np.asarray(msg.params, dtype=np.float64))
-            self._attrs["motion/params"] = {"fd_threshold_mm": msg.fd_threshold_mm}
+            self._attrs.setdefault("motion/params", {"fd_threshold_mm": msg.fd_threshold_mm})
             self._put("motion/fd_mm", row, np.array(msg.fd_mm, dtype=np.float64))
             self._motion[msg.seq] = (msg.params, msg.fd_mm)
         else:
-            self._put("volumes/stamps", row, stamps_from_dict(msg.stamps), fill=-1)
+            self._put("volumes/stamps", row, stamps_from_dict(msg.stamps))
             if msg.acquired_from:
                 self._put("volumes/acquired_from", row, msg.acquired_from)
             # The last message of a volume: write out what waits (every volume with flush_s 0),
@@ -137,14 +134,14 @@ class Recorder:
                 self._flush()
 
     def _put_qa(self, row: int, msg: m.Qa) -> None:
-        g = self._f["qa"]
-        if "rois" not in g.attrs:
-            g.attrs["rois"], g.attrs["fd_levels_mm"] = list(msg.tsnr), [float(k) for k in msg.frames_under]
+        if self._qa_rois is None:
+            self._qa_rois = list(msg.tsnr)
+            self._attrs["qa"] = {"rois": self._qa_rois, "fd_levels_mm": [float(k) for k in msg.frames_under]}
         for name in ("dvars_pct", "global_signal", "clean_minutes"):
             value = getattr(msg, name)
             self._put(f"qa/{name}", row, np.array(np.nan if value is None else value, np.float64))
         self._put("qa/spikes", row, np.array(-1 if msg.spikes is None else msg.spikes, np.int64))
-        tsnr = [msg.tsnr.get(roi) for roi in g.attrs["rois"]]
+        tsnr = [msg.tsnr.get(roi) for roi in self._qa_rois]
         self._put("qa/tsnr", row, np.array([np.nan if v is None else v for v in tsnr], np.float64))
 
     def _row(self, seq: int) -> int:
@@ -154,17 +151,17 @@ class Recorder:
             self._put("volumes/seq", row, np.array(seq, dtype=np.int64))
         return row
 
-    def _put(self, name: str, row: int, value: np.ndarray | str, fill: float = -1) -> None:
+    def _put(self, name: str, row: int, value: np.ndarray | str) -> None:
         """File ``value`` (an array, or a string) as row ``row`` of dataset ``name`` at the next flush.
 
         Arrays are copied: the sender may reuse their memory before the flush.
         """
         self._pending.setdefault(name, {})[row] = value if isinstance(value, str) else np.array(value)
-        self._fill.setdefault(name, fill)
-        self._length[name] = max(self._length.get(name, 0), row + 1)
 
     def _append_str(self, name: str, value: str) -> None:
-        self._put(name, self._length.get(name, 0), value)
+        # The status and block datasets exist from the start: the next row follows what they
+        # hold and what waits.
+        self._put(name, self._datasets[name].shape[0] + len(self._pending.get(name, ())), value)
 
     def _dataset(self, name: str, example: np.ndarray | str) -> h5py.Dataset:
         if name in self._datasets:
@@ -172,15 +169,15 @@ class Recorder:
         if isinstance(example, str):
             ds = self._f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=h5py.string_dtype())
         else:
-            fill = self._fill[name]
-            fillvalue = (np.nan if fill == -1 else fill) if example.dtype.kind == "f" else fill
+            # Rows never written read as NaN (floats) or -1 (integers: indices, stamps).
+            fillvalue = {"f": np.nan, "i": -1, "u": -1}.get(example.dtype.kind)
             ds = self._f.create_dataset(
                 name,
                 shape=(0, *example.shape),
                 maxshape=(None, *example.shape),
                 dtype=example.dtype,
                 chunks=(max(1, 2**16 // max(example.nbytes, 1)), *example.shape),
-                fillvalue=fillvalue if example.dtype.kind in "iuf" else None,
+                fillvalue=fillvalue,
             )
         self._datasets[name] = ds
         return ds
@@ -199,9 +196,11 @@ class Recorder:
                 ds[order[a] : order[b - 1] + 1] = (
                     np.array(values, dtype=object) if isinstance(values[0], str) else np.stack(values)
                 )
-            for key, value in self._attrs.pop(name, {}).items():
-                ds.attrs[key] = value
         self._pending.clear()
+        for name, attrs in self._attrs.items():
+            if attrs:  # emptied once written
+                self._f[name].attrs.update(attrs)
+                attrs.clear()
         self._f.flush()
         self._flushed_at = time.monotonic()
         self.n_volumes = len(self._rows)
